@@ -1,0 +1,3 @@
+from dcase_t6.cli import main
+
+main()

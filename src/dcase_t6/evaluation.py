@@ -1,0 +1,65 @@
+"""`evaluate`: score a similarity matrix against relevance judgements (R@K, mAP@K)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dcase_t6 import metrics
+from dcase_t6.atomic import atomic_open
+from dcase_t6.relevance import Relevance, align
+from dcase_t6.simmatrix import SimilarityMatrix
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Mean metrics over the scored queries, per-query values and optional confidence intervals."""
+
+    scores: dict[str, float]
+    n_queries: int
+    n_skipped: int
+    per_query: pd.DataFrame
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def as_json(self, with_intervals: bool = False, with_skipped: bool = False) -> dict:
+        """The ``--json`` object: exactly ``R@1 R@5 R@10 mAP@10 mAP@16 n_queries`` plus requested extras."""
+        payload: dict = {**self.scores, "n_queries": self.n_queries}
+        if with_intervals:
+            payload["ci95"] = {key: list(bounds) for key, bounds in self.intervals.items()}
+        if with_skipped:
+            payload["n_skipped"] = self.n_skipped
+        return payload
+
+
+def evaluate(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = False) -> EvaluationResult:
+    """Compute R@1/5/10 and mAP@10/16 of ``matrix`` on the queries of ``relevance``."""
+    alignment = align(matrix, relevance, allow_missing=allow_missing)
+    ranks = metrics.relevant_ranks(matrix.scores[alignment.rows], alignment.relevant)
+    per_query = metrics.per_query_metrics(ranks)
+    intervals = {key: metrics.jackknife_interval(values) for key, values in per_query.items()}
+    return EvaluationResult(
+        scores=metrics.summarize(per_query),
+        n_queries=len(alignment.rows),
+        n_skipped=alignment.n_missing,
+        per_query=_per_query_table(matrix, alignment.rows, ranks, per_query),
+        intervals=intervals,
+    )
+
+
+def write_per_query(result: EvaluationResult, path: str | Path) -> None:
+    """Write one row per scored query: its metrics and the sorted ranks of its relevant files."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        result.per_query.to_csv(handle, index=False)
+
+
+def _per_query_table(matrix: SimilarityMatrix, rows: np.ndarray, ranks: np.ndarray,
+                     per_query: dict[str, np.ndarray]) -> pd.DataFrame:
+    valid = ranks != np.iinfo(np.int64).max
+    table = pd.DataFrame({"query": [matrix.queries[row] for row in rows], "n_relevant": valid.sum(axis=1)})
+    for key, values in per_query.items():
+        table[key.replace("mAP@", "AP@")] = values
+    table["ranks"] = [" ".join(map(str, row[mask])) for row, mask in zip(ranks, valid)]
+    return table

@@ -1,0 +1,160 @@
+"""Ground truth for evaluation: which audio files are relevant to each query.
+
+Two sources: the multi-relevance file of the DCASE 2025 dev-test set (``query``, ``audio_filenames``
+as a Python list literal) and a Clotho captions CSV (``file_name``, ``caption_1`` ... ``caption_5``:
+every caption is a query whose only relevant file is its own clip).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dcase_t6.errors import UserError
+from dcase_t6.metrics import PADDING
+from dcase_t6.simmatrix import SimilarityMatrix
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """Queries in file order and, for each, the names of its relevant audio files."""
+
+    queries: list[str]
+    relevant_files: list[list[str]]
+    source: Path
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Relevance mapped onto a similarity matrix: which rows are scored and their relevant columns."""
+
+    rows: np.ndarray
+    relevant: np.ndarray
+    n_missing: int
+    n_unscored_rows: int
+
+
+def read_relevance_file(path: str | Path) -> Relevance:
+    """Read a multi-relevance CSV (``query``, ``audio_filenames``); every row is validated."""
+    path = Path(path)
+    frame = _read_table(path, ["query", "audio_filenames"])
+    queries, relevant = [], []
+    for row, (query, literal) in enumerate(zip(frame["query"], frame["audio_filenames"]), start=2):
+        if not query.strip():
+            raise UserError(f"{path}: row {row}: empty 'query'; every row needs a query text")
+        relevant.append(_parse_file_list(path, row, literal))
+        queries.append(query)
+    _reject_duplicate_queries(path, queries)
+    return Relevance(queries=queries, relevant_files=relevant, source=path)
+
+
+def read_captions_file(path: str | Path) -> Relevance:
+    """Read a Clotho captions CSV: each caption is a query whose single relevant file is its clip."""
+    path = Path(path)
+    frame = _read_table(path, ["file_name"])
+    caption_columns = [c for c in frame.columns if c.startswith("caption")]
+    if not caption_columns:
+        raise UserError(f"{path}: no 'caption_1'... columns; expected a Clotho captions CSV")
+    queries, relevant = [], []
+    for row, record in enumerate(frame.to_dict("records"), start=2):
+        for column in caption_columns:
+            if not record[column].strip():
+                raise UserError(f"{path}: row {row}, column '{column}' is empty; every caption must be non-empty")
+            queries.append(record[column])
+            relevant.append([record["file_name"]])
+    return Relevance(queries=queries, relevant_files=relevant, source=path)
+
+
+def align(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = False) -> Alignment:
+    """Match relevance queries to matrix rows by exact text (k-th occurrence to k-th occurrence)."""
+    rows_by_query: dict[str, list[int]] = defaultdict(list)
+    for row, query in enumerate(matrix.queries):
+        rows_by_query[query].append(row)
+    column_of = {name: column for column, name in enumerate(matrix.files)}
+    used: dict[str, int] = defaultdict(int)
+    rows, relevant, missing = [], [], []
+    for index, (query, files) in enumerate(zip(relevance.queries, relevance.relevant_files)):
+        occurrence = used[query]
+        used[query] += 1
+        if occurrence >= len(rows_by_query.get(query, [])):
+            missing.append(query)
+            continue
+        rows.append(rows_by_query[query][occurrence])
+        relevant.append([_column(column_of, name, relevance, index, matrix) for name in files])
+    _check_missing(missing, relevance, allow_missing)
+    _check_surplus(rows_by_query, used, relevance)
+    if not rows:
+        raise UserError(f"{relevance.source}: none of its queries appear in the predictions; nothing to score")
+    return Alignment(rows=np.array(rows, dtype=np.int64), relevant=_pad(relevant), n_missing=len(missing),
+                     n_unscored_rows=len(matrix.queries) - len(rows))
+
+
+def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise UserError(f"{path}: cannot parse as CSV ({str(err).strip()})") from None
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    return frame
+
+
+def _parse_file_list(path: Path, row: int, literal: str) -> list[str]:
+    try:
+        files = ast.literal_eval(literal)
+    except (ValueError, SyntaxError):
+        files = None
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise UserError(f"{path}: row {row}: 'audio_filenames' is {literal!r}; expected a non-empty list "
+                        "literal of file names like ['a.wav', 'b.wav']")
+    if len(set(files)) != len(files):
+        raise UserError(f"{path}: row {row}: 'audio_filenames' lists a file twice; list each relevant file once")
+    return files
+
+
+def _reject_duplicate_queries(path: Path, queries: list[str]) -> None:
+    first_row: dict[str, int] = {}
+    for row, query in enumerate(queries, start=2):
+        if query in first_row:
+            raise UserError(f"{path}: rows {first_row[query]} and {row} repeat the query {query!r}; "
+                            "merge their relevant files into one row")
+        first_row[query] = row
+
+
+def _column(column_of: dict[str, int], name: str, relevance: Relevance, index: int,
+            matrix: SimilarityMatrix) -> int:
+    if name not in column_of:
+        raise UserError(f"{relevance.source}: query {relevance.queries[index]!r} lists audio file {name!r}, "
+                        f"which is not a column of the predictions ({len(matrix.files)} files); "
+                        "score every file of the evaluated split")
+    return column_of[name]
+
+
+def _check_missing(missing: list[str], relevance: Relevance, allow_missing: bool) -> None:
+    if missing and not allow_missing:
+        raise UserError(f"{relevance.source}: {len(missing)} of {len(relevance.queries)} queries are missing "
+                        f"from the predictions, first {missing[0]!r}; add them or pass --allow-missing")
+
+
+def _check_surplus(rows_by_query: dict[str, list[int]], used: dict[str, int], relevance: Relevance) -> None:
+    for query, rows in rows_by_query.items():
+        if len(rows) > 1 and len(rows) > used.get(query, 0):
+            raise UserError(f"predictions: query {query!r} appears {len(rows)} times (rows "
+                            f"{', '.join(str(r + 2) for r in rows)}) but {used.get(query, 0)} time(s) in "
+                            f"{relevance.source}; remove the duplicate rows")
+
+
+def _pad(relevant: list[list[int]]) -> np.ndarray:
+    width = max(len(files) for files in relevant)
+    padded = np.full((len(relevant), width), PADDING, dtype=np.int64)
+    for row, columns in enumerate(relevant):
+        padded[row, : len(columns)] = columns
+    return padded
