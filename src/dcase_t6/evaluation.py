@@ -37,7 +37,7 @@ class EvaluationResult:
 def evaluate(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = False) -> EvaluationResult:
     """Compute R@1/5/10 and mAP@10/16 of ``matrix`` on the queries of ``relevance``."""
     alignment = align(matrix, relevance, allow_missing=allow_missing)
-    ranks = metrics.relevant_ranks(matrix.scores[alignment.rows], alignment.relevant)
+    ranks = metrics.relevant_ranks(_scored_rows(matrix, alignment.rows), alignment.relevant)
     per_query = metrics.per_query_metrics(ranks)
     intervals = {key: metrics.jackknife_interval(values) for key, values in per_query.items()}
     return EvaluationResult(
@@ -53,6 +53,13 @@ def write_per_query(result: EvaluationResult, path: str | Path) -> None:
     """Write one row per scored query: its metrics and the sorted ranks of its relevant files."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         result.per_query.to_csv(handle, index=False)
+
+
+def _scored_rows(matrix: SimilarityMatrix, rows: np.ndarray) -> np.ndarray:
+    """The score rows of the scored queries, without a copy when they are all rows in order."""
+    if len(rows) == matrix.shape[0] and np.array_equal(rows, np.arange(len(rows))):
+        return matrix.scores
+    return matrix.scores[rows]
 
 
 def _per_query_table(matrix: SimilarityMatrix, rows: np.ndarray, ranks: np.ndarray,

@@ -33,15 +33,26 @@ def irrelevant_at_or_above(scores: np.ndarray, relevant: np.ndarray) -> np.ndarr
     """
     valid = relevant != PADDING
     relevant_scores = np.take_along_axis(scores, np.where(valid, relevant, 0), axis=1)
-    counts = np.empty(relevant.shape, dtype=np.int64)
-    rows = max(1, _CHUNK_ELEMENTS // max(1, relevant.shape[1] * scores.shape[1]))
-    for start in range(0, scores.shape[0], rows):
-        block = slice(start, start + rows)
-        counts[block] = (scores[block, None, :] >= relevant_scores[block, :, None]).sum(axis=2)
+    counts = np.full(relevant.shape, PADDING, dtype=np.int64)
+    for slot in range(relevant.shape[1]):
+        queries = np.flatnonzero(valid[:, slot])
+        counts[queries, slot] = _count_at_or_above(scores, queries, relevant_scores[queries, slot])
     relevant_at_or_above = (
         (relevant_scores[:, None, :] >= relevant_scores[:, :, None]) & valid[:, None, :]
     ).sum(axis=2)
     return np.where(valid, counts - relevant_at_or_above, PADDING)
+
+
+def _count_at_or_above(scores: np.ndarray, queries: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """For each listed query, count the files scoring >= its threshold (chunked, no copy when all rows)."""
+    every_row = len(queries) == scores.shape[0]
+    counts = np.empty(len(queries), dtype=np.int64)
+    step = max(1, _CHUNK_ELEMENTS // max(1, scores.shape[1]))
+    for start in range(0, len(queries), step):
+        block = slice(start, start + step)
+        rows = scores[block] if every_row else scores[queries[block]]
+        counts[block] = (rows >= thresholds[block, None]).sum(axis=1)
+    return counts
 
 
 def ranks_from_counts(counts: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ from dcase_t6.atomic import atomic_open, atomic_path
 from dcase_t6.errors import UserError
 
 INDEX_HEADER = "index"
+# pandas >= 3 parses floats round-trip exactly by default and deprecates asking for it.
+_ROUND_TRIP = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def read_csv(path: str | Path) -> SimilarityMatrix:
     files = _read_header(path)
     try:
         frame = pd.read_csv(path, encoding="utf-8-sig", header=0, index_col=0, dtype={0: str},
-                            keep_default_na=False, na_values=[], float_precision="round_trip")
+                            keep_default_na=False, na_values=[], **_ROUND_TRIP)
     except pd.errors.ParserError as err:
         raise UserError(f"{path}: malformed CSV ({str(err).strip()}); every row needs 1 + {len(files)} fields") from None
     if frame.shape[1] != len(files):

@@ -1,0 +1,116 @@
+"""Benchmark `evaluate` against straightforward per-query references (pure Python, and NumPy).
+
+Cases: the Clotho dev-test single-relevant shape (5225 captions x 1045 files) and the real
+1037-query multi-relevance file. Prints seconds, the speed ratio and whether the goals hold
+(< 0.5 s single-relevant on one core, >= 20x faster than the reference). Also checks both agree.
+
+    .venv/bin/python benchmarks/bench_evaluate.py
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the goal is stated for one core
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dcase_t6.evaluation import evaluate
+from dcase_t6.relevance import Relevance, read_relevance_file
+from dcase_t6.simmatrix import SimilarityMatrix
+
+RELEVANCE_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "clotho-devtest-relevance-metadata_eval.csv"
+
+
+def python_reference_map16(matrix: SimilarityMatrix, relevance: Relevance) -> float:
+    """Straightforward reference: per query, sort all files in Python (irrelevant first within ties)."""
+    total = 0.0
+    for scores, targets in _reference_queries(matrix, relevance):
+        target_set = set(targets)
+        order = sorted(range(len(scores)), key=lambda c: (-scores[c], c in target_set))
+        total += _ap16([column in target_set for column in order[:16]], len(targets))
+    return total / len(relevance.queries)
+
+
+def numpy_reference_map16(matrix: SimilarityMatrix, relevance: Relevance) -> float:
+    """Stronger reference: per query, one NumPy lexsort (irrelevant first within ties)."""
+    total = 0.0
+    for scores, targets in _reference_queries(matrix, relevance):
+        is_relevant = np.zeros(len(scores), dtype=bool)
+        is_relevant[targets] = True
+        order = np.lexsort((is_relevant, -scores))
+        total += _ap16(is_relevant[order[:16]].tolist(), len(targets))
+    return total / len(relevance.queries)
+
+
+def _reference_queries(matrix: SimilarityMatrix, relevance: Relevance):
+    row_of = {query: row for row, query in enumerate(matrix.queries)}
+    column_of = {name: column for column, name in enumerate(matrix.files)}
+    for query, files in zip(relevance.queries, relevance.relevant_files):
+        yield matrix.scores[row_of[query]], [column_of[name] for name in files]
+
+
+def _ap16(top16_is_relevant: list[bool], n_relevant: int) -> float:
+    hits, precision_sum = 0, 0.0
+    for rank, hit in enumerate(top16_is_relevant, start=1):
+        if hit:
+            hits += 1
+            precision_sum += hits / rank
+    return precision_sum / n_relevant
+
+
+def time_it(function, repeat: int = 3) -> tuple[float, object]:
+    best, value = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        value = function()
+        best = min(best, time.perf_counter() - start)
+    return best, value
+
+
+def single_relevant_case(rng: np.random.Generator) -> tuple[SimilarityMatrix, Relevance]:
+    files = [f"clip {i}, take &#39;{i}&#39;.wav" for i in range(1045)]
+    queries = [f"caption {i} of clip {i // 5}" for i in range(5225)]
+    target = np.arange(5225) // 5
+    scores = rng.standard_normal((5225, 1045)).astype(np.float32).astype(np.float64)
+    scores[np.arange(5225), target] += 2.5
+    relevance = Relevance(queries, [[files[t]] for t in target], Path("<generated>"))
+    return SimilarityMatrix(queries, files, scores), relevance
+
+
+def multi_relevant_case(rng: np.random.Generator) -> tuple[SimilarityMatrix, Relevance]:
+    relevance = read_relevance_file(RELEVANCE_FILE)
+    files = sorted({name for names in relevance.relevant_files for name in names})
+    extra = [f"unjudged_{i}.wav" for i in range(1045 - len(files))]
+    files = files + extra
+    scores = rng.standard_normal((len(relevance.queries), len(files)))
+    return SimilarityMatrix(relevance.queries, files, scores), relevance
+
+
+def report(name: str, matrix: SimilarityMatrix, relevance: Relevance, goal_s: float | None) -> None:
+    fast_s, result = time_it(lambda: evaluate(matrix, relevance))
+    print(f"{name}: {matrix.shape[0]} x {matrix.shape[1]}")
+    print(f"  evaluate          {fast_s:8.3f} s  (five metrics, per-query table, jackknife CIs)")
+    if goal_s is not None:
+        print(f"  goal < {goal_s} s: {'met' if fast_s < goal_s else 'NOT met'}")
+    for label, reference in (("Python reference", python_reference_map16), ("NumPy reference", numpy_reference_map16)):
+        slow_s, value = time_it(lambda: reference(matrix, relevance), repeat=1)
+        agree = abs(result.scores["mAP@16"] - value) < 1e-12
+        print(f"  {label:17s} {slow_s:8.3f} s  ratio {slow_s / fast_s:6.1f}x  mAP@16 agrees: {agree}")
+    print("  goal: >= 20x faster than the straightforward per-query Python reference")
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    report("single-relevant (Clotho dev-test shape)", *single_relevant_case(rng), goal_s=0.5)
+    if RELEVANCE_FILE.is_file():
+        report("multi-relevant (real dev-test relevance file)", *multi_relevant_case(rng), goal_s=None)
+    else:
+        print(f"multi-relevant case skipped: {RELEVANCE_FILE} not found")
+
+
+if __name__ == "__main__":
+    main()
