@@ -1,0 +1,259 @@
+"""`package`: build the submission zip from validated parts and check a zip like the organisers do.
+
+Layout (one folder per system, at most four systems of one team)::
+
+    task6/<label>/<label>.output.csv            similarity matrix, re-written by simmatrix.write_csv
+    task6/<label>/<label>.meta.yaml             metadata, copied byte for byte
+    task6/<label>/<label>.technical_report.pdf  the team's report, one copy per system folder
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dcase_t6.atomic import atomic_path
+from dcase_t6.errors import UserError
+from dcase_t6.metadata import decode_meta, label_problem, meta_problems, read_meta, team_of
+from dcase_t6.report import PDF_MAGIC, DraftOptions, check_pdf, write_draft
+from dcase_t6.simmatrix import SimilarityMatrix, read_csv, read_matrix, write_csv
+
+ROOT = "task6"
+MAX_SYSTEMS = 4
+CSV_KIND, META_KIND, REPORT_KIND = "output.csv", "meta.yaml", "technical_report.pdf"
+KINDS = (CSV_KIND, META_KIND, REPORT_KIND)
+
+
+@dataclass(frozen=True)
+class SystemFiles:
+    """The inputs of one system: its label, similarity matrix and metadata file."""
+
+    label: str
+    predictions: Path
+    meta: Path
+
+
+@dataclass(frozen=True)
+class Expected:
+    """Optional expected matrix shape: rows = queries, files = audio file columns."""
+
+    rows: int | None = None
+    files: int | None = None
+
+    def problems(self, shape: tuple[int, int]) -> list[str]:
+        """What differs between ``shape`` and the expected shape."""
+        found = []
+        if self.rows is not None and shape[0] != self.rows:
+            found.append(f"{shape[0]} query rows, expected {self.rows} (one row per query caption)")
+        if self.files is not None and shape[1] != self.files:
+            found.append(f"{shape[1]} audio file columns, expected {self.files} (one column per audio file)")
+        return found
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of checking a submission zip: every problem found and a summary of each system."""
+
+    problems: list[str] = field(default_factory=list)
+    systems: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_json(self) -> dict:
+        """The ``--check --json`` object."""
+        return {"ok": self.ok, "problems": self.problems, "systems": self.systems}
+
+
+def member_name(label: str, kind: str) -> str:
+    """Path of a system's file inside the zip."""
+    return f"{ROOT}/{label}/{label}.{kind}"
+
+
+def systems_from_options(labels: tuple[str, ...], predictions: tuple[str, ...],
+                         metas: tuple[str, ...]) -> list[SystemFiles]:
+    """Pair the repeated --label/--predictions/--meta options, which must come in equal numbers."""
+    if not labels or not len(labels) == len(predictions) == len(metas):
+        raise UserError(f"package: got {len(labels)} --label, {len(predictions)} --predictions and {len(metas)} "
+                        "--meta; give one of each per system, in the same order")
+    return [SystemFiles(label, Path(prediction), Path(meta))
+            for label, prediction, meta in zip(labels, predictions, metas)]
+
+
+def build_package(systems: list[SystemFiles], out: str | Path, report: str | Path,
+                  draft: DraftOptions | None = None, expected: Expected = Expected()) -> CheckResult:
+    """Validate every input, then write the zip atomically; with ``draft``, first write a draft report to ``report``."""
+    out = Path(out)
+    if out.suffix.lower() != ".zip":
+        raise UserError(f"--out {out}: the submission must be a .zip file; e.g. --out submission.zip")
+    _check_labels([system.label for system in systems])
+    matrices = [_read_predictions(system, expected) for system in systems]
+    metas = [read_meta(system.meta, system.label) for system in systems]
+    if draft is None:
+        check_pdf(report)
+    else:
+        write_draft(report, [meta for _, meta in metas], draft)
+    with atomic_path(out) as tmp:
+        _write_zip(tmp, systems, matrices, [raw for raw, _ in metas], Path(report))
+        result = check_package(tmp, expected)
+        if not result.ok:
+            raise UserError(f"{out}: the built zip fails its own check ({'; '.join(result.problems)}); "
+                            "please report this bug")
+    return result
+
+
+def check_package(path: str | Path, expected: Expected = Expected()) -> CheckResult:
+    """Check an existing submission zip like the organisers' validators; never raises for a bad zip."""
+    path = Path(path)
+    if not path.is_file():
+        return CheckResult([f"{path}: file not found; pass the submission zip"])
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _check_archive(archive, str(path), expected)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        return CheckResult([f"{path}: not a readable zip archive ({err}); rebuild it with `dcase-t6 package`"])
+
+
+def _check_labels(labels: list[str]) -> None:
+    problems = [problem for problem in map(label_problem, labels) if problem] + _label_set_problems(labels)
+    if problems:
+        raise UserError(f"--label: {'; '.join(problems)}")
+
+
+def _label_set_problems(labels: list[str]) -> list[str]:
+    """Problems of the labels taken together: none, more than 4, repeated, or of several teams."""
+    problems = []
+    if not 1 <= len(labels) <= MAX_SYSTEMS:
+        problems.append(f"{len(labels)} systems; a team submits 1 to {MAX_SYSTEMS}")
+    if len(set(labels)) != len(labels):
+        problems.append(f"labels repeat ({', '.join(labels)}); give each system its own index 1-4")
+    teams = sorted({team_of(label) for label in labels if not label_problem(label)})
+    if len(teams) > 1:
+        problems.append(f"labels of several teams ({', '.join(teams)}); one zip holds the systems of one team, "
+                        "which share <Lastname>_<INSTITUTE>")
+    return problems
+
+
+def _read_predictions(system: SystemFiles, expected: Expected) -> SimilarityMatrix:
+    matrix = read_matrix(system.predictions)
+    problems = expected.problems(matrix.shape)
+    if problems:
+        raise UserError(f"{system.predictions}: {'; '.join(problems)}; predict on the full evaluation set")
+    return matrix
+
+
+def _write_zip(path: Path, systems: list[SystemFiles], matrices: list[SimilarityMatrix],
+               metas: list[bytes], report: Path) -> None:
+    # Level 1: printed floats barely compress further, and level 6 takes 5x longer on a 20 MB matrix.
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive, \
+            tempfile.TemporaryDirectory(prefix="dcase-t6-package-") as scratch:
+        for system, matrix, meta in zip(systems, matrices, metas):
+            csv_path = Path(scratch) / f"{system.label}.{CSV_KIND}"
+            write_csv(matrix, csv_path)
+            archive.write(csv_path, member_name(system.label, CSV_KIND))
+            archive.writestr(member_name(system.label, META_KIND), meta)
+            archive.write(report, member_name(system.label, REPORT_KIND))
+
+
+def _check_archive(archive: zipfile.ZipFile, where: str, expected: Expected) -> CheckResult:
+    corrupt = _corrupt_members(archive)
+    if corrupt:
+        return CheckResult(corrupt)
+    problems: list[str] = []
+    folders: dict[str, list[str]] = {}
+    for name in (info.filename for info in archive.infolist() if not info.is_dir()):
+        parts = name.split("/")
+        if len(parts) != 3 or parts[0] != ROOT or not parts[1]:
+            problems.append(f"{name}: outside the layout {ROOT}/<label>/<label>.<kind>; move or remove it")
+        else:
+            folders.setdefault(parts[1], []).append(name)
+    problems.extend(_folder_problems(where, list(folders)))
+    systems, reports = [], 0
+    for label, names in sorted(folders.items()):
+        found = _files_by_kind(label, names, problems)
+        systems.append(_check_system(archive, label, found, expected, problems))
+        reports += len(found[REPORT_KIND])
+    if folders and not reports:
+        problems.append(f"{where}: no technical report; add {member_name('<label>', REPORT_KIND)} beside the CSV")
+    return CheckResult(problems, systems)
+
+
+def _corrupt_members(archive: zipfile.ZipFile) -> list[str]:
+    """Like ``ZipFile.testzip`` (read every member, verify its CRC) but naming every corrupt member."""
+    problems = []
+    for info in archive.infolist():
+        try:
+            with archive.open(info) as handle:
+                while handle.read(1 << 20):
+                    pass
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            problems.append(f"{info.filename}: corrupt data in the zip ({err}); rebuild the zip")
+    return problems
+
+
+def _folder_problems(where: str, labels: list[str]) -> list[str]:
+    problems = [f"{ROOT}/{label}/: {label_problem(label)}" for label in labels if label_problem(label)]
+    return problems + [f"{where}: {problem}" for problem in _label_set_problems(labels)]
+
+
+def _files_by_kind(label: str, names: list[str], problems: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    for name in names:
+        file_name = name.rsplit("/", 1)[1]
+        parts = file_name.split(".")
+        kind = ".".join(parts[1:])
+        if len(parts) != 3:
+            problems.append(f"{name}: file name has {len(parts)} dot-separated parts; exactly 3 are allowed, "
+                            f"e.g. {label}.{CSV_KIND}")
+        elif parts[0] != label:
+            problems.append(f"{name}: file label {parts[0]!r} differs from its folder {label!r}; rename one of them")
+        elif kind not in KINDS:
+            problems.append(f"{name}: unexpected file kind {kind!r}; expected {', '.join(KINDS)}")
+        else:
+            found[kind].append(name)
+    for kind in (CSV_KIND, META_KIND):
+        if not found[kind]:
+            problems.append(f"{ROOT}/{label}/: missing {label}.{kind}")
+    return found
+
+
+def _check_system(archive: zipfile.ZipFile, label: str, found: dict[str, list[str]], expected: Expected,
+                  problems: list[str]) -> dict:
+    summary: dict = {"label": label}
+    for name in found[META_KIND]:
+        problems.extend(_meta_member_problems(archive, name, label))
+    for name in found[CSV_KIND]:
+        matrix = _read_csv_member(archive, name, problems)
+        if matrix is not None:
+            problems.extend(f"{name}: {problem}" for problem in expected.problems(matrix.shape))
+            summary.update(queries=matrix.shape[0], files=matrix.shape[1])
+    for name in found[REPORT_KIND]:
+        with archive.open(name) as handle:
+            if handle.read(len(PDF_MAGIC)) != PDF_MAGIC:
+                problems.append(f"{name}: not a PDF (it does not start with %PDF); export the report as PDF")
+    return summary
+
+
+def _meta_member_problems(archive: zipfile.ZipFile, name: str, label: str) -> list[str]:
+    try:
+        meta = decode_meta(archive.read(name), name)
+    except UserError as err:
+        return [str(err)]
+    return [f"{name}: {problem}" for problem in meta_problems(meta, label)]
+
+
+def _read_csv_member(archive: zipfile.ZipFile, name: str, problems: list[str]) -> SimilarityMatrix | None:
+    with tempfile.TemporaryDirectory(prefix="dcase-t6-check-") as scratch:
+        local = Path(scratch) / "member.csv"
+        with archive.open(name) as source, open(local, "wb") as target:
+            shutil.copyfileobj(source, target)
+        try:
+            return read_csv(local)
+        except UserError as err:
+            problems.append(str(err).replace(str(local), name))
+            return None

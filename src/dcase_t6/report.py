@@ -1,0 +1,260 @@
+"""Draft technical report: metadata, results, ensemble weights and a plot, rendered to PDF with fpdf2.
+
+The HTML template ``templates/report_template.html.j2`` is filled with jinja2 and laid out by fpdf2's
+``write_html``; text uses matplotlib's bundled DejaVu Sans so non-ASCII author names render.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import jinja2
+import matplotlib
+import numpy as np
+import pandas as pd
+from fpdf import FPDF
+from fpdf.fonts import TextStyle
+from matplotlib.figure import Figure
+
+from dcase_t6.atomic import atomic_path
+from dcase_t6.errors import UserError
+from dcase_t6.metadata import team_of
+from dcase_t6.metrics import METRIC_KEYS
+
+TEMPLATE_NAME = "report_template.html.j2"
+FONT_FAMILY = "DejaVu"
+FONT_FILES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf", "I": "DejaVuSans-Oblique.ttf",
+              "BI": "DejaVuSans-BoldOblique.ttf"}
+MAX_K = 50
+FIGURE_WIDTH = 480
+PDF_MAGIC = b"%PDF"
+
+
+@dataclass(frozen=True)
+class EnsembleWeights:
+    """Ensemble member weights and a one-line note on how they were chosen (may be empty)."""
+
+    members: dict[str, float]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DraftOptions:
+    """Optional inputs of the draft report: ensemble weights JSON and per-query evaluation CSV."""
+
+    weights: Path | None = None
+    per_query: Path | None = None
+
+
+def check_pdf(path: str | Path) -> None:
+    """Fail unless ``path`` is an existing file that starts with ``%PDF``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: report not found; pass the technical report PDF or use --draft-report PATH")
+    with open(path, "rb") as handle:
+        if handle.read(len(PDF_MAGIC)) != PDF_MAGIC:
+            raise UserError(f"{path}: not a PDF (it does not start with %PDF); export the technical report as PDF")
+
+
+def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = DraftOptions()) -> None:
+    """Write a draft report PDF for the systems described by ``metas`` (validated metadata) to ``out``."""
+    weights = read_weights(options.weights) if options.weights else EnsembleWeights({})
+    curve = recall_curve(options.per_query) if options.per_query else None
+    with tempfile.TemporaryDirectory(prefix="dcase-t6-report-") as scratch:
+        figure = Path(scratch) / "figure.png"
+        caption = _plot_recall(curve, figure) if curve is not None else _plot_results(metas, figure)
+        html = render_html(metas, weights, figure, caption)
+        pdf = _pdf(metas, html)
+        with atomic_path(out) as tmp:
+            pdf.output(str(tmp))
+
+
+def read_weights(path: str | Path) -> EnsembleWeights:
+    """The ``weights`` mapping of a ``dcase-t6 ensemble --search`` JSON, plus a note from its optional keys."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found; pass the weights JSON written by `dcase-t6 ensemble`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not JSON ({err}); pass the weights JSON written by `dcase-t6 ensemble`") from None
+    weights = payload.get("weights") if isinstance(payload, dict) else None
+    if not isinstance(weights, dict) or not weights or not all(_is_number(value) for value in weights.values()):
+        raise UserError(f"{path}: expected an object with \"weights\": {{\"<system>\": <number>, ...}}")
+    return EnsembleWeights({str(name): float(value) for name, value in weights.items()}, _weights_note(payload))
+
+
+def recall_curve(path: str | Path, max_k: int = MAX_K) -> np.ndarray:
+    """Mean R@K for K = 1..max_k from a ``dcase-t6 evaluate --per-query`` CSV (columns n_relevant, ranks)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; write it with `dcase-t6 evaluate ... --per-query {path}`")
+    try:
+        table = pd.read_csv(path, dtype={"ranks": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a per-query CSV ({err}); write it with `dcase-t6 evaluate --per-query`") from None
+    missing = {"n_relevant", "ranks"} - set(table.columns)
+    if missing or table.empty:
+        raise UserError(f"{path}: expected per-query rows with columns n_relevant and ranks "
+                        f"(missing {sorted(missing)}); write it with `dcase-t6 evaluate --per-query`")
+    ks = np.arange(1, max_k + 1)
+    recalls = [_recall_row(path, row, text, n, ks)
+               for row, (text, n) in enumerate(zip(table["ranks"], table["n_relevant"]), start=2)]
+    return np.mean(recalls, axis=0)
+
+
+def render_html(metas: list[dict], weights: EnsembleWeights, figure: Path, caption: str) -> str:
+    """Fill the HTML report template."""
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = environment.from_string(files("dcase_t6.templates").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8"))
+    authors = _authors(metas)
+    return template.render(
+        title=_title(metas),
+        authors=authors,
+        affiliations=list(dict.fromkeys(author["affiliation_line"] for author in authors)),
+        contact=", ".join(f"{a['name']} <{a['email']}>" for a in authors if a["corresponding"]),
+        systems=[_system(meta) for meta in metas],
+        metrics=METRIC_KEYS,
+        weights=[(name, f"{value:.4f}") for name, value in sorted(weights.members.items(), key=lambda item: -item[1])],
+        weights_note=weights.note,
+        figure=str(figure),
+        figure_width=FIGURE_WIDTH,
+        caption=caption,
+    )
+
+
+def _weights_note(payload: dict) -> str:
+    metric, validation = payload.get("metric"), payload.get("validation")
+    parts = []
+    if isinstance(validation, dict) and _is_number(validation.get(metric)):
+        parts.append(f"chosen on validation {metric} = {validation[metric]:.4f}")
+    parts += [f"{key}: {payload[key]}" for key in ("normalize", "strategy") if isinstance(payload.get(key), str)]
+    return "; ".join(parts)
+
+
+def _recall_row(path: Path, row: int, text: str, n_relevant, ks: np.ndarray) -> np.ndarray:
+    try:
+        ranks = np.sort(np.array(str(text).split(), dtype=np.int64))
+        n = int(n_relevant)
+    except ValueError:
+        raise UserError(f"{path}: row {row}: ranks {text!r} / n_relevant {n_relevant!r} are not integers; "
+                        "write the file with `dcase-t6 evaluate --per-query`") from None
+    if n < 1:
+        raise UserError(f"{path}: row {row}: n_relevant is {n}; every query needs at least one relevant file")
+    return np.searchsorted(ranks, ks, side="right") / n
+
+
+def _plot_recall(curve: np.ndarray, png: Path) -> str:
+    figure = Figure(figsize=(6.4, 3.4))
+    axes = figure.add_subplot()
+    ks = np.arange(1, len(curve) + 1)
+    axes.plot(ks, curve, marker=".", color="tab:blue")
+    for k in (1, 5, 10):
+        axes.axvline(k, color="0.8", linewidth=0.8, zorder=0)
+    axes.set(xlabel="K", ylabel="mean R@K", xlim=(1, len(curve)), ylim=(0, 1), title="Recall at K")
+    axes.grid(alpha=0.3)
+    _save(figure, png)
+    return f"mean recall R@K of the relevant files for K = 1 to {len(curve)} on the evaluated queries."
+
+
+def _plot_results(metas: list[dict], png: Path) -> str:
+    figure = Figure(figsize=(6.4, 3.4))
+    axes = figure.add_subplot()
+    positions = np.arange(len(METRIC_KEYS))
+    width = 0.8 / len(metas)
+    for index, meta in enumerate(metas):
+        results = _results(meta)
+        values = [results.get(key, np.nan) for key in METRIC_KEYS]
+        axes.bar(positions + (index - (len(metas) - 1) / 2) * width, values, width,
+                 label=meta["submission"]["label"])
+    axes.set_xticks(positions, METRIC_KEYS)
+    axes.set(ylabel="score", ylim=(0, 1), title="Development-testing results")
+    axes.legend(fontsize="small")
+    _save(figure, png)
+    return "development-testing results reported in the metadata of each system."
+
+
+def _save(figure: Figure, png: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(png, dpi=150)
+
+
+def _pdf(metas: list[dict], html: str) -> FPDF:
+    pdf = FPDF(format="A4")
+    fonts = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    for style, name in FONT_FILES.items():
+        pdf.add_font(FONT_FAMILY, style, str(fonts / name))
+    pdf.set_title(_title(metas))
+    pdf.set_author(", ".join(author["name"] for author in _authors(metas)))
+    pdf.set_creator("dcase-t6")
+    pdf.add_page()
+    pdf.set_font(FONT_FAMILY, size=10)
+    heading = {f"h{level}": TextStyle(font_family=FONT_FAMILY, font_style="B", font_size_pt=size, color=(0, 0, 0),
+                                      t_margin=4, b_margin=2)
+               for level, size in ((1, 16), (2, 12), (3, 11))}
+    pdf.write_html(html, font_family=FONT_FAMILY, tag_styles=heading)
+    return pdf
+
+
+def _title(metas: list[dict]) -> str:
+    if len(metas) == 1:
+        return metas[0]["submission"]["name"]
+    return f"{team_of(metas[0]['submission']['label'])}: systems for DCASE 2025 Task 6"
+
+
+def _authors(metas: list[dict]) -> list[dict]:
+    authors: dict[tuple, dict] = {}
+    for meta in metas:
+        for author in meta["submission"]["authors"]:
+            key = (author["firstname"], author["lastname"], author["email"])
+            affiliation = author["affiliation"]
+            entry = authors.setdefault(key, {
+                "name": f"{author['firstname']} {author['lastname']}",
+                "email": author["email"],
+                "corresponding": False,
+                "affiliation": affiliation["abbreviation"],
+                "affiliation_line": f"{affiliation['abbreviation']}: {affiliation['department']}, "
+                                    f"{affiliation['institute']}, {affiliation['location']}",
+            })
+            entry["corresponding"] |= author.get("corresponding") is True
+    return list(authors.values())
+
+
+def _system(meta: dict) -> dict:
+    submission, system = meta["submission"], meta["system"]
+    description = [(_field(key), _text(value)) for key, value in system["description"].items()]
+    description.append(("Total parameters", f"{system['complexity']['total_parameters']:,}"))
+    for key in ("training_datasets", "validation_datasets"):
+        description.append((_field(key), ", ".join(str(dataset["name"]) for dataset in system[key]) or "n/a"))
+    results = _results(meta)
+    return {
+        "label": submission["label"],
+        "name": submission["name"],
+        "abbreviation": submission["abbreviation"],
+        "description": description,
+        "results": [f"{results[key]:.4f}" if key in results else "n/a" for key in METRIC_KEYS],
+    }
+
+
+def _results(meta: dict) -> dict[str, float]:
+    return dict(meta["results"]["development_testing"])
+
+
+def _field(key: str) -> str:
+    return key.replace("_", " ").capitalize()
+
+
+def _text(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
