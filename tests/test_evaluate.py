@@ -109,11 +109,19 @@ def test_relevant_file_absent_from_columns_is_named(tmp_path):
         evaluate(matrix, read_relevance_file(relevance))
 
 
-def test_duplicated_prediction_rows_are_refused(tmp_path):
+def test_duplicated_prediction_rows_with_different_scores_are_refused(tmp_path):
     relevance = write_relevance(tmp_path / "rel.csv", [("q1", ["a.wav"])])
-    matrix = SimilarityMatrix(["q1", "q1"], FILES, np.zeros((2, 5)))
-    with pytest.raises(UserError, match=r"query 'q1' appears 2 times \(rows 2, 3\)"):
+    matrix = SimilarityMatrix(["q1", "q1"], FILES, np.array([[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0]]))
+    with pytest.raises(UserError, match=r"query 'q1' appears 2 times with different scores \(rows 2, 3\)"):
         evaluate(matrix, read_relevance_file(relevance))
+
+
+def test_identical_duplicate_rows_count_as_one_query(tmp_path):
+    # a text model gives a repeated caption the same row: it is scored once per ground-truth occurrence
+    relevance = write_relevance(tmp_path / "rel.csv", [("q1", ["a.wav"]), ("q2", ["f.wav"])])
+    scores = np.array([[1.0, 0, 0, 0, 0], [0, 0, 0, 0, 1.0], [1.0, 0, 0, 0, 0]])
+    result = evaluate(SimilarityMatrix(["q1", "q2", "q1"], FILES, scores), read_relevance_file(relevance))
+    assert result.n_queries == 2 and result.per_query["ranks"].tolist() == ["1", "5"]  # f.wav ties at 0: rank 5
 
 
 @pytest.mark.parametrize(

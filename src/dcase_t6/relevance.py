@@ -71,27 +71,43 @@ def read_captions_file(path: str | Path) -> Relevance:
 
 
 def align(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = False) -> Alignment:
-    """Match relevance queries to matrix rows by exact text (k-th occurrence to k-th occurrence)."""
-    rows_by_query: dict[str, list[int]] = defaultdict(list)
-    for row, query in enumerate(matrix.queries):
-        rows_by_query[query].append(row)
+    """Match relevance queries to matrix rows by exact text.
+
+    A query text on several prediction rows with identical scores (a text model gives the same
+    caption the same row) counts as one row that every occurrence in the ground truth uses. Rows
+    of the same text with different scores are matched k-th occurrence to k-th occurrence, and
+    must then occur as often in the predictions as in the ground truth.
+    """
+    rows_by_query = _rows_by_query(matrix)
     column_of = {name: column for column, name in enumerate(matrix.files)}
     used: dict[str, int] = defaultdict(int)
     rows, relevant, missing = [], [], []
     for index, (query, files) in enumerate(zip(relevance.queries, relevance.relevant_files)):
-        occurrence = used[query]
+        candidates = rows_by_query.get(query, [])
+        occurrence = 0 if len(candidates) == 1 else used[query]
         used[query] += 1
-        if occurrence >= len(rows_by_query.get(query, [])):
+        if occurrence >= len(candidates):
             missing.append(query)
             continue
-        rows.append(rows_by_query[query][occurrence])
+        rows.append(candidates[occurrence])
         relevant.append([_column(column_of, name, relevance, index, matrix) for name in files])
     _check_missing(missing, relevance, allow_missing)
     _check_surplus(rows_by_query, used, relevance)
     if not rows:
         raise UserError(f"{relevance.source}: none of its queries appear in the predictions; nothing to score")
     return Alignment(rows=np.array(rows, dtype=np.int64), relevant=_pad(relevant), n_missing=len(missing),
-                     n_unscored_rows=len(matrix.queries) - len(rows))
+                     n_unscored_rows=len(matrix.queries) - len(set(rows)))
+
+
+def _rows_by_query(matrix: SimilarityMatrix) -> dict[str, list[int]]:
+    """Rows of each query text; repeated texts whose rows are all identical collapse to their first row."""
+    rows_by_query: dict[str, list[int]] = defaultdict(list)
+    for row, query in enumerate(matrix.queries):
+        rows_by_query[query].append(row)
+    for query, rows in rows_by_query.items():
+        if len(rows) > 1 and (matrix.scores[rows] == matrix.scores[rows[0]]).all():
+            rows_by_query[query] = rows[:1]
+    return rows_by_query
 
 
 def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
@@ -147,7 +163,7 @@ def _check_missing(missing: list[str], relevance: Relevance, allow_missing: bool
 def _check_surplus(rows_by_query: dict[str, list[int]], used: dict[str, int], relevance: Relevance) -> None:
     for query, rows in rows_by_query.items():
         if len(rows) > 1 and len(rows) > used.get(query, 0):
-            raise UserError(f"predictions: query {query!r} appears {len(rows)} times (rows "
+            raise UserError(f"predictions: query {query!r} appears {len(rows)} times with different scores (rows "
                             f"{', '.join(str(r + 2) for r in rows)}) but {used.get(query, 0)} time(s) in "
                             f"{relevance.source}; remove the duplicate rows")
 

@@ -1,0 +1,85 @@
+"""Clotho v2.1 (Zenodo record 4783391): download or take the nine files, verify, extract, index.
+
+Each step is skipped when its result is present and verified: downloaded files by MD5 (remembered
+by size and modification time), extracted parts by a stamp naming the archive's MD5, the index by
+the fingerprint of its inputs. So a re-run is a no-op and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from dcase_t6.atomic import atomic_path
+from dcase_t6.data.archive import extract_7z
+from dcase_t6.data.clotho_layout import index_clotho_layout
+from dcase_t6.data.download import VerifiedFiles, download
+from dcase_t6.data.layout import CLOTHO_PARTS, Layout
+from dcase_t6.data.progress import byte_progress
+from dcase_t6.errors import UserError
+
+DATASET = "clotho"
+ZENODO_RECORD = "4783391"
+ZENODO_URL = f"https://zenodo.org/records/{ZENODO_RECORD}/files/"
+CLOTHO_MD5 = {
+    "clotho_audio_development.7z": "c8b05bc7acdb13895bb3c6a29608667e",
+    "clotho_captions_development.csv": "d4090b39ce9f2491908eebf4d5b09bae",
+    "clotho_metadata_development.csv": "170d20935ecfdf161ce1bb154118cda5",
+    "clotho_audio_validation.7z": "7dba730be08bada48bd15dc4e668df59",
+    "clotho_captions_validation.csv": "5879e023032b22a2c930aaa0528bead4",
+    "clotho_metadata_validation.csv": "2e010427c56b1ce6008b0f03f41048ce",
+    "clotho_audio_evaluation.7z": "4569624ccadf96223f19cb59fe4f849f",
+    "clotho_captions_evaluation.csv": "1b16b9e57cf7bdb7f13a13802aeb57e2",
+    "clotho_metadata_evaluation.csv": "13946f054d4e1bf48079813aac61bf77",
+}
+
+
+def prepare_clotho(layout: Layout, archives: Path | None = None, workers: int = 1, mirror: str | None = None,
+                   md5s: dict[str, str] = CLOTHO_MD5, retry_wait_s: float = 2.0) -> dict:
+    """Get (download or ``archives``), verify, extract and index Clotho v2.1; return the index report."""
+    source = archives.expanduser().absolute() if archives else layout.dataset_dir(DATASET) / "archives"
+    verified = VerifiedFiles(layout.dataset_dir(DATASET) / "verified.json")
+    with byte_progress() as progress:
+        if archives is None:
+            base = (mirror or ZENODO_URL).rstrip("/") + "/"
+            for name, md5 in md5s.items():
+                if not (source / name).is_file():
+                    download(base + name, source / name, md5, progress, retry_wait_s=retry_wait_s)
+        _require_present(source, md5s, archives is not None)
+        for name, md5 in md5s.items():
+            verified.check(source / name, md5, progress)
+    extracted = {part: _extract_part(layout, source, part, md5s) for part in CLOTHO_PARTS}
+    for part in CLOTHO_PARTS:
+        for kind, target in (("captions", layout.captions_csv(DATASET, part)), ("metadata", layout.metadata_csv(DATASET, part))):
+            _copy_if_changed(source / f"clotho_{kind}_{part}.csv", target)
+    report = index_clotho_layout(layout, DATASET, workers)
+    return {**report, "source": str(source), "extracted": extracted}
+
+
+def _require_present(source: Path, md5s: dict[str, str], offline: bool) -> None:
+    missing = [name for name in md5s if not (source / name).is_file()]
+    if missing:
+        fix = (f"download them from https://zenodo.org/records/{ZENODO_RECORD} into {source}, "
+               "or run without --archives to download them") if offline else "re-run to download them"
+        raise UserError(f"{source}: missing {len(missing)} Clotho file(s) ({', '.join(missing)}); {fix}")
+
+
+def _extract_part(layout: Layout, source: Path, part: str, md5s: dict[str, str]) -> int:
+    """Extract one audio archive unless the stamp says this very archive was extracted; files extracted."""
+    name = f"clotho_audio_{part}.7z"
+    target = layout.audio_dir(DATASET, part)
+    stamp = target.parent / f".{part}.extracted"
+    if target.is_dir() and stamp.is_file() and stamp.read_text().strip() == md5s[name]:
+        return 0
+    stamp.unlink(missing_ok=True)
+    count = extract_7z(source / name, target)
+    with atomic_path(stamp) as tmp:
+        tmp.write_text(md5s[name] + "\n")
+    return count
+
+
+def _copy_if_changed(source: Path, target: Path) -> None:
+    if target.is_file() and target.read_bytes() == source.read_bytes():
+        return
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)

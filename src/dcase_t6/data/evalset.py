@@ -1,0 +1,50 @@
+"""Evaluation set: the retrieval captions (queries) and the audio folder a submission must rank.
+
+Every audio file must be usable (the submission needs a column for each), so an unreadable file is
+an error rather than a skip; silent clips are kept. Queries go to ``DATA/index/eval.queries.csv``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from dcase_t6.data.audio_io import AUDIO_SUFFIXES
+from dcase_t6.data.layout import Layout
+from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
+from dcase_t6.data.tables import check_non_empty, read_table, write_table
+from dcase_t6.errors import UserError
+
+DATASET, SPLIT = "eval", "evaluation"
+
+
+def prepare_eval(layout: Layout, captions: Path, audio: Path, workers: int = 1) -> dict:
+    """Index the evaluation audio and store the queries (column ``caption``) for embed and package."""
+    queries = read_table(captions, ["caption"])
+    check_non_empty(captions, queries, ["caption"])
+    files = _audio_files(audio)
+    key = fingerprint([captions, *files], {"dataset": DATASET})
+    report = current_report(layout, DATASET, key)
+    if report is not None and layout.queries_file(DATASET).is_file():
+        return report
+    write_table(queries[["caption"]], layout.queries_file(DATASET))
+    table = pd.DataFrame({"dataset": DATASET, "split": SPLIT, "source": "eval", "file_name": [f.name for f in files],
+                          "caption_index": "", "caption": "", "audio_path": files, "sound_id": ""})
+    return write_index(layout, DATASET, table, AudioPolicy(keep_silent=True, strict=True), workers, key,
+                       {"queries": len(queries), "queries_file": str(layout.queries_file(DATASET))})
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise UserError(f"{folder}: audio folder not found; pass the folder of evaluation clips with --audio")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder}: no audio file ({', '.join(AUDIO_SUFFIXES)}); pass the evaluation audio folder")
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.name in seen:
+            raise UserError(f"{folder}: two clips named {path.name!r} ({seen[path.name]} and {path}); "
+                            "submission columns are file names, so each must be unique")
+        seen[path.name] = path
+    return files

@@ -1,0 +1,56 @@
+"""Turning clips and captions into embeddings (batched), and embeddings into similarity matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from dcase_t6.models import DualEncoder
+
+ClipReader = Callable[[Path], np.ndarray]
+
+
+def pad_batch(clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad mono clips to the longest: (batch, samples) waveforms and their lengths."""
+    lengths = torch.tensor([len(clip) for clip in clips], dtype=torch.long)
+    waveforms = torch.zeros(len(clips), int(lengths.max()), dtype=torch.float32)
+    for row, clip in enumerate(clips):
+        waveforms[row, : len(clip)] = torch.from_numpy(np.asarray(clip, dtype=np.float32))
+    return waveforms, lengths
+
+
+@torch.no_grad()
+def embed_audio(model: DualEncoder, paths: Sequence[Path], read: ClipReader, max_samples: int,
+                batch_size: int, device: torch.device, advance: Callable[[int], None] | None = None) -> np.ndarray:
+    """Audio embeddings (clips, dim) of the first ``max_samples`` samples of each clip."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(paths), batch_size):
+        clips = [read(path)[:max_samples] for path in paths[start:start + batch_size]]
+        waveforms, lengths = pad_batch(clips)
+        outputs.append(model.encode_audio(waveforms.to(device), lengths.to(device)).float().cpu())
+        if advance:
+            advance(len(clips))
+    return torch.cat(outputs).numpy()
+
+
+@torch.no_grad()
+def embed_text(model: DualEncoder, captions: Sequence[str], batch_size: int, device: torch.device,
+               advance: Callable[[int], None] | None = None) -> np.ndarray:
+    """Caption embeddings (captions, dim)."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(captions), batch_size):
+        batch = list(captions[start:start + batch_size])
+        outputs.append(model.encode_text(batch).float().cpu())
+        if advance:
+            advance(len(batch))
+    return torch.cat(outputs).numpy()
+
+
+def similarity(text_embeddings: np.ndarray, audio_embeddings: np.ndarray) -> np.ndarray:
+    """(queries, clips) cosine similarities of unit vectors, as float64 for exact CSV round trips."""
+    return (text_embeddings.astype(np.float64) @ audio_embeddings.astype(np.float64).T)

@@ -1,0 +1,90 @@
+"""`embed`: a registered run's checkpoint -> audio and text embeddings and the similarity matrix of a split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcase_t6.atomic import atomic_path
+from dcase_t6.clips import ClipStore
+from dcase_t6.config import from_dict
+from dcase_t6.data.progress import count_progress
+from dcase_t6.data.split_index import Split, load_split
+from dcase_t6.embedding import embed_audio, embed_text, similarity
+from dcase_t6.models import DualEncoder
+from dcase_t6.registry import RegisteredFile, Registry
+from dcase_t6.simmatrix import SimilarityMatrix, write_matrix
+
+
+def load_model(registry: Registry, run: str, tag: str = "best", device: str = "cpu") -> tuple[DualEncoder, RegisteredFile]:
+    """Rebuild a run's model from a checkpoint whose hash the registry verifies (no weight download)."""
+    record = registry.file(run, "checkpoint", tag)
+    state = torch.load(record.path, map_location=device, weights_only=True)
+    config = from_dict(state["config"], source=str(record.path))
+    model = DualEncoder(config.model, audio_weights="random")
+    model.load_state_dict(state["model"])
+    return model.to(device), record
+
+
+def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",
+              batch_size: int = 32, audio_seconds: float = 30.0) -> dict:
+    """Embed one split with a run's checkpoint; writes and registers embeddings and the similarity matrix."""
+    registry = Registry(workdir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, checkpoint = load_model(registry, run, tag, str(device))
+    data = load_split(data_root, dataset, split)
+    audio = _audio_embeddings(registry, checkpoint, model, data, device, batch_size, audio_seconds)
+    with count_progress() as bar:
+        task = bar.add_task(f"{split}: captions", total=len(data.queries))
+        text = embed_text(model, data.queries, batch_size, device, lambda n: bar.advance(task, n))
+    directory = registry.workdir / "runs" / checkpoint.run_id / "outputs"
+    embeddings_path = _save_npz(directory / f"{dataset}.{split}.embeddings.npz", checkpoint=checkpoint.sha256,
+                                files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
+                                audio=audio, queries=np.array(data.queries), text=text)
+    matrix = SimilarityMatrix(data.queries, data.files, similarity(text, audio))
+    matrix_path = directory / f"{dataset}.{split}.similarity.npz"
+    write_matrix(matrix, matrix_path)
+    info = {"dataset": dataset, "split": split, "checkpoint": tag, "queries": len(data.queries),
+            "files": len(data.files)}
+    registry.add_file(checkpoint.run_id, "embeddings", split_tag(dataset, split), embeddings_path, info)
+    registry.add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
+    return {"run": checkpoint.run_id, **info, "similarity": str(matrix_path), "embeddings": str(embeddings_path)}
+
+
+def split_tag(dataset: str, split: str) -> str:
+    """Registry tag of a split's outputs: ``<dataset>/<split>``."""
+    return f"{dataset}/{split}"
+
+
+def _audio_embeddings(registry: Registry, checkpoint: RegisteredFile, model: DualEncoder, data: Split,
+                      device: torch.device, batch_size: int, audio_seconds: float) -> np.ndarray:
+    """Embed the split's clips, reusing clips this checkpoint already embedded for any split."""
+    known = _known_audio(registry.workdir / "runs" / checkpoint.run_id / "outputs", checkpoint.sha256)
+    paths = [str(p) for p in data.paths]
+    missing = [p for p in dict.fromkeys(paths) if p not in known]
+    if missing:
+        store = ClipStore(data.paths[0].parent, model.sample_rate)
+        with count_progress() as bar:
+            task = bar.add_task(f"{data.split}: audio", total=len(missing))
+            vectors = embed_audio(model, [Path(p) for p in missing], store.read, int(audio_seconds * model.sample_rate),
+                                  batch_size, device, lambda n: bar.advance(task, n))
+        known.update(zip(missing, vectors))
+    return np.stack([known[p] for p in paths])
+
+
+def _known_audio(directory: Path, checkpoint_sha: str) -> dict[str, np.ndarray]:
+    known: dict[str, np.ndarray] = {}
+    for path in sorted(directory.glob("*.embeddings.npz")):
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["checkpoint"]) == checkpoint_sha:
+                known.update(zip(data["paths"].tolist(), data["audio"]))
+    return known
+
+
+def _save_npz(path: Path, **arrays) -> Path:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    return path

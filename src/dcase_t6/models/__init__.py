@@ -1,0 +1,62 @@
+"""The dual encoder: audio backbone and text encoder, each projected to a shared space and L2-normalised."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dcase_t6.models import audio as audio_backbones
+from dcase_t6.models.text import TextEncoder
+
+
+@dataclass
+class ModelConfig:
+    """What defines the architecture; stored with every checkpoint so embed can rebuild it."""
+
+    backbone: str = "passt"
+    text_model: str = "roberta-large"
+    embed_dim: int = 1024
+    temperature: float = 0.05
+    trainable_temperature: bool = False
+    text_max_length: int = 32
+    text_dropout: float = 0.2
+    freeze_text: bool = False
+
+
+class DualEncoder(nn.Module):
+    """``encode_audio(waveforms, lengths)`` and ``encode_text(captions)`` give unit vectors in one space."""
+
+    def __init__(self, config: ModelConfig, audio_weights: str | None = "download"):
+        super().__init__()
+        self.config = config
+        self.audio = audio_backbones.build(config.backbone, weights=audio_weights)
+        self.text = TextEncoder(config.text_model, config.text_max_length, config.text_dropout,
+                                frozen=config.freeze_text)
+        self.audio_projection = nn.Linear(self.audio.output_dim, config.embed_dim)
+        self.text_projection = nn.Linear(self.text.output_dim, config.embed_dim)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)),
+                                            requires_grad=config.trainable_temperature)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.audio.sample_rate
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, captions: list[str]):
+        """Both embeddings of a batch of (clip, caption) pairs: what training (and DDP) calls."""
+        return self.encode_audio(waveforms, lengths), self.encode_text(captions)
+
+    def encode_audio(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.audio_projection(self.audio(waveforms, lengths)), dim=-1)
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        return nn.functional.normalize(self.text_projection(self.text(captions)), dim=-1)
+
+    def parameter_count(self) -> int:
+        return sum(parameter.numel() for parameter in self.parameters())

@@ -1,0 +1,41 @@
+"""Audio backbones by name. Add one (EAT, BEATs, ...) as one module that calls ``register``.
+
+A backbone is an ``nn.Module`` with attributes ``sample_rate`` (Hz of the waveforms it expects) and
+``output_dim``, whose ``forward(waveforms, lengths)`` maps a zero-padded (batch, samples) float tensor
+and the true lengths in samples to (batch, output_dim) clip embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from dcase_t6.errors import UserError
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable:
+    """Class decorator: make a backbone constructible by ``name``."""
+
+    def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _BACKBONES[name] = factory
+        return factory
+
+    return add
+
+
+def available() -> list[str]:
+    """Names of the registered audio backbones."""
+    return sorted(_BACKBONES)
+
+
+def build(name: str, **options) -> nn.Module:
+    """Construct the audio backbone ``name`` with its options (e.g. ``weights`` for pretrained files)."""
+    if name not in _BACKBONES:
+        raise UserError(f"unknown audio backbone '{name}'; choose one of {', '.join(available())}")
+    return _BACKBONES[name](**options)
+
+
+from dcase_t6.models.audio import passt, tiny_cnn  # noqa: E402,F401  (registers the built-in backbones)

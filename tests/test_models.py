@@ -1,0 +1,103 @@
+"""Backbones and text encoders: shapes, the baseline's segmenting, weight files and clear failures."""
+
+import pytest
+import torch
+
+from dcase_t6.errors import UserError
+from dcase_t6.models import DualEncoder, ModelConfig
+from dcase_t6.models import audio as audio_backbones
+from dcase_t6.models.audio import passt
+from dcase_t6.models.text import TextEncoder, normalise_caption
+
+SECOND = passt.SAMPLE_RATE
+
+
+@pytest.mark.parametrize(("seconds", "segments"), [(3, 1), (10, 1), (10.5, 2), (20, 2), (25, 3), (45, 3)])
+def test_passt_uses_one_two_or_three_ten_second_segments(seconds, segments):
+    lengths = torch.tensor([int(seconds * SECOND)])
+    waveforms = torch.arange(lengths.item(), dtype=torch.float32)[None, :]
+    cut, owners, counts = passt.segment_clips(waveforms, lengths)
+    assert counts.tolist() == [segments] and owners.tolist() == [0] * segments
+    assert cut.shape == (segments, 10 * SECOND)
+    assert cut[0, 0] == 0 and cut[-1, 0] == (segments - 1) * 10 * SECOND  # segments start at 0 s, 10 s, 20 s
+
+
+def test_passt_batch_of_clips_with_different_lengths():
+    lengths = torch.tensor([5 * SECOND, 15 * SECOND])
+    _, owners, counts = passt.segment_clips(torch.zeros(2, 15 * SECOND), lengths)
+    assert owners.tolist() == [0, 1, 1] and counts.tolist() == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def random_passt():
+    return audio_backbones.build("passt", weights="random").eval()
+
+
+def test_passt_random_weights_give_768_d_mean_of_segments(random_passt):
+    clip = torch.randn(1, 12 * SECOND)
+    with torch.no_grad():
+        both = random_passt(clip, torch.tensor([12 * SECOND]))
+        first = random_passt(clip[:, : 10 * SECOND], torch.tensor([10 * SECOND]))
+        second = random_passt(torch.nn.functional.pad(clip[:, 10 * SECOND:], (0, 8 * SECOND)),
+                              torch.tensor([2 * SECOND]))
+    assert both.shape == (1, 768)
+    assert torch.allclose(both, (first + second) / 2, atol=1e-5)
+
+
+def test_passt_loads_a_local_weights_file_and_rejects_a_wrong_one(random_passt, tmp_path):
+    path = tmp_path / "passt.pt"
+    torch.save(random_passt.net.state_dict(), path)
+    loaded = audio_backbones.build("passt", weights=str(path))
+    assert torch.equal(loaded.net.head[-1].weight, random_passt.net.head[-1].weight)
+    torch.save({"not": torch.zeros(1)}, tmp_path / "wrong.pt")
+    with pytest.raises(UserError, match="not the passt_s_p16_s16_128_ap468 checkpoint"):
+        audio_backbones.build("passt", weights=str(tmp_path / "wrong.pt"))
+    with pytest.raises(UserError, match="weights file not found"):
+        audio_backbones.build("passt", weights=str(tmp_path / "absent.pt"))
+
+
+def test_failed_download_names_the_url_and_where_to_put_the_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("DCASE_T6_CACHE", str(tmp_path))
+    monkeypatch.setattr(passt, "WEIGHTS_URL", "http://127.0.0.1:9/passt-s-f128-p16-s16-ap.468.pt")
+    with pytest.raises(UserError) as caught:
+        audio_backbones.build("passt", weights="download")
+    message = str(caught.value)
+    assert "http://127.0.0.1:9/passt-s-f128-p16-s16-ap.468.pt" in message
+    assert str(tmp_path / "weights" / "passt-s-f128-p16-s16-ap.468.pt") in message and "--audio-weights" in message
+
+
+def test_unknown_backbone_lists_the_known_ones():
+    with pytest.raises(UserError, match="choose one of passt, tiny-cnn"):
+        audio_backbones.build("beats")
+
+
+def test_caption_normalisation_like_the_baseline():
+    assert normalise_caption("A dog barks, then   STOPS!") == "a dog barks then stops"
+
+
+def test_text_model_from_a_local_folder_works_offline(tmp_path):
+    encoder = TextEncoder("tiny-random", max_length=16)
+    encoder.tokenizer.save_pretrained(tmp_path)
+    encoder.model.save_pretrained(tmp_path)
+    again = TextEncoder(str(tmp_path), max_length=16, dropout=None).eval()
+    encoder.eval()
+    with torch.no_grad():
+        assert torch.allclose(encoder(["a dog barks"]), again(["a dog barks"]))
+    with pytest.raises(UserError, match="cannot load text model .*--text-model /path/to/folder"):
+        TextEncoder(str(tmp_path / "missing"))
+
+
+def test_frozen_text_encoder_remembers_captions_and_trains_nothing():
+    encoder = TextEncoder("tiny-random", frozen=True)
+    first = encoder(["A bell rings.", "a bell rings"])
+    assert torch.equal(first[0], first[1]) and not first.requires_grad
+    assert len(encoder._remembered) == 1
+    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_dual_encoder_outputs_unit_vectors_in_a_shared_space():
+    model = DualEncoder(ModelConfig(backbone="tiny-cnn", text_model="tiny-random", embed_dim=24), audio_weights=None)
+    audio, text = model(torch.randn(3, 16000), torch.tensor([16000, 8000, 4000]), ["a", "b", "c"])
+    assert audio.shape == text.shape == (3, 24)
+    assert torch.allclose(audio.norm(dim=1), torch.ones(3)) and torch.allclose(text.norm(dim=1), torch.ones(3))
+    assert model.temperature.item() == pytest.approx(0.05) and not model.log_temperature.requires_grad

@@ -1,0 +1,68 @@
+"""The SQLite run registry: records, hashes, prefixes and concurrent writers."""
+
+import multiprocessing
+
+import pytest
+
+from dcase_t6.errors import UserError
+from dcase_t6.registry import Registry
+
+
+def test_run_lifecycle_with_epochs_and_verified_files(tmp_path):
+    registry = Registry(tmp_path)
+    run_id = registry.create_run("demo", {"lr": 0.1}, "abc", seed=3)
+    registry.log_epoch(run_id, 0, {"mAP@10": 0.25})
+    registry.log_epoch(run_id, 0, {"mAP@10": 0.5})  # a resumed epoch replaces its record
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"weights")
+    registry.add_file(run_id, "checkpoint", "best", checkpoint, {"epoch": 1})
+    run = registry.run(run_id[:6])
+    assert run["config"] == {"lr": 0.1} and run["seed"] == 3 and run["data_fingerprint"] == "abc"
+    assert run["epochs"] == [{"epoch": 0, "mAP@10": 0.5}]
+    assert registry.file(run_id, "checkpoint", "best").info == {"epoch": 1}
+
+
+def test_changed_checkpoint_is_refused(tmp_path):
+    registry = Registry(tmp_path)
+    run_id = registry.create_run("demo", {}, None, None)
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"weights")
+    registry.add_file(run_id, "checkpoint", "best", checkpoint)
+    checkpoint.write_bytes(b"tampered")
+    with pytest.raises(UserError, match="SHA-256 no longer matches"):
+        registry.file(run_id, "checkpoint", "best")
+    checkpoint.unlink()
+    with pytest.raises(UserError, match="missing on disk"):
+        registry.file(run_id, "checkpoint", "best")
+    with pytest.raises(UserError, match="has no checkpoint 'last'"):
+        registry.file(run_id, "checkpoint", "last")
+
+
+def test_ambiguous_and_unknown_references(tmp_path):
+    registry = Registry(tmp_path)
+    first = registry.create_run("demo", {}, None, None)
+    registry.create_run("demo", {}, None, None)
+    with pytest.raises(UserError, match="2 runs"):
+        registry.resolve("demo")
+    with pytest.raises(UserError, match="no run match 'other'"):
+        registry.resolve("other")
+    assert registry.resolve(first) == first
+    assert registry.remove(first) == first and len(registry.runs()) == 1
+
+
+def _write_epochs(workdir, run_id, offset):
+    registry = Registry(workdir)
+    for epoch in range(offset, offset + 40):
+        registry.log_epoch(run_id, epoch, {"value": epoch})
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    run_id = Registry(tmp_path).create_run("demo", {}, None, None)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_epochs, args=(tmp_path, run_id, offset)) for offset in (0, 40)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert [epoch["value"] for epoch in Registry(tmp_path).run(run_id)["epochs"]] == list(range(80))

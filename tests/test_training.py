@@ -1,0 +1,83 @@
+"""Training, resuming, embedding and evaluating by run reference on a tiny synthetic dataset."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dcase_t6 import training
+from dcase_t6.cli import main
+from dcase_t6.config import build_config
+from dcase_t6.data.layout import Layout
+from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
+from dcase_t6.inference import embed_run
+from dcase_t6.registry import Registry
+
+SMALL = {"datasets": "synthetic", "model.backbone": "tiny-cnn", "model.text_model": "tiny-random",
+         "model.embed_dim": 16, "batch_size": 8, "epochs": 2, "lr": 1e-3, "audio_seconds": 3.0,
+         "warmup_epochs": 0.5, "decay_epochs": 2.0}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    prepare_synthetic(Layout.at(root), SyntheticConfig(development=12, validation=4, evaluation=4,
+                                                        min_duration=2.0, max_duration=3.0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("work")
+    summary = training.train_new(workdir, build_config(None, {**SMALL, "data_root": str(data_root), "name": "full"}))
+    return workdir, summary
+
+
+def test_a_run_is_registered_with_epochs_and_hashed_checkpoints(finished_run):
+    workdir, summary = finished_run
+    assert summary["status"] == "finished" and summary["epoch"] == 2
+    run = Registry(workdir).run(summary["run"])
+    assert run["status"] == "finished" and run["seed"] == 0 and len(run["data_fingerprint"]) == 64
+    assert [epoch["epoch"] for epoch in run["epochs"]] == [0, 1]
+    assert all(0.0 <= epoch["mAP@10"] <= 1.0 and epoch["train_loss"] > 0 for epoch in run["epochs"])
+    assert {(f.kind, f.tag) for f in run["files"]} == {("checkpoint", "best"), ("checkpoint", "last")}
+    log = (workdir / "runs" / summary["run"] / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [0, 1]
+
+
+def test_resume_after_a_stop_continues_bit_for_bit(finished_run, data_root, tmp_path):
+    workdir, summary = finished_run
+    config = build_config(None, {**SMALL, "data_root": str(data_root), "name": "stopped", "max_steps": 3})
+    stopped = training.train_new(tmp_path, config)
+    assert stopped["status"] == "stopped" and stopped["step"] == 3
+    resumed = training.resume(tmp_path, stopped["run"])
+    assert resumed["status"] == "finished" and resumed["step"] == summary["step"]
+    expected = torch.load(Registry(workdir).file(summary["run"], "checkpoint", "last").path, weights_only=True)
+    actual = torch.load(Registry(tmp_path).file(stopped["run"], "checkpoint", "last").path, weights_only=True)
+    assert expected["model"].keys() == actual["model"].keys()
+    assert all(torch.equal(expected["model"][key], actual["model"][key]) for key in expected["model"])
+    assert expected["position"] == actual["position"]
+
+
+def test_embed_registers_outputs_usable_as_run_references(finished_run, data_root):
+    workdir, summary = finished_run
+    written = embed_run(workdir, summary["run"], data_root, "synthetic", "development-testing", batch_size=4)
+    assert (written["queries"], written["files"]) == (20, 4)
+    relevance = Layout.at(data_root).relevance_file("synthetic")
+    reference = f"{summary['run']}:synthetic/development-testing"
+    result = CliRunner().invoke(main, ["--workdir", str(workdir), "evaluate", "-p", reference, "-r", str(relevance),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.output)) == {"R@1", "R@5", "R@10", "mAP@10", "mAP@16", "n_queries"}
+    missing = CliRunner().invoke(main, ["--workdir", str(workdir), "evaluate", "-p", f"{summary['run']}:x/y",
+                                        "-r", str(relevance)])
+    assert missing.exit_code == 2 and "has no similarity 'x/y'" in missing.output
+
+
+def test_unknown_config_key_is_named():
+    from dcase_t6.errors import UserError
+
+    with pytest.raises(UserError, match="unknown config key 'model.colour'"):
+        build_config(None, {"model.colour": "red"})
