@@ -5,12 +5,11 @@ import os
 import numpy as np
 import py7zr
 import pytest
+from test_prepare_helpers import seven_zip
 
 from dcase_t6.data import archive
 from dcase_t6.data.archive import extract_7z
 from dcase_t6.errors import UserError
-
-from test_prepare_helpers import seven_zip
 
 NOISE = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 
@@ -59,7 +58,8 @@ def test_symbolic_links_are_rejected(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_truncated_or_corrupt_archive_names_the_fix_and_leaves_nothing(tmp_path, damage):
-    data = bytearray(seven_zip(tmp_path / "good.7z", {"development/a.wav": NOISE, "development/b.wav": NOISE[::-1]}).read_bytes())
+    good = seven_zip(tmp_path / "good.7z", {"development/a.wav": NOISE, "development/b.wav": NOISE[::-1]})
+    data = bytearray(good.read_bytes())
     if damage == "truncate":
         data = data[: len(data) // 2]
     else:

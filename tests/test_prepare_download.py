@@ -6,6 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_prepare_helpers import clotho_release, serving
 
 from dcase_t6.cli import main
 from dcase_t6.data import archive
@@ -15,8 +16,6 @@ from dcase_t6.data.layout import Layout
 from dcase_t6.data.progress import byte_progress
 from dcase_t6.data.split_index import read_index
 from dcase_t6.errors import UserError
-
-from test_prepare_helpers import clotho_release, serving
 
 DATA = np.random.default_rng(1).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
 DATA_MD5 = hashlib.md5(DATA).hexdigest()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from test_prepare_helpers import write_tone
 
 from dcase_t6.cli import main
 from dcase_t6.data.external import DEFAULT_FORBIDDEN, prepare_audiocaps, prepare_wavcaps, read_forbidden_ids
@@ -13,9 +14,9 @@ from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split, read_index
 from dcase_t6.errors import UserError
 
-from test_prepare_helpers import write_tone
-
-SHARED_FORBIDDEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcase2025_task6_excluded_freesound_ids.csv"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_FORBIDDEN = SHARED_DATA / "dcase2025_task6_excluded_freesound_ids.csv"
+JSON_NAMES = {"FreeSound": "fsd_final.json", "BBC_Sound_Effects": "bbc_final.json", "AudioSet_SL": "as_final.json"}
 
 
 def test_forbidden_list_shipped_with_the_package_is_the_dcase_file():
@@ -31,10 +32,11 @@ def make_wavcaps(root):
     items = {"FreeSound": [forbidden[0], "11", forbidden[1], "12"], "BBC_Sound_Effects": ["07001", "07002"],
              "AudioSet_SL": ["Yabc.wav", "Ydef.wav"]}
     for source, source_ids in items.items():
-        name = {"FreeSound": "fsd_final.json", "BBC_Sound_Effects": "bbc_final.json", "AudioSet_SL": "as_final.json"}[source]
-        data = [{"id": item_id, "caption": f"{source} sound {i}", "duration": 1.0} for i, item_id in enumerate(source_ids)]
+        data = [{"id": item_id, "caption": f"{source} sound {i}", "duration": 1.0}
+                for i, item_id in enumerate(source_ids)]
         (root / "json_files" / source).mkdir(parents=True)
-        (root / "json_files" / source / name).write_text(json.dumps({"num_captions_per_audio": 1, "data": data}))
+        (root / "json_files" / source / JSON_NAMES[source]).write_text(json.dumps({"num_captions_per_audio": 1,
+                                                                                   "data": data}))
         for item_id in source_ids:
             write_tone(root / "Audio" / source / f"{Path(item_id).stem}.flac", 0.5, 32000)
     (root / "Audio" / "FreeSound" / "12.flac").write_bytes(b"broken")
@@ -69,7 +71,8 @@ def test_wavcaps_cli_with_a_user_forbidden_file(tmp_path):
 def make_audiocaps(root):
     meta = root / "dataset"
     meta.mkdir()
-    pd.DataFrame({"audiocap_id": [1, 2, 3, 4], "youtube_id": ["abcdefghijk", "abcdefghijk", "ABC-DEF_123", "zzzzzzzzzzz"],
+    pd.DataFrame({"audiocap_id": [1, 2, 3, 4],
+                  "youtube_id": ["abcdefghijk", "abcdefghijk", "ABC-DEF_123", "zzzzzzzzzzz"],
                   "start_time": [30, 30, 0, 10], "caption": ["A dog barks", "A dog, barking", "", "Rain"]}
                  ).to_csv(meta / "val.csv", index=False)
     pd.DataFrame({"audiocap_id": [9], "youtube_id": ["Q-_qwertyui"], "start_time": [5], "caption": ["Wind blows"]}
@@ -97,7 +100,10 @@ def test_audiocaps_duplicate_audio_names_and_missing_columns_fail(tmp_path):
     write_tone(tmp_path / "audio" / "other" / "Yabcdefghijk.flac", 0.5)
     with pytest.raises(UserError, match="duplicate audio file name 'Yabcdefghijk'"):
         prepare_audiocaps(Layout.at(tmp_path / "data"), meta, tmp_path / "audio")
-    (tmp_path / "audio" / "other" / "Yabcdefghijk.flac").unlink()
+    (tmp_path / "audio" / "other" / "Yabcdefghijk.flac").rename(tmp_path / "audio" / "other" / "abcdefghijk.flac")
+    with pytest.raises(UserError, match="same YouTube id 'abcdefghijk'"):
+        prepare_audiocaps(Layout.at(tmp_path / "data"), meta, tmp_path / "audio")
+    (tmp_path / "audio" / "other" / "abcdefghijk.flac").unlink()
     pd.DataFrame({"youtube_id": ["x"], "caption": ["y"]}).to_csv(meta / "test.csv", index=False)
     with pytest.raises(UserError, match=r"test.csv: missing column\(s\) \['audiocap_id', 'start_time'\]"):
         prepare_audiocaps(Layout.at(tmp_path / "data"), meta, tmp_path / "audio")
@@ -109,8 +115,8 @@ def test_eval_set_indexes_every_clip_and_stores_the_queries(tmp_path):
     write_tone(tmp_path / "audio" / "quiet.wav", 0.5, amplitude=0.0)  # silent clips still need a column
     pd.DataFrame({"caption": ["A dog barks.", "Rain, then thunder."]}).to_csv(tmp_path / "captions.csv", index=False)
     root = tmp_path / "data"
-    result = CliRunner().invoke(main, ["prepare", "eval", "--root", str(root), "--captions", str(tmp_path / "captions.csv"),
-                                       "--audio", str(tmp_path / "audio")])
+    result = CliRunner().invoke(main, ["prepare", "eval", "--root", str(root), "--captions",
+                                       str(tmp_path / "captions.csv"), "--audio", str(tmp_path / "audio")])
     assert result.exit_code == 0, result.output
     split = load_split(root, "eval", "evaluation")
     assert split.files == ["a&#39;s clip.wav", "b, clip.wav", "quiet.wav"]
@@ -118,8 +124,8 @@ def test_eval_set_indexes_every_clip_and_stores_the_queries(tmp_path):
 
 
 @pytest.mark.parametrize("problem, message", [
-    ("unreadable", "unreadable"), ("duplicate", "two clips named 'a.wav'"), ("empty", "row 3, column 'caption' is empty"),
-    ("column", "missing column(s) ['caption']")])
+    ("unreadable", "unreadable"), ("duplicate", "two clips named 'a.wav'"),
+    ("empty", "row 3, column 'caption' is empty"), ("column", "missing column(s) ['caption']")])
 def test_eval_set_problems_are_errors(tmp_path, problem, message):
     write_tone(tmp_path / "audio" / "a.wav", 0.5)
     captions = pd.DataFrame({"caption": ["one", "two"]})

@@ -6,8 +6,8 @@ import contextlib
 import hashlib
 import http.server
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import py7zr

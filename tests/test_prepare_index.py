@@ -4,13 +4,12 @@ import json
 
 import pandas as pd
 import pytest
+from test_prepare_helpers import write_tone
 
 from dcase_t6.data.clotho_layout import index_clotho_layout
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import INDEX_COLUMNS, load_split, read_index
 from dcase_t6.errors import UserError
-
-from test_prepare_helpers import write_tone
 
 CAPTIONS = [f"caption_{i}" for i in range(1, 6)]
 
@@ -21,8 +20,9 @@ def make_dataset(root, names=("a.wav", "b, c.wav", "d&#39;e.wav"), part="evaluat
     layout.dataset_dir("toy").mkdir(parents=True, exist_ok=True)
     rows = [[name, *[f"{name} caption {i}" for i in range(1, 6)]] for name in names]
     pd.DataFrame(rows, columns=["file_name", *CAPTIONS]).to_csv(layout.captions_csv("toy", part), index=False)
-    metadata = pd.DataFrame({"file_name": list(names), "keywords": "k", "sound_id": [str(100 + i) for i in range(len(names))],
-                             "sound_link": "", "start_end_samples": "", "manufacturer": "Ünï", "license": ""})
+    metadata = pd.DataFrame({"file_name": list(names), "keywords": "k",
+                             "sound_id": [str(100 + i) for i in range(len(names))], "sound_link": "",
+                             "start_end_samples": "", "manufacturer": "Ünï", "license": ""})
     metadata.to_csv(layout.metadata_csv("toy", part), index=False, encoding="ISO-8859-1")
     for name in names:
         write_tone(layout.audio_dir("toy", part) / name)

@@ -15,15 +15,15 @@ from dcase_t6.errors import UserError
 from dcase_t6.relevance import read_relevance_file
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "clotho-devtest-relevance-metadata_eval.csv"
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason="shared/data/clotho-devtest-relevance-metadata_eval.csv absent")
+needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"{REAL} absent")
 
 
 def index_for(layout: Layout, queries: list[str], files: list[str]) -> None:
     """A hand-written Clotho dev-test index whose captions are ``queries`` and clips ``files``."""
     rows = [{"dataset": "clotho", "split": "development-testing", "source": "evaluation", "file_name": name,
-             "caption_index": 1, "caption": queries[i] if i < len(queries) else f"other {i}", "path": f"clotho/audio/evaluation/{name}",
-             "duration_s": 20.0, "n_samples": 882000, "sample_rate": 44100, "sound_id": ""}
-            for i, name in enumerate(files)]
+             "caption_index": 1, "caption": queries[i] if i < len(queries) else f"other {i}",
+             "path": f"clotho/audio/evaluation/{name}", "duration_s": 20.0, "n_samples": 882000, "sample_rate": 44100,
+             "sound_id": ""} for i, name in enumerate(files)]
     rows += [{**rows[0], "caption_index": 2, "caption": query} for query in queries[len(files):]]
     write_table(pd.DataFrame(rows, columns=INDEX_COLUMNS), layout.index_file("clotho"))
 
@@ -64,7 +64,8 @@ def test_writer_matches_the_organiser_format_and_cli_attaches(tmp_path):
     assert source.read_text() == ('query,audio_filenames\n"A dog barks, then a car passes.",'
                                   '"[\'d&#39;og, 1.wav\', \'car.wav\']"\nRain falls.,[\'rain.wav\']\n')
     index_for(layout, queries, ["d&#39;og, 1.wav", "car.wav", "rain.wav"])
-    result = CliRunner().invoke(main, ["prepare", "relevance", "--root", str(tmp_path), "--file", str(source), "--json"])
+    result = CliRunner().invoke(main, ["prepare", "relevance", "--root", str(tmp_path), "--file", str(source),
+                                       "--json"])
     assert result.exit_code == 0, result.output
     assert read_relevance_file(layout.relevance_file("clotho")).relevant_files == relevant
     missing = CliRunner().invoke(main, ["prepare", "relevance", "--root", str(tmp_path), "--file", str(source),

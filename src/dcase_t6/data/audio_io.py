@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,6 @@ class AudioInfo:
 
     sample_rate: int
     n_samples: int
-    channels: int
     silent: bool
 
     @property
@@ -40,7 +40,7 @@ def inspect_audio(path: Path) -> AudioInfo:
             if handle.frames <= 0:
                 raise AudioProblem("no audio samples (empty file)")
             silent = not any(np.any(block) for block in handle.blocks(_BLOCK, dtype="float32", always_2d=True))
-            return AudioInfo(handle.samplerate, handle.frames, handle.channels, silent)
+            return AudioInfo(handle.samplerate, handle.frames, silent)
     except (sf.SoundFileError, OSError, RuntimeError) as err:
         raise AudioProblem(f"unreadable ({_reason(err)})") from None
 
@@ -72,4 +72,6 @@ def load_audio(source: Path | bytes, target_rate: int) -> np.ndarray:
 
 
 def _reason(err: Exception) -> str:
-    return str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    """libsndfile's reason without the "Error opening '<path>': " prefix (the path is reported beside it)."""
+    text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    return re.sub(r"^Error opening .*?: ", "", text)

@@ -50,8 +50,8 @@ def prepare_clotho(layout: Layout, archives: Path | None = None, workers: int = 
             verified.check(source / name, md5, progress)
     extracted = {part: _extract_part(layout, source, part, md5s) for part in CLOTHO_PARTS}
     for part in CLOTHO_PARTS:
-        for kind, target in (("captions", layout.captions_csv(DATASET, part)), ("metadata", layout.metadata_csv(DATASET, part))):
-            _copy_if_changed(source / f"clotho_{kind}_{part}.csv", target)
+        _copy_if_changed(source / f"clotho_captions_{part}.csv", layout.captions_csv(DATASET, part))
+        _copy_if_changed(source / f"clotho_metadata_{part}.csv", layout.metadata_csv(DATASET, part))
     report = index_clotho_layout(layout, DATASET, workers)
     return {**report, "source": str(source), "extracted": extracted}
 

@@ -63,7 +63,7 @@ def _part_table(layout: Layout, dataset: str, part: str) -> pd.DataFrame:
     })
 
 
-def index_clotho_layout(layout: Layout, dataset: str, workers: int, extra: dict | None = None) -> dict:
+def index_clotho_layout(layout: Layout, dataset: str, workers: int) -> dict:
     """Write the split index of a Clotho-layout dataset (no-op when its inputs did not change)."""
     inputs = [path for part in CLOTHO_PARTS
               for path in (layout.captions_csv(dataset, part), layout.metadata_csv(dataset, part)) if path.is_file()]
@@ -74,4 +74,4 @@ def index_clotho_layout(layout: Layout, dataset: str, workers: int, extra: dict 
     if report is not None:
         return report
     table = caption_table(layout, dataset)
-    return write_index(layout, dataset, table, AudioPolicy(sample_rate=CLOTHO_SAMPLE_RATE), workers, key, extra)
+    return write_index(layout, dataset, table, AudioPolicy(sample_rate=CLOTHO_SAMPLE_RATE), workers, key)

@@ -66,6 +66,16 @@ def _youtube_keys(stem: str) -> list[str]:
     return keys
 
 
+def _by_youtube_id(files: dict[str, Path]) -> dict[str, Path]:
+    """Audio file of each YouTube id; two files for one id is an error."""
+    found: dict[str, Path] = {}
+    for stem, path in files.items():
+        for key in _youtube_keys(stem):
+            if found.setdefault(key, path) != path:
+                raise UserError(f"{path}: stands for the same YouTube id {key!r} as {found[key]}; keep one of them")
+    return found
+
+
 def _skip_empty(table: pd.DataFrame, what: str) -> tuple[pd.DataFrame, list[dict]]:
     empty = table["caption"].str.strip() == ""
     rows = [{"path": str(path), "reason": f"empty caption ({what})"} for path in table.loc[empty, "audio_path"]]
@@ -82,8 +92,7 @@ def prepare_audiocaps(layout: Layout, metadata: Path, audio: Path, workers: int 
     report = current_report(layout, "audiocaps", key)
     if report is not None:
         return report
-    by_id = {youtube_id: path for stem, path in files.items() for youtube_id in _youtube_keys(stem)}
-    tables = [_audiocaps_table(csv, by_id, audio) for csv in csvs]
+    tables = [_audiocaps_table(csv, _by_youtube_id(files), audio) for csv in csvs]
     table, empty = _skip_empty(pd.concat(tables, ignore_index=True), "AudioCaps")
     extra = {"excluded": {"audiocaps": 0}, "freesound_derived": [], "skipped_rows": empty}
     return write_index(layout, "audiocaps", table, AudioPolicy(), workers, key, extra)

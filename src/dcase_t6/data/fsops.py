@@ -5,15 +5,21 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
 def staging_dir(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target`` (same file system), removed on exit whatever happens."""
+    """A temporary folder beside ``target`` (same file system), removed on exit whatever happens.
+
+    Leftovers of a killed earlier run for the same target are removed first.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    prefix = f".{target.name}.tmp-"
+    for stale in target.parent.glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     try:
         yield tmp
     finally:
@@ -21,10 +27,17 @@ def staging_dir(target: Path) -> Iterator[Path]:
 
 
 def replace_dir(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target``; an existing ``target`` is swapped out first and removed afterwards."""
+    """Move ``source`` (a staging folder or inside one) to ``target``; an existing ``target`` is moved into a
+    trash folder first and removed afterwards."""
     if not target.exists():
         source.rename(target)
         return
-    with staging_dir(target) as old:
-        target.rename(old / target.name)
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    target.rename(trash / target.name)
+    try:
         source.rename(target)
+    except OSError:
+        (trash / target.name).rename(target)  # put the previous version back
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)

@@ -22,7 +22,7 @@ class Layout:
     root: Path
 
     @classmethod
-    def at(cls, root: str | os.PathLike) -> "Layout":
+    def at(cls, root: str | os.PathLike) -> Layout:
         """Layout of ``root`` with an absolute path."""
         return cls(Path(root).expanduser().absolute())
 

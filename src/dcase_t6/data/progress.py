@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
-                           TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 stderr_console = Console(stderr=True)
 
@@ -19,8 +27,3 @@ def byte_progress() -> Progress:
     """Progress bar for downloads and checksums: bytes, speed, time left."""
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=stderr_console, transient=True)
-
-
-def warn(message: str) -> None:
-    """Print one yellow warning line on stderr."""
-    stderr_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
 from dcase_t6.data.audio_io import AudioInfo, AudioProblem, inspect_audio
 from dcase_t6.data.layout import Layout
+from dcase_t6.data.parallel import ordered_map
 from dcase_t6.data.progress import count_progress
 from dcase_t6.data.tables import read_json, read_table, write_json, write_table
 from dcase_t6.errors import UserError
@@ -29,7 +30,8 @@ CAPTION_COLUMNS = ["dataset", "split", "source", "file_name", "caption_index", "
 
 @dataclass(frozen=True)
 class AudioPolicy:
-    """Which audio files an index accepts: a required sample rate, and whether silent clips are kept."""
+    """Which audio files an index accepts: a required sample rate, whether silent clips are kept, and
+    whether any unusable file is an error (``strict``: a set that needs every file) instead of a skip."""
 
     sample_rate: int | None = None
     keep_silent: bool = False
@@ -89,8 +91,7 @@ def write_index(layout: Layout, dataset: str, table: pd.DataFrame, policy: Audio
     index = _index_frame(layout, kept, infos)
     write_table(index, layout.index_file(dataset))
     report = {"dataset": dataset, "index": str(layout.index_file(dataset)), "report": str(layout.report_file(dataset)),
-              "fingerprint": key,
-              "splits": _split_counts(index), "skipped": skipped, **(extra or {})}
+              "fingerprint": key, "splits": _split_counts(index), "skipped": skipped, **(extra or {})}
     write_json(report, layout.report_file(dataset))
     return {**report, "up_to_date": False}
 
@@ -101,7 +102,7 @@ def inspect_files(paths: list[Path], workers: int, policy: AudioPolicy) -> tuple
     skipped: list[dict] = []
     with ThreadPoolExecutor(max(1, workers)) as pool, count_progress() as progress:
         task = progress.add_task("checking audio", total=len(paths))
-        for path, outcome in zip(paths, pool.map(_inspect, paths)):
+        for path, outcome in zip(paths, ordered_map(pool, _inspect, paths, 64 * max(1, workers))):
             reason = outcome if isinstance(outcome, str) else policy.problem(outcome)
             if reason is None:
                 infos[path] = outcome
@@ -135,20 +136,28 @@ def _split_counts(index: pd.DataFrame) -> dict:
                     "hours": round(float(hours[split]), 3)} for split in clips.index}
 
 
-def read_index(root: str | Path, dataset: str, split: str | None = None) -> pd.DataFrame:
-    """Read a split index (optionally one split) with absolute ``path`` values."""
-    layout = Layout.at(root)
-    path = layout.index_file(dataset)
+def index_path(root: str | Path, dataset: str) -> Path:
+    """The split index CSV of ``dataset``; fails with the fix when it was not prepared."""
+    path = Layout.at(root).index_file(dataset)
     if not path.is_file():
         raise UserError(f"{path}: no index for dataset {dataset!r}; run `dcase-t6 prepare` for it first "
                         f"(found: {', '.join(list_datasets(root)) or 'none'})")
+    return path
+
+
+def read_index(root: str | Path, dataset: str, split: str | None = None) -> pd.DataFrame:
+    """Read a split index (optionally one split) with absolute ``path`` values."""
+    layout = Layout.at(root)
+    path = index_path(root, dataset)
     frame = read_table(path, INDEX_COLUMNS)
     if split is not None:
         frame = frame[frame["split"] == split]
         if frame.empty:
-            raise UserError(f"{path}: no rows for split {split!r}; splits: {sorted(set(read_table(path, ['split'])['split']))}")
+            splits = sorted(set(read_table(path, ["split"])["split"]))
+            raise UserError(f"{path}: no rows for split {split!r}; splits: {splits}")
     frame = frame.astype({"n_samples": int, "sample_rate": int, "duration_s": float})
-    return frame.assign(path=[str(layout.resolve(stored)) for stored in frame["path"]]).reset_index(drop=True)
+    absolute = frame["path"].where(frame["path"].str.startswith("/"), f"{layout.root}/" + frame["path"])
+    return frame.assign(path=absolute).reset_index(drop=True)
 
 
 def list_datasets(root: str | Path) -> list[str]:

@@ -11,9 +11,9 @@ group as relevant to it, as in the organisers' ``metadata_eval.csv``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ import soundfile as sf
 
 from dcase_t6.data.clotho_layout import CAPTION_FIELDS, METADATA_FIELDS, index_clotho_layout
 from dcase_t6.data.fsops import replace_dir, staging_dir
-from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, DEV_TEST, Layout
+from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
 from dcase_t6.data.progress import count_progress
 from dcase_t6.data.relevance import attach_relevance, write_relevance_csv
 from dcase_t6.data.tables import LATIN1, read_json, write_json, write_table
@@ -155,7 +155,8 @@ def _knock(rng: np.random.Generator, variant: str, n: int) -> np.ndarray:
     count = int(rng.integers(3, 6))
     onsets = (np.linspace(0, 0.8, count) * n).astype(int)
     t = _time(n // count)
-    thump = np.sin(2 * np.pi * rng.uniform(90, 140) * t) * np.exp(-t / 0.03) + 0.3 * rng.standard_normal(len(t)) * np.exp(-t / 0.004)
+    thump = np.sin(2 * np.pi * rng.uniform(90, 140) * t) * np.exp(-t / 0.03)
+    thump += 0.3 * rng.standard_normal(len(t)) * np.exp(-t / 0.004)
     out = np.zeros(n)
     for onset in onsets:
         out[onset: onset + len(thump)] += thump[: n - onset]
@@ -179,7 +180,8 @@ KINDS: dict[str, Kind] = {
     "hiss": Kind({"": ("static hiss", "burst of white noise", "hissing static noise")}, (0.6, 1.5), _hiss),
     "rumble": Kind({"": ("low rumble", "deep rumbling noise", "rumbling sound")}, (1.0, 2.0), _rumble),
     "clicks": Kind({"fast": ("rapid clicking sound", "burst of fast clicks", "quick ticking sound"),
-                    "slow": ("slow ticking sound", "series of slow clicks", "steady ticking sound")}, (0.8, 1.6), _clicks),
+                    "slow": ("slow ticking sound", "series of slow clicks", "steady ticking sound")},
+                   (0.8, 1.6), _clicks),
     "siren": Kind({"": ("wailing siren", "siren", "siren wailing up and down")}, (1.5, 2.5), _siren),
     "hum": Kind({"": ("electrical hum", "low hum", "buzzing mains hum")}, (1.0, 2.0), _hum),
     "bell": Kind({"high": ("high bell ring", "small bell ringing", "tinkling bell"),
@@ -227,16 +229,12 @@ def _pick(rng: np.random.Generator | None, count: int) -> int:
 
 
 def clip_captions(events: list[Event], rng: np.random.Generator) -> list[str]:
-    """Five captions: the canonical one, then four distinct random paraphrases when possible."""
-    captions = [caption(events)]
-    for _ in range(50):
-        if len(captions) == len(CAPTION_FIELDS):
-            break
-        text = caption(events, rng)
-        if text not in captions:
-            captions.append(text)
+    """Five captions: the canonical one, then four random paraphrases (distinct within 50 draws)."""
+    captions, draws = [caption(events)], 0
     while len(captions) < len(CAPTION_FIELDS):
-        captions.append(caption(events, rng))
+        text, draws = caption(events, rng), draws + 1
+        if text not in captions or draws > 50:
+            captions.append(text)
     return captions
 
 
@@ -283,33 +281,40 @@ def render_clip(rng: np.random.Generator, scene: tuple[Event, ...], duration: fl
 
 def generate(config: SyntheticConfig, folder: Path) -> None:
     """Write the Clotho-layout files of ``config`` into ``folder`` (CSVs, audio/<part>/, events, relevance)."""
-    counts = {"development": config.development, "validation": config.validation, "evaluation": config.evaluation}
-    events_rows, first_clip = [], 0
+    counts = [config.development, config.validation, config.evaluation]
+    events: list[tuple] = []
     with count_progress() as progress:
-        task = progress.add_task("synthesising clips", total=sum(counts.values()))
-        for part_number, part in enumerate(CLOTHO_PARTS):
-            scenes = draw_groups(np.random.default_rng([config.seed, part_number]), counts[part])
-            numbers = range(first_clip, first_clip + len(scenes))
-            names = [NAME_STYLES[number % len(NAME_STYLES)].format(i=number) for number in numbers]
-            first_clip += len(scenes)
-            captions, metadata = [], []
-            (folder / "audio" / part).mkdir(parents=True)
-            for clip, (name, scene, number) in enumerate(zip(names, scenes, numbers)):
-                clip_rng = np.random.default_rng([config.seed, part_number, clip])
-                duration = round(float(clip_rng.uniform(config.min_duration, config.max_duration)), 2)
-                samples, placed = render_clip(clip_rng, scene, duration)
-                sf.write(folder / "audio" / part / name, samples, SR, subtype="PCM_16")
-                captions.append([name, *clip_captions(list(scene), clip_rng)])
-                metadata.append(_metadata_row(name, scene, len(samples), number))
-                events_rows += [(part, name, order, p.event.kind, p.event.variant, p.event.loudness, p.onset_s, p.duration_s)
-                                for order, p in enumerate(placed, start=1)]
-                progress.advance(task)
-            write_table(pd.DataFrame(captions, columns=["file_name", *CAPTION_FIELDS]), folder / f"clotho_captions_{part}.csv")
-            write_table(pd.DataFrame(metadata, columns=METADATA_FIELDS), folder / f"clotho_metadata_{part}.csv", LATIN1)
-            if part == "evaluation":
-                _write_relevance(folder / RELEVANCE_NAME, names, scenes, captions)
-    write_table(pd.DataFrame(events_rows, columns=["part", "file_name", "order", "kind", "variant", "loudness",
-                                                   "onset_s", "duration_s"]), folder / "events.csv")
+        task = progress.add_task("synthesising clips", total=sum(counts))
+        for part_number, count in enumerate(counts):
+            first = sum(counts[:part_number])
+            events += _generate_part(config, folder, part_number, range(first, first + count),
+                                     lambda: progress.advance(task))
+    write_table(pd.DataFrame(events, columns=["part", "file_name", "order", "kind", "variant", "loudness",
+                                              "onset_s", "duration_s"]), folder / "events.csv")
+
+
+def _generate_part(config: SyntheticConfig, folder: Path, part_number: int, numbers: range, advance) -> list[tuple]:
+    """Clips, captions and metadata CSVs of one part (and its relevance file for evaluation); its events."""
+    part = list(CLOTHO_PARTS)[part_number]
+    scenes = draw_groups(np.random.default_rng([config.seed, part_number]), len(numbers))
+    names = [NAME_STYLES[number % len(NAME_STYLES)].format(i=number) for number in numbers]
+    (folder / "audio" / part).mkdir(parents=True)
+    captions, metadata, events = [], [], []
+    for clip, (name, scene, number) in enumerate(zip(names, scenes, numbers)):
+        clip_rng = np.random.default_rng([config.seed, part_number, clip])
+        duration = round(float(clip_rng.uniform(config.min_duration, config.max_duration)), 2)
+        samples, placed = render_clip(clip_rng, scene, duration)
+        sf.write(folder / "audio" / part / name, samples, SR, subtype="PCM_16")
+        captions.append([name, *clip_captions(list(scene), clip_rng)])
+        metadata.append(_metadata_row(name, scene, len(samples), number))
+        events += [(part, name, order, p.event.kind, p.event.variant, p.event.loudness, p.onset_s, p.duration_s)
+                   for order, p in enumerate(placed, start=1)]
+        advance()
+    write_table(pd.DataFrame(captions, columns=["file_name", *CAPTION_FIELDS]), folder / f"clotho_captions_{part}.csv")
+    write_table(pd.DataFrame(metadata, columns=METADATA_FIELDS), folder / f"clotho_metadata_{part}.csv", LATIN1)
+    if part == "evaluation":
+        _write_relevance(folder / RELEVANCE_NAME, names, scenes, captions)
+    return events
 
 
 def _metadata_row(name: str, scene: tuple[Event, ...], n_samples: int, number: int) -> list:
@@ -322,9 +327,9 @@ def _write_relevance(path: Path, names: list[str], scenes: list[tuple[Event, ...
     """Query = caption_1 of the first clip of each scene; relevant = every clip with that scene."""
     members: dict[tuple[Event, ...], list[str]] = {}
     first_caption: dict[tuple[Event, ...], str] = {}
-    for name, scene, clip_captions_ in zip(names, scenes, captions):
+    for name, scene, row in zip(names, scenes, captions):
         members.setdefault(scene, []).append(name)
-        first_caption.setdefault(scene, clip_captions_[1])
+        first_caption.setdefault(scene, row[1])
     write_relevance_csv(path, [first_caption[s] for s in members], list(members.values()))
 
 

@@ -24,10 +24,20 @@ class ModelConfig:
     text_max_length: int = 32
     text_dropout: float = 0.2
     freeze_text: bool = False
+    cluster_classes: int = 0
+
+
+def cluster_head(input_dim: int, classes: int) -> nn.Sequential:
+    """The auxiliary classifier: Linear(d -> 3d), ReLU, Linear(3d -> classes)."""
+    return nn.Sequential(nn.Linear(input_dim, 3 * input_dim), nn.ReLU(), nn.Linear(3 * input_dim, classes))
 
 
 class DualEncoder(nn.Module):
-    """``encode_audio(waveforms, lengths)`` and ``encode_text(captions)`` give unit vectors in one space."""
+    """``encode_audio(waveforms, lengths)`` and ``encode_text(captions)`` give unit vectors in one space.
+
+    With ``cluster_classes`` > 0 (set by training from the cluster labels) both embeddings also feed a
+    cluster classification head; models without heads load and embed as before.
+    """
 
     def __init__(self, config: ModelConfig, audio_weights: str | None = "download"):
         super().__init__()
@@ -39,6 +49,9 @@ class DualEncoder(nn.Module):
         self.text_projection = nn.Linear(self.text.output_dim, config.embed_dim)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)),
                                             requires_grad=config.trainable_temperature)
+        if config.cluster_classes:
+            self.audio_cluster_head = cluster_head(config.embed_dim, config.cluster_classes)
+            self.text_cluster_head = cluster_head(config.embed_dim, config.cluster_classes)
 
     @property
     def sample_rate(self) -> int:
@@ -49,8 +62,12 @@ class DualEncoder(nn.Module):
         return self.log_temperature.exp()
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, captions: list[str]):
-        """Both embeddings of a batch of (clip, caption) pairs: what training (and DDP) calls."""
-        return self.encode_audio(waveforms, lengths), self.encode_text(captions)
+        """What training (and DDP) calls: both embeddings of a batch of (clip, caption) pairs, followed by
+        the audio and text cluster logits when the model has cluster heads."""
+        audio, text = self.encode_audio(waveforms, lengths), self.encode_text(captions)
+        if not self.config.cluster_classes:
+            return audio, text
+        return audio, text, self.audio_cluster_head(audio), self.text_cluster_head(text)
 
     def encode_audio(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.audio_projection(self.audio(waveforms, lengths)), dim=-1)

@@ -65,6 +65,9 @@ def _load(name: str, dropout: float | None):
         return _tiny_random(dropout)
     source = _minilm_path() if name == "minilm" else name
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     overrides = {} if dropout is None else {"hidden_dropout_prob": dropout}
     try:

@@ -1,0 +1,87 @@
+"""Training and embedding throughput on this machine, and the data-loader wait as a share of step time.
+
+Backbones: ``tiny-cnn`` and PaSST (random weights: the pretrained file cannot be downloaded here, the
+compute is the same). Text: the tiny random RoBERTa, so the numbers measure the audio side. Data:
+a generated synthetic dataset read through the prepared audio cache, as training reads it.
+Goal: data-loader wait < 5% of step time.
+
+    .venv/bin/python benchmarks/bench_train.py [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcase_t6 import losses
+from dcase_t6.clips import ClipStore
+from dcase_t6.config import build_config
+from dcase_t6.data.layout import Layout
+from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
+from dcase_t6.distributed import World
+from dcase_t6.embedding import embed_audio
+from dcase_t6.models import DualEncoder
+from dcase_t6.training import BatchSource, epoch_batches, load_pairs
+
+CASES = {"tiny-cnn": {"batch_size": 32, "steps": 8, "seconds": 10.0, "embed": 64},
+         "passt": {"batch_size": 2, "steps": 2, "seconds": 10.0, "embed": 4}}
+
+
+def measure(root: Path, backbone: str, batch_size: int, steps: int, seconds: float, embed: int) -> dict:
+    config = build_config(None, {"data_root": str(root), "datasets": "synthetic", "model.backbone": backbone,
+                                 "model.text_model": "tiny-random", "audio_weights": "random",
+                                 "batch_size": batch_size, "audio_seconds": seconds})
+    model = DualEncoder(config.model, audio_weights="random")
+    store = ClipStore(root, model.sample_rate, ["synthetic"])
+    pairs = load_pairs(config)
+    max_samples = int(seconds * model.sample_rate)
+    source = BatchSource(pairs, epoch_batches(len(pairs.captions), batch_size, 0, 0)[:steps + 1], store,
+                         max_samples, 0, 0, World())
+    loader = iter(torch.utils.data.DataLoader(source, batch_size=None, num_workers=1))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    next(loader)  # warm-up batch (worker start, first allocations)
+    wait = compute = 0.0
+    for _ in range(steps):
+        start = time.perf_counter()
+        waveforms, lengths, captions, ids = next(loader)
+        loaded = time.perf_counter()
+        audio, text = model.encode_audio(waveforms, lengths), model.encode_text(captions)
+        losses.multi_positive_infonce(audio, text, ids, ids, 0.05).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        wait, compute = wait + loaded - start, compute + time.perf_counter() - loaded
+    paths = [Path(p) for p in dict.fromkeys(pairs.paths)][:embed]
+    start = time.perf_counter()
+    embed_audio(model, paths, store.read, max_samples, 16, torch.device("cpu"))
+    embed_s = time.perf_counter() - start
+    return {"steps_per_s": steps / (wait + compute), "clips_per_s_train": steps * batch_size / (wait + compute),
+            "wait_fraction": wait / (wait + compute), "embed_clips_per_s": len(paths) / embed_s}
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        prepare_synthetic(Layout.at(root), SyntheticConfig(development=64 if quick else 128, validation=4,
+                                                            evaluation=4, min_duration=8.0, max_duration=10.0))
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, clips 8-10 s")
+        for backbone, case in CASES.items():
+            if quick:
+                case = {**case, "steps": max(1, case["steps"] // 2)}
+            result = measure(root, backbone, **case)
+            print(f"{backbone:9s} batch {case['batch_size']:3d}: {result['steps_per_s']:.3f} steps/s "
+                  f"({result['clips_per_s_train']:.1f} clips/s), data-loader wait "
+                  f"{100 * result['wait_fraction']:.1f}% of step time (goal < 5%: "
+                  f"{'met' if result['wait_fraction'] < 0.05 else 'NOT met'}), "
+                  f"embedding {result['embed_clips_per_s']:.1f} clips/s")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

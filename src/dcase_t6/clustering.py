@@ -1,0 +1,157 @@
+"""Cluster auxiliary task (stage 3): a pseudo-label for every training caption, stored in the registry.
+
+Config section ``clusters`` (off while ``method`` is null):
+
+* ``method``: ``kmeans`` (scikit-learn KMeans, ``count`` clusters) or ``hdbscan`` (BERTopic-like: UMAP
+  to 5 cosine dimensions when ``umap-learn`` is installed, else PCA, then scikit-learn's HDBSCAN with
+  ``min_cluster_size``; noise captions get the cluster whose centroid is nearest, so every caption has
+  a label);
+* ``source`` of the caption embeddings: ``init`` (the text encoder of the ``init_from`` run, i.e. the
+  finetuned model), ``run:RUN`` (another run's text encoder) or ``model:NAME`` (a text model by name or
+  folder, e.g. ``model:minilm``; first-token states);
+* ``weight``: the loss weight of CE(audio head) + CE(text head), 0.05 as in the AISTAT 2025 system.
+
+Each distinct caption is embedded and clustered once. The labels are written to
+``runs/<id>/clusters.csv`` (columns clip, caption, label; one row per training pair) and registered with
+the run as kind ``clusters``, tag ``<datasets>/<train_split>``; a resumed run reads them back.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dcase_t6.atomic import atomic_open
+from dcase_t6.config import Clusters, TrainConfig
+from dcase_t6.distributed import World
+from dcase_t6.errors import UserError
+from dcase_t6.inference import load_model
+from dcase_t6.models.text import TextEncoder
+from dcase_t6.registry import Registry
+
+_REDUCED_DIMENSIONS = 5
+
+
+def clusters_tag(config: TrainConfig) -> str:
+    """Registry tag of a run's cluster labels: ``<dataset>[+<dataset>...]/<train_split>``."""
+    return f"{'+'.join(config.datasets)}/{config.train_split}"
+
+
+def caption_labels(registry: Registry, run_id: str, config: TrainConfig, captions: list[str],
+                   pair_clips: list[str], world: World) -> np.ndarray:
+    """The run's label of every training pair: read from the registry, or clustered now and registered."""
+    tag = clusters_tag(config)
+    if world.is_main and not _has_clusters(registry, run_id, tag):
+        unique, inverse = np.unique(np.array(captions, dtype=object), return_inverse=True)
+        vectors = caption_embeddings(registry, config, unique.tolist(), world.device)
+        labels, info = cluster_vectors(vectors, config.clusters, config.seed)
+        path = registry.workdir / "runs" / run_id / "clusters.csv"
+        write_labels(path, pair_clips, captions, labels[inverse])
+        registry.add_file(run_id, "clusters", tag, path, {**info, "source": config.clusters.source,
+                                                          "captions": len(captions)})
+    world.barrier()
+    return read_labels(registry.file(run_id, "clusters", tag).path, captions)
+
+
+def _has_clusters(registry: Registry, run_id: str, tag: str) -> bool:
+    return any(f.kind == "clusters" and f.tag == tag for f in registry.run(run_id)["files"])
+
+
+def caption_embeddings(registry: Registry, config: TrainConfig, captions: list[str],
+                       device: torch.device) -> np.ndarray:
+    """Embeddings of ``captions`` from the configured source (see the module docstring)."""
+    encode = _text_encoder(registry, config, device)
+    batch = max(1, config.batch_size)
+    with torch.no_grad():
+        parts = [encode(captions[start:start + batch]).float().cpu().numpy() for start in range(0, len(captions), batch)]
+    return np.concatenate(parts)
+
+
+def _text_encoder(registry: Registry, config: TrainConfig, device: torch.device) -> Callable[[list[str]], torch.Tensor]:
+    source = config.clusters.source
+    kind, _, name = source.partition(":")
+    if source == "init" and not config.init_from:
+        raise UserError("config key 'clusters.source' is 'init' but 'init_from' is empty; set init_from to the "
+                        "finetuned run, or use clusters.source run:RUN or model:NAME")
+    if source == "init" or kind == "run":
+        model, _ = load_model(registry, config.init_from if source == "init" else name, device=str(device))
+        return model.eval().encode_text
+    if kind == "model" and name:
+        return TextEncoder(name, config.model.text_max_length, dropout=None).to(device).eval()
+    raise UserError(f"config key 'clusters.source' is {source!r}; expected init, run:RUN or model:NAME")
+
+
+def cluster_vectors(vectors: np.ndarray, settings: Clusters, seed: int) -> tuple[np.ndarray, dict]:
+    """Consecutive labels 0..K-1 of the L2-normalised ``vectors``, and what was done (for the registry)."""
+    from sklearn.preprocessing import normalize
+
+    unit = normalize(vectors.astype(np.float64))
+    if settings.method == "kmeans":
+        labels, info = _kmeans(unit, settings.count, seed), {"method": "kmeans"}
+    elif settings.method == "hdbscan":
+        labels, info = _hdbscan(unit, settings.min_cluster_size, seed)
+    else:
+        raise UserError(f"config key 'clusters.method' is {settings.method!r}; expected kmeans, hdbscan or null (off)")
+    labels = np.unique(labels, return_inverse=True)[1]
+    return labels, {**info, "clusters": int(labels.max()) + 1}
+
+
+def _kmeans(unit: np.ndarray, count: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    if not 2 <= count <= len(unit):
+        raise UserError(f"config key 'clusters.count' is {count}; it must be between 2 and the number of distinct "
+                        f"training captions ({len(unit)})")
+    return KMeans(n_clusters=count, n_init=10, random_state=seed).fit_predict(unit)
+
+
+def _hdbscan(unit: np.ndarray, min_cluster_size: int, seed: int) -> tuple[np.ndarray, dict]:
+    from sklearn.cluster import HDBSCAN
+
+    reduced, reducer = reduce_dimensions(unit, seed)
+    labels = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(reduced)
+    if labels.max() < 0:
+        raise UserError(f"clusters: HDBSCAN found no cluster among {len(unit)} captions; lower "
+                        f"clusters.min_cluster_size ({min_cluster_size}) or use clusters.method kmeans")
+    noise = int((labels < 0).sum())
+    return assign_noise(reduced, labels), {"method": f"{reducer}+hdbscan", "noise_reassigned": noise}
+
+
+def reduce_dimensions(unit: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """UMAP (cosine) to 5 dimensions when umap-learn is installed, else PCA."""
+    dimensions = min(_REDUCED_DIMENSIONS, unit.shape[1], len(unit) - 1)
+    if importlib.util.find_spec("umap") is not None:
+        import umap
+
+        return umap.UMAP(n_components=dimensions, metric="cosine", random_state=seed).fit_transform(unit), "umap"
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=dimensions, random_state=seed).fit_transform(unit), "pca"
+
+
+def assign_noise(points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Labels with every noise point (label < 0) moved to the cluster with the nearest centroid."""
+    clusters = np.unique(labels[labels >= 0])
+    centroids = np.stack([points[labels == cluster].mean(axis=0) for cluster in clusters])
+    distances = ((points[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=-1)
+    return np.where(labels >= 0, labels, clusters[distances.argmin(axis=1)])
+
+
+def write_labels(path: Path, pair_clips: list[str], captions: list[str], labels: np.ndarray) -> None:
+    """One row per training pair: clip (dataset/file_name), caption, label."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        pd.DataFrame({"clip": pair_clips, "caption": captions, "label": labels}).to_csv(handle, index=False)
+
+
+def read_labels(path: Path, captions: list[str]) -> np.ndarray:
+    """The labels of a clusters CSV, checked against the training captions they were made for."""
+    frame = pd.read_csv(path, dtype={"clip": str, "caption": str, "label": np.int64}, keep_default_na=False)
+    if frame["caption"].tolist() != list(captions):
+        raise UserError(f"{path}: the cluster labels were made for other training captions (the data changed); "
+                        "start a new run")
+    return frame["label"].to_numpy(dtype=np.int64, copy=True)

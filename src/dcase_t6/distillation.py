@@ -1,0 +1,106 @@
+"""Ensemble distillation (stage 2): soft targets from registered teacher embeddings of the training split.
+
+``train --distill-from RUN[,RUN...]`` (config ``distill_from``): for a training batch of pairs i (clip
+a_i, caption c_i) the teachers' mean similarity is C_ij = 1/M sum_m a_i^m . t_j^m, where a^m and t^m
+are teacher m's registered embeddings of the training split (tag ``<dataset>/<train_split>``: audio
+looked up by clip, text by caption text), never computed by running the teachers during training.
+``losses.distillation_loss`` is the cross-entropy of the student's softmax over audios and over
+captions against softmax(C / ``distill_temperature``) in the same direction (0.5 each), and the
+training loss is L_sup + ``distill_weight`` * L_dist.
+
+A teacher without embeddings of the training split, or with embeddings of an older checkpoint, is
+embedded once automatically (``dcase-t6 embed RUN --split TRAIN_SPLIT`` without the similarity matrix)
+and the embeddings are registered with the teacher's run.
+
+The mean over teachers of A_m T_m^T equals (A_1|...|A_M)(T_1|...|T_M)^T / M, so the teachers' vectors
+are kept side by side and one matrix product per batch gives C.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcase_t6.config import TrainConfig
+from dcase_t6.distributed import World
+from dcase_t6.errors import UserError
+from dcase_t6.inference import embed_run, split_tag
+from dcase_t6.registry import Registry
+
+
+class TeacherSimilarity:
+    """The teachers' mean similarity of any (clip, caption) pairs of the training set."""
+
+    def __init__(self, audio: torch.Tensor, text: torch.Tensor, clip_ids: torch.Tensor, teachers: int):
+        self.audio, self.text, self.clip_ids, self.teachers = audio, text, clip_ids, teachers
+
+    def __call__(self, pairs: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
+        """(batch, batch) mean teacher similarity; a mixed pair (partner >= 0) uses the mean of its own and
+        its partner pair's teacher vectors."""
+        audio, text = self._vectors(pairs)
+        mixed = partners >= 0
+        if bool(mixed.any()):
+            partner_audio, partner_text = self._vectors(partners[mixed])
+            audio[mixed] = 0.5 * (audio[mixed] + partner_audio)
+            text[mixed] = 0.5 * (text[mixed] + partner_text)
+        return audio @ text.T / self.teachers
+
+    def _vectors(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = pairs.cpu()
+        return self.audio[self.clip_ids[pairs]], self.text[pairs]
+
+
+def load_teachers(registry: Registry, config: TrainConfig, captions: list[str], clip_ids: np.ndarray,
+                  clip_names: np.ndarray, world: World) -> TeacherSimilarity:
+    """The teachers of ``config.distill_from`` aligned to the training pairs (main process embeds missing ones)."""
+    if world.is_main:
+        for teacher in config.distill_from:
+            for dataset in config.datasets:
+                ensure_embeddings(registry, teacher, config, dataset)
+    world.barrier()
+    vectors = [teacher_vectors(registry, teacher, config, captions, clip_names) for teacher in config.distill_from]
+    audio = torch.from_numpy(np.concatenate([a for a, _ in vectors], axis=1))
+    text = torch.from_numpy(np.concatenate([t for _, t in vectors], axis=1))
+    return TeacherSimilarity(audio, text, torch.from_numpy(clip_ids), len(vectors))
+
+
+def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, dataset: str) -> None:
+    """Embed the training split of ``dataset`` with the teacher's best checkpoint unless already registered."""
+    best = registry.file(teacher, "checkpoint", "best")
+    if _registered_embeddings(registry, teacher, split_tag(dataset, config.train_split), best.sha256):
+        return
+    embed_run(registry.workdir, teacher, config.data_root, dataset, config.train_split,
+              batch_size=config.batch_size, audio_seconds=config.audio_seconds, with_similarity=False)
+
+
+def _registered_embeddings(registry: Registry, teacher: str, tag: str, checkpoint_sha: str) -> Path | None:
+    """The teacher's embeddings file for ``tag`` if it is intact and made with ``checkpoint_sha``."""
+    try:
+        record = registry.file(teacher, "embeddings", tag)
+    except UserError:
+        return None
+    with np.load(record.path, allow_pickle=False) as data:
+        return record.path if str(data["checkpoint"]) == checkpoint_sha else None
+
+
+def teacher_vectors(registry: Registry, teacher: str, config: TrainConfig, captions: list[str],
+                    clip_names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One teacher's (clips, d) audio vectors in clip-id order and (pairs, d) caption vectors in pair order."""
+    audio_by_clip: dict[str, np.ndarray] = {}
+    text_by_caption: dict[str, np.ndarray] = {}
+    for dataset in config.datasets:
+        record = registry.file(teacher, "embeddings", split_tag(dataset, config.train_split))
+        with np.load(record.path, allow_pickle=False) as data:
+            audio_by_clip.update(zip((f"{dataset}/{name}" for name in data["files"].tolist()), data["audio"]))
+            text_by_caption.update(zip(data["queries"].tolist(), data["text"]))
+    missing = next((name for name in clip_names if name not in audio_by_clip), None)
+    missing = missing or next((caption for caption in captions if caption not in text_by_caption), None)
+    if missing is not None:
+        raise UserError(f"teacher {teacher}: its registered {config.train_split} embeddings lack {missing!r}; the data "
+                        f"changed since: for each of {', '.join(config.datasets)} run `dcase-t6 embed {teacher} "
+                        f"--data-root {config.data_root} --dataset DATASET --split {config.train_split}`")
+    audio = np.stack([audio_by_clip[name] for name in clip_names]).astype(np.float32)
+    text = np.stack([text_by_caption[caption] for caption in captions]).astype(np.float32)
+    return audio, text
