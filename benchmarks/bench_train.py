@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dcase_t6 import losses
+from dcase_t6.augmentation import PairAugmenter
 from dcase_t6.clips import ClipStore
 from dcase_t6.config import build_config
 from dcase_t6.data.layout import Layout
@@ -40,18 +41,19 @@ def measure(root: Path, backbone: str, batch_size: int, steps: int, seconds: flo
     store = ClipStore(root, model.sample_rate, ["synthetic"])
     pairs = load_pairs(config)
     max_samples = int(seconds * model.sample_rate)
+    augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)
     source = BatchSource(pairs, epoch_batches(len(pairs.captions), batch_size, 0, 0)[:steps + 1], store,
-                         max_samples, 0, 0, World())
+                         augmenter, max_samples, 0, 0, World())
     loader = iter(torch.utils.data.DataLoader(source, batch_size=None, num_workers=1))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     next(loader)  # warm-up batch (worker start, first allocations)
     wait = compute = 0.0
     for _ in range(steps):
         start = time.perf_counter()
-        waveforms, lengths, captions, ids = next(loader)
+        batch = next(loader)
         loaded = time.perf_counter()
-        audio, text = model.encode_audio(waveforms, lengths), model.encode_text(captions)
-        losses.multi_positive_infonce(audio, text, ids, ids, 0.05).backward()
+        audio, text = model.encode_audio(batch.waveforms, batch.lengths), model.encode_text(batch.captions)
+        losses.multi_positive_infonce(audio, text, batch.clip_ids, batch.clip_ids, 0.05).backward()
         optimizer.step()
         optimizer.zero_grad()
         wait, compute = wait + loaded - start, compute + time.perf_counter() - loaded

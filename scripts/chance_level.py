@@ -1,4 +1,4 @@
-"""Print the chance level of a retrieval set: mean metrics of 200 random score matrices.
+"""Print the chance level of a retrieval set: mean metrics of 200 random rankings of the files named in PREDICTIONS.
 
     python scripts/chance_level.py PREDICTIONS.csv RELEVANCE.csv
 """
@@ -13,13 +13,13 @@ from dcase_t6.simmatrix import SimilarityMatrix, read_matrix
 
 
 def main(predictions: str, relevance_file: str, repeats: int = 200) -> None:
-    shape = read_matrix(predictions)
+    files = read_matrix(predictions).files
     truth = read_relevance_file(relevance_file)
     rng = np.random.default_rng(0)
-    runs = [evaluate(SimilarityMatrix(shape.queries, shape.files, rng.random(shape.shape)), truth).scores
+    runs = [evaluate(SimilarityMatrix(truth.queries, files, rng.random((len(truth.queries), len(files)))), truth).scores
             for _ in range(repeats)]
     means = {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
-    print(f"chance level ({repeats} random rankings of {len(shape.files)} files): "
+    print(f"chance level ({repeats} random rankings of {len(files)} files): "
           + ", ".join(f"{key} {value:.4f}" for key, value in means.items()))
 
 

@@ -15,7 +15,7 @@ from dcase_t6.distributed import World
 from dcase_t6.errors import UserError
 from dcase_t6.inference import embed_run, load_model
 from dcase_t6.losses import cluster_loss
-from dcase_t6.models import cluster_head
+from dcase_t6.models import DualEncoder, cluster_head
 from dcase_t6.registry import Registry
 
 
@@ -93,7 +93,8 @@ def test_the_cluster_term_adds_exactly_its_weight_times_the_cross_entropies(refi
     workdir, _, run, config = refinetuned
     epoch = Registry(workdir).run(run)["epochs"][0]
     assert epoch["train_cluster"] > 0
-    assert epoch["train_loss"] == pytest.approx(epoch["train_sup"] + 0.05 * epoch["train_cluster"], rel=1e-6)  # float32 sums
+    expected = epoch["train_sup"] + 0.05 * epoch["train_cluster"]
+    assert epoch["train_loss"] == pytest.approx(expected, rel=1e-6)  # float32 sums
 
 
 def test_a_batch_loss_adds_the_heads_cross_entropies_on_the_registered_labels(refinetuned):
@@ -119,4 +120,12 @@ def test_heads_are_saved_with_the_finetuned_weights_and_embed_loads_both_kinds(r
     without_heads, _ = load_model(registry, base)
     assert with_heads.config.cluster_classes == 4 and with_heads.audio_cluster_head[2].out_features == 4
     assert not hasattr(without_heads, "audio_cluster_head")
-    assert embed_run(workdir, run, tiny_data_root, "synthetic", "development-testing", batch_size=4)["files"] == 4
+    written = embed_run(workdir, run, tiny_data_root, "synthetic", "development-testing", batch_size=4)
+    assert written["files"] == 4
+
+
+def test_init_from_a_run_with_another_architecture_is_refused(refinetuned, tiny_training):
+    workdir, base, _, _ = refinetuned
+    model = DualEncoder(build_config(None, {**tiny_training, "model.embed_dim": 8}).model, audio_weights="random")
+    with pytest.raises(UserError, match=f"init_from {base}: its weights do not fit this model"):
+        training.initialise_from(model, Registry(workdir), base)

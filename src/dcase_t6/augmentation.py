@@ -103,15 +103,15 @@ class PairAugmenter:
         self.extra = read_extra_captions(caption_config.extra_captions_file, clip_index, config)
         self.mixes = read_merged_captions(mix_config.merged_captions_file, clip_index, config)
         self.first_pair = np.unique(clip_ids, return_index=True)[1]
-        vocabulary = {word_key(word) for caption in self._all_captions() for word in caption.split()}
-        synonyms = (load_synonyms(caption_config.synonyms_file, vocabulary)
+        synonyms = (load_synonyms(caption_config.synonyms_file, self._vocabulary())
                     if caption_config.synonym_p > 0 else {})
         self.edits = WordEdits(caption_config.deletion_p, caption_config.synonym_p, synonyms)
 
-    def _all_captions(self) -> list[str]:
+    def _vocabulary(self) -> set[str]:
+        """Every word (as looked up) of the training, extra and merged captions."""
         extra = [caption for captions in self.extra.values() for caption in captions]
         merged = [caption for rows in self.mixes.values() for _, caption in rows]
-        return [*self.captions, *extra, *merged]
+        return {word_key(word) for caption in [*self.captions, *extra, *merged] for word in caption.split()}
 
     def plan(self, batch: np.ndarray, rng: np.random.Generator) -> BatchPlan:
         """Captions and mix partners of the pairs ``batch`` from ``rng`` (one fixed block of draws per pair)."""

@@ -436,10 +436,11 @@ def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, o
     from dcase_t6.pipeline import run_pipeline
 
     conflicting = [flag for flag, used in (("--config", config_file), ("--resume", resume_run),
-                                           ("--name", options["name"])) if used]
+                                           ("--name", options["name"]), ("--init-from", options["init_from"]),
+                                           ("--distill-from", options["distill_from"])) if used]
     if conflicting:
-        raise UserError(f"{conflicting[0]} does not combine with --pipeline (stages take their config from the "
-                        "pipeline file and are named SYSTEM-STAGE)")
+        raise UserError(f"{conflicting[0]} does not combine with --pipeline (stages take their config, init_from "
+                        "and distill_from from the pipeline file and are named SYSTEM-STAGE)")
     max_steps = options.pop("max_steps")
     summaries = run_pipeline(workdir, pipeline_file, _train_overrides(options, settings), max_steps=max_steps)
     if as_json:

@@ -68,7 +68,8 @@ def caption_embeddings(registry: Registry, config: TrainConfig, captions: list[s
     encode = _text_encoder(registry, config, device)
     batch = max(1, config.batch_size)
     with torch.no_grad():
-        parts = [encode(captions[start:start + batch]).float().cpu().numpy() for start in range(0, len(captions), batch)]
+        parts = [encode(captions[start:start + batch]).float().cpu().numpy()
+                 for start in range(0, len(captions), batch)]
     return np.concatenate(parts)
 
 

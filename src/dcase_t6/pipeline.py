@@ -203,8 +203,7 @@ def _run_stage(registry: Registry, pipeline: Pipeline, stage: Stage, state: "Pip
         return {"stage": stage.key, "run": run["id"], "status": "skipped"}
     if run is None:
         run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
-        if world.is_main:
-            state.record(stage.key, run_id, digest)
+        state.record(stage.key, run_id, digest, save=world.is_main)
     else:
         run_id = run["id"]
     return {"stage": stage.key, **continue_run(registry, run_id, world, max_steps)}
@@ -240,11 +239,12 @@ class PipelineState:
         self.path = path
         self.stages: dict[str, dict] = json.loads(path.read_text(encoding="utf-8"))["stages"] if path.is_file() else {}
 
-    def record(self, key: str, run_id: str, digest: str) -> None:
-        """Remember the run of a stage (written at once, so an interrupted pipeline finds it)."""
+    def record(self, key: str, run_id: str, digest: str, save: bool) -> None:
+        """Remember the run of a stage; ``save`` writes the file at once, so an interrupted pipeline finds it."""
         self.stages[key] = {"run": run_id, "config": digest}
-        with atomic_open(self.path, "w", encoding="utf-8") as handle:
-            json.dump({"stages": self.stages}, handle, indent=2, sort_keys=True)
+        if save:
+            with atomic_open(self.path, "w", encoding="utf-8") as handle:
+                json.dump({"stages": self.stages}, handle, indent=2, sort_keys=True)
 
 
 def _mapping(value, where: str) -> dict:

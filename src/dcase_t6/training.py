@@ -11,10 +11,10 @@ see ``dcase_t6.clustering``); ``init_from`` starts from another run's best weigh
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
-import dataclasses
 import signal
 import time
 from dataclasses import dataclass
@@ -40,6 +40,9 @@ from dcase_t6.data.progress import count_progress, stderr_console
 from dcase_t6.registry import Registry
 from dcase_t6.relevance import Relevance
 from dcase_t6.simmatrix import SimilarityMatrix
+
+
+EXTERNAL_TRAIN_SPLIT = "train"
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class Position:
 
 def load_pairs(config: TrainConfig) -> CaptionPairs:
     """Read the training split of every configured dataset from the prepared split indexes."""
-    frames = [read_index(config.data_root, dataset, config.train_split) for dataset in config.datasets]
+    frames = [_training_rows(config, dataset) for dataset in config.datasets]
     paths, captions, clip_keys = [], [], []
     for frame in frames:
         paths += [Path(p) for p in frame["path"]]
@@ -79,6 +82,16 @@ def load_pairs(config: TrainConfig) -> CaptionPairs:
     clip_names, clip_ids = np.unique(np.array([f"{d}/{f}" for d, f in clip_keys]), return_inverse=True)
     digest = sha256_of_text("\n".join(f"{p}\t{c}" for p, c in zip(paths, captions)))
     return CaptionPairs(paths, captions, clip_ids.astype(np.int64), clip_names, digest)
+
+
+def _training_rows(config: TrainConfig, dataset: str):
+    """A dataset's rows of ``train_split`` (Clotho layout), or of ``train`` (AudioCaps, WavCaps)."""
+    index = read_index(config.data_root, dataset)
+    for split in (config.train_split, EXTERNAL_TRAIN_SPLIT):
+        if (index["split"] == split).any():
+            return index[index["split"] == split]
+    raise UserError(f"{config.data_root}: dataset {dataset!r} has no split {config.train_split!r} or "
+                    f"{EXTERNAL_TRAIN_SPLIT!r} (it has {sorted(set(index['split']))}); set train_split")
 
 
 def sha256_of_text(text: str) -> str:
@@ -146,7 +159,8 @@ class BatchSource(torch.utils.data.Dataset):
         clip = random_crop(self.store.read(self.pairs.paths[pair]), self.max_samples, offset)
         if partner == NO_PAIR:
             return clip
-        return mix_clips(clip, random_crop(self.store.read(self.pairs.paths[partner]), self.max_samples, partner_offset))
+        partner_clip = random_crop(self.store.read(self.pairs.paths[partner]), self.max_samples, partner_offset)
+        return mix_clips(clip, partner_clip)
 
 
 def random_crop(clip: np.ndarray, max_samples: int, offset: float) -> np.ndarray:
@@ -189,11 +203,12 @@ class Trainer:
     def _cluster_labels(self) -> torch.Tensor | None:
         """Every pair's cluster label (and the model config's class count set from them), or None when off."""
         if not self.config.clusters.method:
+            self.config.model.cluster_classes = 0
             return None
         labels = caption_labels(self.registry, self.run_id, self.config, self.pairs.captions, self.pairs.pair_clips(),
                                 self.world)
         self.config.model.cluster_classes = int(labels.max()) + 1
-        return torch.from_numpy(labels)
+        return torch.from_numpy(labels).to(self.world.device)
 
     def _wrap(self, model: DualEncoder) -> torch.nn.Module:
         if self.world.size == 1:
@@ -287,7 +302,7 @@ class Trainer:
                                                      config.distill_temperature)
             loss = loss + config.distill_weight * terms["dist"]
         if self.cluster_labels is not None:
-            labels = torch.where(partners >= 0, -1, self.cluster_labels.to(device)[pairs])
+            labels = torch.where(partners >= 0, -1, self.cluster_labels[pairs])
             terms["cluster"] = losses.cluster_loss(gather(outputs[2].float(), world), gather(outputs[3].float(), world),
                                                    labels)
             loss = loss + config.clusters.weight * terms["cluster"]
@@ -391,7 +406,8 @@ def initialise_from(model: DualEncoder, registry: Registry, run: str) -> None:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
-        raise UserError(f"init_from {record.run_id}: its weights do not fit this model ({str(err).splitlines()[1]}); "
+        reason = str(err).splitlines()[-1].strip()
+        raise UserError(f"init_from {record.run_id}: its weights do not fit this model ({reason}); "
                         "use the same model.* settings as that run") from None
     if unexpected or any("cluster_head" not in key for key in missing):
         first = (unexpected or [key for key in missing if "cluster_head" not in key])[0]

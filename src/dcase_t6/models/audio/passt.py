@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ WEIGHTS_URL = "https://github.com/kkoutini/PaSST/releases/download/v0.0.2-audios
 SAMPLE_RATE = 32000
 SEGMENT_SAMPLES = 10 * SAMPLE_RATE
 SEGMENTS = 3
+# hear21passt's own deprecation and size notices on every call; nothing a user can act on.
+for _notice in (r"Input image size", r"`torch.cuda.amp.autocast", r"stft with return_complex=False"):
+    warnings.filterwarnings("ignore", message=_notice)
 
 
 @register("passt")
