@@ -81,3 +81,13 @@ def test_unknown_config_key_is_named():
 
     with pytest.raises(UserError, match="unknown config key 'model.colour'"):
         build_config(None, {"model.colour": "red"})
+
+
+def test_epoch_metrics_also_go_to_tensorboard(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir, summary = finished_run
+    events = EventAccumulator(str(workdir / "runs" / summary["run"] / "tensorboard"))
+    events.Reload()
+    assert {"train_loss", "mAP@10", "R@1"} <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Scalars("train_loss")] == [0, 1]

@@ -350,6 +350,7 @@ class Trainer:
             self._save_last()
             self.registry.log_epoch(self.run_id, position.epoch - 1, record)
             self._write_metrics_log()
+            _log_tensorboard(self.directory / "tensorboard", position.epoch - 1, record)
         self.world.barrier()
 
     def validate(self) -> dict[str, float]:
@@ -388,6 +389,18 @@ class Trainer:
         epochs = self.registry.run(self.run_id)["epochs"]
         with atomic_open(self.directory / "metrics.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(epoch) + "\n" for epoch in epochs)
+
+
+def _log_tensorboard(folder: Path, epoch: int, record: dict) -> None:
+    """Also write the epoch's numbers as TensorBoard scalars when the tensorboard package is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    with SummaryWriter(str(folder)) as writer:
+        for key, value in record.items():
+            if isinstance(value, (int, float)):
+                writer.add_scalar(key, value, epoch)
 
 
 def _report_epoch(epoch: int, epochs: int, record: dict, improved: bool) -> None:
