@@ -91,3 +91,18 @@ def test_epoch_metrics_also_go_to_tensorboard(finished_run):
     events.Reload()
     assert {"train_loss", "mAP@10", "R@1"} <= set(events.Tags()["scalars"])
     assert [event.step for event in events.Scalars("train_loss")] == [0, 1]
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_a_clear_error(finished_run, tmp_path):
+    from dcase_t6.errors import UserError
+    from dcase_t6.inference import load_model
+
+    workdir, summary = finished_run
+    registry = Registry(workdir)
+    state = torch.load(registry.file(summary["run"], "checkpoint", "best").path, weights_only=True)
+    state["config"]["model"]["embed_dim"] = 24  # the saved weights project to 16 dimensions
+    edited = tmp_path / "edited.pt"
+    torch.save(state, edited)
+    registry.add_file(summary["run"], "checkpoint", "edited", edited)
+    with pytest.raises(UserError, match="does not fit the model its config describes .*size mismatch"):
+        load_model(registry, summary["run"], "edited")

@@ -13,6 +13,7 @@ from dcase_t6.config import from_dict
 from dcase_t6.data.progress import count_progress
 from dcase_t6.data.split_index import Split, load_split
 from dcase_t6.embedding import embed_audio, embed_text, similarity
+from dcase_t6.errors import UserError
 from dcase_t6.models import DualEncoder
 from dcase_t6.registry import RegisteredFile, Registry
 from dcase_t6.simmatrix import SimilarityMatrix, write_matrix
@@ -24,8 +25,19 @@ def load_model(registry: Registry, run: str, tag: str = "best", device: str = "c
     state = torch.load(record.path, map_location=device, weights_only=True)
     config = from_dict(state["config"], source=str(record.path))
     model = DualEncoder(config.model, audio_weights="random")
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        reason = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(f"{record.path}: checkpoint of run {record.run_id} does not fit the model its config "
+                        f"describes ({reason}); it was written by another dcase-t6 version ({_code_version_of(registry, record)}): "
+                        "embed with that version or retrain") from None
     return model.to(device), record
+
+
+def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
+    """The code version recorded for the run that wrote ``record``."""
+    return registry.run(record.run_id)["code_version"]
 
 
 def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",
