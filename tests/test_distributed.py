@@ -69,3 +69,23 @@ def test_two_processes_equal_one_process_on_the_combined_batch():
         for name, gradient in gradients.items():
             # shards pad captions to different lengths: equal up to float rounding
             assert torch.allclose(gradient, single_gradients[name], atol=1e-5, rtol=1e-3), name
+
+
+def test_torchrun_with_two_processes_trains_and_registers_one_run(tiny_data_root, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "dcase_t6", "--workdir", str(tmp_path), "train", "--data-root",
+               str(tiny_data_root), "--datasets", "synthetic", "--backbone", "tiny-cnn", "--text-model",
+               "tiny-random", "--embed-dim", "8", "--epochs", "1", "--batch-size", "8", "--audio-seconds", "2",
+               "--json"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    summary = json.loads(finished.stdout)  # only rank 0 prints
+    assert summary["status"] == "finished" and summary["step"] == 8  # 60 pairs in global batches of 8
+    from dcase_t6.registry import Registry
+
+    runs = Registry(tmp_path).runs()
+    assert [run["id"] for run in runs] == [summary["run"]] and runs[0]["status"] == "finished"

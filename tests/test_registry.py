@@ -66,3 +66,19 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
         worker.join(60)
     assert [worker.exitcode for worker in workers] == [0, 0]
     assert [epoch["value"] for epoch in Registry(tmp_path).run(run_id)["epochs"]] == list(range(80))
+
+
+def _open_and_write(workdir, name):
+    registry = Registry(workdir)
+    registry.create_run(name, {}, None, None)
+
+
+def test_processes_creating_the_registry_at_once_all_succeed(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_open_and_write, args=(tmp_path, f"p{i}")) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    assert sorted(run["name"] for run in Registry(tmp_path).runs()) == ["p0", "p1", "p2", "p3"]

@@ -11,7 +11,6 @@ from dcase_t6 import training
 from dcase_t6.cli import main
 from dcase_t6.config import build_config
 from dcase_t6.data.layout import Layout
-from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
 from dcase_t6.inference import embed_run
 from dcase_t6.registry import Registry
 
@@ -21,11 +20,8 @@ SMALL = {"datasets": "synthetic", "model.backbone": "tiny-cnn", "model.text_mode
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    prepare_synthetic(Layout.at(root), SyntheticConfig(development=12, validation=4, evaluation=4,
-                                                        min_duration=2.0, max_duration=3.0))
-    return root
+def data_root(tiny_data_root) -> Path:
+    return tiny_data_root
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +102,10 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_a_clear_error(finished_run
     registry.add_file(summary["run"], "checkpoint", "edited", edited)
     with pytest.raises(UserError, match="does not fit the model its config describes .*size mismatch"):
         load_model(registry, summary["run"], "edited")
+
+
+def test_gradient_accumulation_takes_one_optimizer_step_per_group_of_batches(data_root, tmp_path):
+    config = build_config(None, {**SMALL, "data_root": str(data_root), "epochs": 1, "grad_accumulation": 3,
+                                 "grad_clip": 1.0})
+    # 12 clips x 5 captions = 60 pairs in batches of 8: 8 batches -> optimizer steps after batches 3, 6 and 8
+    assert training.train_new(tmp_path, config)["step"] == 3

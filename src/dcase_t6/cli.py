@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -421,7 +422,13 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, **opti
         summary = training.resume(obj["workdir"], resume_run, max_steps=options["max_steps"])
     else:
         summary = training.train_new(obj["workdir"], build_config(config_file, _train_overrides(options, settings)))
-    _print_summary(summary, as_json)
+    if _is_main_process():
+        _print_summary(summary, as_json)
+
+
+def _is_main_process() -> bool:
+    """False in the non-zero ranks of a torchrun job, which train but print nothing."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _train_overrides(options: dict, settings: tuple[str, ...]) -> dict:
@@ -443,6 +450,8 @@ def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, o
                         "and distill_from from the pipeline file and are named SYSTEM-STAGE)")
     max_steps = options.pop("max_steps")
     summaries = run_pipeline(workdir, pipeline_file, _train_overrides(options, settings), max_steps=max_steps)
+    if not _is_main_process():
+        return
     if as_json:
         _print_json(summaries)
         return

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dcase_t6.atomic import atomic_path
-from dcase_t6.clips import ClipStore
+from dcase_t6.clips import ClipStore, refresh_cache
 from dcase_t6.config import from_dict
 from dcase_t6.data.progress import count_progress
 from dcase_t6.data.split_index import Split, load_split
@@ -48,7 +48,8 @@ def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, checkpoint = load_model(registry, run, tag, str(device))
     data = load_split(data_root, dataset, split)
-    store = ClipStore(data_root, model.sample_rate, [dataset])
+    refresh_cache(data_root, model.sample_rate, [dataset])
+    store = ClipStore(data_root, model.sample_rate)
     audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size, audio_seconds)
     with count_progress() as bar:
         task = bar.add_task(f"{split}: captions", total=len(data.queries))

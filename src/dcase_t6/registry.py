@@ -14,6 +14,7 @@ import json
 import secrets
 import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +78,25 @@ class Registry:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = self.workdir / DATABASE_NAME
-        connection = self._open()
-        try:
-            connection.executescript(_SCHEMA)
-        finally:
-            connection.close()
+        self._initialise()
+
+    def _initialise(self, attempts: int = 600) -> None:
+        """Switch the database to WAL (persistent) and create the tables; retried while another process does."""
+        for attempt in range(attempts):
+            connection = self._open()
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
+            finally:
+                connection.close()
 
     def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA foreign_keys=ON")
         connection.row_factory = sqlite3.Row
         return connection

@@ -26,7 +26,7 @@ import torch
 from dcase_t6 import losses
 from dcase_t6.atomic import atomic_open, atomic_path
 from dcase_t6.augmentation import NO_PAIR, PairAugmenter, mix_clips
-from dcase_t6.clips import ClipStore
+from dcase_t6.clips import ClipStore, refresh_cache
 from dcase_t6.clustering import caption_labels
 from dcase_t6.config import TrainConfig, from_dict
 from dcase_t6.data.split_index import load_split, read_index
@@ -189,8 +189,11 @@ class Trainer:
         if config.init_from:
             initialise_from(self.model, registry, config.init_from)
         self.model.to(world.device)
-        self.store = ClipStore(config.data_root, self.model.sample_rate, [*config.datasets, config.validation_source],
-                               config.workers)
+        if world.is_main:  # one process builds the cache, the others wait and read it
+            refresh_cache(config.data_root, self.model.sample_rate, [*config.datasets, config.validation_source],
+                          config.workers)
+        world.barrier()
+        self.store = ClipStore(config.data_root, self.model.sample_rate)
         self.max_samples = int(config.audio_seconds * self.model.sample_rate)
         self.network = self._wrap(self.model)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
@@ -261,7 +264,7 @@ class Trainer:
             waited = time.perf_counter()
             for batch in loader:
                 stats["wait_s"] += time.perf_counter() - waited
-                loss, terms = self._train_batch(batch, steps_per_epoch)
+                loss, terms = self._train_batch(batch, steps_per_epoch, len(batches))
                 stats["loss_sum"] += loss
                 for name, value in terms.items():
                     stats["terms"][name] = stats["terms"].get(name, 0.0) + value
@@ -275,7 +278,7 @@ class Trainer:
                 waited = time.perf_counter()
         self._finish_epoch(stats)
 
-    def _train_batch(self, batch: TrainingBatch, steps_per_epoch: int) -> tuple[float, dict[str, float]]:
+    def _train_batch(self, batch: TrainingBatch, steps_per_epoch: int, n_batches: int) -> tuple[float, dict[str, float]]:
         config, position, device = self.config, self.position, self.world.device
         torch.manual_seed(step_seed(config.seed, position.epoch, position.batch))
         self.network.train()
@@ -284,7 +287,7 @@ class Trainer:
             loss, terms = self._loss(outputs, batch)
         self.scaler.scale(loss * self.world.size / config.grad_accumulation).backward()
         position.batch += 1
-        if position.batch % config.grad_accumulation == 0 or position.batch == self._batches_in_epoch():
+        if self._at_step_boundary(n_batches):
             self._optimizer_step(learning_rate(position.step, steps_per_epoch, config))
         return float(loss.detach()), terms
 
@@ -307,9 +310,6 @@ class Trainer:
                                                    labels)
             loss = loss + config.clusters.weight * terms["cluster"]
         return loss, {name: float(value.detach()) for name, value in terms.items()}
-
-    def _batches_in_epoch(self) -> int:
-        return len(epoch_batches(len(self.pairs.captions), self.config.batch_size, self.config.seed, self.position.epoch))
 
     def _optimizer_step(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
