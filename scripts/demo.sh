@@ -45,7 +45,8 @@ dcase-t6 evaluate -p "$OUT/ensemble_devtest.csv" -r "$RELEVANCE" --json > "$OUT/
 step "package: metadata, draft report, submission zip, organiser-style check"
 LABEL=Demo_DCASET6_task6_1
 rm -f "$OUT/meta.yaml"
-dcase-t6 package --init-meta --label "$LABEL" --results "$OUT/results.json" --out "$OUT/meta.yaml"
+dcase-t6 package --init-meta --label "$LABEL" --results "$OUT/results.json" \
+  --runs "${SYSTEMS[0]},${SYSTEMS[1]}" --out "$OUT/meta.yaml"
 python3 scripts/fill_demo_meta.py "$OUT/meta.yaml"
 dcase-t6 package -l "$LABEL" -p "$OUT/ensemble_devtest.csv" -m "$OUT/meta.yaml" \
   --draft-report "$OUT/report.pdf" --per-query "$OUT/per_query.csv" --weights "$OUT/weights.json" \

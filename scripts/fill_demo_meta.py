@@ -1,26 +1,11 @@
-"""Fill the team fields of the demo's metadata YAML (what a team writes by hand) and the parameter count.
+"""Fill the team and system-description fields of the demo's metadata YAML (what a team writes by hand).
 
     python scripts/fill_demo_meta.py META.yaml
 """
 
-import json
-import os
-import subprocess
 import sys
 
 import yaml
-
-
-def total_parameters(workdir: str) -> int:
-    """Sum of the parameter counts of the best checkpoints of every registered run (the ensembled systems)."""
-    runs = json.loads(subprocess.run(["dcase-t6", "--workdir", workdir, "runs", "list", "--json"],
-                                     capture_output=True, text=True, check=True).stdout)
-    total = 0
-    for run in runs:
-        shown = json.loads(subprocess.run(["dcase-t6", "--workdir", workdir, "runs", "show", run["id"], "--json"],
-                                          capture_output=True, text=True, check=True).stdout)
-        total += next(f["parameters"] for f in shown["files"] if f["kind"] == "checkpoint" and f["tag"] == "best")
-    return total
 
 
 def main(path: str) -> None:
@@ -36,7 +21,6 @@ def main(path: str) -> None:
                        text_embeddings="all-MiniLM-L6-v2 (frozen)", audio_modelling="cnn",
                        text_modelling="all-MiniLM-L6-v2", loss_function="InfoNCE", optimizer="adamw",
                        learning_rate="1e-3", ensemble="Yes", metric_monitored="validation mAP@10")
-    meta["system"]["complexity"]["total_parameters"] = total_parameters(os.environ["DCASE_T6_WORKDIR"])
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(meta, handle, sort_keys=False, allow_unicode=True)
 

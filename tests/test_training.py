@@ -109,3 +109,18 @@ def test_gradient_accumulation_takes_one_optimizer_step_per_group_of_batches(dat
                                  "grad_clip": 1.0})
     # 12 clips x 5 captions = 60 pairs in batches of 8: 8 batches -> optimizer steps after batches 3, 6 and 8
     assert training.train_new(tmp_path, config)["step"] == 3
+
+
+def test_init_meta_takes_the_parameter_count_from_the_registry(finished_run, tmp_path):
+    import yaml
+
+    from dcase_t6.inference import load_model
+
+    workdir, summary = finished_run
+    out = tmp_path / "meta.yaml"
+    result = CliRunner().invoke(main, ["--workdir", str(workdir), "package", "--init-meta", "--label",
+                                       "Doe_LAB_task6_1", "--runs", summary["run"], "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model, _ = load_model(Registry(workdir), summary["run"])
+    meta = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert meta["system"]["complexity"]["total_parameters"] == model.parameter_count() > 0

@@ -618,7 +618,8 @@ def evaluate(predictions, relevance, captions, allow_missing, per_query, with_ci
 
 
 def _print_evaluation(result, with_ci: bool, source: str) -> None:
-    table = Table(title=f"{source}: {result.n_queries} queries", title_justify="left")
+    console.print(f"{escape(str(source))}: {result.n_queries} queries", highlight=False, soft_wrap=True)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     if with_ci:
@@ -775,7 +776,7 @@ def _print_ensemble_search(document: dict, out: str) -> None:
 # PACKAGE-COMMAND (filled by the packaging work)
 _PACKAGE_MODES = {
     "--check": {"check_zip", "expected_rows", "expected_files", "as_json"},
-    "--init-meta": {"init_meta", "labels", "out", "results"},
+    "--init-meta": {"init_meta", "labels", "out", "results", "runs"},
     "build": {"labels", "predictions", "metas", "report", "draft_report", "weights", "per_query", "out",
               "expected_rows", "expected_files"},
 }
@@ -804,11 +805,14 @@ _PACKAGE_MODES = {
 @click.option("--init-meta", is_flag=True, help="Write a pre-filled metadata YAML for --label to --out.")
 @click.option("--results", type=click.Path(dir_okay=False),
               help="With --init-meta: fill the results from this `dcase-t6 evaluate --json` output.")
+@click.option("--runs", metavar="RUN[,RUN...]",
+              help="With --init-meta: fill total_parameters with the sum over these registered runs (the "
+              "systems of an ensemble).")
 @click.option("--check", "check_zip", type=click.Path(dir_okay=False),
               help="Check an existing submission zip like the organisers; exit 1 listing every problem.")
 @click.option("--json", "as_json", is_flag=True, help="With --check: print one JSON object {ok, problems, systems}.")
 def package(labels, predictions, metas, report, draft_report, weights, per_query, out, expected_rows,
-            expected_files, init_meta, results, check_zip, as_json):
+            expected_files, init_meta, results, runs, check_zip, as_json):
     """Build, check or prepare the submission zip: similarity CSV, metadata YAML and report per system.
 
     The zip holds task6/<label>/<label>.output.csv, <label>.meta.yaml and <label>.technical_report.pdf
@@ -817,7 +821,8 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
 
     \b
     Example:
-      dcase-t6 package --init-meta --label Primus_CP-JKU_task6_1 --results eval.json --out meta.yaml
+      dcase-t6 package --init-meta --label Primus_CP-JKU_task6_1 --results eval.json \
+          --runs passt-3fa2c1,passt-9b01d2 --out meta.yaml
       dcase-t6 package -l Primus_CP-JKU_task6_1 -p system.csv -m meta.yaml --report report.pdf \\
           --expected-rows 1000 --out submission.zip
       dcase-t6 package -l Primus_CP-JKU_task6_1 -p a.csv -m a.yaml -l Primus_CP-JKU_task6_2 -p b.csv \\
@@ -836,7 +841,7 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
     elif init_meta:
         if len(labels) != 1 or not out:
             raise UserError("package --init-meta: give one --label and --out meta.yaml")
-        write_init_meta(labels[0], out, results)
+        write_init_meta(labels[0], out, results, _total_parameters(runs) if runs else None)
         _say(f"wrote {_escape(out)}: fill in the empty fields, then package it")
     else:
         systems = systems_from_options(labels, tuple(_matrix_path(p) for p in predictions), metas)
@@ -850,6 +855,14 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
         if draft_report:
             _say(f"wrote draft report {_escape(draft_report)}")
         _say(f"[green]wrote[/] {_escape(out)}: {_escape(_systems_line(result.systems))}; all checks pass")
+
+
+def _total_parameters(runs: str) -> int:
+    """Sum of the parameter counts recorded for the given runs."""
+    from dcase_t6.registry import Registry
+
+    registry = Registry(click.get_current_context().obj["workdir"])
+    return sum(registry.parameter_count(run) for run in runs.split(",") if run)
 
 
 def _say(markup: str) -> None:

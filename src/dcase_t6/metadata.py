@@ -117,23 +117,27 @@ def read_results(path: str | Path) -> dict[str, float]:
     return results
 
 
-def render_meta(label: str, results: dict[str, float] | None = None) -> str:
-    """The template text with ``submission.label`` and, if given, the development-testing results filled in."""
+def render_meta(label: str, results: dict[str, float] | None = None, total_parameters: int | None = None) -> str:
+    """The template text with ``submission.label`` and, if given, the development-testing results and the
+    parameter count filled in."""
     problem = label_problem(label)
     if problem:
         raise UserError(f"--label: {problem}")
     text = _set_value(template_text(), "label", label)
     for key, value in (results or {}).items():
         text = _set_value(text, key, value)
+    if total_parameters is not None:
+        text = _set_value(text, "total_parameters", total_parameters)
     return text
 
 
-def init_meta(label: str, out: str | Path, results_path: str | Path | None = None) -> None:
+def init_meta(label: str, out: str | Path, results_path: str | Path | None = None,
+              total_parameters: int | None = None) -> None:
     """Write a pre-filled metadata file for ``label`` to ``out``; never overwrites an existing file."""
     out = Path(out)
     if out.exists():
         raise UserError(f"{out}: already exists; choose another --out or delete it first (it may hold your edits)")
-    text = render_meta(label, read_results(results_path) if results_path else None)
+    text = render_meta(label, read_results(results_path) if results_path else None, total_parameters)
     with atomic_open(out, "w", encoding="utf-8") as handle:
         handle.write(text)
 

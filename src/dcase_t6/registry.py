@@ -153,6 +153,14 @@ class Registry:
             _verify(record)
         return record
 
+    def parameter_count(self, reference: str) -> int:
+        """The model size of a run, as recorded with its best checkpoint."""
+        record = self.file(reference, "checkpoint", "best", verify=False)
+        if "parameters" not in record.info:
+            raise UserError(f"run {record.run_id} recorded no parameter count with its best checkpoint; "
+                            "fill system.complexity.total_parameters by hand")
+        return int(record.info["parameters"])
+
     def resolve(self, reference: str) -> str:
         """The full id of the run whose id equals or uniquely starts with ``reference``."""
         with self._connect() as connection:
