@@ -36,7 +36,6 @@ class Alignment:
     rows: np.ndarray
     relevant: np.ndarray
     n_missing: int
-    n_unscored_rows: int
 
 
 def read_relevance_file(path: str | Path) -> Relevance:
@@ -95,8 +94,7 @@ def align(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = 
     _check_surplus(rows_by_query, used, relevance)
     if not rows:
         raise UserError(f"{relevance.source}: none of its queries appear in the predictions; nothing to score")
-    return Alignment(rows=np.array(rows, dtype=np.int64), relevant=_pad(relevant), n_missing=len(missing),
-                     n_unscored_rows=len(matrix.queries) - len(set(rows)))
+    return Alignment(rows=np.array(rows, dtype=np.int64), relevant=_pad(relevant), n_missing=len(missing))
 
 
 def _rows_by_query(matrix: SimilarityMatrix) -> dict[str, list[int]]:

@@ -188,6 +188,9 @@ class Trainer:
         self.model = DualEncoder(config.model, audio_weights="random" if config.init_from else config.audio_weights)
         if config.init_from:
             initialise_from(self.model, registry, config.init_from)
+        elif world.is_main:
+            stderr_console.print(f"audio backbone {config.model.backbone}: {self.model.audio.weights_source}",
+                                 highlight=False, soft_wrap=True)
         self.model.to(world.device)
         if world.is_main:  # one process builds the cache, the others wait and read it
             refresh_cache(config.data_root, self.model.sample_rate, [*config.datasets, config.validation_source],

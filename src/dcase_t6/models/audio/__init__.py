@@ -1,7 +1,7 @@
 """Audio backbones by name. Add one (EAT, BEATs, ...) as one module that calls ``register``.
 
-A backbone is an ``nn.Module`` with attributes ``sample_rate`` (Hz of the waveforms it expects) and
-``output_dim``, whose ``forward(waveforms, lengths)`` maps a zero-padded (batch, samples) float tensor
+A backbone is an ``nn.Module`` with attributes ``sample_rate`` (Hz of the waveforms it expects),
+``output_dim`` and ``weights_source`` (where its initial weights came from, said at training start), whose ``forward(waveforms, lengths)`` maps a zero-padded (batch, samples) float tensor
 and the true lengths in samples to (batch, output_dim) clip embeddings.
 """
 

@@ -23,9 +23,11 @@ class TinyCNN(nn.Module):
         widths = [1, channels, 2 * channels, 4 * channels, 4 * channels]
         self.blocks = nn.Sequential(*[_block(a, b) for a, b in zip(widths, widths[1:])])
         self.output_dim = 2 * widths[-1]
-        if weights not in (None, "download", "random"):  # tiny-cnn has no published weights to download
+        self.weights_source = "random initialisation (tiny-cnn has no published weights)"
+        if weights not in (None, "download", "random"):
             path = weight_files.local_file(weights, "tiny-cnn", "--audio-weights")
             self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.weights_source = str(path)
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         features = self.blocks(self.logmel(waveforms).unsqueeze(1)).mean(dim=2)  # (batch, channels, frames)
