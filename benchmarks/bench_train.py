@@ -20,7 +20,7 @@ import torch
 
 from dcase_t6 import losses
 from dcase_t6.augmentation import PairAugmenter
-from dcase_t6.clips import ClipStore, refresh_cache
+from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.config import build_config
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
@@ -38,8 +38,8 @@ def measure(root: Path, backbone: str, batch_size: int, steps: int, seconds: flo
                                  "model.text_model": "tiny-random", "audio_weights": "random",
                                  "batch_size": batch_size, "audio_seconds": seconds})
     model = DualEncoder(config.model, audio_weights="random")
-    refresh_cache(root, model.sample_rate, ["synthetic"])
-    store = ClipStore(root, model.sample_rate)
+    build_cache(Layout.at(root), model.sample_rate, ["synthetic"])
+    store = AudioCache(root, model.sample_rate)
     pairs = load_pairs(config)
     max_samples = int(seconds * model.sample_rate)
     augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)

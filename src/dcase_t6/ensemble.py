@@ -57,6 +57,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dcase_t6 import metrics
 from dcase_t6.atomic import atomic_open
 from dcase_t6.errors import UserError
+from dcase_t6.jsonfile import read_json
 from dcase_t6.evaluation import EvaluationResult, evaluate
 from dcase_t6.relevance import Relevance, align
 from dcase_t6.simmatrix import SimilarityMatrix, read_matrix, write_matrix
@@ -540,12 +541,7 @@ def write_weights(document: dict, path: str | Path) -> None:
 def read_weights(path: str | Path) -> dict:
     """Read and check a weights file: its format, its normalisation and non-negative finite weights."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: weights file not found; create it with `dcase-t6 ensemble --search ... --out {path}`")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err}); regenerate it with `dcase-t6 ensemble --search`") from None
+    document = read_json(path, f"create it with `dcase-t6 ensemble --search ... --out {path}`")
     if not isinstance(document, dict) or document.get("format") != WEIGHTS_FORMAT:
         raise UserError(f"{path}: not an ensemble weights file (\"format\" must be {WEIGHTS_FORMAT!r})")
     weights = document.get("weights")

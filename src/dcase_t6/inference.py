@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from dcase_t6.atomic import atomic_path
-from dcase_t6.clips import ClipStore, refresh_cache
+from dcase_t6.data.audio_cache import AudioCache, build_cache
+from dcase_t6.data.layout import Layout
 from dcase_t6.config import from_dict
 from dcase_t6.data.progress import count_progress
 from dcase_t6.data.split_index import Split, load_split
@@ -48,8 +49,8 @@ def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, checkpoint = load_model(registry, run, tag, str(device))
     data = load_split(data_root, dataset, split)
-    refresh_cache(data_root, model.sample_rate, [dataset])
-    store = ClipStore(data_root, model.sample_rate)
+    build_cache(Layout.at(data_root), model.sample_rate, [dataset])
+    store = AudioCache(data_root, model.sample_rate)
     audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size, audio_seconds)
     with count_progress() as bar:
         task = bar.add_task(f"{split}: captions", total=len(data.queries))
@@ -76,7 +77,7 @@ def split_tag(dataset: str, split: str) -> str:
 
 
 def _audio_embeddings(registry: Registry, checkpoint: RegisteredFile, model: DualEncoder, data: Split,
-                      store: ClipStore, device: torch.device, batch_size: int, audio_seconds: float) -> np.ndarray:
+                      store: AudioCache, device: torch.device, batch_size: int, audio_seconds: float) -> np.ndarray:
     """Embed the split's clips, reusing clips this checkpoint already embedded for any split."""
     known = _known_audio(registry.workdir / "runs" / checkpoint.run_id / "outputs", checkpoint.sha256)
     paths = [str(p) for p in data.paths]

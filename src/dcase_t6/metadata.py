@@ -17,6 +17,7 @@ import yaml
 
 from dcase_t6.atomic import atomic_open
 from dcase_t6.errors import UserError
+from dcase_t6.jsonfile import read_json
 from dcase_t6.metrics import METRIC_KEYS
 
 TEMPLATE_NAME = "meta_template.yaml"
@@ -99,12 +100,7 @@ def read_meta(path: str | Path, label: str) -> tuple[bytes, dict]:
 def read_results(path: str | Path) -> dict[str, float]:
     """The metrics of a ``dcase-t6 evaluate --json`` output: every key of METRIC_KEYS, fractions in [0, 1]."""
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found; write it with `dcase-t6 evaluate ... --json > {path}`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not JSON ({_one_line(err)}); write it with `dcase-t6 evaluate ... --json`") from None
+    payload = read_json(path, f"write it with `dcase-t6 evaluate ... --json > {path}`")
     if not isinstance(payload, dict):
         raise UserError(f"{path}: expected a JSON object with keys {', '.join(METRIC_KEYS)}")
     results = {}

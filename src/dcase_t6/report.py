@@ -6,7 +6,6 @@ The HTML template ``templates/report_template.html.j2`` is filled with jinja2 an
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from importlib.resources import files
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 
 from dcase_t6.atomic import atomic_path
 from dcase_t6.errors import UserError
+from dcase_t6.jsonfile import read_json
 from dcase_t6.metadata import team_of
 from dcase_t6.metrics import METRIC_KEYS
 
@@ -76,12 +76,7 @@ def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = Draf
 def read_weights(path: str | Path) -> EnsembleWeights:
     """The ``weights`` mapping of a ``dcase-t6 ensemble --search`` JSON, plus a note from its optional keys."""
     path = Path(path)
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found; pass the weights JSON written by `dcase-t6 ensemble`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not JSON ({err}); pass the weights JSON written by `dcase-t6 ensemble`") from None
+    payload = read_json(path, "pass the weights JSON written by `dcase-t6 ensemble`")
     weights = payload.get("weights") if isinstance(payload, dict) else None
     if not isinstance(weights, dict) or not weights or not all(_is_number(value) for value in weights.values()):
         raise UserError(f"{path}: expected an object with \"weights\": {{\"<system>\": <number>, ...}}")

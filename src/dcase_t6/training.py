@@ -26,9 +26,10 @@ import torch
 from dcase_t6 import losses
 from dcase_t6.atomic import atomic_open, atomic_path
 from dcase_t6.augmentation import NO_PAIR, PairAugmenter, mix_clips
-from dcase_t6.clips import ClipStore, refresh_cache
 from dcase_t6.clustering import caption_labels
 from dcase_t6.config import TrainConfig, from_dict
+from dcase_t6.data.audio_cache import AudioCache, build_cache
+from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split, read_index
 from dcase_t6.distillation import load_teachers
 from dcase_t6.distributed import World, gather, init_world, share_from_main
@@ -136,7 +137,7 @@ class TrainingBatch:
 class BatchSource(torch.utils.data.Dataset):
     """The batches of one epoch for this process: random crops of the clips, augmented as configured."""
 
-    def __init__(self, pairs: CaptionPairs, batches: list[np.ndarray], store: ClipStore, augmenter: PairAugmenter,
+    def __init__(self, pairs: CaptionPairs, batches: list[np.ndarray], store: AudioCache, augmenter: PairAugmenter,
                  max_samples: int, seed: int, epoch: int, world: World):
         self.pairs, self.batches, self.store, self.augmenter = pairs, batches, store, augmenter
         self.max_samples, self.seed, self.epoch, self.world = max_samples, seed, epoch, world
@@ -193,10 +194,10 @@ class Trainer:
                                  highlight=False, soft_wrap=True)
         self.model.to(world.device)
         if world.is_main:  # one process builds the cache, the others wait and read it
-            refresh_cache(config.data_root, self.model.sample_rate, [*config.datasets, config.validation_source],
-                          config.workers)
+            build_cache(Layout.at(config.data_root), self.model.sample_rate,
+                        list(dict.fromkeys([*config.datasets, config.validation_source])), workers=max(1, config.workers))
         world.barrier()
-        self.store = ClipStore(config.data_root, self.model.sample_rate)
+        self.store = AudioCache(config.data_root, self.model.sample_rate)
         self.max_samples = int(config.audio_seconds * self.model.sample_rate)
         self.network = self._wrap(self.model)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
