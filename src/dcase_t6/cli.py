@@ -514,7 +514,13 @@ def embed(obj, run, data_root, dataset, split_name, checkpoint, batch_size, csv_
 
 @main.group(cls=_Group)
 def runs():
-    """List, show and remove registered runs."""
+    """List, show and remove registered runs.
+
+    \b
+    Example:
+      dcase-t6 --workdir dcase-t6-work runs list
+      dcase-t6 runs show small-3fa2c1 --json
+    """
 
 
 @runs.command("list")
