@@ -1,18 +1,17 @@
-"""Shared fixtures: paths to the real organiser files beside the repository."""
+"""Shared fixtures: the real organiser files shipped as test data, tiny synthetic datasets."""
 
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+# The organisers' Clotho dev-test multi-relevance file (public; 1037 queries), as distributed.
+DEVTEST_RELEVANCE = TEST_DATA / "clotho-devtest-relevance-metadata_eval.csv"
 
 
 @pytest.fixture
 def devtest_relevance_file() -> Path:
-    path = SHARED_DATA / "clotho-devtest-relevance-metadata_eval.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} is not present beside this checkout")
-    return path
+    return DEVTEST_RELEVANCE
 
 
 @pytest.fixture(scope="session")

@@ -93,7 +93,7 @@ def test_the_cluster_term_adds_exactly_its_weight_times_the_cross_entropies(refi
     workdir, _, run, config = refinetuned
     epoch = Registry(workdir).run(run)["epochs"][0]
     assert epoch["train_cluster"] > 0
-    expected = epoch["train_sup"] + 0.05 * epoch["train_cluster"]
+    expected = epoch["train_contrastive"] + 0.05 * epoch["train_cluster"]
     assert epoch["train_loss"] == pytest.approx(expected, rel=1e-6)  # float32 sums
 
 
@@ -110,14 +110,14 @@ def test_a_batch_loss_adds_the_heads_cross_entropies_on_the_registered_labels(re
                                           trainer.pairs.captions))[batch.pairs]
     expected = cross_entropy(outputs[2], labels) + cross_entropy(outputs[3], labels)
     assert terms["cluster"] == pytest.approx(expected.item(), rel=1e-6)
-    assert loss.item() == pytest.approx(terms["sup"] + 0.05 * expected.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(terms["contrastive"] + 0.05 * expected.item(), rel=1e-6)
 
 
 def test_heads_are_saved_with_the_finetuned_weights_and_embed_loads_both_kinds(refinetuned, tiny_data_root):
     workdir, base, run, _ = refinetuned
     registry = Registry(workdir)
-    with_heads, _ = load_model(registry, run)
-    without_heads, _ = load_model(registry, base)
+    with_heads = load_model(registry, run).model
+    without_heads = load_model(registry, base).model
     assert with_heads.config.cluster_classes == 4 and with_heads.audio_cluster_head[2].out_features == 4
     assert not hasattr(without_heads, "audio_cluster_head")
     written = embed_run(workdir, run, tiny_data_root, "synthetic", "development-testing", batch_size=4)

@@ -81,8 +81,8 @@ def test_student_run_records_teacher_ids_and_the_weighted_loss(teacher_and_stude
     run = Registry(workdir).run(student)
     assert run["status"] == "finished" and run["config"]["distill_from"] == [teacher]
     epoch = run["epochs"][0]
-    assert epoch["train_dist"] > 0
-    expected = epoch["train_sup"] + 0.5 * epoch["train_dist"]
+    assert epoch["train_distillation"] > 0
+    expected = epoch["train_contrastive"] + 0.5 * epoch["train_distillation"]
     assert epoch["train_loss"] == pytest.approx(expected, rel=1e-6)  # float32 sums
 
 

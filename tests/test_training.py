@@ -121,6 +121,6 @@ def test_init_meta_takes_the_parameter_count_from_the_registry(finished_run, tmp
     result = CliRunner().invoke(main, ["--workdir", str(workdir), "package", "--init-meta", "--label",
                                        "Doe_LAB_task6_1", "--runs", summary["run"], "--out", str(out)])
     assert result.exit_code == 0, result.output
-    model, _ = load_model(Registry(workdir), summary["run"])
+    model = load_model(Registry(workdir), summary["run"]).model
     meta = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert meta["system"]["complexity"]["total_parameters"] == model.parameter_count() > 0

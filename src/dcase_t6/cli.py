@@ -341,6 +341,8 @@ _TRAIN_OVERRIDES = [
     ("--init-from", str, "Start from this run's best weights (finetuning; new cluster heads start fresh)."),
     ("--distill-from", str, "Comma-separated teacher runs: distil their mean similarity (stage 2)."),
     ("--distill-weight", float, "Weight lambda of the distillation loss (1.0)."),
+    ("--contrastive-weight", float, "Weight of the contrastive loss (1.0; 0 with --distill-from: distillation alone)."),
+    ("--precision", str, "fp16 (mixed, the baseline on GPU; fp32 on CPU), bf16 (GPU or CPU) or fp32."),
 ]
 _MODEL_KEYS = {"backbone", "text_model", "embed_dim"}
 
@@ -487,13 +489,17 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 @click.option("--dataset", default="clotho", show_default=True, help="Dataset of the split (index name).")
 @click.option("--split", "split_name", default="development-testing", show_default=True,
               help="Split to embed, e.g. development-testing, development-validation or eval.")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which checkpoint of the run: best (by validation) or last (the latest state).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the submission CSV here.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.pass_obj
 def embed(obj, run, data_root, dataset, split_name, checkpoint, batch_size, csv_path, as_json):
     """Embed a split with a trained run and register embeddings and the similarity matrix.
+
+    Uses the run's best checkpoint (by its validation metric) unless --checkpoint last, and the input
+    settings (audio_seconds) of the run's own config, exactly as its validation did.
 
     The matrix can then be named as RUN:DATASET/SPLIT wherever a matrix file is accepted
     (evaluate --predictions, ensemble --system, package --predictions).
@@ -527,7 +533,8 @@ def runs():
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def runs_list(obj, as_json):
-    """List runs, newest first.
+    """List runs, newest first, with their status: running, finished, stopped (resumable), failed
+    (with the reason) or interrupted (its process died without a word; `train --resume RUN` continues it).
 
     \b
     Example:
@@ -535,14 +542,14 @@ def runs_list(obj, as_json):
     """
     from dcase_t6.registry import Registry
 
-    listed = [{key: run[key] for key in ("id", "status", "created", "seed", "data_fingerprint")}
+    listed = [{key: run[key] for key in ("id", "status", "reason", "created", "seed", "data_fingerprint")}
               for run in Registry(obj["workdir"]).runs()]
     if as_json:
         _print_json(listed)
         return
-    table = Table("id", "status", "created", "seed")
+    table = Table("id", "status", "created", "seed", "reason")
     for run in listed:
-        table.add_row(run["id"], run["status"], run["created"], str(run["seed"]))
+        table.add_row(run["id"], run["status"], run["created"], str(run["seed"]), escape(run["reason"] or ""))
     console.print(table)
 
 

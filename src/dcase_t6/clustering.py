@@ -80,7 +80,7 @@ def _text_encoder(registry: Registry, config: TrainConfig, device: torch.device)
         raise UserError("config key 'clusters.source' is 'init' but 'init_from' is empty; set init_from to the "
                         "finetuned run, or use clusters.source run:RUN or model:NAME")
     if source == "init" or kind == "run":
-        model, _ = load_model(registry, config.init_from if source == "init" else name, device=str(device))
+        model = load_model(registry, config.init_from if source == "init" else name, device=str(device)).model
         return model.eval().encode_text
     if kind == "model" and name:
         return TextEncoder(name, config.model.text_max_length, dropout=None).to(device).eval()

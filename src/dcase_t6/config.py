@@ -3,19 +3,31 @@
 Besides the baseline keys, every stage-2/3 mechanism of the AISTAT 2025 recipe is a switch here
 (all off by default): ``init_from`` (start from another run's best weights), ``distill_from`` /
 ``distill_weight`` / ``distill_temperature`` (ensemble distillation), ``caption_augmentation``,
-``audio_mix`` and ``clusters`` (auxiliary cluster classification).
+``audio_mix`` and ``clusters`` (auxiliary cluster classification). The loss is
+``contrastive_weight`` * contrastive + ``distill_weight`` * distillation + ``clusters.weight`` * cluster.
+
+Every value, from YAML or ``--set KEY=VALUE`` (always a string there), is converted to its field's
+type and checked against the field's range before anything is registered or loaded; a bad value is
+one ``UserError`` naming the key, the value and what is expected.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
 from dcase_t6.errors import UserError
 from dcase_t6.models import ModelConfig
+
+PRECISIONS = ("fp16", "bf16", "fp32")
+MONITORED = ("R@1", "R@5", "R@10", "mAP@10")
 
 
 @dataclass
@@ -70,12 +82,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_accumulation: int = 1
     grad_clip: float | None = None
-    mixed_precision: bool = True
+    precision: str = "fp16"
     seed: int = 0
     workers: int = 0
     monitor: str = "mAP@10"
     checkpoint_every: int = 0
     max_steps: int | None = None
+    contrastive_weight: float = 1.0
     init_from: str | None = None
     distill_from: list[str] = field(default_factory=list)
     distill_weight: float = 1.0
@@ -91,10 +104,16 @@ class TrainConfig:
     def validation_source(self) -> str:
         return self.validation_dataset or self.datasets[0]
 
+    def clip_samples(self, sample_rate: int) -> int:
+        """The most samples of a clip the model sees, in training, validation, ``embed`` and as a teacher:
+        ``audio_seconds`` at the backbone's rate (the one place this input setting is turned into samples)."""
+        return int(self.audio_seconds * sample_rate)
+
 
 SECTIONS = {"model": ModelConfig, "caption_augmentation": CaptionAugmentation, "audio_mix": AudioMix,
             "clusters": Clusters}
-_LIST_KEYS = ("datasets", "distill_from")
+# Keys that older versions stored with their runs, and what they mean now.
+_RENAMED = {"mixed_precision": ("precision", lambda old: "fp16" if old in (True, "true", "True") else "fp32")}
 
 
 def build_config(config_file: str | Path | None, overrides: dict) -> TrainConfig:
@@ -107,14 +126,17 @@ def build_config(config_file: str | Path | None, overrides: dict) -> TrainConfig
 
 
 def from_dict(values: dict, source: str = "config") -> TrainConfig:
-    """A TrainConfig from a (possibly nested) dict, rejecting unknown keys by name."""
+    """A checked TrainConfig from a (possibly nested) dict of YAML values or strings, rejecting unknown keys,
+    values that are not of the field's type and values out of the field's range, by name."""
     values = dict(values)
+    for old, (new, convert) in _RENAMED.items():
+        if old in values:
+            legacy = values.pop(old)
+            values.setdefault(new, convert(legacy))
     sections = {name: _section(values.pop(name, None), schema, source, name) for name, schema in SECTIONS.items()}
-    _reject_unknown(values, TrainConfig, source, prefix="")
-    for key in _LIST_KEYS:
-        if isinstance(values.get(key), str):
-            values[key] = [item.strip() for item in values[key].split(",") if item.strip()]
-    return TrainConfig(**values, **sections)
+    config = TrainConfig(**_typed(values, TrainConfig, source, prefix=""), **sections)
+    check(config, source)
+    return config
 
 
 def _section(values, schema, source: str, name: str):
@@ -122,8 +144,155 @@ def _section(values, schema, source: str, name: str):
         return schema()
     if not isinstance(values, dict):
         raise UserError(f"{source}: config key '{name}' must be a mapping of {name}.* keys, got {values!r}")
-    _reject_unknown(values, schema, source, prefix=f"{name}.")
-    return schema(**values)
+    return schema(**_typed(values, schema, source, prefix=f"{name}."))
+
+
+def _typed(values: dict, schema, source: str, prefix: str) -> dict:
+    """``values`` converted to the types of ``schema``'s fields; unknown keys are refused by name."""
+    hints = typing.get_type_hints(schema)
+    known = [item.name for item in dataclasses.fields(schema) if item.name not in SECTIONS]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"{source}: unknown config key '{prefix}{unknown[0]}'; known keys: "
+                        f"{', '.join(prefix + name for name in sorted(known))}")
+    return {key: _convert(value, hints[key], f"{prefix}{key}", source) for key, value in values.items()}
+
+
+_NULLS = ("", "null", "none", "~")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _convert(value: Any, hint, key: str, source: str):
+    """One value as type ``hint`` (str, int, float, bool, list[str], or one of them | None)."""
+    arguments = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
+            return None
+        hint = next(argument for argument in arguments if argument is not type(None))
+        arguments = typing.get_args(hint)
+    converted = _CONVERTERS[typing.get_origin(hint) or hint](value)
+    if converted is _INVALID:
+        expected = _EXPECTED[typing.get_origin(hint) or hint]
+        raise UserError(f"{source}: config key '{key}' = {value!r} is not {expected}; "
+                        f"e.g. --set {key}={_EXAMPLES[typing.get_origin(hint) or hint]}")
+    return converted
+
+
+_INVALID = object()
+
+
+def _to_int(value):
+    if isinstance(value, bool):
+        return _INVALID
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else _INVALID
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return _INVALID
+    return _INVALID
+
+
+def _to_float(value):
+    if isinstance(value, bool):
+        return _INVALID
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return _INVALID
+    return _INVALID
+
+
+def _to_bool(value):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    return True if text in _TRUE else False if text in _FALSE else _INVALID
+
+
+def _to_str(value):
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _INVALID
+
+
+def _to_str_list(value):
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        return list(value)
+    return _INVALID
+
+
+_CONVERTERS: dict[Any, Callable] = {int: _to_int, float: _to_float, bool: _to_bool, str: _to_str, list: _to_str_list}
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+             list: "a list of names (or one comma-separated string)"}
+_EXAMPLES = {int: "3", float: "0.5", bool: "true", str: "NAME", list: "a,b"}
+
+
+def _at_least(bound: float) -> tuple[Callable[[float], bool], str]:
+    return (lambda value: value >= bound), f">= {bound:g}"
+
+
+def _above(bound: float) -> tuple[Callable[[float], bool], str]:
+    return (lambda value: value > bound), f"> {bound:g}"
+
+
+def _one_of(*choices) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value in choices), f"one of {', '.join(str(choice) for choice in choices)}"
+
+
+_PROBABILITY = ((lambda value: 0.0 <= value <= 1.0), "a probability in [0, 1]")
+_DROPOUT = ((lambda value: 0.0 <= value < 1.0), "in [0, 1)")
+
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "audio_seconds": _above(0), "epochs": _at_least(1), "batch_size": _at_least(2), "lr": _above(0),
+    "min_lr": _at_least(0), "warmup_epochs": _at_least(0), "decay_epochs": _above(0), "weight_decay": _at_least(0),
+    "grad_accumulation": _at_least(1), "grad_clip": _above(0), "precision": _one_of(*PRECISIONS), "seed": _at_least(0),
+    "workers": _at_least(0), "monitor": _one_of(*MONITORED), "checkpoint_every": _at_least(0),
+    "max_steps": _at_least(1), "contrastive_weight": _at_least(0), "distill_weight": _at_least(0),
+    "distill_temperature": _above(0),
+    "model.embed_dim": _at_least(1), "model.temperature": _above(0), "model.text_max_length": _at_least(1),
+    "model.text_dropout": _DROPOUT, "model.patchout_t": _at_least(0), "model.patchout_f": _at_least(0),
+    "model.cluster_classes": _at_least(0),
+    "caption_augmentation.deletion_p": _PROBABILITY, "caption_augmentation.synonym_p": _PROBABILITY,
+    "caption_augmentation.extra_captions_p": _PROBABILITY, "audio_mix.p": _PROBABILITY,
+    "clusters.method": _one_of(None, "kmeans", "hdbscan"), "clusters.count": _at_least(2),
+    "clusters.min_cluster_size": _at_least(2), "clusters.weight": _at_least(0),
+}
+
+
+def check(config: TrainConfig, source: str = "config") -> None:
+    """Every range of ``RANGES`` and the rules that tie keys together, or a UserError naming the key."""
+    for key, (valid, expected) in RANGES.items():
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(config, section) if section else config, name)
+        if value is None and key != "clusters.method":
+            continue
+        if (isinstance(value, float) and not math.isfinite(value)) or not valid(value):
+            raise UserError(f"{source}: config key '{key}' = {value!r} must be {expected}")
+    if not config.datasets:
+        raise UserError(f"{source}: config key 'datasets' is empty; name at least one prepared dataset, e.g. clotho")
+    if config.min_lr > config.lr:
+        raise UserError(f"{source}: config key 'min_lr' = {config.min_lr!r} is above 'lr' = {config.lr!r}; "
+                        "the schedule decays from lr to min_lr")
+    weights = [config.contrastive_weight, config.distill_weight if config.distill_from else 0.0,
+               config.clusters.weight if config.clusters.method else 0.0]
+    if not any(weights):
+        raise UserError(f"{source}: every loss term has weight 0 (contrastive_weight {weights[0]:g}, distillation "
+                        f"{weights[1]:g}, cluster {weights[2]:g}); set contrastive_weight > 0, or distill_from with "
+                        "distill_weight > 0 (distillation alone: salsa's stage 2)")
+    from dcase_t6.models import audio as audio_backbones
+
+    if config.model.backbone not in audio_backbones.available():
+        raise UserError(f"{source}: config key 'model.backbone' = {config.model.backbone!r} must be one of "
+                        f"{', '.join(audio_backbones.available())}")
 
 
 def read_yaml_mapping(path: Path) -> dict:
@@ -160,11 +329,3 @@ def merge(base: dict, overrides: dict) -> dict:
         else:
             merged[key] = value
     return merged
-
-
-def _reject_unknown(values: dict, schema, source: str, prefix: str) -> None:
-    known = {item.name for item in dataclasses.fields(schema)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"{source}: unknown config key '{prefix}{unknown[0]}'; known keys: "
-                        f"{', '.join(prefix + name for name in sorted(known))}")

@@ -71,8 +71,8 @@ def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, dat
     best = registry.file(teacher, "checkpoint", "best")
     if _registered_embeddings(registry, teacher, split_tag(dataset, config.train_split), best.sha256):
         return
-    embed_run(registry.workdir, teacher, config.data_root, dataset, config.train_split,
-              batch_size=config.batch_size, audio_seconds=config.audio_seconds, with_similarity=False)
+    embed_run(registry.workdir, teacher, config.data_root, dataset, config.train_split, batch_size=config.batch_size,
+              with_similarity=False)  # with the teacher's own input settings, from its stored config
 
 
 def _registered_embeddings(registry: Registry, teacher: str, tag: str, checkpoint_sha: str) -> Path | None:

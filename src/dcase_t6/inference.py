@@ -1,7 +1,12 @@
-"""`embed`: a registered run's checkpoint -> audio and text embeddings and the similarity matrix of a split."""
+"""`embed`: a registered run's checkpoint -> audio and text embeddings and the similarity matrix of a split.
+
+Input settings (``audio_seconds``) come from the config stored in the checkpoint, the same config its
+validation used, so a model is embedded exactly as it was validated, also as a distillation teacher.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +15,7 @@ import torch
 from dcase_t6.atomic import atomic_path
 from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.layout import Layout
-from dcase_t6.config import from_dict
+from dcase_t6.config import TrainConfig, from_dict
 from dcase_t6.data.progress import count_progress
 from dcase_t6.data.split_index import Split, load_split
 from dcase_t6.embedding import embed_audio, embed_text, similarity
@@ -20,7 +25,16 @@ from dcase_t6.registry import RegisteredFile, Registry
 from dcase_t6.simmatrix import SimilarityMatrix, write_matrix
 
 
-def load_model(registry: Registry, run: str, tag: str = "best", device: str = "cpu") -> tuple[DualEncoder, RegisteredFile]:
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A run's model rebuilt from one of its checkpoints, the registry record of that file and the run's config."""
+
+    model: DualEncoder
+    checkpoint: RegisteredFile
+    config: TrainConfig
+
+
+def load_model(registry: Registry, run: str, tag: str = "best", device: str = "cpu") -> LoadedCheckpoint:
     """Rebuild a run's model from a checkpoint whose hash the registry verifies (no weight download)."""
     record = registry.file(run, "checkpoint", tag)
     state = torch.load(record.path, map_location=device, weights_only=True)
@@ -33,7 +47,7 @@ def load_model(registry: Registry, run: str, tag: str = "best", device: str = "c
         raise UserError(f"{record.path}: checkpoint of run {record.run_id} does not fit the model its config "
                         f"describes ({reason}); it was written by another dcase-t6 version ({_code_version_of(registry, record)}): "
                         "embed with that version or retrain") from None
-    return model.to(device), record
+    return LoadedCheckpoint(model.to(device), record, config)
 
 
 def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
@@ -42,16 +56,19 @@ def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
 
 
 def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",
-              batch_size: int = 32, audio_seconds: float = 30.0, with_similarity: bool = True) -> dict:
-    """Embed one split with a run's checkpoint; writes and registers the embeddings and (unless
-    ``with_similarity`` is False, as for a training split's distillation targets) the similarity matrix."""
+              batch_size: int = 32, with_similarity: bool = True) -> dict:
+    """Embed one split with a run's checkpoint (``best`` or ``last``) and the input settings of the run's
+    config; writes and registers the embeddings and (unless ``with_similarity`` is False, as for a training
+    split's distillation targets) the similarity matrix."""
     registry = Registry(workdir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, checkpoint = load_model(registry, run, tag, str(device))
+    loaded = load_model(registry, run, tag, str(device))
+    model, checkpoint = loaded.model, loaded.checkpoint
     data = load_split(data_root, dataset, split)
     build_cache(Layout.at(data_root), model.sample_rate, [dataset])
     store = AudioCache(data_root, model.sample_rate)
-    audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size, audio_seconds)
+    audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size,
+                              loaded.config.clip_samples(model.sample_rate))
     with count_progress() as bar:
         task = bar.add_task(f"{split}: captions", total=len(data.queries))
         text = embed_text(model, data.queries, batch_size, device, lambda n: bar.advance(task, n))
@@ -59,8 +76,8 @@ def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str
     embeddings_path = _save_npz(directory / f"{dataset}.{split}.embeddings.npz", checkpoint=checkpoint.sha256,
                                 files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
                                 audio=audio, queries=np.array(data.queries), text=text)
-    info = {"dataset": dataset, "split": split, "checkpoint": tag, "queries": len(data.queries),
-            "files": len(data.files)}
+    info = {"dataset": dataset, "split": split, "checkpoint": tag, "checkpoint_epoch": checkpoint.info.get("epoch"),
+            "audio_seconds": loaded.config.audio_seconds, "queries": len(data.queries), "files": len(data.files)}
     registry.add_file(checkpoint.run_id, "embeddings", split_tag(dataset, split), embeddings_path, info)
     written = {"run": checkpoint.run_id, **info, "embeddings": str(embeddings_path)}
     if with_similarity:
@@ -77,7 +94,7 @@ def split_tag(dataset: str, split: str) -> str:
 
 
 def _audio_embeddings(registry: Registry, checkpoint: RegisteredFile, model: DualEncoder, data: Split,
-                      store: AudioCache, device: torch.device, batch_size: int, audio_seconds: float) -> np.ndarray:
+                      store: AudioCache, device: torch.device, batch_size: int, max_samples: int) -> np.ndarray:
     """Embed the split's clips, reusing clips this checkpoint already embedded for any split."""
     known = _known_audio(registry.workdir / "runs" / checkpoint.run_id / "outputs", checkpoint.sha256)
     paths = [str(p) for p in data.paths]
@@ -85,8 +102,8 @@ def _audio_embeddings(registry: Registry, checkpoint: RegisteredFile, model: Dua
     if missing:
         with count_progress() as bar:
             task = bar.add_task(f"{data.split}: audio", total=len(missing))
-            vectors = embed_audio(model, [Path(p) for p in missing], store.read, int(audio_seconds * model.sample_rate),
-                                  batch_size, device, lambda n: bar.advance(task, n))
+            vectors = embed_audio(model, [Path(p) for p in missing], store.read, max_samples, batch_size, device,
+                                  lambda n: bar.advance(task, n))
         known.update(zip(missing, vectors))
     return np.stack([known[p] for p in paths])
 

@@ -1,9 +1,12 @@
 """The checkpoint registry: one SQLite database under the work directory, shared by all commands.
 
-It records every training run (config, data fingerprint, code version, seed, per-epoch metrics),
-its checkpoints with SHA-256 hashes, and every embedding or similarity file with the run it came
-from. Writes are short transactions in WAL mode, so several processes can write at once; a
-checkpoint or artefact whose hash no longer matches is refused.
+It records every training run (config, data fingerprint, code version, seed, per-epoch metrics,
+status with the reason of a failure, and the host, process id and heartbeat of the process training
+it), its checkpoints with SHA-256 hashes, and every embedding or similarity file with the run it
+came from. Writes are short transactions in WAL mode, so several processes can write at once; a
+checkpoint or artefact whose hash no longer matches is refused. A ``running`` run whose process is
+gone (same host, process id no longer alive) or silent (no heartbeat for ``STALE_SECONDS``) is
+reported as ``interrupted``.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import secrets
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,10 @@ CREATE TABLE IF NOT EXISTS files (
     path TEXT NOT NULL, sha256 TEXT NOT NULL, info TEXT NOT NULL, created TEXT NOT NULL,
     PRIMARY KEY (run_id, kind, tag));
 """
+# Columns added after the first schema; an older database gets them on open.
+_ADDED_COLUMNS = {"runs": {"reason": "TEXT", "host": "TEXT", "pid": "INTEGER", "heartbeat": "REAL"}}
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class Registry:
             try:
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.executescript(_SCHEMA)
+                _add_columns(connection)
                 return
             except sqlite3.OperationalError as err:
                 if "locked" not in str(err) or attempt == attempts - 1:
@@ -110,15 +121,34 @@ class Registry:
         directory = self.workdir / "runs" / run_id
         with self._connect() as connection:
             connection.execute(
-                "INSERT INTO runs VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (id, name, status, created, config, data_fingerprint, code_version, seed, directory,"
+                " host, pid, heartbeat) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, name, _now(), json.dumps(config, sort_keys=True), data_fingerprint, code_version(),
-                 seed, str(directory)))
+                 seed, str(directory), socket.gethostname(), os.getpid(), time.time()))
         directory.mkdir(parents=True, exist_ok=True)
         return run_id
 
-    def set_status(self, run_id: str, status: str) -> None:
+    def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Set a run's status and the reason for it (cleared when None)."""
         with self._connect() as connection:
-            connection.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+            connection.execute("UPDATE runs SET status = ?, reason = ? WHERE id = ?", (status, reason, run_id))
+
+    def claim(self, run_id: str) -> "Heartbeat":
+        """Mark a run ``running`` in this process (host, process id) and start beating its heartbeat; refused
+        while another live process trains it."""
+        host, pid = socket.gethostname(), os.getpid()
+        with self._connect() as connection:
+            row = connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is not None and effective_status(dict(row)) == "running" and (row["host"], row["pid"]) != (host, pid):
+                raise UserError(f"run {run_id} is being trained right now by process {row['pid']} on {row['host']}; "
+                                "wait for it, or stop that process and then resume")
+            connection.execute("UPDATE runs SET status = 'running', reason = NULL, host = ?, pid = ?, heartbeat = ? "
+                               "WHERE id = ?", (host, pid, time.time(), run_id))
+        return Heartbeat(self, run_id)
+
+    def beat(self, run_id: str) -> None:
+        with self._connect() as connection:
+            connection.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (time.time(), run_id))
 
     def set_fingerprint(self, run_id: str, fingerprint: str) -> None:
         """Record the fingerprint of the data a run trains on."""
@@ -202,6 +232,59 @@ class Registry:
         return run["id"]
 
 
+class Heartbeat:
+    """Writes a run's heartbeat every ``HEARTBEAT_SECONDS`` from a daemon thread until ``stop``."""
+
+    def __init__(self, registry: Registry, run_id: str):
+        self._registry, self._run_id, self._stopped = registry, run_id, threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {run_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(HEARTBEAT_SECONDS):
+            try:
+                self._registry.beat(self._run_id)
+            except sqlite3.Error:
+                pass  # a busy or briefly unavailable database: the next beat tries again
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def _add_columns(connection: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in present:
+                try:
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError as err:
+                    if "duplicate column" not in str(err):  # another process added it just now
+                        raise
+
+
+def _process_gone(host: str | None, pid: int | None) -> bool:
+    """True when ``pid`` on this host no longer exists (unknown for other hosts: False)."""
+    if host != socket.gethostname() or not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def effective_status(run: dict, now: float | None = None) -> str:
+    """A run's stored status, except that a ``running`` run whose process is gone or silent is ``interrupted``."""
+    if run["status"] != "running":
+        return run["status"]
+    silent = run.get("heartbeat") is not None and (now or time.time()) - run["heartbeat"] > STALE_SECONDS
+    return "interrupted" if silent or _process_gone(run.get("host"), run.get("pid")) else "running"
+
+
 class _Transactional:
     """A connection whose ``with`` block is one IMMEDIATE transaction and which closes afterwards."""
 
@@ -227,6 +310,7 @@ def _like_prefix(reference: str) -> str:
 def _run_from_row(row: sqlite3.Row) -> dict:
     run = dict(row)
     run["config"] = json.loads(run["config"])
+    run["status"] = effective_status(run)
     return run
 
 

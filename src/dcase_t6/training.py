@@ -4,9 +4,16 @@ All randomness of a step (data order, crop offsets, caption/audio augmentation, 
 augmentation) is derived from (seed, epoch, batch), and the learning rate is a pure function of the
 step, so a run resumed from its last checkpoint continues exactly as if it had never stopped.
 
-The loss of a batch is L_sup + distill_weight * L_dist (when ``distill_from`` names teachers, see
-``dcase_t6.distillation``) + clusters.weight * (CE_audio + CE_text) (when ``clusters.method`` is set,
-see ``dcase_t6.clustering``); ``init_from`` starts from another run's best weights.
+The loss of a batch is a weighted sum of named terms: ``contrastive_weight`` * contrastive (the
+baseline's multi-positive InfoNCE) + ``distill_weight`` * distillation (when ``distill_from`` names
+teachers, see ``dcase_t6.distillation``) + ``clusters.weight`` * cluster (CE_audio + CE_text, when
+``clusters.method`` is set, see ``dcase_t6.clustering``); every term is logged per epoch as
+``train_<term>``, also one whose weight is 0. ``init_from`` starts from another run's best weights.
+
+A run's status in the registry is honest: ``running`` while a process trains it (its host and process
+id are recorded and a heartbeat is written every 30 s), ``finished``, ``stopped`` (step limit or
+Ctrl-C/SIGTERM, resumable), or ``failed`` with the one-line reason; a run whose process died without a
+word is listed as ``interrupted``. ``train --resume`` continues any of them.
 """
 
 from __future__ import annotations
@@ -198,12 +205,12 @@ class Trainer:
                         list(dict.fromkeys([*config.datasets, config.validation_source])), workers=max(1, config.workers))
         world.barrier()
         self.store = AudioCache(config.data_root, self.model.sample_rate)
-        self.max_samples = int(config.audio_seconds * self.model.sample_rate)
+        self.max_samples = config.clip_samples(self.model.sample_rate)
         self.network = self._wrap(self.model)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
                                            weight_decay=config.weight_decay)
-        self.use_amp = config.mixed_precision and world.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.autocast_dtype = autocast_dtype(config.precision, world.device, say=world.is_main)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.position = Position()
         self._stop_requested = False
 
@@ -286,7 +293,7 @@ class Trainer:
         config, position, device = self.config, self.position, self.world.device
         torch.manual_seed(step_seed(config.seed, position.epoch, position.batch))
         self.network.train()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             outputs = self.network(batch.waveforms.to(device), batch.lengths.to(device), batch.captions)
             loss, terms = self._loss(outputs, batch)
         self.scaler.scale(loss * self.world.size / config.grad_accumulation).backward()
@@ -296,23 +303,25 @@ class Trainer:
         return float(loss.detach()), terms
 
     def _loss(self, outputs: tuple, batch: TrainingBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_sup + distill_weight * L_dist + clusters.weight * L_cluster on the global batch, and each term."""
+        """The weighted sum of the loss terms on the global batch, and each (unweighted) term."""
         world, device, config = self.world, self.world.device, self.config
         audio, text = gather(outputs[0].float(), world), gather(outputs[1].float(), world)
         ids = gather(batch.clip_ids.to(device), world)
         pairs, partners = gather(batch.pairs.to(device), world), gather(batch.partners.to(device), world)
-        terms = {"sup": losses.multi_positive_infonce(audio, text, ids, ids, self.model.temperature)}
-        loss = terms["sup"]
+        weighted = {"contrastive": config.contrastive_weight}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and config.contrastive_weight != 0):
+            terms = {"contrastive": losses.multi_positive_infonce(audio, text, ids, ids, self.model.temperature)}
         if self.teachers is not None:
             teacher_similarity = self.teachers(pairs, partners).to(device)
-            terms["dist"] = losses.distillation_loss(audio @ text.T / self.model.temperature, teacher_similarity,
-                                                     config.distill_temperature)
-            loss = loss + config.distill_weight * terms["dist"]
+            terms["distillation"] = losses.distillation_loss(audio @ text.T / self.model.temperature,
+                                                             teacher_similarity, config.distill_temperature)
+            weighted["distillation"] = config.distill_weight
         if self.cluster_labels is not None:
             labels = torch.where(partners >= 0, -1, self.cluster_labels[pairs])
             terms["cluster"] = losses.cluster_loss(gather(outputs[2].float(), world), gather(outputs[3].float(), world),
                                                    labels)
-            loss = loss + config.clusters.weight * terms["cluster"]
+            weighted["cluster"] = config.clusters.weight
+        loss = sum(weight * terms[name] for name, weight in weighted.items() if weight != 0)
         return loss, {name: float(value.detach()) for name, value in terms.items()}
 
     def _optimizer_step(self, lr: float) -> None:
@@ -448,37 +457,60 @@ def train_new(workdir: str | Path, config: TrainConfig, world: World | None = No
 
 
 def resume(workdir: str | Path, reference: str, max_steps: int | None = None, world: World | None = None) -> dict:
-    """Continue a run from its ``last`` checkpoint exactly where it stopped (optionally to a new step limit)."""
+    """Continue a run exactly where it stopped: from its ``last`` checkpoint, or from the start when it
+    failed or died before writing one (optionally to a new step limit)."""
     registry = Registry(workdir)
-    run_id = registry.file(reference, "checkpoint", "last").run_id
-    return continue_run(registry, run_id, world or init_world(), max_steps)
+    return continue_run(registry, registry.resolve(reference), world or init_world(), max_steps)
 
 
 def continue_run(registry: Registry, run_id: str, world: World, max_steps: int | None) -> dict:
-    """Train a registered run with its stored config: from its ``last`` checkpoint, or from the start without one."""
-    run = registry.run(run_id)
-    config = from_dict(run["config"], source=f"run {run_id}")
-    config.max_steps = max_steps
-    trainer = Trainer(config, registry, run_id, world)
-    if world.is_main and run["data_fingerprint"] is None:
-        registry.set_fingerprint(run_id, trainer.pairs.fingerprint)
-    if any(record.kind == "checkpoint" and record.tag == "last" for record in run["files"]):
-        trainer.resume_from(registry.file(run_id, "checkpoint", "last").path)
-    return _run_to_end(trainer)
+    """Train a registered run with its stored config: from its ``last`` checkpoint, or from the start without one.
 
-
-def _run_to_end(trainer: Trainer) -> dict:
-    registry, run_id, world = trainer.registry, trainer.run_id, trainer.world
-    if world.is_main:
-        registry.set_status(run_id, "running")
+    Whatever fails from here on (data, weights, the model, training itself) leaves the run ``failed`` with
+    its one-line reason in the registry, and a Ctrl-C that is not a graceful stop leaves it ``interrupted``.
+    """
+    heartbeat = registry.claim(run_id) if world.is_main else None
     try:
+        run = registry.run(run_id)
+        config = from_dict(run["config"], source=f"run {run_id}")
+        config.max_steps = max_steps
+        trainer = Trainer(config, registry, run_id, world)
+        if world.is_main and run["data_fingerprint"] is None:
+            registry.set_fingerprint(run_id, trainer.pairs.fingerprint)
+        if any(record.kind == "checkpoint" and record.tag == "last" for record in run["files"]):
+            trainer.resume_from(registry.file(run_id, "checkpoint", "last").path)
         position = trainer.run()
-    except BaseException:
-        if world.is_main:
-            registry.set_status(run_id, "failed")
+    except BaseException as err:
+        if heartbeat is not None:
+            heartbeat.stop()
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            registry.set_status(run_id, status, reason=failure_reason(err))
         raise
     finished = position.epoch >= trainer.config.epochs
-    if world.is_main:
-        registry.set_status(run_id, "finished" if finished else "stopped")
-    return {"run": run_id, "status": "finished" if finished else "stopped", "epoch": position.epoch,
-            "step": position.step, f"best_{trainer.config.monitor}": position.best if position.best > -math.inf else None}
+    status = "finished" if finished else "stopped"
+    if heartbeat is not None:
+        heartbeat.stop()
+        registry.set_status(run_id, status)
+    return {"run": run_id, "status": status, "epoch": position.epoch, "step": position.step,
+            f"best_{trainer.config.monitor}": position.best if position.best > -math.inf else None}
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line saying why a run ended: a UserError's message, else the exception's type and first line."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted by Ctrl-C; continue with `dcase-t6 train --resume RUN`"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if isinstance(err, UserError) else f"{type(err).__name__}: {text}".rstrip(": ")
+
+
+def autocast_dtype(precision: str, device: torch.device, say: bool = False) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``: fp16 mixed precision on a GPU (the baseline),
+    bf16 on a GPU or CPU, None (fp32) for fp32 or for fp16 on a CPU (which has no fp16 training kernels)."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16" and device.type == "cuda":
+        return torch.float16
+    if precision == "fp16" and say:
+        stderr_console.print("precision fp16 needs a GPU: training in fp32 on the CPU (bf16 works on CPUs too)",
+                             highlight=False)
+    return None

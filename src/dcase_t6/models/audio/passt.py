@@ -3,8 +3,12 @@
 Input 32 kHz mono, padded/cropped to 30 s and cut into three 10 s segments; a clip of at most 10 s
 uses the first segment, at most 20 s the mean of the first two, else the mean of all three. Each
 segment: mel front end (128 mels, window 800, hop 320, n_fft 1024, fmax 15 kHz, pre-emphasis,
-log(mel + 1e-5), (x + 4.5) / 5; random fmin/fmax shifts only in training), then the transformer;
-its 768-d output is the mean of the CLS and distillation tokens.
+log(mel + 1e-5), (x + 4.5) / 5; random fmin/fmax shifts only in training, no gradient), then the
+transformer; its 768-d output is the mean of the CLS and distillation tokens. Training drops
+``patchout_t`` random time columns and ``patchout_f`` random frequency rows of the 8 x 62 patch grid
+of a segment (structured patchout; the baseline's 15 and 2 leave 6 x 47 = 282 of 496 patches);
+evaluation uses every patch. The AudioSet classifier heads of the checkpoint are loaded with it and
+then removed: their outputs never reach the loss, and DDP requires every trained parameter to.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ WEIGHTS_URL = "https://github.com/kkoutini/PaSST/releases/download/v0.0.2-audios
 SAMPLE_RATE = 32000
 SEGMENT_SAMPLES = 10 * SAMPLE_RATE
 SEGMENTS = 3
+INPUT_FRAMES = 1000  # mel frames of a 10 s segment (hop 320): the baseline's input_tdim
+FREQUENCY_PATCHES, TIME_PATCHES = 8, 62  # the 16 x 16 patch grid of a segment
 # hear21passt's own deprecation and size notices on every call; nothing a user can act on.
 for _notice in (r"Input image size", r"`torch.cuda.amp.autocast", r"stft with return_complex=False"):
     warnings.filterwarnings("ignore", message=_notice)
@@ -37,20 +43,29 @@ class PaSST(nn.Module):
     sample_rate = SAMPLE_RATE
     output_dim = 768
 
-    def __init__(self, weights: str | None = "download", **_ignored):
+    def __init__(self, weights: str | None = "download", patchout_t: int = 15, patchout_f: int = 2, **_ignored):
         super().__init__()
+        if not (0 <= patchout_t < TIME_PATCHES and 0 <= patchout_f < FREQUENCY_PATCHES):
+            raise UserError(f"PaSST structured patchout ({patchout_t}, {patchout_f}) must leave patches: "
+                            f"model.patchout_t below {TIME_PATCHES}, model.patchout_f below {FREQUENCY_PATCHES}")
         hear21passt_passt, preprocess = _import_hear21passt()
         self.mel = preprocess.AugmentMelSTFT(
             n_mels=128, sr=SAMPLE_RATE, win_length=800, hopsize=320, n_fft=1024, freqm=0, timem=0, htk=False,
             fmin=0.0, fmax=15000, norm=1, fmin_aug_range=10, fmax_aug_range=2000)
         with contextlib.redirect_stdout(io.StringIO()):  # hear21passt prints banners and shapes
-            self.net = hear21passt_passt.get_model(arch=ARCH, pretrained=False, fstride=16, tstride=16)
+            self.net = hear21passt_passt.get_model(arch=ARCH, pretrained=False, fstride=16, tstride=16,
+                                                   input_tdim=INPUT_FRAMES, s_patchout_t=patchout_t,
+                                                   s_patchout_f=patchout_f)
         hear21passt_passt.first_RUN = False
         self.weights_source = _load_weights(self.net, hear21passt_passt, weights or "download")
+        self.net.head, self.net.head_dist = nn.Identity(), nn.Identity()
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         segments, owners, counts = segment_clips(waveforms, lengths)
-        _, features = self.net(self.mel(segments).unsqueeze(1))
+        with torch.no_grad():
+            mel = self.mel(segments)
+        cls_token, distillation_token = self.net.forward_features(mel.unsqueeze(1))
+        features = (cls_token + distillation_token) / 2
         summed = torch.zeros(len(lengths), features.shape[1], dtype=features.dtype, device=features.device)
         summed.index_add_(0, owners, features)
         return summed / counts.unsqueeze(1).to(features.dtype)
