@@ -118,3 +118,23 @@ def test_config_lists_teachers_and_rejects_unknown_section_keys_by_name():
         build_config(None, {"clusters.colour": "red"})
     with pytest.raises(UserError, match="config key 'audio_mix' must be a mapping"):
         build_config(None, {"audio_mix": 0.5})
+
+
+def test_contrastive_weight_0_trains_on_distillation_alone(teacher_and_student, tiny_training):
+    """salsa's stage 2: loss = distill_weight * distillation; the contrastive term is still logged."""
+    workdir, teacher, _, _ = teacher_and_student
+    settings = {**tiny_training, "name": "alone", "contrastive_weight": 0, "distill_weight": 2.0,
+                "distill_from": teacher}
+    run = Registry(workdir).run(training.train_new(workdir, build_config(None, settings))["run"])
+    epoch = run["epochs"][0]
+    assert epoch["train_contrastive"] > 0 and epoch["train_distillation"] > 0
+    assert epoch["train_loss"] == pytest.approx(2.0 * epoch["train_distillation"], rel=1e-6)
+
+
+def test_a_teacher_is_embedded_with_its_own_input_settings(tmp_path, tiny_training):
+    """The teacher saw 1.5 s of audio; the student takes 2 s: the teacher's targets use 1.5 s."""
+    teacher = training.train_new(tmp_path, build_config(None, {**tiny_training, "name": "short",
+                                                                  "audio_seconds": 1.5}))["run"]
+    training.train_new(tmp_path, build_config(None, {**tiny_training, "name": "student", "distill_from": teacher}))
+    record = Registry(tmp_path).file(teacher, "embeddings", "synthetic/development-training")
+    assert record.info["audio_seconds"] == 1.5

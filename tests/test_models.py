@@ -111,3 +111,15 @@ def test_dual_encoder_outputs_unit_vectors_in_a_shared_space():
     assert audio.shape == text.shape == (3, 24)
     assert torch.allclose(audio.norm(dim=1), torch.ones(3)) and torch.allclose(text.norm(dim=1), torch.ones(3))
     assert model.temperature.item() == pytest.approx(0.05) and not model.log_temperature.requires_grad
+
+
+def test_frozen_text_cache_is_bounded_and_gives_the_same_vectors():
+    """Caption augmentation makes new captions every epoch: the cache keeps only the most recent ones."""
+    encoder = TextEncoder("tiny-random", frozen=True, cache_size=8)
+    fresh = TextEncoder("tiny-random", frozen=True, cache_size=1000)
+    fresh.load_state_dict(encoder.state_dict())
+    for epoch in range(5):
+        captions = [f"caption {epoch} {index}" for index in range(6)] + ["a bell rings"]
+        assert torch.allclose(encoder(captions), fresh(captions), atol=1e-6)
+        assert len(encoder.remembered) <= 8
+    assert len(fresh.remembered) == 31 and "a bell rings" in encoder.remembered  # recently used stays

@@ -124,3 +124,66 @@ def test_init_meta_takes_the_parameter_count_from_the_registry(finished_run, tmp
     model = load_model(Registry(workdir), summary["run"]).model
     meta = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert meta["system"]["complexity"]["total_parameters"] == model.parameter_count() > 0
+
+
+@pytest.fixture(scope="module")
+def long_clip_root(tmp_path_factory) -> Path:
+    """Clips of 6-9 s, longer than the 5 s the next run is configured to see."""
+    from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
+
+    root = tmp_path_factory.mktemp("long-clips")
+    prepare_synthetic(Layout.at(root), SyntheticConfig(development=8, validation=6, evaluation=4, min_duration=6.0,
+                                                       max_duration=9.0))
+    return root
+
+
+def test_embed_uses_the_runs_own_audio_seconds_as_its_validation_did(long_clip_root, tmp_path):
+    import numpy as np
+
+    from dcase_t6.data.audio_cache import AudioCache
+    from dcase_t6.data.split_index import load_split
+    from dcase_t6.embedding import embed_audio
+    from dcase_t6.inference import load_model
+
+    settings = {**SMALL, "data_root": str(long_clip_root), "audio_seconds": 5.0, "epochs": 1, "name": "five"}
+    summary = training.train_new(tmp_path, build_config(None, settings))
+    written = embed_run(tmp_path, summary["run"], long_clip_root, "synthetic", "development-validation")
+    assert written["audio_seconds"] == 5.0 and written["checkpoint"] == "best"
+
+    split = load_split(long_clip_root, "synthetic", "development-validation")
+    model = load_model(Registry(tmp_path), summary["run"]).model
+    store = AudioCache(long_clip_root, model.sample_rate)
+    with np.load(written["embeddings"]) as data:
+        stored = data["audio"]
+    five_seconds = embed_audio(model, split.paths, store.read, 5 * model.sample_rate, 4, torch.device("cpu"))
+    whole = embed_audio(model, split.paths, store.read, 30 * model.sample_rate, 4, torch.device("cpu"))
+    assert np.allclose(stored, five_seconds, atol=1e-6) and not np.allclose(stored, whole, atol=1e-3)
+    # and the registered matrix scores exactly what validation recorded for the best epoch
+    result = CliRunner().invoke(main, ["--workdir", str(tmp_path), "evaluate", "-p",
+                                       f"{summary['run']}:synthetic/development-validation", "-c",
+                                       str(Layout.at(long_clip_root).captions_csv("synthetic",
+                                                                                  "validation")),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    scores, best = json.loads(result.stdout), Registry(tmp_path).run(summary["run"])["epochs"][0]
+    assert all(scores[key] == pytest.approx(best[key], abs=1e-12) for key in ("R@1", "R@5", "R@10", "mAP@10"))
+
+
+def test_embed_checkpoint_last_is_said_in_the_output(finished_run, data_root):
+    workdir, summary = finished_run
+    result = CliRunner().invoke(main, ["--workdir", str(workdir), "embed", summary["run"], "--data-root",
+                                       str(data_root), "--dataset", "synthetic", "--checkpoint", "last", "--json"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.stdout)
+    assert written["checkpoint"] == "last" and written["checkpoint_epoch"] == 2
+
+
+def test_bf16_autocast_trains_on_cpu(data_root, tmp_path):
+    config = build_config(None, {**SMALL, "data_root": str(data_root), "epochs": 1, "precision": "bf16"})
+    summary = training.train_new(tmp_path, config)
+    run = Registry(tmp_path).run(summary["run"])
+    assert summary["status"] == "finished" and run["config"]["precision"] == "bf16"
+    assert 0 < run["epochs"][0]["train_loss"] < 10
+    assert training.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert training.autocast_dtype("fp16", torch.device("cpu")) is None  # no fp16 training kernels on CPU
+    assert training.autocast_dtype("fp16", torch.device("cuda")) is torch.float16

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from dcase_t6.atomic import atomic_path
+from dcase_t6.config import TrainConfig, from_dict
 from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.layout import Layout
-from dcase_t6.config import TrainConfig, from_dict
 from dcase_t6.data.progress import count_progress
 from dcase_t6.data.split_index import Split, load_split
 from dcase_t6.embedding import embed_audio, embed_text, similarity
@@ -44,8 +44,9 @@ def load_model(registry: Registry, run: str, tag: str = "best", device: str = "c
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         reason = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        version = _code_version_of(registry, record)
         raise UserError(f"{record.path}: checkpoint of run {record.run_id} does not fit the model its config "
-                        f"describes ({reason}); it was written by another dcase-t6 version ({_code_version_of(registry, record)}): "
+                        f"describes ({reason}); it was written by another dcase-t6 version ({version}): "
                         "embed with that version or retrain") from None
     return LoadedCheckpoint(model.to(device), record, config)
 

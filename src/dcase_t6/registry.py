@@ -139,7 +139,8 @@ class Registry:
         host, pid = socket.gethostname(), os.getpid()
         with self._connect() as connection:
             row = connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is not None and effective_status(dict(row)) == "running" and (row["host"], row["pid"]) != (host, pid):
+            live = row is not None and effective_status(dict(row)) == "running"
+            if live and (row["host"], row["pid"]) != (host, pid):
                 raise UserError(f"run {run_id} is being trained right now by process {row['pid']} on {row['host']}; "
                                 "wait for it, or stop that process and then resume")
             connection.execute("UPDATE runs SET status = 'running', reason = NULL, host = ?, pid = ?, heartbeat = ? "

@@ -37,6 +37,7 @@ from dcase_t6.clustering import caption_labels
 from dcase_t6.config import TrainConfig, from_dict
 from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.layout import Layout
+from dcase_t6.data.progress import count_progress, stderr_console
 from dcase_t6.data.split_index import load_split, read_index
 from dcase_t6.distillation import load_teachers
 from dcase_t6.distributed import World, gather, init_world, share_from_main
@@ -44,11 +45,9 @@ from dcase_t6.embedding import embed_audio, embed_text, pad_batch, similarity
 from dcase_t6.errors import UserError
 from dcase_t6.evaluation import evaluate
 from dcase_t6.models import DualEncoder
-from dcase_t6.data.progress import count_progress, stderr_console
 from dcase_t6.registry import Registry
 from dcase_t6.relevance import Relevance
 from dcase_t6.simmatrix import SimilarityMatrix
-
 
 EXTERNAL_TRAIN_SPLIT = "train"
 
@@ -202,13 +201,14 @@ class Trainer:
         self.model.to(world.device)
         if world.is_main:  # one process builds the cache, the others wait and read it
             build_cache(Layout.at(config.data_root), self.model.sample_rate,
-                        list(dict.fromkeys([*config.datasets, config.validation_source])), workers=max(1, config.workers))
+                        list(dict.fromkeys([*config.datasets, config.validation_source])),
+                        workers=max(1, config.workers))
         world.barrier()
         self.store = AudioCache(config.data_root, self.model.sample_rate)
         self.max_samples = config.clip_samples(self.model.sample_rate)
         self.network = self._wrap(self.model)
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
-                                           weight_decay=config.weight_decay)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
         self.autocast_dtype = autocast_dtype(config.precision, world.device, say=world.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.position = Position()
@@ -289,7 +289,8 @@ class Trainer:
                 waited = time.perf_counter()
         self._finish_epoch(stats)
 
-    def _train_batch(self, batch: TrainingBatch, steps_per_epoch: int, n_batches: int) -> tuple[float, dict[str, float]]:
+    def _train_batch(self, batch: TrainingBatch, steps_per_epoch: int,
+                     n_batches: int) -> tuple[float, dict[str, float]]:
         config, position, device = self.config, self.position, self.world.device
         torch.manual_seed(step_seed(config.seed, position.epoch, position.batch))
         self.network.train()

@@ -1,8 +1,11 @@
 """Audio backbones by name. Add one (EAT, BEATs, ...) as one module that calls ``register``.
 
 A backbone is an ``nn.Module`` with attributes ``sample_rate`` (Hz of the waveforms it expects),
-``output_dim`` and ``weights_source`` (where its initial weights came from, said at training start), whose ``forward(waveforms, lengths)`` maps a zero-padded (batch, samples) float tensor
-and the true lengths in samples to (batch, output_dim) clip embeddings.
+``output_dim`` and ``weights_source`` (where its initial weights came from, said at training start),
+whose ``forward(waveforms, lengths)`` maps a zero-padded (batch, samples) float tensor and the true
+lengths in samples to (batch, output_dim) clip embeddings. Every trainable parameter must reach that
+output (DDP requires it): drop classifier heads a checkpoint brings. ``build`` passes every backbone
+the model options it may use (``weights``, ``patchout_t``, ``patchout_f``); a backbone ignores the rest.
 """
 
 from __future__ import annotations

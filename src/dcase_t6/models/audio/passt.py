@@ -62,8 +62,8 @@ class PaSST(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         segments, owners, counts = segment_clips(waveforms, lengths)
-        with torch.no_grad():
-            mel = self.mel(segments)
+        with torch.no_grad(), torch.autocast(segments.device.type, enabled=False):  # the front end in fp32
+            mel = self.mel(segments.float())
         cls_token, distillation_token = self.net.forward_features(mel.unsqueeze(1))
         features = (cls_token + distillation_token) / 2
         summed = torch.zeros(len(lengths), features.shape[1], dtype=features.dtype, device=features.device)
