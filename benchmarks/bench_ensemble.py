@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dcase_t6 import ensemble, metrics
-from dcase_t6.relevance import Relevance, align, read_relevance_file
-from dcase_t6.simmatrix import SimilarityMatrix, write_matrix
+from dcase_t6.ensemble import search as ensemble
+from dcase_t6.retrieval import metrics
+from dcase_t6.retrieval.ground_truth import Relevance, align, read_relevance_file
+from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
 
 RELEVANCE_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "clotho-devtest-relevance-metadata_eval.csv"
 GOAL_S = 30.0

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dcase_t6.evaluation import evaluate
-from dcase_t6.relevance import Relevance, read_relevance_file
-from dcase_t6.simmatrix import SimilarityMatrix
+from dcase_t6.retrieval.evaluation import evaluate
+from dcase_t6.retrieval.ground_truth import Relevance, read_relevance_file
+from dcase_t6.retrieval.matrices import SimilarityMatrix
 
 RELEVANCE_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "clotho-devtest-relevance-metadata_eval.csv"
 

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 
-from dcase_t6.evaluation import evaluate
-from dcase_t6.relevance import read_relevance_file
-from dcase_t6.simmatrix import SimilarityMatrix, read_matrix
+from dcase_t6.retrieval.evaluation import evaluate
+from dcase_t6.retrieval.ground_truth import read_relevance_file
+from dcase_t6.retrieval.matrices import SimilarityMatrix, read_matrix
 
 
 def main(predictions: str, relevance_file: str, repeats: int = 200) -> None:

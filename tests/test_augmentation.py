@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from dcase_t6 import training
-from dcase_t6.augmentation import (NO_PAIR, PairAugmenter, WordEdits, load_synonyms, mix_clips,
+from dcase_t6.training import trainer as training
+from dcase_t6.training.augmentation import (NO_PAIR, PairAugmenter, WordEdits, load_synonyms, mix_clips,
                                    wordnet_synonyms)
-from dcase_t6.config import build_config
-from dcase_t6.distributed import World
-from dcase_t6.errors import UserError
+from dcase_t6.training.config import build_config
+from dcase_t6.training.distributed import World
+from dcase_t6.common.errors import UserError
 from dcase_t6.registry import Registry
 
 CAPTIONS = ["A loud dog barks.", "The dog barks loudly.", "Rain falls on a car roof.", "Rain on the car."]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import DEVTEST_RELEVANCE
 
-from dcase_t6.losses import multi_positive_infonce
+from dcase_t6.training.losses import multi_positive_infonce
 from dcase_t6.models import DualEncoder, ModelConfig
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.audio import passt

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy
 
-from dcase_t6 import training
-from dcase_t6.clustering import assign_noise, cluster_vectors, read_labels
-from dcase_t6.config import Clusters, build_config, from_dict
-from dcase_t6.distributed import World
-from dcase_t6.errors import UserError
-from dcase_t6.inference import embed_run, load_model
-from dcase_t6.losses import cluster_loss
+from dcase_t6.training import trainer as training
+from dcase_t6.training.clustering import assign_noise, cluster_vectors, read_labels
+from dcase_t6.training.config import Clusters, build_config, from_dict
+from dcase_t6.training.distributed import World
+from dcase_t6.common.errors import UserError
+from dcase_t6.embedding.checkpoints import embed_run, load_model
+from dcase_t6.training.losses import cluster_loss
 from dcase_t6.models import DualEncoder, cluster_head
 from dcase_t6.registry import Registry
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dcase_t6 import training
-from dcase_t6.config import build_config
-from dcase_t6.distillation import TeacherSimilarity, ensure_embeddings, teacher_vectors
-from dcase_t6.errors import UserError
-from dcase_t6.losses import distillation_loss
+from dcase_t6.training import trainer as training
+from dcase_t6.training.config import build_config
+from dcase_t6.training.distillation import TeacherSimilarity, ensure_embeddings, teacher_vectors
+from dcase_t6.common.errors import UserError
+from dcase_t6.training.losses import distillation_loss
 from dcase_t6.registry import Registry
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dcase_t6.distributed import World, gather
-from dcase_t6.losses import multi_positive_infonce
+from dcase_t6.training.distributed import World, gather
+from dcase_t6.training.losses import multi_positive_infonce
 from dcase_t6.models import DualEncoder, ModelConfig
 
 CONFIG = ModelConfig(backbone="tiny-cnn", text_model="tiny-random", embed_dim=8)

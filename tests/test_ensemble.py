@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dcase_t6 import ensemble
+from dcase_t6.ensemble import search as ensemble
 from dcase_t6.cli import main
-from dcase_t6.errors import UserError
-from dcase_t6.evaluation import evaluate
-from dcase_t6.relevance import Relevance, align
-from dcase_t6.simmatrix import SimilarityMatrix, read_matrix, write_matrix
+from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.evaluation import evaluate
+from dcase_t6.retrieval.ground_truth import Relevance, align
+from dcase_t6.retrieval.matrices import SimilarityMatrix, read_matrix, write_matrix
 
 FILES = ["f0.wav", "f1.wav", "f2.wav", "f3.wav"]
 QUERIES = ["q0", "q1", "q2", "q3"]

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
-from dcase_t6.errors import UserError
-from dcase_t6.evaluation import evaluate
-from dcase_t6.relevance import read_captions_file, read_relevance_file
-from dcase_t6.simmatrix import SimilarityMatrix, write_csv
+from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.evaluation import evaluate
+from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
+from dcase_t6.retrieval.matrices import SimilarityMatrix, write_csv
 
 FILES = ["a.wav", "b, c.wav", "d&#39;e.wav", "f.wav", "g.wav"]
 

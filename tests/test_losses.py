@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dcase_t6.losses import multi_positive_infonce, positive_mask
+from dcase_t6.training.losses import multi_positive_infonce, positive_mask
 
 
 def test_two_pairs_match_the_closed_form():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dcase_t6 import metrics
+from dcase_t6.retrieval import metrics
 
 NONE = np.iinfo(np.int64).max
 

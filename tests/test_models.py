@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 from dcase_t6.models import DualEncoder, ModelConfig
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.audio import passt

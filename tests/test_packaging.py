@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from test_metadata import EVALUATE_JSON, filled_meta
 
 from dcase_t6.cli import main
-from dcase_t6.errors import UserError
-from dcase_t6.packaging import (CSV_KIND, META_KIND, REPORT_KIND, Expected, SystemFiles, build_package,
+from dcase_t6.common.errors import UserError
+from dcase_t6.submission.package import (CSV_KIND, META_KIND, REPORT_KIND, Expected, SystemFiles, build_package,
                                 check_package, member_name)
-from dcase_t6.simmatrix import SimilarityMatrix, read_csv, write_csv
+from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, write_csv
 
 TEAM = "Mueller-Luedenscheidt_CP-JKU"
 FILES = ["Pensol - le Moulin cours d&#39;eau.wav", 'bird, in "rain".wav', "Ünïcødé – café.wav",

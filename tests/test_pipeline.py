@@ -8,8 +8,8 @@ import yaml
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
-from dcase_t6.errors import UserError
-from dcase_t6.pipeline import load_pipeline, run_pipeline
+from dcase_t6.common.errors import UserError
+from dcase_t6.training.pipeline import load_pipeline, run_pipeline
 from dcase_t6.registry import Registry
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pipeline-synthetic.yaml"

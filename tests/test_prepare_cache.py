@@ -15,7 +15,7 @@ from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.audio_io import load_audio
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 
 RATE = 32000
 

@@ -13,9 +13,9 @@ from dcase_t6.data import archive
 from dcase_t6.data.clotho import CLOTHO_MD5, prepare_clotho
 from dcase_t6.data.download import download
 from dcase_t6.data.layout import Layout
-from dcase_t6.data.progress import byte_progress
+from dcase_t6.common.console import byte_progress
 from dcase_t6.data.split_index import read_index
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 
 DATA = np.random.default_rng(1).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
 DATA_MD5 = hashlib.md5(DATA).hexdigest()

@@ -12,7 +12,7 @@ from dcase_t6.cli import main
 from dcase_t6.data.external import DEFAULT_FORBIDDEN, prepare_audiocaps, prepare_wavcaps, read_forbidden_ids
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split, read_index
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_FORBIDDEN = SHARED_DATA / "dcase2025_task6_excluded_freesound_ids.csv"

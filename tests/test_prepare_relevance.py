@@ -10,9 +10,9 @@ from dcase_t6.cli import main
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.relevance import attach_relevance, write_relevance_csv
 from dcase_t6.data.split_index import INDEX_COLUMNS
-from dcase_t6.data.tables import write_table
-from dcase_t6.errors import UserError
-from dcase_t6.relevance import read_relevance_file
+from dcase_t6.common.tables import write_table
+from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.ground_truth import read_relevance_file
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "clotho-devtest-relevance-metadata_eval.csv"
 needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"{REAL} absent")

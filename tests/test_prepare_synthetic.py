@@ -11,8 +11,8 @@ from dcase_t6.data.clotho_layout import read_captions_csv, read_metadata_csv
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split, read_index
 from dcase_t6.data.synthetic import KINDS, LOUDNESS, SyntheticConfig, generate, prepare_synthetic
-from dcase_t6.relevance import read_relevance_file
-from dcase_t6.simmatrix import SimilarityMatrix, write_matrix
+from dcase_t6.retrieval.ground_truth import read_relevance_file
+from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
 
 CONFIG = SyntheticConfig(seed=7, development=10, validation=4, evaluation=12, min_duration=2.0, max_duration=3.0)
 

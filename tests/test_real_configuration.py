@@ -14,7 +14,7 @@ from test_distributed import free_port
 
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
-from dcase_t6.inference import load_model
+from dcase_t6.embedding.checkpoints import load_model
 from dcase_t6.models import RETIRED_PARAMETERS
 from dcase_t6.registry import Registry
 

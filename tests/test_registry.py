@@ -4,7 +4,7 @@ import multiprocessing
 
 import pytest
 
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 from dcase_t6.registry import Registry
 
 

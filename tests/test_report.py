@@ -11,9 +11,9 @@ from pypdf import PdfReader
 from test_metadata import filled_meta
 from test_packaging import FILES, QUERIES, TEAM, _run, label, make_system
 
-from dcase_t6.errors import UserError
-from dcase_t6.packaging import REPORT_KIND, check_package, member_name
-from dcase_t6.report import DraftOptions, check_pdf, read_weights, recall_curve, write_draft
+from dcase_t6.common.errors import UserError
+from dcase_t6.submission.package import REPORT_KIND, check_package, member_name
+from dcase_t6.submission.report import DraftOptions, check_pdf, read_weights, recall_curve, write_draft
 
 WEIGHTS = {"format": "dcase-t6-ensemble-weights", "metric": "mAP@16", "normalize": "zscore",
            "weights": {"passt/s1": 0.35, "cnn/s1": 0.65}, "validation": {"mAP@16": 0.4321, "n_queries": 4}}

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from dcase_t6 import registry as registry_module
 from dcase_t6.cli import main
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 from dcase_t6.registry import Registry
 
 

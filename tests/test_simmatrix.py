@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dcase_t6.errors import UserError
-from dcase_t6.simmatrix import SimilarityMatrix, read_csv, read_matrix, write_csv, write_matrix
+from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, read_matrix, write_csv, write_matrix
 
 AWKWARD_FILES = ["Ambiance, Carnival.wav", "Hang Man&#39;s Rope.wav", 'say "hi".wav', "café à noël.wav", " lead.wav"]
 AWKWARD_QUERIES = ["A dog barks, then stops.", 'He said "ok"', "NA", "line\nbreak", "null"]

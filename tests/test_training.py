@@ -7,11 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dcase_t6 import training
+from dcase_t6.training import trainer as training
 from dcase_t6.cli import main
-from dcase_t6.config import build_config
+from dcase_t6.training.config import build_config
 from dcase_t6.data.layout import Layout
-from dcase_t6.inference import embed_run
+from dcase_t6.embedding.checkpoints import embed_run
 from dcase_t6.registry import Registry
 
 SMALL = {"datasets": "synthetic", "model.backbone": "tiny-cnn", "model.text_model": "tiny-random",
@@ -73,7 +73,7 @@ def test_embed_registers_outputs_usable_as_run_references(finished_run, data_roo
 
 
 def test_unknown_config_key_is_named():
-    from dcase_t6.errors import UserError
+    from dcase_t6.common.errors import UserError
 
     with pytest.raises(UserError, match="unknown config key 'model.colour'"):
         build_config(None, {"model.colour": "red"})
@@ -90,8 +90,8 @@ def test_epoch_metrics_also_go_to_tensorboard(finished_run):
 
 
 def test_a_checkpoint_that_does_not_fit_its_config_is_a_clear_error(finished_run, tmp_path):
-    from dcase_t6.errors import UserError
-    from dcase_t6.inference import load_model
+    from dcase_t6.common.errors import UserError
+    from dcase_t6.embedding.checkpoints import load_model
 
     workdir, summary = finished_run
     registry = Registry(workdir)
@@ -114,7 +114,7 @@ def test_gradient_accumulation_takes_one_optimizer_step_per_group_of_batches(dat
 def test_init_meta_takes_the_parameter_count_from_the_registry(finished_run, tmp_path):
     import yaml
 
-    from dcase_t6.inference import load_model
+    from dcase_t6.embedding.checkpoints import load_model
 
     workdir, summary = finished_run
     out = tmp_path / "meta.yaml"
@@ -142,8 +142,8 @@ def test_embed_uses_the_runs_own_audio_seconds_as_its_validation_did(long_clip_r
 
     from dcase_t6.data.audio_cache import AudioCache
     from dcase_t6.data.split_index import load_split
-    from dcase_t6.embedding import embed_audio
-    from dcase_t6.inference import load_model
+    from dcase_t6.embedding.encode import embed_audio
+    from dcase_t6.embedding.checkpoints import load_model
 
     settings = {**SMALL, "data_root": str(long_clip_root), "audio_seconds": 5.0, "epochs": 1, "name": "five"}
     summary = training.train_new(tmp_path, build_config(None, settings))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6 import __version__
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 
 DATABASE_NAME = "registry.sqlite"
 _SCHEMA = """

@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 
 import py7zr
 
-from dcase_t6.data.fsops import replace_dir, staging_dir
-from dcase_t6.errors import UserError
+from dcase_t6.common.fsops import replace_dir, staging_dir
+from dcase_t6.common.errors import UserError
 
 _SYMLINK_MODE = re.compile(r"(^|\s)l[r-][w-][xsS-]")
 

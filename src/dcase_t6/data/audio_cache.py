@@ -32,10 +32,10 @@ import pandas as pd
 from dcase_t6.data.audio_io import AudioProblem, decode_mono, resample
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.parallel import ordered_map
-from dcase_t6.data.progress import count_progress
+from dcase_t6.common.console import count_progress
 from dcase_t6.data.split_index import index_path, list_datasets
-from dcase_t6.data.tables import read_table, write_table
-from dcase_t6.errors import UserError
+from dcase_t6.common.tables import read_table, write_table
+from dcase_t6.common.errors import UserError
 
 CACHE_COLUMNS = ["path", "size", "mtime_ns", "crc32", "rate", "source_rate", "shard", "offset", "length"]
 INDEX_FILE, SKIPPED_FILE, LOCK_FILE = "index.csv", "skipped.csv", ".lock"

@@ -10,13 +10,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from dcase_t6.atomic import atomic_path
+from dcase_t6.common.atomic import atomic_path
 from dcase_t6.data.archive import extract_7z
 from dcase_t6.data.clotho_layout import index_clotho_layout
 from dcase_t6.data.download import VerifiedFiles, download
 from dcase_t6.data.layout import CLOTHO_PARTS, Layout
-from dcase_t6.data.progress import byte_progress
-from dcase_t6.errors import UserError
+from dcase_t6.common.console import byte_progress
+from dcase_t6.common.errors import UserError
 
 DATASET = "clotho"
 ZENODO_RECORD = "4783391"

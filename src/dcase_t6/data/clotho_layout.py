@@ -13,8 +13,8 @@ import pandas as pd
 
 from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
 from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
-from dcase_t6.data.tables import LATIN1, UTF8, check_non_empty, check_unique, read_table
-from dcase_t6.errors import UserError
+from dcase_t6.common.tables import LATIN1, UTF8, check_non_empty, check_unique, read_table
+from dcase_t6.common.errors import UserError
 
 CAPTION_FIELDS = [f"caption_{i}" for i in range(1, 6)]
 METADATA_FIELDS = ["file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer", "license"]

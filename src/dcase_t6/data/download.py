@@ -18,8 +18,8 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from dcase_t6.data.tables import read_json, write_json
-from dcase_t6.errors import UserError
+from dcase_t6.common.tables import read_json, write_json
+from dcase_t6.common.errors import UserError
 
 CHUNK = 1 << 20
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}

@@ -13,8 +13,8 @@ import pandas as pd
 from dcase_t6.data.audio_io import AUDIO_SUFFIXES
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
-from dcase_t6.data.tables import check_non_empty, read_table, write_table
-from dcase_t6.errors import UserError
+from dcase_t6.common.tables import check_non_empty, read_table, write_table
+from dcase_t6.common.errors import UserError
 
 DATASET, SPLIT = "eval", "evaluation"
 

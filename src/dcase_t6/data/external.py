@@ -24,8 +24,8 @@ import pandas as pd
 from dcase_t6.data.audio_io import AUDIO_SUFFIXES
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
-from dcase_t6.data.tables import read_table
-from dcase_t6.errors import UserError
+from dcase_t6.common.tables import read_table
+from dcase_t6.common.errors import UserError
 
 DEFAULT_FORBIDDEN = Path(__file__).with_name("dcase2025_task6_excluded_freesound_ids.csv")
 AUDIOCAPS_SPLITS = ("train", "val", "test")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dcase_t6.atomic import atomic_open, atomic_path
+from dcase_t6.common.atomic import atomic_open, atomic_path
 from dcase_t6.data.layout import DEV_TEST, Layout
 from dcase_t6.data.split_index import read_index
-from dcase_t6.errors import UserError
-from dcase_t6.relevance import read_relevance_file
+from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.ground_truth import read_relevance_file
 
 
 def write_relevance_csv(path: Path, queries: list[str], relevant: list[list[str]]) -> None:

@@ -19,9 +19,9 @@ import pandas as pd
 from dcase_t6.data.audio_io import AudioInfo, AudioProblem, inspect_audio
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.parallel import ordered_map
-from dcase_t6.data.progress import count_progress
-from dcase_t6.data.tables import read_json, read_table, write_json, write_table
-from dcase_t6.errors import UserError
+from dcase_t6.common.console import count_progress
+from dcase_t6.common.tables import read_json, read_table, write_json, write_table
+from dcase_t6.common.errors import UserError
 
 INDEX_COLUMNS = ["dataset", "split", "source", "file_name", "caption_index", "caption", "path",
                  "duration_s", "n_samples", "sample_rate", "sound_id"]

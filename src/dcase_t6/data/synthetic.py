@@ -20,12 +20,12 @@ import pandas as pd
 import soundfile as sf
 
 from dcase_t6.data.clotho_layout import CAPTION_FIELDS, METADATA_FIELDS, index_clotho_layout
-from dcase_t6.data.fsops import replace_dir, staging_dir
+from dcase_t6.common.fsops import replace_dir, staging_dir
 from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
-from dcase_t6.data.progress import count_progress
+from dcase_t6.common.console import count_progress
 from dcase_t6.data.relevance import attach_relevance, write_relevance_csv
-from dcase_t6.data.tables import LATIN1, read_json, write_json, write_table
-from dcase_t6.errors import UserError
+from dcase_t6.common.tables import LATIN1, read_json, write_json, write_table
+from dcase_t6.common.errors import UserError
 
 DATASET = "synthetic"
 RELEVANCE_NAME = "synthetic-devtest-relevance-metadata_eval.csv"

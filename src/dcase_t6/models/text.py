@@ -18,7 +18,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _CHARACTERS = string.ascii_lowercase + string.digits + " "

@@ -6,7 +6,7 @@ import os
 import urllib.error
 from pathlib import Path
 
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 
 
 def cache_dir() -> Path:

@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 

@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import nn
 
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 from dcase_t6.models import weights as weight_files
 from dcase_t6.models.audio import register
 

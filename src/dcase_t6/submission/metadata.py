@@ -1,6 +1,6 @@
 """Submission metadata (``<label>.meta.yaml``): the template, schema validation and ``--init-meta``.
 
-The JSON Schema ``templates/meta_schema.json`` encodes the organisers' checks; a keyword's optional
+The JSON Schema ``submission/templates/meta_schema.json`` encodes the organisers' checks; a keyword's optional
 ``x-messages`` entry gives the error text printed for it (``{instance!r}`` is the offending value).
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from dcase_t6.atomic import atomic_open
-from dcase_t6.errors import UserError
-from dcase_t6.jsonfile import read_json
-from dcase_t6.metrics import METRIC_KEYS
+from dcase_t6.common.atomic import atomic_open
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.jsonfile import read_json
+from dcase_t6.retrieval.metrics import METRIC_KEYS
 
 TEMPLATE_NAME = "meta_template.yaml"
 SCHEMA_NAME = "meta_schema.json"
@@ -26,14 +26,14 @@ LABEL_FORM = "<Lastname>_<INSTITUTE>_task6_<1-4>"
 
 
 def template_text() -> str:
-    """The metadata YAML template shipped in ``dcase_t6.templates``, comments included."""
-    return files("dcase_t6.templates").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
+    """The metadata YAML template shipped in ``dcase_t6.submission.templates``, comments included."""
+    return files("dcase_t6.submission.templates").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=1)
 def schema() -> dict:
     """The JSON Schema of the metadata file."""
-    return json.loads(files("dcase_t6.templates").joinpath(SCHEMA_NAME).read_text(encoding="utf-8"))
+    return json.loads(files("dcase_t6.submission.templates").joinpath(SCHEMA_NAME).read_text(encoding="utf-8"))
 
 
 @functools.lru_cache(maxsize=1)

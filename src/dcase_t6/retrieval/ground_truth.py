@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcase_t6.errors import UserError
-from dcase_t6.metrics import PADDING
-from dcase_t6.simmatrix import SimilarityMatrix
+from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.metrics import PADDING
+from dcase_t6.retrieval.matrices import SimilarityMatrix
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 
 
 def read_json(path: str | Path, remedy: str) -> object:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import yaml
 
-from dcase_t6.errors import UserError
+from dcase_t6.common.errors import UserError
 from dcase_t6.models import ModelConfig
 
 PRECISIONS = ("fp16", "bf16", "fp32")

@@ -30,24 +30,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcase_t6 import losses
-from dcase_t6.atomic import atomic_open, atomic_path
-from dcase_t6.augmentation import NO_PAIR, PairAugmenter, mix_clips
-from dcase_t6.clustering import caption_labels
-from dcase_t6.config import TrainConfig, from_dict
+from dcase_t6.training import losses
+from dcase_t6.common.atomic import atomic_open, atomic_path
+from dcase_t6.training.augmentation import NO_PAIR, PairAugmenter, mix_clips
+from dcase_t6.training.clustering import caption_labels
+from dcase_t6.training.config import TrainConfig, from_dict
 from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.layout import Layout
-from dcase_t6.data.progress import count_progress, stderr_console
+from dcase_t6.common.console import count_progress, stderr_console
 from dcase_t6.data.split_index import load_split, read_index
-from dcase_t6.distillation import load_teachers
-from dcase_t6.distributed import World, gather, init_world, share_from_main
-from dcase_t6.embedding import embed_audio, embed_text, pad_batch, similarity
-from dcase_t6.errors import UserError
-from dcase_t6.evaluation import evaluate
+from dcase_t6.training.distillation import load_teachers
+from dcase_t6.training.distributed import World, gather, init_world, share_from_main
+from dcase_t6.embedding.encode import embed_audio, embed_text, pad_batch, similarity
+from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.evaluation import evaluate
 from dcase_t6.models import DualEncoder
 from dcase_t6.registry import Registry
-from dcase_t6.relevance import Relevance
-from dcase_t6.simmatrix import SimilarityMatrix
+from dcase_t6.retrieval.ground_truth import Relevance
+from dcase_t6.retrieval.matrices import SimilarityMatrix
 
 EXTERNAL_TRAIN_SPLIT = "train"
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcase_t6.config import TrainConfig
-from dcase_t6.distributed import World
-from dcase_t6.errors import UserError
-from dcase_t6.inference import embed_run, split_tag
+from dcase_t6.training.config import TrainConfig
+from dcase_t6.training.distributed import World
+from dcase_t6.common.errors import UserError
+from dcase_t6.embedding.checkpoints import embed_run, split_tag
 from dcase_t6.registry import Registry
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcase_t6.atomic import atomic_open
-from dcase_t6.errors import UserError
+from dcase_t6.common.atomic import atomic_open
+from dcase_t6.common.errors import UserError
 
 UTF8 = "utf-8-sig"
 LATIN1 = "ISO-8859-1"

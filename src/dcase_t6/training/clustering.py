@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dcase_t6.atomic import atomic_open
-from dcase_t6.config import Clusters, TrainConfig
-from dcase_t6.distributed import World
-from dcase_t6.errors import UserError
-from dcase_t6.inference import load_model
+from dcase_t6.common.atomic import atomic_open
+from dcase_t6.training.config import Clusters, TrainConfig
+from dcase_t6.training.distributed import World
+from dcase_t6.common.errors import UserError
+from dcase_t6.embedding.checkpoints import load_model
 from dcase_t6.models.text import TextEncoder
 from dcase_t6.registry import Registry
 

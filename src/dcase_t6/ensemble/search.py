@@ -54,13 +54,13 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dcase_t6 import metrics
-from dcase_t6.atomic import atomic_open
-from dcase_t6.errors import UserError
-from dcase_t6.jsonfile import read_json
-from dcase_t6.evaluation import EvaluationResult, evaluate
-from dcase_t6.relevance import Relevance, align
-from dcase_t6.simmatrix import SimilarityMatrix, read_matrix, write_matrix
+from dcase_t6.retrieval import metrics
+from dcase_t6.common.atomic import atomic_open
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.jsonfile import read_json
+from dcase_t6.retrieval.evaluation import EvaluationResult, evaluate
+from dcase_t6.retrieval.ground_truth import Relevance, align
+from dcase_t6.retrieval.matrices import SimilarityMatrix, read_matrix, write_matrix
 
 METRIC_K = 16
 METRIC = f"mAP@{METRIC_K}"

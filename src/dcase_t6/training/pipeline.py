@@ -45,12 +45,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcase_t6.atomic import atomic_open
-from dcase_t6.config import TrainConfig, dotted_to_nested, from_dict, merge, read_yaml_mapping
-from dcase_t6.distributed import World, init_world, share_from_main
-from dcase_t6.errors import UserError
+from dcase_t6.common.atomic import atomic_open
+from dcase_t6.training.config import TrainConfig, dotted_to_nested, from_dict, merge, read_yaml_mapping
+from dcase_t6.training.distributed import World, init_world, share_from_main
+from dcase_t6.common.errors import UserError
 from dcase_t6.registry import Registry
-from dcase_t6.training import continue_run, register_run
+from dcase_t6.training.trainer import continue_run, register_run
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _TOP_KEYS = {"name", "defaults", "systems"}

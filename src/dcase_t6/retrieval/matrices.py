@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcase_t6.atomic import atomic_open, atomic_path
-from dcase_t6.errors import UserError
+from dcase_t6.common.atomic import atomic_open, atomic_path
+from dcase_t6.common.errors import UserError
 
 INDEX_HEADER = "index"
 # pandas >= 3 parses floats round-trip exactly by default and deprecates asking for it.

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcase_t6.atomic import atomic_path
-from dcase_t6.config import TrainConfig, from_dict
+from dcase_t6.common.atomic import atomic_path
+from dcase_t6.training.config import TrainConfig, from_dict
 from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.layout import Layout
-from dcase_t6.data.progress import count_progress
+from dcase_t6.common.console import count_progress
 from dcase_t6.data.split_index import Split, load_split
-from dcase_t6.embedding import embed_audio, embed_text, similarity
-from dcase_t6.errors import UserError
+from dcase_t6.embedding.encode import embed_audio, embed_text, similarity
+from dcase_t6.common.errors import UserError
 from dcase_t6.models import DualEncoder
 from dcase_t6.registry import RegisteredFile, Registry
-from dcase_t6.simmatrix import SimilarityMatrix, write_matrix
+from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcase_t6.atomic import atomic_path
-from dcase_t6.errors import UserError
-from dcase_t6.metadata import decode_meta, label_problem, meta_problems, read_meta, team_of
-from dcase_t6.report import PDF_MAGIC, DraftOptions, check_pdf, write_draft
-from dcase_t6.simmatrix import SimilarityMatrix, read_csv, read_matrix, write_csv
+from dcase_t6.common.atomic import atomic_path
+from dcase_t6.common.errors import UserError
+from dcase_t6.submission.metadata import decode_meta, label_problem, meta_problems, read_meta, team_of
+from dcase_t6.submission.report import PDF_MAGIC, DraftOptions, check_pdf, write_draft
+from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, read_matrix, write_csv
 
 ROOT = "task6"
 MAX_SYSTEMS = 4

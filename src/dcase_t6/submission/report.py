@@ -1,6 +1,6 @@
 """Draft technical report: metadata, results, ensemble weights and a plot, rendered to PDF with fpdf2.
 
-The HTML template ``templates/report_template.html.j2`` is filled with jinja2 and laid out by fpdf2's
+The HTML template ``submission/templates/report_template.html.j2`` is filled with jinja2 and laid out by fpdf2's
 ``write_html``; text uses matplotlib's bundled DejaVu Sans so non-ASCII author names render.
 """
 
@@ -19,11 +19,11 @@ from fpdf import FPDF
 from fpdf.fonts import TextStyle
 from matplotlib.figure import Figure
 
-from dcase_t6.atomic import atomic_path
-from dcase_t6.errors import UserError
-from dcase_t6.jsonfile import read_json
-from dcase_t6.metadata import team_of
-from dcase_t6.metrics import METRIC_KEYS
+from dcase_t6.common.atomic import atomic_path
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.jsonfile import read_json
+from dcase_t6.submission.metadata import team_of
+from dcase_t6.retrieval.metrics import METRIC_KEYS
 
 TEMPLATE_NAME = "report_template.html.j2"
 FONT_FAMILY = "DejaVu"
@@ -105,7 +105,7 @@ def recall_curve(path: str | Path, max_k: int = MAX_K) -> np.ndarray:
 def render_html(metas: list[dict], weights: EnsembleWeights, figure: Path, caption: str) -> str:
     """Fill the HTML report template."""
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    template = environment.from_string(files("dcase_t6.templates").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8"))
+    template = environment.from_string(files("dcase_t6.submission.templates").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8"))
     authors = _authors(metas)
     return template.render(
         title=_title(metas),

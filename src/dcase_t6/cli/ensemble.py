@@ -1,0 +1,143 @@
+"""`dcase-t6 ensemble --search/--apply`: weighted sums of systems' matrices."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from dcase_t6.cli import console, main, print_json, system_paths
+from dcase_t6.common.errors import UserError
+
+_ENSEMBLE_MODE_ONLY = {"search": ("captions", "relevance", "allow_missing", "normalize", "step", "groups",
+                                  "strategy", "top"),
+                       "apply": ("weights",)}
+
+
+@main.command()
+@click.option("--search", "do_search", is_flag=True, help="Grid-search the weights on validation matrices; "
+              "write them to --out (JSON).")
+@click.option("--apply", "do_apply", is_flag=True, help="Combine matrices with the --weights of a search; "
+              "write the ensemble matrix to --out.")
+@click.option("--system", "-s", "systems", multiple=True, required=True, metavar="NAME=PATH",
+              help="One system's similarity matrix (.csv or .npz); repeat. MODEL/SYSTEM names enable --strategy.")
+@click.option("--captions", "-c", type=click.Path(dir_okay=False),
+              help="[search] Clotho captions CSV: single-relevant validation (each caption -> its clip).")
+@click.option("--relevance", "-r", type=click.Path(dir_okay=False),
+              help="[search] Multi-relevance CSV (query, audio_filenames).")
+@click.option("--allow-missing", is_flag=True,
+              help="[search] Skip ground-truth queries absent from the matrices instead of failing.")
+@click.option("--normalize", type=click.Choice(["none", "zscore"]), default="none", show_default=True,
+              help="[search] Per-query normalisation before summing; zscore: each row -> (x - mean) / std. "
+              "--apply uses the one stored in the weights file.")
+@click.option("--step", type=float, default=0.05, show_default=True,
+              help="[search] Spacing of the weight grid on the simplex (weights >= 0, sum 1); must divide 1.")
+@click.option("--group", "groups", multiple=True, metavar="GROUP=NAME1,NAME2",
+              help="[search] Two-stage search: weights inside each group, then across the groups; repeat. "
+              "Ungrouped systems form their own group. Overrides --strategy.")
+@click.option("--strategy", type=click.Choice(["system-first", "model-first"]),
+              help="[search] Groups from MODEL/SYSTEM names: system-first combines each model's systems, then "
+              "weights the models; model-first combines each system across models, then weights those.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="[search] How many best weight candidates to print and store.")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="[apply] Weights JSON written by --search.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="--search: the weights JSON to write; --apply: the ensemble matrix (.csv, or .npz by suffix).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables (no progress bar).")
+@click.pass_context
+def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missing, normalize, step, groups,
+             strategy, top, weights, out, as_json):
+    """Weighted sum of several systems' similarity matrices, weights grid-searched on validation mAP@16.
+
+    --search scores every weight vector on the simplex grid (4 systems at --step 0.05: 1771 points)
+    on validation matrices and saves the best flat weights, the top candidates and the exactly
+    re-scored validation metrics to a JSON file. --apply combines test/eval matrices with those weights.
+    All matrices must score the same queries and files (they are reordered to the first --system).
+    Ensemble = sum_i w_i N(S_i), N = identity or the per-query z-score (--normalize zscore).
+
+    \b
+    Two-stage search (--group or --strategy): stage 1 finds the weights inside each group, stage 2
+    the weights across the combined group matrices; a system's flat weight is inner x group weight.
+    With MODEL/SYSTEM names, system-first groups by MODEL and model-first groups by SYSTEM.
+
+    \b
+    Example:
+      dcase-t6 ensemble --search -s passt/s1=p1_val.csv -s passt/s2=p2_val.csv \\
+          -s cnn/s1=c1_val.csv -s cnn/s2=c2_val.csv -c clotho_captions_validation.csv \\
+          --normalize zscore --strategy system-first --out weights.json
+      dcase-t6 ensemble --apply -w weights.json -s passt/s1=p1_test.csv -s passt/s2=p2_test.csv \\
+          -s cnn/s1=c1_test.csv -s cnn/s2=c2_test.csv --out ensemble_test.csv
+    """
+    from dcase_t6.ensemble import search as ensembling
+    from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
+
+    mode = _ensemble_mode(ctx, do_search, do_apply)
+    if mode == "apply":
+        if weights is None:
+            raise UserError("ensemble --apply: give --weights weights.json (written by `dcase-t6 ensemble --search`)")
+        result = ensembling.apply(weights, system_paths(systems), out)
+        if as_json:
+            print_json(result)
+            return
+        console.print(f"wrote {out}: {result['n_queries']} queries x {result['n_files']} files, "
+                      f"normalize {result['normalize']}, weights {_weights_text(result['weights'])}",
+                      highlight=False, soft_wrap=True)
+        return
+    if (relevance is None) == (captions is None):
+        raise UserError("ensemble --search: give exactly one of --captions (single-relevant) or --relevance "
+                        "(multi-relevant) for the validation queries")
+    truth = read_relevance_file(relevance) if relevance else read_captions_file(captions)
+    options = ensembling.SearchOptions(normalize=normalize, step=step, group_options=groups, strategy=strategy,
+                                       top=top, allow_missing=allow_missing)
+    document = ensembling.search(system_paths(systems), truth, options, out, show_progress=not as_json)
+    if as_json:
+        print_json(document)
+        return
+    _print_ensemble_search(document, out)
+
+
+def _ensemble_mode(ctx: click.Context, do_search: bool, do_apply: bool) -> str:
+    """``search`` or ``apply``; a UserError for neither/both or an option of the other mode."""
+    if do_search == do_apply:
+        raise UserError("ensemble: give exactly one of --search (find weights on validation) or --apply (use them)")
+    mode, other = ("search", "apply") if do_search else ("apply", "search")
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    foreign = [name for name in _ENSEMBLE_MODE_ONLY[other]
+               if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if foreign:
+        raise UserError(f"ensemble --{mode}: {flags[foreign[0]]} belongs to --{other}; drop it")
+    return mode
+
+
+def _weights_text(weights: dict) -> str:
+    return " ".join(f"{name}={weight:.4g}" for name, weight in weights.items())
+
+
+def _print_ensemble_search(document: dict, out: str) -> None:
+    validation = document["validation"]
+    console.print(f"best weights: validation {document['metric']} {validation[document['metric']]:.4f} "
+                  f"({validation['n_queries']} queries, {validation['setting']}, normalize {document['normalize']})",
+                  highlight=False, soft_wrap=True)
+    table = Table()
+    table.add_column("system")
+    table.add_column("weight", justify="right")
+    group_of = {name: group for group in document["groups"] for name in group["members"]}
+    if group_of:
+        table.add_column("group (weight, inner weight)")
+    for name, weight in document["weights"].items():
+        cells = [name, f"{weight:.4f}"]
+        if group_of:
+            group = group_of[name]
+            cells.append(f"{group['name']} ({group['weight']:.2f}, {group['members'][name]:.2f})")
+        table.add_row(*cells)
+    console.print(table)
+    console.print("validation: " + "  ".join(f"{key} {validation[key]:.4f}" for key in
+                                              ("R@1", "R@5", "R@10", "mAP@10", "mAP@16")), highlight=False)
+    candidates = Table(title=f"top {len(document['candidates'])} candidates", title_justify="left")
+    candidates.add_column("#", justify="right")
+    candidates.add_column(document["metric"], justify="right")
+    candidates.add_column("weights")
+    for rank, candidate in enumerate(document["candidates"], start=1):
+        candidates.add_row(str(rank), f"{candidate[document['metric']]:.4f}", _weights_text(candidate["weights"]))
+    console.print(candidates)
+    console.print(f"saved {out} ({document['grid_points']} grid points, {document['strategy']} search, "
+                  f"{document['seconds']:.1f} s)", highlight=False, soft_wrap=True)

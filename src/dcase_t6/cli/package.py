@@ -1,0 +1,138 @@
+"""`dcase-t6 package`: build, check or prepare the submission zip."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.markup import escape
+
+from dcase_t6.cli import console, main, matrix_path, print_json
+from dcase_t6.common.errors import UserError
+
+_PACKAGE_MODES = {
+    "--check": {"check_zip", "expected_rows", "expected_files", "as_json"},
+    "--init-meta": {"init_meta", "labels", "out", "results", "runs"},
+    "build": {"labels", "predictions", "metas", "report", "draft_report", "weights", "per_query", "out",
+              "expected_rows", "expected_files"},
+}
+
+
+@main.command()
+@click.option("--label", "-l", "labels", multiple=True,
+              help="System label <Lastname>_<INSTITUTE>_task6_<1-4>; repeat for up to 4 systems of one team.")
+@click.option("--predictions", "-p", multiple=True, type=click.Path(dir_okay=False),
+              help="Similarity matrix (submission CSV or .npz) of each --label, in the same order.")
+@click.option("--meta", "-m", "metas", multiple=True, type=click.Path(dir_okay=False),
+              help="Metadata YAML of each --label, in the same order (start from --init-meta).")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Technical report PDF; a copy goes into every system folder.")
+@click.option("--draft-report", type=click.Path(dir_okay=False),
+              help="Instead of --report: write a draft report PDF here (from the metadata) and package it.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Draft report: ensemble weights JSON written by `dcase-t6 ensemble`.")
+@click.option("--per-query", type=click.Path(dir_okay=False),
+              help="Draft report: per-query CSV of `dcase-t6 evaluate --per-query` (plots recall@K, K=1..50).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="The submission .zip to write (with --init-meta: the metadata YAML to write).")
+@click.option("--expected-rows", type=click.IntRange(min=1), help="Required number of query rows of every CSV.")
+@click.option("--expected-files", type=click.IntRange(min=1),
+              help="Required number of audio file columns of every CSV.")
+@click.option("--init-meta", is_flag=True, help="Write a pre-filled metadata YAML for --label to --out.")
+@click.option("--results", type=click.Path(dir_okay=False),
+              help="With --init-meta: fill the results from this `dcase-t6 evaluate --json` output.")
+@click.option("--runs", metavar="RUN[,RUN...]",
+              help="With --init-meta: fill total_parameters with the sum over these registered runs (the "
+              "systems of an ensemble).")
+@click.option("--check", "check_zip", type=click.Path(dir_okay=False),
+              help="Check an existing submission zip like the organisers; exit 1 listing every problem.")
+@click.option("--json", "as_json", is_flag=True, help="With --check: print one JSON object {ok, problems, systems}.")
+def package(labels, predictions, metas, report, draft_report, weights, per_query, out, expected_rows,
+            expected_files, init_meta, results, runs, check_zip, as_json):
+    """Build, check or prepare the submission zip: similarity CSV, metadata YAML and report per system.
+
+    The zip holds task6/<label>/<label>.output.csv, <label>.meta.yaml and <label>.technical_report.pdf
+    for each system. Everything is validated first (CSV, metadata schema, labels); a failed check
+    writes no zip and leaves an existing one untouched.
+
+    \b
+    Example:
+      dcase-t6 package --init-meta --label Primus_CP-JKU_task6_1 --results eval.json \
+          --runs passt-3fa2c1,passt-9b01d2 --out meta.yaml
+      dcase-t6 package -l Primus_CP-JKU_task6_1 -p system.csv -m meta.yaml --report report.pdf \\
+          --expected-rows 1000 --out submission.zip
+      dcase-t6 package -l Primus_CP-JKU_task6_1 -p a.csv -m a.yaml -l Primus_CP-JKU_task6_2 -p b.csv \\
+          -m b.yaml --draft-report draft.pdf --per-query per_query.csv --out submission.zip
+      dcase-t6 package --check submission.zip --expected-rows 1000 --json
+    """
+    from dcase_t6.submission.metadata import init_meta as write_init_meta
+    from dcase_t6.submission.package import Expected, build_package, check_package, systems_from_options
+    from dcase_t6.submission.report import DraftOptions
+
+    expected = Expected(rows=expected_rows, files=expected_files)
+    mode = "--check" if check_zip else "--init-meta" if init_meta else "build"
+    _only_package_options(mode)
+    if check_zip:
+        _print_check(check_package(check_zip, expected), check_zip, as_json)
+    elif init_meta:
+        if len(labels) != 1 or not out:
+            raise UserError("package --init-meta: give one --label and --out meta.yaml")
+        write_init_meta(labels[0], out, results, _total_parameters(runs) if runs else None)
+        _say(f"wrote {_escape(out)}: fill in the empty fields, then package it")
+    else:
+        systems = systems_from_options(labels, tuple(matrix_path(p) for p in predictions), metas)
+        if not out or (report is None) == (draft_report is None):
+            raise UserError("package: give --out submission.zip and exactly one of --report PDF "
+                            "or --draft-report PATH")
+        if (weights or per_query) and not draft_report:
+            raise UserError("package: --weights and --per-query only apply with --draft-report")
+        draft = DraftOptions(weights=weights, per_query=per_query) if draft_report else None
+        result = build_package(systems, out, report or draft_report, draft=draft, expected=expected)
+        if draft_report:
+            _say(f"wrote draft report {_escape(draft_report)}")
+        _say(f"[green]wrote[/] {_escape(out)}: {_escape(_systems_line(result.systems))}; all checks pass")
+
+
+def _total_parameters(runs: str) -> int:
+    """Sum of the parameter counts recorded for the given runs."""
+    from dcase_t6.registry import Registry
+
+    registry = Registry(click.get_current_context().obj["workdir"])
+    return sum(registry.parameter_count(run) for run in runs.split(",") if run)
+
+
+def _say(markup: str) -> None:
+    console.print(markup, highlight=False, soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+
+    return escape(str(text))
+
+
+def _only_package_options(mode: str) -> None:
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        given = ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
+        if given and param.name not in _PACKAGE_MODES[mode]:
+            what = "building a zip" if mode == "build" else mode
+            raise UserError(f"package: {param.opts[0]} does not apply to {what}; see `dcase-t6 package --help`")
+
+
+def _systems_line(systems: list[dict]) -> str:
+    return ", ".join(f"{s['label']} ({s.get('queries', '?')} queries x {s.get('files', '?')} files)" for s in systems)
+
+
+def _print_check(result, source: str, as_json: bool) -> None:
+    if as_json:
+        print_json(result.as_json())
+    elif result.ok:
+        _say(f"[green]ok[/] {_escape(source)}: {_escape(_systems_line(result.systems))}")
+    else:
+        _say(f"[bold red]{_escape(source)}: {len(result.problems)} problem(s)[/]")
+        for problem in result.problems:
+            _say(f"  - {_escape(problem)}")
+    if not result.ok:
+        sys.exit(1)

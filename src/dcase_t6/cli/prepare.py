@@ -1,0 +1,263 @@
+"""`dcase-t6 prepare ...`: download, verify, index and cache datasets."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from dcase_t6.cli import Group, console, err_console, main, print_json
+
+
+@main.group(cls=Group)
+def prepare():
+    """Download, verify, index and cache datasets (Clotho v2.1, AudioCaps, WavCaps, synthetic demo data).
+
+    \b
+    Data root layout (--root DATA, default ./data):
+      DATA/clotho/         archives/ (downloads), clotho_{captions,metadata}_<part>.csv, audio/<part>/
+      DATA/synthetic/      the demo dataset in the same layout, events.csv, its relevance file
+      DATA/index/<name>.csv          split index, one row per (clip, caption): dataset, split, source,
+                                     file_name, caption_index, caption, path, duration_s, n_samples,
+                                     sample_rate, sound_id
+      DATA/index/<name>.report.json  clips/captions/hours per split, skipped files and why, exclusions
+      DATA/index/eval.queries.csv    evaluation-set queries (prepare eval)
+      DATA/relevance/<name>/development-testing.csv   validated multi-relevance file
+      DATA/cache/<rate>/   audio-<k>.f32 (mono float32 at <rate> Hz, one per worker) + index.csv
+                           (shard, offset, length, source size/mtime/crc32)
+    Splits: development-training / -validation / -testing (Clotho development / validation /
+    evaluation); audiocaps train / val / test; wavcaps train; eval evaluation.
+
+    \b
+    Example:
+      dcase-t6 prepare synthetic --root data
+      dcase-t6 prepare cache --root data --rate 32000 --workers 2
+    """
+
+
+_root_option = click.option("--root", default="data", show_default=True, type=click.Path(file_okay=False),
+                            help="Data root (layout: `dcase-t6 prepare --help`).")
+_workers_option = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256),
+                               help="Parallel workers for checking and decoding audio.")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary instead of a table.")
+_existing_dir = click.Path(exists=True, file_okay=False)
+_existing_file = click.Path(exists=True, dir_okay=False)
+
+
+@prepare.command("synthetic")
+@_root_option
+@click.option("--seed", default=0, show_default=True, help="Random seed: the same seed gives identical files.")
+@click.option("--train", "n_train", default=120, show_default=True, help="Clips in development-training.")
+@click.option("--val", "n_val", default=40, show_default=True, help="Clips in development-validation.")
+@click.option("--test", "n_test", default=40, show_default=True, help="Clips in development-testing.")
+@click.option("--min-duration", default=5.0, show_default=True, help="Shortest clip in seconds.")
+@click.option("--max-duration", default=10.0, show_default=True, help="Longest clip in seconds.")
+@click.option("--force", is_flag=True, help="Generate again even if the same dataset is already there.")
+@_workers_option
+@_json_option
+def prepare_synthetic(root, seed, n_train, n_val, n_test, min_duration, max_duration, force, workers, as_json):
+    """Generate the synthetic demo dataset (Clotho layout) with its index and dev-test relevance file.
+
+    Clips of 44.1 kHz WAV mix synthesised events (beeps, chirps, hiss, clicks, sirens, hum, bells,
+    knocks...); the five captions name what was placed, in order. Clips sharing a description make
+    a real multi-relevance file (DATA/relevance/synthetic/development-testing.csv).
+
+    \b
+    Example:
+      dcase-t6 prepare synthetic --root data
+      dcase-t6 prepare synthetic --root data --train 600 --val 100 --test 100 --seed 1
+    """
+    from dcase_t6.data.layout import Layout
+    from dcase_t6.data.synthetic import SyntheticConfig
+    from dcase_t6.data.synthetic import prepare_synthetic as run
+
+    config = SyntheticConfig(seed=seed, development=n_train, validation=n_val, evaluation=n_test,
+                             min_duration=min_duration, max_duration=max_duration)
+    _prepare_done(run(Layout.at(root), config, workers=workers, force=force), as_json)
+
+
+@prepare.command("clotho")
+@_root_option
+@click.option("--archives", type=_existing_dir, help="Folder already holding the nine Clotho v2.1 files "
+              "(offline: nothing is downloaded).")
+@click.option("--mirror", help="Base URL holding the nine files under their Zenodo names (default: Zenodo).")
+@_workers_option
+@_json_option
+def prepare_clotho(root, archives, mirror, workers, as_json):
+    """Download (resumable), MD5-verify, safely extract and index Clotho v2.1 (Zenodo 4783391).
+
+    Re-running is a no-op once everything is present and verified; an interrupted download resumes
+    from its .part file. Clips that are unreadable, silent or not 44.1 kHz are listed and skipped.
+
+    \b
+    Example:
+      dcase-t6 prepare clotho --root data
+      dcase-t6 prepare clotho --root data --archives ~/Downloads/clotho_v2.1
+    """
+    from pathlib import Path
+
+    from dcase_t6.data.clotho import prepare_clotho as run
+    from dcase_t6.data.layout import Layout
+
+    _prepare_done(run(Layout.at(root), Path(archives) if archives else None, workers=workers, mirror=mirror), as_json)
+
+
+@prepare.command("relevance")
+@_root_option
+@click.option("--file", "source", required=True, type=_existing_file,
+              help="Multi-relevance CSV (query, audio_filenames), e.g. the organisers' metadata_eval.csv.")
+@click.option("--dataset", default="clotho", show_default=True, help="Indexed dataset whose dev-test split it describes.")
+@_json_option
+def prepare_relevance(root, source, dataset, as_json):
+    """Validate and attach the dev-test multi-relevance annotations to an indexed dataset.
+
+    Every query must be a caption of development-testing and every listed file one of its clips;
+    mismatches are reported and nothing is written.
+
+    \b
+    Example:
+      dcase-t6 prepare relevance --root data --file clotho-devtest-relevance-metadata_eval.csv
+    """
+    from pathlib import Path
+
+    from dcase_t6.data.layout import Layout
+    from dcase_t6.data.relevance import attach_relevance
+
+    _prepare_done(attach_relevance(Layout.at(root), dataset, Path(source)), as_json, _print_relevance)
+
+
+@prepare.command("eval")
+@_root_option
+@click.option("--captions", required=True, type=_existing_file, help="Retrieval captions CSV (column 'caption').")
+@click.option("--audio", required=True, type=_existing_dir, help="Folder of the evaluation clips.")
+@_workers_option
+@_json_option
+def prepare_eval(root, captions, audio, workers, as_json):
+    """Index the evaluation set (queries + audio) so `embed` and `package` can build the submission matrix.
+
+    \b
+    Example:
+      dcase-t6 prepare eval --root data --captions retrieval_captions.csv --audio retrieval_audio/
+    """
+    from pathlib import Path
+
+    from dcase_t6.data.evalset import prepare_eval as run
+    from dcase_t6.data.layout import Layout
+
+    _prepare_done(run(Layout.at(root), Path(captions), Path(audio), workers=workers), as_json)
+
+
+@prepare.command("audiocaps")
+@_root_option
+@click.option("--metadata", required=True, type=_existing_dir, help="Folder with train.csv, val.csv, test.csv.")
+@click.option("--audio", required=True, type=_existing_dir, help="Folder of the AudioCaps clips (named by YouTube id).")
+@_workers_option
+@_json_option
+def prepare_audiocaps(root, metadata, audio, workers, as_json):
+    """Index AudioCaps from local files (YouTube-derived: no Freesound item to exclude).
+
+    \b
+    Example:
+      dcase-t6 prepare audiocaps --root data --metadata audiocaps/dataset --audio audiocaps/audio
+    """
+    from pathlib import Path
+
+    from dcase_t6.data.external import prepare_audiocaps as run
+    from dcase_t6.data.layout import Layout
+
+    _prepare_done(run(Layout.at(root), Path(metadata), Path(audio), workers=workers), as_json)
+
+
+@prepare.command("wavcaps")
+@_root_option
+@click.option("--json-dir", required=True, type=_existing_dir, help="WavCaps json_files folder (<Source>/*_final.json).")
+@click.option("--audio", required=True, type=_existing_dir, help="WavCaps audio folder (<Source>/<id>.flac).")
+@click.option("--forbidden", type=_existing_file, help="Forbidden Freesound ids CSV (column sound_id); "
+              "default: the DCASE 2025 list shipped with dcase-t6.")
+@_workers_option
+@_json_option
+def prepare_wavcaps(root, json_dir, audio, forbidden, workers, as_json):
+    """Index WavCaps from local files, excluding every forbidden Freesound id (counted per source).
+
+    \b
+    Example:
+      dcase-t6 prepare wavcaps --root data --json-dir WavCaps/json_files --audio WavCaps/Audio
+    """
+    from pathlib import Path
+
+    from dcase_t6.data.external import DEFAULT_FORBIDDEN
+    from dcase_t6.data.external import prepare_wavcaps as run
+    from dcase_t6.data.layout import Layout
+
+    summary = run(Layout.at(root), Path(json_dir), Path(audio), Path(forbidden) if forbidden else DEFAULT_FORBIDDEN,
+                  workers=workers)
+    _prepare_done(summary, as_json)
+
+
+@prepare.command("cache")
+@_root_option
+@click.option("--rate", default=32000, show_default=True, type=int,
+              help="Target sample rate: 32000 for PaSST, 16000 for the other backbones.")
+@click.option("--dataset", "datasets", multiple=True, help="Indexed dataset to cache (repeatable; default: all).")
+@_workers_option
+@_json_option
+def prepare_cache(root, rate, datasets, workers, as_json):
+    """Decode every indexed clip once (mono, resampled) into a memory-mapped cache training reads directly.
+
+    Only new or changed files (by size/mtime, then CRC-32) are decoded; an interrupted run resumes.
+    Unreadable files are listed and skipped; silent clips are kept.
+
+    \b
+    Example:
+      dcase-t6 prepare cache --root data --rate 32000 --workers 4
+      dcase-t6 prepare cache --root data --rate 16000 --dataset clotho
+    """
+    from dcase_t6.data.audio_cache import build_cache
+    from dcase_t6.data.layout import Layout
+
+    _prepare_done(build_cache(Layout.at(root), rate, list(datasets) or None, workers=workers), as_json, _print_cache)
+
+
+def _prepare_done(summary: dict, as_json: bool, printer=None) -> None:
+    """Print a prepare summary as JSON or with ``printer`` (default: the split-index summary)."""
+    if as_json:
+        print_json(summary)
+    else:
+        (printer or _print_index_summary)(summary)
+
+
+def _print_index_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['dataset']}: {summary['index']}" + (" (up to date)" if summary["up_to_date"] else ""),
+                  title_justify="left")
+    for column in ("split", "clips", "captions", "hours"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, counts in summary["splits"].items():
+        table.add_row(split, str(counts["clips"]), str(counts["captions"]), f"{counts['hours']:.2f}")
+    console.print(table)
+    for source, count in summary.get("excluded", {}).items():
+        console.print(f"excluded {count} forbidden Freesound item(s) from {source}")
+    if "queries" in summary:
+        console.print(f"queries: {summary['queries']} -> {summary['queries_file']}")
+    if "relevance" in summary:
+        _print_relevance(summary["relevance"])
+    _warn_skipped(summary.get("skipped", []) + summary.get("skipped_rows", []), summary["report"])
+
+
+def _print_relevance(summary: dict) -> None:
+    per_query = summary["relevant_per_query"]
+    console.print(f"relevance: {summary['queries']} queries, {per_query['min']}-{per_query['max']} relevant files "
+                  f"each (mean {per_query['mean']}) -> {summary['relevance']}")
+
+
+def _print_cache(summary: dict) -> None:
+    console.print(f"cache {summary['cache']}: {summary['clips']} clips ({summary['hours']} h, {summary['size_gb']} GB); "
+                  f"{summary['decoded']} decoded, {summary['up_to_date']} up to date, "
+                  f"{summary['unchanged_content']} touched but unchanged")
+    _warn_skipped(summary["skipped"], summary["skipped_file"])
+
+
+def _warn_skipped(skipped: list[dict], listing: str) -> None:
+    if skipped:
+        first = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped[:3])
+        err_console.print(f"[yellow]warning:[/] skipped {len(skipped)} item(s), all listed in {escape(listing)}; "
+                          f"first: {escape(first)}", highlight=False, soft_wrap=True)

