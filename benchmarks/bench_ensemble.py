@@ -21,10 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dcase_t6.ensemble import search as ensemble
+from dcase_t6.ensemble import grid
+from dcase_t6.ensemble.search import SearchOptions, search
+from dcase_t6.ensemble.systems import System, weighted_sum
+from dcase_t6.ensemble.weights import write_weights
 from dcase_t6.retrieval import metrics
 from dcase_t6.retrieval.ground_truth import Relevance, align, read_relevance_file
-from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
+from dcase_t6.retrieval.matrices import SimilarityMatrix, read_matrix, write_matrix
 
 RELEVANCE_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "clotho-devtest-relevance-metadata_eval.csv"
 GOAL_S = 30.0
@@ -98,19 +101,20 @@ def time_reference(reference, scored: np.ndarray, relevant: np.ndarray, points: 
                    ) -> tuple[float, np.ndarray]:
     """Seconds per point (weighted sum + reference mAP@16) over ``points``, and their values."""
     start = time.perf_counter()
-    values = np.array([reference(ensemble.weighted_sum(scored, point), relevant) for point in points])
+    values = np.array([reference(weighted_sum(scored, point), relevant) for point in points])
     return (time.perf_counter() - start) / len(points), values
 
 
 def time_command(systems: list[SimilarityMatrix], relevance: Relevance) -> float:
     """Seconds of the whole `ensemble --search` from .npz files (read, align, search, re-score, save)."""
     with tempfile.TemporaryDirectory() as folder:
-        options = []
-        for index, matrix in enumerate(systems):
-            write_matrix(matrix, Path(folder) / f"s{index}.npz")
-            options.append(f"s{index}={Path(folder) / f's{index}.npz'}")
+        paths = [Path(folder) / f"s{index}.npz" for index in range(len(systems))]
+        for matrix, path in zip(systems, paths):
+            write_matrix(matrix, path)
         start = time.perf_counter()
-        ensemble.search(options, relevance, ensemble.SearchOptions(step=STEP), Path(folder) / "w.json", False)
+        named = [System(f"s{index}", read_matrix(path), str(path)) for index, path in enumerate(paths)]
+        found = search(named, relevance, SearchOptions(step=STEP))
+        write_weights(found.weights, Path(folder) / "w.json")
         return time.perf_counter() - start
 
 
@@ -118,12 +122,12 @@ def report(name: str, systems: list[SimilarityMatrix], relevance: Relevance) -> 
     """Time the search and the references on one case and print the comparison."""
     alignment = align(systems[0], relevance)
     scored = np.stack([matrix.scores for matrix in systems])[:, alignment.rows]
-    divisions = ensemble.grid_divisions(STEP)
+    divisions = grid.grid_divisions(STEP)
     start = time.perf_counter()
-    table = ensemble.build_comparison_table(scored, alignment.relevant)
+    table = grid.build_comparison_table(scored, alignment.relevant)
     build_s = time.perf_counter() - start
     start = time.perf_counter()
-    result = ensemble.grid_search(scored, alignment.relevant, divisions, None, name)
+    result = grid.grid_search(scored, alignment.relevant, divisions, None, name)
     search_s = time.perf_counter() - start
     command_s = time_command(systems, relevance)
     n_points = len(result.points)

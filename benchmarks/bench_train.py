@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcase_t6.training import losses
-from dcase_t6.training.augmentation import PairAugmenter
 from dcase_t6.data.audio_cache import AudioCache, build_cache
-from dcase_t6.training.config import build_config
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
-from dcase_t6.training.distributed import World
 from dcase_t6.embedding.encode import embed_audio
 from dcase_t6.models import DualEncoder
-from dcase_t6.training.trainer import BatchSource, epoch_batches, load_pairs
+from dcase_t6.training import losses
+from dcase_t6.training.augmentation import PairAugmenter
+from dcase_t6.training.config import build_config
+from dcase_t6.training.data import BatchSource, epoch_batches, load_pairs
+from dcase_t6.training.distributed import World
 
 CASES = {"tiny-cnn": {"batch_size": 32, "steps": 8, "seconds": 10.0, "embed": 64},
          "passt": {"batch_size": 2, "steps": 2, "seconds": 10.0, "embed": 4}}

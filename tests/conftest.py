@@ -1,5 +1,6 @@
 """Shared fixtures: the real organiser files shipped as test data, tiny synthetic datasets."""
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,10 @@ def save_roberta_with_pooler(folder: Path, hidden: int = 32, layers: int = 2) ->
 @pytest.fixture(scope="session")
 def roberta_with_pooler(tmp_path_factory) -> Path:
     return save_roberta_with_pooler(tmp_path_factory.mktemp("roberta-with-pooler"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for torch.distributed rendezvous in tests)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from dcase_t6.training import trainer as training
-from dcase_t6.training.augmentation import (NO_PAIR, PairAugmenter, WordEdits, load_synonyms, mix_clips,
-                                   wordnet_synonyms)
-from dcase_t6.training.config import build_config
-from dcase_t6.training.distributed import World
 from dcase_t6.common.errors import UserError
 from dcase_t6.registry import Registry
+from dcase_t6.training import trainer as training
+from dcase_t6.training.augmentation import NO_PAIR, PairAugmenter, WordEdits, load_synonyms, mix_clips, wordnet_synonyms
+from dcase_t6.training.config import build_config
+from dcase_t6.training.data import BatchSource, CaptionPairs, load_pairs
+from dcase_t6.training.distributed import World
 
 CAPTIONS = ["A loud dog barks.", "The dog barks loudly.", "Rain falls on a car roof.", "Rain on the car."]
 CLIP_IDS = np.array([0, 0, 1, 1])
@@ -104,19 +104,19 @@ class _ConstantClips:
 def test_batch_source_mixes_waveforms_and_gives_mixed_pairs_new_ids(tmp_path):
     merged = tmp_path / "mixes.csv"
     merged.write_text("file_name_1,file_name_2,caption\ndog.wav,rain.wav,A dog barks in the rain.\n", encoding="utf-8")
-    pairs = training.CaptionPairs(["0", "1", "2", "3"], CAPTIONS, CLIP_IDS, CLIP_NAMES, "x")
+    pairs = CaptionPairs(["0", "1", "2", "3"], CAPTIONS, CLIP_IDS, CLIP_NAMES, "x")
     mixer = augmenter(**{"audio_mix.p": 1.0, "audio_mix.merged_captions_file": str(merged)})
-    source = training.BatchSource(pairs, [np.array([1, 3])], _ConstantClips(), mixer, 10, 0, 0, World())
+    source = BatchSource(pairs, [np.array([1, 3])], _ConstantClips(), mixer, 10, 0, 0, World())
     batch = source[0]
     assert batch.clip_ids.tolist() == [-1, -2] and batch.partners.tolist() == [2, 0]
     assert np.allclose(batch.waveforms[0].numpy(), 0.5 * (2 + 3)) and np.allclose(batch.waveforms[1].numpy(), 2.5)
     assert mix_clips(np.ones(2, np.float32), np.ones(4, np.float32)).tolist() == [1.0, 1.0, 0.5, 0.5]
-    plain = training.BatchSource(pairs, [np.array([1, 3])], _ConstantClips(), augmenter(), 10, 0, 0, World())
+    plain = BatchSource(pairs, [np.array([1, 3])], _ConstantClips(), augmenter(), 10, 0, 0, World())
     assert plain[0].clip_ids.tolist() == [0, 1] and (plain[0].partners == NO_PAIR).all()
 
 
 def test_training_with_every_augmentation_is_reproducible(tiny_training, tmp_path):
-    files = [name.split("/", 1)[1] for name in training.load_pairs(build_config(None, tiny_training)).clip_names]
+    files = [name.split("/", 1)[1] for name in load_pairs(build_config(None, tiny_training)).clip_names]
     extra, merged = tmp_path / "extra.csv", tmp_path / "merged.csv"
     extra.write_text("file_name,caption\n" + "".join(f'"{f}",another view of it\n' for f in files), encoding="utf-8")
     merged.write_text("file_name_1,file_name_2,caption\n" +
@@ -125,7 +125,7 @@ def test_training_with_every_augmentation_is_reproducible(tiny_training, tmp_pat
                 "caption_augmentation.extra_captions_file": str(extra), "caption_augmentation.extra_captions_p": 0.3,
                 "audio_mix.p": 0.3, "audio_mix.merged_captions_file": str(merged)}
     runs = [training.train_new(tmp_path / name, build_config(None, settings))["run"] for name in ("one", "two")]
-    epochs = [Registry(tmp_path / name).run(run)["epochs"][0] for name, run in zip(("one", "two"), runs)]
+    epochs = [Registry(tmp_path / name).run(run).epochs[0] for name, run in zip(("one", "two"), runs)]
     assert epochs[0]["train_loss"] == epochs[1]["train_loss"] > 0
     plain = training.train_new(tmp_path / "plain", build_config(None, tiny_training))["run"]
-    assert Registry(tmp_path / "plain").run(plain)["epochs"][0]["train_loss"] != epochs[0]["train_loss"]
+    assert Registry(tmp_path / "plain").run(plain).epochs[0]["train_loss"] != epochs[0]["train_loss"]

@@ -8,13 +8,13 @@ import numpy as np
 import pandas
 import pytest
 import torch
-from conftest import DEVTEST_RELEVANCE
 
-from dcase_t6.training.losses import multi_positive_infonce
+from conftest import DEVTEST_RELEVANCE
 from dcase_t6.models import DualEncoder, ModelConfig
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.audio import passt
 from dcase_t6.models.text import TextEncoder, normalise_caption
+from dcase_t6.training.losses import multi_positive_infonce
 
 SECOND = passt.SAMPLE_RATE
 

@@ -8,15 +8,17 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy
 
-from dcase_t6.training import trainer as training
-from dcase_t6.training.clustering import assign_noise, cluster_vectors, read_labels
-from dcase_t6.training.config import Clusters, build_config, from_dict
-from dcase_t6.training.distributed import World
 from dcase_t6.common.errors import UserError
 from dcase_t6.embedding.checkpoints import embed_run, load_model
-from dcase_t6.training.losses import cluster_loss
 from dcase_t6.models import DualEncoder, cluster_head
 from dcase_t6.registry import Registry
+from dcase_t6.training import trainer as training
+from dcase_t6.training.builder import build_training, initialise_from
+from dcase_t6.training.clustering import assign_noise, cluster_vectors, read_labels
+from dcase_t6.training.config import Clusters, build_config, from_dict
+from dcase_t6.training.data import BatchSource, epoch_batches, load_pairs
+from dcase_t6.training.distributed import World
+from dcase_t6.training.losses import cluster_loss
 
 
 def test_cluster_loss_is_the_sum_of_both_cross_entropies_by_hand():
@@ -77,7 +79,7 @@ def test_labels_are_registered_one_per_training_caption_and_read_back(refinetune
     workdir, _, run, config = refinetuned
     registry = Registry(workdir)
     record = registry.file(run, "clusters", "synthetic/development-training")
-    pairs = training.load_pairs(config)
+    pairs = load_pairs(config)
     labels = read_labels(record.path, pairs.captions)
     assert len(labels) == len(pairs.captions) and set(labels.tolist()) == {0, 1, 2, 3}
     assert record.info["method"] == "kmeans" and record.info["clusters"] == 4 and record.info["source"] == "init"
@@ -91,7 +93,7 @@ def test_labels_are_registered_one_per_training_caption_and_read_back(refinetune
 
 def test_the_cluster_term_adds_exactly_its_weight_times_the_cross_entropies(refinetuned):
     workdir, _, run, config = refinetuned
-    epoch = Registry(workdir).run(run)["epochs"][0]
+    epoch = Registry(workdir).run(run).epochs[0]
     assert epoch["train_cluster"] > 0
     expected = epoch["train_contrastive"] + 0.05 * epoch["train_cluster"]
     assert epoch["train_loss"] == pytest.approx(expected, rel=1e-6)  # float32 sums
@@ -100,14 +102,15 @@ def test_the_cluster_term_adds_exactly_its_weight_times_the_cross_entropies(refi
 def test_a_batch_loss_adds_the_heads_cross_entropies_on_the_registered_labels(refinetuned):
     workdir, _, run, config = refinetuned
     registry = Registry(workdir)
-    trainer = training.Trainer(from_dict(registry.run(run)["config"]), registry, run, World())
-    batches = training.epoch_batches(len(trainer.pairs.captions), 8, seed=0, epoch=0)
-    batch = training.BatchSource(trainer.pairs, batches, trainer.store, trainer.augmenter, trainer.max_samples,
-                                 0, 0, trainer.world)[0]
-    outputs = trainer.model(batch.waveforms, batch.lengths, batch.captions)
-    loss, terms = trainer._loss(outputs, batch)
+    setup = build_training(from_dict(registry.run(run).config), registry, run, World())
+    data = setup.data
+    batches = epoch_batches(len(data.pairs.captions), 8, seed=0, epoch=0)
+    batch = BatchSource(data.pairs, batches, data.store, data.augmenter, data.max_samples, 0, 0, setup.world)[0]
+    outputs = setup.model(batch.waveforms, batch.lengths, batch.captions)
+    losses = setup.objective(outputs, batch, setup.model.temperature)
+    loss, terms = losses.total, losses.values()
     labels = torch.from_numpy(read_labels(registry.file(run, "clusters", "synthetic/development-training").path,
-                                          trainer.pairs.captions))[batch.pairs]
+                                          data.pairs.captions))[batch.pairs]
     expected = cross_entropy(outputs[2], labels) + cross_entropy(outputs[3], labels)
     assert terms["cluster"] == pytest.approx(expected.item(), rel=1e-6)
     assert loss.item() == pytest.approx(terms["contrastive"] + 0.05 * expected.item(), rel=1e-6)
@@ -128,4 +131,4 @@ def test_init_from_a_run_with_another_architecture_is_refused(refinetuned, tiny_
     workdir, base, _, _ = refinetuned
     model = DualEncoder(build_config(None, {**tiny_training, "model.embed_dim": 8}).model, audio_weights="random")
     with pytest.raises(UserError, match=f"init_from {base}: its weights do not fit this model"):
-        training.initialise_from(model, Registry(workdir), base)
+        initialise_from(model, Registry(workdir), base)

@@ -5,8 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
-from dcase_t6.training.config import build_config, from_dict
 from dcase_t6.common.errors import UserError
+from dcase_t6.training.config import build_config, from_dict
 
 
 def test_set_values_arrive_as_strings_and_become_the_field_types():

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from dcase_t6.common.errors import UserError
+from dcase_t6.registry import Registry
 from dcase_t6.training import trainer as training
 from dcase_t6.training.config import build_config
+from dcase_t6.training.data import load_pairs
 from dcase_t6.training.distillation import TeacherSimilarity, ensure_embeddings, teacher_vectors
-from dcase_t6.common.errors import UserError
 from dcase_t6.training.losses import distillation_loss
-from dcase_t6.registry import Registry
 
 
 def test_distillation_loss_of_a_2x2_case_computed_by_hand():
@@ -79,8 +80,8 @@ def teacher_and_student(tmp_path_factory, tiny_training):
 def test_student_run_records_teacher_ids_and_the_weighted_loss(teacher_and_student):
     workdir, teacher, student, _ = teacher_and_student
     run = Registry(workdir).run(student)
-    assert run["status"] == "finished" and run["config"]["distill_from"] == [teacher]
-    epoch = run["epochs"][0]
+    assert run.status == "finished" and run.config["distill_from"] == [teacher]
+    epoch = run.epochs[0]
     assert epoch["train_distillation"] > 0
     expected = epoch["train_contrastive"] + 0.5 * epoch["train_distillation"]
     assert epoch["train_loss"] == pytest.approx(expected, rel=1e-6)  # float32 sums
@@ -89,7 +90,7 @@ def test_student_run_records_teacher_ids_and_the_weighted_loss(teacher_and_stude
 def test_teacher_embeddings_of_the_training_split_are_made_once_without_a_matrix(teacher_and_student):
     workdir, teacher, _, config = teacher_and_student
     registry = Registry(workdir)
-    files = {(f.kind, f.tag): f for f in registry.run(teacher)["files"]}
+    files = {(f.kind, f.tag): f for f in registry.run(teacher).files}
     assert ("embeddings", "synthetic/development-training") in files
     assert ("similarity", "synthetic/development-training") not in files
     before = files["embeddings", "synthetic/development-training"].path.stat().st_mtime_ns
@@ -100,7 +101,7 @@ def test_teacher_embeddings_of_the_training_split_are_made_once_without_a_matrix
 def test_teacher_vectors_follow_clips_and_captions_of_the_pairs(teacher_and_student):
     workdir, teacher, _, config = teacher_and_student
     registry = Registry(workdir)
-    pairs = training.load_pairs(config)
+    pairs = load_pairs(config)
     audio, text = teacher_vectors(registry, teacher, config, pairs.captions, pairs.clip_names)
     with np.load(registry.file(teacher, "embeddings", "synthetic/development-training").path) as data:
         clip_row = {f"synthetic/{name}": row for row, name in enumerate(data["files"].tolist())}
@@ -126,7 +127,7 @@ def test_contrastive_weight_0_trains_on_distillation_alone(teacher_and_student, 
     settings = {**tiny_training, "name": "alone", "contrastive_weight": 0, "distill_weight": 2.0,
                 "distill_from": teacher}
     run = Registry(workdir).run(training.train_new(workdir, build_config(None, settings))["run"])
-    epoch = run["epochs"][0]
+    epoch = run.epochs[0]
     assert epoch["train_contrastive"] > 0 and epoch["train_distillation"] > 0
     assert epoch["train_loss"] == pytest.approx(2.0 * epoch["train_distillation"], rel=1e-6)
 

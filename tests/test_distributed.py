@@ -1,15 +1,15 @@
 """Two gloo processes on CPU: the loss and gradients equal those of one process on the combined batch."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
+from dcase_t6.models import DualEncoder, ModelConfig
 from dcase_t6.training.distributed import World, gather
 from dcase_t6.training.losses import multi_positive_infonce
-from dcase_t6.models import DualEncoder, ModelConfig
 
 CONFIG = ModelConfig(backbone="tiny-cnn", text_model="tiny-random", embed_dim=8)
 CAPTIONS = ["a dog barks", "rain falls", "a dog barks loudly", "a bell", "wind blows", "a bell rings"]
@@ -49,12 +49,6 @@ def _worker(rank: int, port: int, results):
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_two_processes_equal_one_process_on_the_combined_batch():
     encoder = model()
     single_loss, single_gradients = loss_and_gradients(World(), encoder, encoder)
@@ -88,4 +82,4 @@ def test_torchrun_with_two_processes_trains_and_registers_one_run(tiny_data_root
     from dcase_t6.registry import Registry
 
     runs = Registry(tmp_path).runs()
-    assert [run["id"] for run in runs] == [summary["run"]] and runs[0]["status"] == "finished"
+    assert [run.id for run in runs] == [summary["run"]] and runs[0].status == "finished"

@@ -7,9 +7,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dcase_t6.ensemble import search as ensemble
 from dcase_t6.cli import main
+from dcase_t6.cli.ensemble import parse_group_options, parse_system_options, read_systems
 from dcase_t6.common.errors import UserError
+from dcase_t6.ensemble import grid
+from dcase_t6.ensemble import groups as grouping
+from dcase_t6.ensemble import search as ensembling
+from dcase_t6.ensemble import systems as named
+from dcase_t6.ensemble.weights import WEIGHTS_FORMAT, EnsembleWeights, GroupWeights, read_weights, write_weights
 from dcase_t6.retrieval.evaluation import evaluate
 from dcase_t6.retrieval.ground_truth import Relevance, align
 from dcase_t6.retrieval.matrices import SimilarityMatrix, read_matrix, write_matrix
@@ -45,6 +50,11 @@ def write_system(path: Path, scores: np.ndarray, queries=QUERIES, files=FILES) -
     return str(path)
 
 
+def load(options) -> list[named.System]:
+    """Parse ``NAME=PATH`` options, read and align their matrices, as the command line does."""
+    return named.align_systems(read_systems(parse_system_options(options)))
+
+
 def write_captions(path: Path) -> str:
     path.write_text("file_name,caption_1\n" + "".join(f"{f},{q}\n" for f, q in zip(FILES, QUERIES)), encoding="utf-8")
     return str(path)
@@ -52,7 +62,7 @@ def write_captions(path: Path) -> str:
 
 def brute_force(scores: np.ndarray, relevance: Relevance, points: np.ndarray, queries, files) -> np.ndarray:
     """mAP@16 of every point by explicitly applying the weights and running `evaluate`."""
-    return np.array([evaluate(SimilarityMatrix(queries, files, ensemble.weighted_sum(scores, point)),
+    return np.array([evaluate(SimilarityMatrix(queries, files, named.weighted_sum(scores, point)),
                               relevance).scores["mAP@16"] for point in points])
 
 
@@ -72,7 +82,7 @@ def random_case(rng: np.random.Generator, n_systems: int, n_queries: int, n_file
 # --- hand-computed ------------------------------------------------------------------------------
 def test_complementary_systems_are_best_mixed_half_and_half():
     scores = np.stack(complementary_systems())
-    result = ensemble.grid_search(scores, np.arange(4)[:, None], ensemble.grid_divisions(0.1), None, "test")
+    result = grid.grid_search(scores, np.arange(4)[:, None], grid.grid_divisions(0.1), None, "test")
     expected = np.where(np.isclose(result.points[:, 0], 0.5), 1.0, (1 + 1 + 1 / 3 + 1 / 3) / 4)
     np.testing.assert_allclose(result.scores, expected, rtol=0, atol=1e-15)
     assert result.points[result.best(1)[0]].tolist() == [0.5, 0.5]
@@ -95,6 +105,56 @@ def test_search_cli_writes_best_weights_and_exact_validation(tmp_path):
     assert printed["grid_points"] == 11 and printed["strategy"] == "flat" and printed["groups"] == []
 
 
+def test_search_library_takes_matrices_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = complementary_systems()
+    found = ensembling.search([named.System("a", SimilarityMatrix(QUERIES, FILES, a)),
+                               named.System("b", SimilarityMatrix(QUERIES, FILES, b))],
+                              single_relevance(), ensembling.SearchOptions(step=0.1, top=3))
+    assert found.weights.weights == {"a": 0.5, "b": 0.5} and found.weights.strategy == "flat"
+    assert found.evaluation.scores["mAP@16"] == 1.0 == found.weights.validation.scores["mAP@16"]
+    assert [candidate.score for candidate in found.weights.candidates] == pytest.approx([1.0, 2 / 3, 2 / 3])
+    assert found.weights.systems == {"a": "", "b": ""} and not list(tmp_path.iterdir())
+
+
+def test_weights_file_round_trips_byte_for_byte(tmp_path):
+    a, b = complementary_systems()
+    useless = np.zeros((4, 4))
+    args = ["ensemble", "--search", "-s", f"m1/a={write_system(tmp_path / 'a.csv', a)}",
+            "-s", f"m1/b={write_system(tmp_path / 'b.csv', b)}",
+            "-s", f"m2/a={write_system(tmp_path / 'c.csv', useless)}",
+            "-c", write_captions(tmp_path / "captions.csv"), "--step", "0.1", "--strategy", "system-first",
+            "--out", str(tmp_path / "weights.json")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    stored = read_weights(tmp_path / "weights.json")
+    assert stored.groups[0] == GroupWeights("m1", 0.5, {"m1/a": 0.5, "m1/b": 0.5}, 1.0)
+    write_weights(stored, tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == (tmp_path / "weights.json").read_bytes()
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"weights": {"a": -1}}, 'expected an object with "weights"'),
+    ({"weights": {"a": 1}, "normalize": "minmax"}, '"normalize" is \'minmax\''),
+    ({"weights": {"a": 1}, "version": 2}, "reads version 1"),
+    ({"weights": {"a": 1}, "groups": [{"name": "g"}]}, '"groups" must be a list of'),
+    ({"weights": {"a": 1}, "candidates": {"a": 1}}, '"candidates" must be a list of'),
+])
+def test_weights_reader_names_the_bad_field(tmp_path, document, message):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(UserError, match=f"w\\.json: .*{message}"):
+        read_weights(path)
+
+
+def test_hand_written_weights_get_the_documented_defaults(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text('{"weights": {"a": 1, "b": 0.5}}', encoding="utf-8")
+    stored = read_weights(path)
+    assert stored == EnsembleWeights({"a": 1.0, "b": 0.5}, normalize="none", metric="mAP@16")
+    assert stored.as_json() == {"format": WEIGHTS_FORMAT, "version": 1, "metric": "mAP@16", "normalize": "none",
+                                "weights": {"a": 1.0, "b": 0.5}}
+
+
 def test_search_cli_prints_tables(tmp_path):
     a, b = complementary_systems()
     args = ["ensemble", "--search", "-s", f"a={write_system(tmp_path / 'a.csv', a)}",
@@ -113,7 +173,7 @@ def test_search_equals_evaluate_on_every_applied_grid_point(max_relevant, intege
     rng = np.random.default_rng(max_relevant * 10 + integer_scores)
     scores, relevance, queries, files = random_case(rng, 3, 40, 45, max_relevant, integer_scores)
     alignment = align(SimilarityMatrix(queries, files, scores[0]), relevance)
-    result = ensemble.grid_search(scores, alignment.relevant, ensemble.grid_divisions(step), None, "test")
+    result = grid.grid_search(scores, alignment.relevant, grid.grid_divisions(step), None, "test")
     expected = brute_force(scores, relevance, result.points, queries, files)
     np.testing.assert_allclose(result.scores, expected, rtol=0, atol=1e-12)
 
@@ -124,16 +184,16 @@ def test_pruning_settles_hopeless_and_sure_queries():
     relevant = align(SimilarityMatrix(queries, files, scores[0]), relevance).relevant
     scores[:, 0] = scores[:, 0] * 0.0  # query 0: a 60-way tie in both systems -> beyond 16 for every weight
     scores[:, 1, relevant[1, 0]] = 99.0  # query 1: first in both systems -> rank 1 for every weight
-    table = ensemble.build_comparison_table(scores, relevant)
+    table = grid.build_comparison_table(scores, relevant)
     assert table.variable_constant.shape[0] < 28
-    points = ensemble.simplex_grid(2, 10)
+    points = grid.simplex_grid(2, 10)
     expected = brute_force(scores, relevance, points, queries, files)
-    np.testing.assert_allclose(ensemble.map_at_k_for_weights(table, points), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grid.map_at_k_for_weights(table, points), expected, rtol=0, atol=1e-12)
 
 
 # --- normalisation, grid, groups -----------------------------------------------------------------
 def test_zscore_rows_by_hand():
-    rows = ensemble.zscore_rows(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
+    rows = named.zscore_rows(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
     np.testing.assert_allclose(rows, [[-np.sqrt(1.5), 0.0, np.sqrt(1.5)], [0.0, 0.0, 0.0]])
 
 
@@ -147,45 +207,45 @@ def test_zscore_search_ignores_per_query_scale_and_offset(tmp_path):
         paths[label] = [f"s{i}={write_system(tmp_path / f'{label}{i}.npz', stack[i], queries, files)}"
                         for i in range(2)]
     def run(label, normalize):
-        options = ensemble.SearchOptions(normalize=normalize, step=0.1, top=3)
-        return ensemble.search(paths[label], relevance, options, tmp_path / "w.json", show_progress=False)
+        options = ensembling.SearchOptions(normalize=normalize, step=0.1, top=3)
+        return ensembling.search(load(paths[label]), relevance, options).weights
     plain, rescaled_z = run("plain", "zscore"), run("rescaled", "zscore")
-    assert rescaled_z["weights"] == plain["weights"]
-    assert rescaled_z["validation"]["mAP@16"] == pytest.approx(plain["validation"]["mAP@16"], abs=1e-12)
-    assert run("rescaled", "none")["weights"] != rescaled_z["weights"]
-    normalized = ensemble.weighted_sum(np.stack([ensemble.zscore_rows(s) for s in scores]),
-                                       list(plain["weights"].values()))
+    assert rescaled_z.weights == plain.weights
+    assert rescaled_z.validation.scores["mAP@16"] == pytest.approx(plain.validation.scores["mAP@16"], abs=1e-12)
+    assert run("rescaled", "none").weights != rescaled_z.weights
+    normalized = named.weighted_sum(np.stack([named.zscore_rows(s) for s in scores]),
+                                    list(plain.weights.values()))
     exact = evaluate(SimilarityMatrix(queries, files, normalized), relevance).scores["mAP@16"]
-    assert plain["validation"]["mAP@16"] == exact
+    assert plain.validation.scores["mAP@16"] == exact
 
 
 def test_simplex_grid_counts_and_step_checks():
-    grid = ensemble.simplex_grid(4, ensemble.grid_divisions(0.05))
-    assert grid.shape == (1771, 4) and ensemble.grid_size(4, 20) == 1771
-    np.testing.assert_allclose(grid.sum(axis=1), 1.0)
-    assert (grid >= 0).all() and len(np.unique(np.round(grid * 20).astype(int), axis=0)) == 1771
+    points = grid.simplex_grid(4, grid.grid_divisions(0.05))
+    assert points.shape == (1771, 4) and grid.grid_size(4, 20) == 1771
+    np.testing.assert_allclose(points.sum(axis=1), 1.0)
+    assert (points >= 0).all() and len(np.unique(np.round(points * 20).astype(int), axis=0)) == 1771
     for bad in (0.3, 0.0, -0.1, 1.5):
         with pytest.raises(UserError, match="must divide 1"):
-            ensemble.grid_divisions(bad)
+            grid.grid_divisions(bad)
 
 
 def test_groups_from_options_and_strategies():
     names = ["passt/s1", "passt/s2", "cnn/s1", "cnn/s2"]
-    assert ensemble.resolve_groups(names, [], "system-first") == [
-        ensemble.Group("passt", (0, 1)), ensemble.Group("cnn", (2, 3))]
-    assert ensemble.resolve_groups(names, [], "model-first") == [
-        ensemble.Group("s1", (0, 2)), ensemble.Group("s2", (1, 3))]
-    assert ensemble.resolve_groups(names, ["g=cnn/s2,passt/s1"], "model-first") == [
-        ensemble.Group("g", (3, 0)), ensemble.Group("passt/s2", (1,)), ensemble.Group("cnn/s1", (2,))]
-    assert ensemble.resolve_groups(names, [], None) == [ensemble.Group("all", (0, 1, 2, 3))]
+    assert grouping.resolve_groups(names, {}, "system-first") == [
+        grouping.Group("passt", (0, 1)), grouping.Group("cnn", (2, 3))]
+    assert grouping.resolve_groups(names, {}, "model-first") == [
+        grouping.Group("s1", (0, 2)), grouping.Group("s2", (1, 3))]
+    assert grouping.resolve_groups(names, parse_group_options(["g=cnn/s2,passt/s1"]), "model-first") == [
+        grouping.Group("g", (3, 0)), grouping.Group("passt/s2", (1,)), grouping.Group("cnn/s1", (2,))]
+    assert grouping.resolve_groups(names, {}, None) == [grouping.Group("all", (0, 1, 2, 3))]
     for options, strategy, message in ((["g=passt/s1,nope"], None, "not a --system name"),
                                        (["g=passt/s1", "h=passt/s1"], None, "in groups 'g' and 'h'"),
                                        (["g"], None, "expected GROUP=NAME1,NAME2"),
                                        (["g=passt/s1", "g=cnn/s1"], None, "given twice")):
         with pytest.raises(UserError, match=message):
-            ensemble.resolve_groups(names, options, strategy)
+            grouping.resolve_groups(names, parse_group_options(options), strategy)
     with pytest.raises(UserError, match="is not MODEL/SYSTEM"):
-        ensemble.resolve_groups(["a", "b"], [], "system-first")
+        grouping.resolve_groups(["a", "b"], {}, "system-first")
 
 
 def test_two_stage_search_multiplies_inner_and_group_weights(tmp_path):
@@ -212,11 +272,11 @@ def test_two_stage_search_equals_searching_stage_by_stage():
     rng = np.random.default_rng(11)
     scores, relevance, queries, files = random_case(rng, 3, 40, 40, 3, False)
     relevant = align(SimilarityMatrix(queries, files, scores[0]), relevance).relevant
-    groups = [ensemble.Group("g", (0, 2)), ensemble.Group("h", (1,))]
-    outcome = ensemble.two_stage_search(scores, relevant, groups, 10, 2, None)
-    inner = ensemble.grid_search(scores[[0, 2]], relevant, 10, None, "g")
+    groups = [grouping.Group("g", (0, 2)), grouping.Group("h", (1,))]
+    outcome = grouping.two_stage_search(scores, relevant, groups, 10, 2, None)
+    inner = grid.grid_search(scores[[0, 2]], relevant, 10, None, "g")
     inner_best = inner.points[inner.best(1)[0]]
-    outer = ensemble.grid_search(np.stack([ensemble.weighted_sum(scores[[0, 2]], inner_best), scores[1]]),
+    outer = grid.grid_search(np.stack([named.weighted_sum(scores[[0, 2]], inner_best), scores[1]]),
                                  relevant, 10, None, "groups")
     outer_best = outer.points[outer.best(1)[0]]
     expected = [inner_best[0] * outer_best[0], outer_best[1], inner_best[1] * outer_best[0]]
@@ -227,7 +287,7 @@ def test_two_stage_search_equals_searching_stage_by_stage():
 def test_apply_round_trip_with_reordered_system(tmp_path):
     rng = np.random.default_rng(7)
     first, second = rng.standard_normal((2, 4, 4))
-    weights = {"format": ensemble.WEIGHTS_FORMAT, "normalize": "none", "weights": {"x": 0.3, "y": 0.7}}
+    weights = {"format": WEIGHTS_FORMAT, "normalize": "none", "weights": {"x": 0.3, "y": 0.7}}
     (tmp_path / "w.json").write_text(json.dumps(weights), encoding="utf-8")
     rows, columns = [2, 0, 3, 1], [3, 1, 0, 2]
     shuffled = write_system(tmp_path / "y.csv", second[np.ix_(rows, columns)],
@@ -245,11 +305,11 @@ def test_apply_round_trip_with_reordered_system(tmp_path):
 
 def test_apply_uses_stored_zscore(tmp_path):
     scores = np.random.default_rng(8).standard_normal((2, 4, 4))
-    weights = {"format": ensemble.WEIGHTS_FORMAT, "normalize": "zscore", "weights": {"x": 0.25, "y": 0.75}}
+    weights = {"format": WEIGHTS_FORMAT, "normalize": "zscore", "weights": {"x": 0.25, "y": 0.75}}
     (tmp_path / "w.json").write_text(json.dumps(weights), encoding="utf-8")
     options = [f"x={write_system(tmp_path / 'x.csv', scores[0])}", f"y={write_system(tmp_path / 'y.csv', scores[1])}"]
-    ensemble.apply(tmp_path / "w.json", options, tmp_path / "ens.npz")
-    expected = 0.25 * ensemble.zscore_rows(scores[0]) + 0.75 * ensemble.zscore_rows(scores[1])
+    write_matrix(ensembling.apply(read_weights(tmp_path / "w.json"), load(options)), tmp_path / "ens.npz")
+    expected = 0.25 * named.zscore_rows(scores[0]) + 0.75 * named.zscore_rows(scores[1])
     np.testing.assert_array_equal(read_matrix(tmp_path / "ens.npz").scores, expected)
 
 
@@ -257,33 +317,33 @@ def test_mismatched_queries_or_files_name_the_file_and_the_item(tmp_path):
     base = write_system(tmp_path / "a.csv", np.zeros((4, 4)))
     other_query = write_system(tmp_path / "b.csv", np.zeros((4, 4)), ["q0", "q1", "q2", "other"])
     with pytest.raises(UserError, match=r"b\.csv: lacks the query 'q3' of .*a\.csv"):
-        ensemble.load_systems([f"a={base}", f"b={other_query}"])
+        load([f"a={base}", f"b={other_query}"])
     extra_file = write_system(tmp_path / "c.csv", np.zeros((4, 5)), files=FILES + ["f4.wav"])
     with pytest.raises(UserError, match=r"c\.csv: has the audio file 'f4\.wav' that .*a\.csv lacks"):
-        ensemble.load_systems([f"a={base}", f"c={extra_file}"])
+        load([f"a={base}", f"c={extra_file}"])
 
 
 def test_repeated_captions_align_occurrence_by_occurrence(tmp_path):
     repeated = write_system(tmp_path / "a.csv", np.arange(16.0).reshape(4, 4), ["dup", "x", "dup", "y"])
     shuffled = write_system(tmp_path / "b.csv", np.arange(16.0).reshape(4, 4)[[1, 0, 3, 2]], ["x", "dup", "y", "dup"])
-    first, second = ensemble.load_systems([f"a={repeated}", f"b={shuffled}"])
+    first, second = load([f"a={repeated}", f"b={shuffled}"])
     np.testing.assert_array_equal(second.matrix.scores, first.matrix.scores)
     once = write_system(tmp_path / "c.csv", np.zeros((4, 4)), ["dup", "x", "z", "y"])
     with pytest.raises(UserError, match=r"lacks the query 'dup' \(occurrence 2\)"):
-        ensemble.load_systems([f"a={repeated}", f"c={once}"])
+        load([f"a={repeated}", f"c={once}"])
 
 
 def test_weights_and_systems_must_name_the_same_systems(tmp_path):
     base = write_system(tmp_path / "a.csv", np.zeros((4, 4)))
-    weights = {"format": ensemble.WEIGHTS_FORMAT, "normalize": "none", "weights": {"a": 0.5, "b": 0.5}}
+    weights = {"format": WEIGHTS_FORMAT, "normalize": "none", "weights": {"a": 0.5, "b": 0.5}}
     (tmp_path / "w.json").write_text(json.dumps(weights), encoding="utf-8")
     with pytest.raises(UserError, match="weights name system 'b', which no --system gives"):
-        ensemble.apply(tmp_path / "w.json", [f"a={base}"], tmp_path / "out.csv")
+        ensembling.apply(read_weights(tmp_path / "w.json"), load([f"a={base}"]))
     with pytest.raises(UserError, match="--system 'c' has no weight"):
-        ensemble.apply(tmp_path / "w.json", [f"a={base}", f"b={base}", f"c={base}"], tmp_path / "out.csv")
+        ensembling.apply(read_weights(tmp_path / "w.json"), load([f"a={base}", f"b={base}", f"c={base}"]))
     (tmp_path / "bad.json").write_text('{"format": "something else"}', encoding="utf-8")
     with pytest.raises(UserError, match="not an ensemble weights file"):
-        ensemble.apply(tmp_path / "bad.json", [f"a={base}"], tmp_path / "out.csv")
+        ensembling.apply(read_weights(tmp_path / "bad.json"), load([f"a={base}"]))
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -333,5 +393,11 @@ def test_allow_missing_scores_only_the_queries_present(tmp_path):
 
 def test_oversized_grid_is_refused_before_reading_any_matrix(tmp_path):
     options = [f"s{i}={tmp_path / 'absent.csv'}" for i in range(8)]
+    names = [name for name, _ in parse_system_options(options)]
     with pytest.raises(UserError, match="would visit 26075972546 weight points"):
-        ensemble.search(options, single_relevance(), ensemble.SearchOptions(step=0.01), tmp_path / "w.json", False)
+        ensembling.plan_search(names, ensembling.SearchOptions(step=0.01))
+    args = ["ensemble", "--search", *[arg for option in options for arg in ("-s", option)],
+            "-c", str(tmp_path / "absent_captions.csv"), "--step", "0.01", "-o", str(tmp_path / "w.json")]
+    outcome = CliRunner().invoke(main, args)
+    assert outcome.exit_code == 2 and "would visit 26075972546 weight points" in outcome.output
+    assert not (tmp_path / "w.json").exists()

@@ -17,7 +17,8 @@ FILES = ["a.wav", "b, c.wav", "d&#39;e.wav", "f.wav", "g.wav"]
 
 
 def write_relevance(path, rows):
-    pd.DataFrame({"query": [q for q, _ in rows], "audio_filenames": [repr(f) for _, f in rows]}).to_csv(path, index=False)
+    frame = pd.DataFrame({"query": [q for q, _ in rows], "audio_filenames": [repr(f) for _, f in rows]})
+    frame.to_csv(path, index=False)
     return path
 
 
@@ -85,7 +86,8 @@ def test_single_relevant_captions_setting(tmp_path):
 
 def test_duplicate_captions_match_occurrence_by_occurrence(tmp_path):
     captions = tmp_path / "captions.csv"
-    pd.DataFrame({"file_name": ["a.wav", "f.wav"], "caption_1": ["same text", "same text"]}).to_csv(captions, index=False)
+    frame = pd.DataFrame({"file_name": ["a.wav", "f.wav"], "caption_1": ["same text", "same text"]})
+    frame.to_csv(captions, index=False)
     scores = np.array([[1.0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0]])
     result = evaluate(SimilarityMatrix(["same text", "same text"], FILES, scores), read_captions_file(captions))
     assert result.scores["R@1"] == 1.0
@@ -94,7 +96,8 @@ def test_duplicate_captions_match_occurrence_by_occurrence(tmp_path):
 def test_missing_queries_are_an_error_unless_allowed(tmp_path):
     relevance = write_relevance(tmp_path / "rel.csv", [("q1", ["a.wav"]), ("q2", ["b, c.wav"]), ("q3", ["f.wav"])])
     matrix = SimilarityMatrix(["q1", "q3"], FILES, np.eye(2, 5)[[0, 1]] + np.array([[0, 0, 0, 0, 0], [0, -1, 0, 1, 0]]))
-    with pytest.raises(UserError, match=r"1 of 3 queries are missing from the predictions, first 'q2'.*--allow-missing"):
+    missing = r"1 of 3 queries are missing from the predictions, first 'q2'.*--allow-missing"
+    with pytest.raises(UserError, match=missing):
         evaluate(matrix, read_relevance_file(relevance))
     result = evaluate(matrix, read_relevance_file(relevance), allow_missing=True)
     assert (result.n_queries, result.n_skipped, result.scores["R@1"]) == (2, 1, 1.0)

@@ -6,8 +6,8 @@ import re
 import pytest
 import yaml
 
-from dcase_t6.submission import metadata
 from dcase_t6.common.errors import UserError
+from dcase_t6.submission import metadata
 
 LABEL = "Mueller-Luedenscheidt_CP-JKU_task6_1"
 SEED_TEMPLATE_FIELDS = {

@@ -8,13 +8,22 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from test_metadata import EVALUATE_JSON, filled_meta
 
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.submission.package import (CSV_KIND, META_KIND, REPORT_KIND, Expected, SystemFiles, build_package,
-                                check_package, member_name)
 from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, write_csv
+from dcase_t6.submission.package import (
+    CSV_KIND,
+    META_KIND,
+    REPORT_KIND,
+    Expected,
+    SystemFiles,
+    SystemSummary,
+    build_package,
+    check_package,
+    member_name,
+)
+from test_metadata import EVALUATE_JSON, filled_meta
 
 TEAM = "Mueller-Luedenscheidt_CP-JKU"
 FILES = ["Pensol - le Moulin cours d&#39;eau.wav", 'bird, in "rain".wav', "Ünïcødé – café.wav",
@@ -116,7 +125,9 @@ def drop_reports(members: dict) -> None:
 def test_valid_package_round_trips(package, systems, report, tmp_path):
     result = check_package(package)
     assert result.ok, result.problems
-    assert result.systems == [{"label": label(i), "queries": len(QUERIES), "files": len(FILES)} for i in (1, 2)]
+    assert result.systems == [SystemSummary(label(i), queries=len(QUERIES), files=len(FILES)) for i in (1, 2)]
+    assert result.as_json()["systems"] == [{"label": label(i), "queries": len(QUERIES), "files": len(FILES)}
+                                           for i in (1, 2)]
     with zipfile.ZipFile(package) as archive:
         assert sorted(archive.namelist()) == sorted(member_name(label(i), kind) for i in (1, 2)
                                                     for kind in (CSV_KIND, META_KIND, REPORT_KIND))

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.training.pipeline import load_pipeline, run_pipeline
 from dcase_t6.registry import Registry
+from dcase_t6.training.pipeline import load_pipeline, run_pipeline
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pipeline-synthetic.yaml"
 
@@ -89,16 +89,16 @@ def test_every_stage_is_a_registered_run_wired_to_its_references(example_run):
     workdir, _, _, finished = example_run
     registry = Registry(workdir)
     runs = {summary["stage"]: registry.run(summary["run"]) for summary in finished}
-    assert {stage: run["name"] for stage, run in runs.items()}["b/refinetune"] == "b-refinetune"
-    teachers = [runs["a/pretrain"]["id"], runs["b/pretrain"]["id"]]
-    assert runs["b/finetune"]["config"]["init_from"] == runs["b/pretrain"]["id"]
-    assert runs["b/finetune"]["config"]["distill_from"] == teachers
-    assert runs["a/refinetune"]["config"]["init_from"] == runs["a/finetune"]["id"]
-    assert runs["a/finetune"]["config"]["caption_augmentation"]["synonym_p"] == 0.4
-    assert {(f.kind, f.tag) for f in runs["a/refinetune"]["files"]} >= {("clusters", "synthetic/development-training")}
-    assert all(any(f.kind == "embeddings" for f in runs[stage]["files"]) for stage in ("a/pretrain", "b/pretrain"))
+    assert {stage: run.name for stage, run in runs.items()}["b/refinetune"] == "b-refinetune"
+    teachers = [runs["a/pretrain"].id, runs["b/pretrain"].id]
+    assert runs["b/finetune"].config["init_from"] == runs["b/pretrain"].id
+    assert runs["b/finetune"].config["distill_from"] == teachers
+    assert runs["a/refinetune"].config["init_from"] == runs["a/finetune"].id
+    assert runs["a/finetune"].config["caption_augmentation"]["synonym_p"] == 0.4
+    assert {(f.kind, f.tag) for f in runs["a/refinetune"].files} >= {("clusters", "synthetic/development-training")}
+    assert all(any(f.kind == "embeddings" for f in runs[stage].files) for stage in ("a/pretrain", "b/pretrain"))
     state = json.loads((workdir / "pipelines" / "synthetic-demo.json").read_text())
-    assert {key: entry["run"] for key, entry in state["stages"].items()} == {s: r["id"] for s, r in runs.items()}
+    assert {key: entry["run"] for key, entry in state["stages"].items()} == {s: r.id for s, r in runs.items()}
 
 
 def test_running_again_skips_finished_stages_and_refuses_changed_ones(example_run):

@@ -5,11 +5,11 @@ import os
 import numpy as np
 import py7zr
 import pytest
-from test_prepare_helpers import seven_zip
 
+from dcase_t6.common.errors import UserError
 from dcase_t6.data import archive
 from dcase_t6.data.archive import extract_7z
-from dcase_t6.common.errors import UserError
+from test_prepare_helpers import seven_zip
 
 NOISE = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 

@@ -7,15 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from test_prepare_helpers import write_tone
 
 from dcase_t6.cli import main
+from dcase_t6.common.errors import UserError
 from dcase_t6.data import audio_cache
 from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.audio_io import load_audio
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
-from dcase_t6.common.errors import UserError
+from test_prepare_helpers import write_tone
 
 RATE = 32000
 
@@ -38,7 +38,7 @@ def make_indexed_audio(root):
 def test_cached_samples_equal_decode_and_resample(tmp_path):
     layout, files = make_indexed_audio(tmp_path)
     summary = build_cache(layout, RATE, workers=1)
-    assert (summary["clips"], summary["decoded"], summary["skipped"]) == (6, 6, [])
+    assert (summary.clips, summary.decoded, summary.skipped) == (6, 6, [])
     cache = AudioCache(tmp_path, RATE)
     assert len(cache) == 6
     for path in files:
@@ -47,7 +47,7 @@ def test_cached_samples_equal_decode_and_resample(tmp_path):
         np.testing.assert_array_equal(cached, load_audio(path, RATE))
     assert cache.read("clips/mono 48k.flac").shape == (RATE,)  # stored (relative) key works too
     again = build_cache(layout, RATE, workers=1)
-    assert (again["up_to_date"], again["decoded"]) == (6, 0)
+    assert (again.up_to_date, again.decoded) == (6, 0)
 
 
 def test_parallel_builds_write_worker_shards_that_read_back_exactly(tmp_path):
@@ -64,7 +64,7 @@ def test_parallel_builds_write_worker_shards_that_read_back_exactly(tmp_path):
     index.to_csv(directory / "index.csv", index=False)
     write_tone(files[0], 0.7, 44100, frequency=3000)
     summary = build_cache(layout, RATE, workers=3)
-    assert (summary["decoded"], summary["up_to_date"]) == (1, 5)
+    assert (summary.decoded, summary.up_to_date) == (1, 5)
     tone = load_audio(tmp_path / "clips" / "tone.mp3", RATE)
     assert audio_cache.shard_path(directory, 3).stat().st_size == 4 * len(tone)  # the tail was cut
     cache = AudioCache(tmp_path, RATE)
@@ -79,9 +79,9 @@ def test_changed_file_is_recached_and_touched_file_is_not_decoded(tmp_path):
     write_tone(changed, 1.0, 48000, frequency=2000, amplitude=0.2)
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     summary = build_cache(layout, RATE, workers=1)
-    assert (summary["decoded"], summary["unchanged_content"], summary["up_to_date"]) == (1, 1, 4)
+    assert (summary.decoded, summary.unchanged_content, summary.up_to_date) == (1, 1, 4)
     np.testing.assert_array_equal(AudioCache(tmp_path, RATE).read(changed), load_audio(changed, RATE))
-    assert build_cache(layout, RATE, workers=1)["up_to_date"] == 6
+    assert build_cache(layout, RATE, workers=1).up_to_date == 6
 
 
 def test_interrupted_run_resumes_and_drops_an_unindexed_tail(tmp_path, monkeypatch):
@@ -104,7 +104,7 @@ def test_interrupted_run_resumes_and_drops_an_unindexed_tail(tmp_path, monkeypat
         handle.write(b"\x00" * 4000)
     monkeypatch.setattr(audio_cache, "run_job", real_job)
     summary = build_cache(layout, RATE, workers=1)
-    assert (summary["up_to_date"], summary["decoded"]) == (2, 4)
+    assert (summary.up_to_date, summary.decoded) == (2, 4)
     cache = AudioCache(tmp_path, RATE)
     for path in files:
         np.testing.assert_array_equal(cache.read(path), load_audio(path, RATE))

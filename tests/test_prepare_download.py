@@ -6,16 +6,16 @@ import hashlib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_prepare_helpers import clotho_release, serving
 
 from dcase_t6.cli import main
+from dcase_t6.common.console import byte_progress
+from dcase_t6.common.errors import UserError
 from dcase_t6.data import archive
 from dcase_t6.data.clotho import CLOTHO_MD5, prepare_clotho
 from dcase_t6.data.download import download
 from dcase_t6.data.layout import Layout
-from dcase_t6.common.console import byte_progress
 from dcase_t6.data.split_index import read_index
-from dcase_t6.common.errors import UserError
+from test_prepare_helpers import clotho_release, serving
 
 DATA = np.random.default_rng(1).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
 DATA_MD5 = hashlib.md5(DATA).hexdigest()
@@ -82,15 +82,15 @@ def test_prepare_clotho_downloads_verifies_extracts_and_indexes_then_is_a_no_op(
     layout = Layout.at(tmp_path / "data")
     with serving(files, drop_after=5000) as server:
         summary = prepare_clotho(layout, mirror=server.url, md5s=md5s, retry_wait_s=0)
-        assert {split: counts["clips"] for split, counts in summary["splits"].items()} == {
+        assert {split: counts["clips"] for split, counts in summary.splits.items()} == {
             "development-training": 4, "development-validation": 3, "development-testing": 5}
-        assert summary["extracted"] == {"development": 4, "validation": 3, "evaluation": 5}
+        assert summary.extracted == {"development": 4, "validation": 3, "evaluation": 5}
         index = read_index(layout.root, "clotho", "development-testing")
         assert len(index) == 25 and index["sample_rate"].eq(44100).all()
         assert (layout.audio_dir("clotho", "evaluation") / index["file_name"][0]).is_file()
         requests = len(server.requests)
         again = prepare_clotho(layout, mirror=server.url, md5s=md5s)
-        assert again["up_to_date"] and again["extracted"] == {"development": 0, "validation": 0, "evaluation": 0}
+        assert again.up_to_date and again.extracted == {"development": 0, "validation": 0, "evaluation": 0}
         assert len(server.requests) == requests  # nothing downloaded again
 
 

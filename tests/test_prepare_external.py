@@ -6,13 +6,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from test_prepare_helpers import write_tone
 
 from dcase_t6.cli import main
-from dcase_t6.data.external import DEFAULT_FORBIDDEN, prepare_audiocaps, prepare_wavcaps, read_forbidden_ids
+from dcase_t6.common.errors import UserError
+from dcase_t6.data.audiocaps import prepare_audiocaps
+from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN, read_forbidden_ids
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split, read_index
-from dcase_t6.common.errors import UserError
+from dcase_t6.data.wavcaps import prepare_wavcaps
+from test_prepare_helpers import write_tone
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_FORBIDDEN = SHARED_DATA / "dcase2025_task6_excluded_freesound_ids.csv"
@@ -47,8 +49,8 @@ def test_wavcaps_excludes_forbidden_freesound_ids_per_source_and_lists_broken_fi
     forbidden = make_wavcaps(tmp_path)
     layout = Layout.at(tmp_path / "data")
     summary = prepare_wavcaps(layout, tmp_path / "json_files", tmp_path / "Audio", workers=2)
-    assert summary["excluded"] == {"AudioSet_SL": 0, "BBC_Sound_Effects": 0, "FreeSound": 2}
-    assert [item["path"].endswith("FreeSound/12.flac") for item in summary["skipped"]] == [True]
+    assert summary.excluded == {"AudioSet_SL": 0, "BBC_Sound_Effects": 0, "FreeSound": 2}
+    assert [item["path"].endswith("FreeSound/12.flac") for item in summary.skipped] == [True]
     index = read_index(layout.root, "wavcaps")
     assert not set(index["sound_id"]) & set(forbidden)
     assert sorted(index["file_name"]) == ["07001.flac", "07002.flac", "11.flac", "Yabc.flac", "Ydef.flac"]
@@ -87,9 +89,9 @@ def test_audiocaps_matches_youtube_ids_and_lists_skips(tmp_path):
     meta = make_audiocaps(tmp_path)
     layout = Layout.at(tmp_path / "data")
     summary = prepare_audiocaps(layout, meta, tmp_path / "audio", workers=1)
-    assert summary["excluded"] == {"audiocaps": 0}
-    assert [row["reason"] for row in summary["skipped_rows"]] == ["empty caption (AudioCaps)"]
-    assert [Path(item["path"]).name for item in summary["skipped"]] == ["zzzzzzzzzzz.wav"]  # no such audio file
+    assert summary.excluded == {"audiocaps": 0}
+    assert [row["reason"] for row in summary.skipped_rows] == ["empty caption (AudioCaps)"]
+    assert [Path(item["path"]).name for item in summary.skipped] == ["zzzzzzzzzzz.wav"]  # no such audio file
     index = read_index(layout.root, "audiocaps")
     assert sorted(zip(index["split"], index["file_name"], index["caption_index"])) == [
         ("train", "Q-_qwertyui.mp3", "1"), ("val", "Yabcdefghijk.wav", "1"), ("val", "Yabcdefghijk.wav", "2")]

@@ -4,12 +4,12 @@ import json
 
 import pandas as pd
 import pytest
-from test_prepare_helpers import write_tone
 
+from dcase_t6.common.errors import UserError
 from dcase_t6.data.clotho_layout import index_clotho_layout
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import INDEX_COLUMNS, load_split, read_index
-from dcase_t6.common.errors import UserError
+from test_prepare_helpers import write_tone
 
 CAPTIONS = [f"caption_{i}" for i in range(1, 6)]
 
@@ -32,7 +32,7 @@ def make_dataset(root, names=("a.wav", "b, c.wav", "d&#39;e.wav"), part="evaluat
 def test_index_has_one_row_per_caption_with_audio_facts(tmp_path):
     layout = make_dataset(tmp_path)
     report = index_clotho_layout(layout, "toy", workers=2)
-    assert report["splits"] == {"development-testing": {"clips": 3, "captions": 15, "hours": round(3 / 3600, 3)}}
+    assert report.splits == {"development-testing": {"clips": 3, "captions": 15, "hours": round(3 / 3600, 3)}}
     index = read_index(tmp_path, "toy")
     assert list(index.columns) == INDEX_COLUMNS and len(index) == 15
     row = index.iloc[5]
@@ -43,7 +43,7 @@ def test_index_has_one_row_per_caption_with_audio_facts(tmp_path):
     split = load_split(tmp_path, "toy", "development-testing")
     assert split.files == ["a.wav", "b, c.wav", "d&#39;e.wav"] and len(split.queries) == 15
     assert split.query_files[5] == "b, c.wav"
-    assert index_clotho_layout(layout, "toy", workers=1)["up_to_date"]
+    assert index_clotho_layout(layout, "toy", workers=1).up_to_date
 
 
 @pytest.mark.parametrize("problem", ["unreadable", "silent", "rate", "missing", "empty"])
@@ -61,13 +61,13 @@ def test_bad_audio_is_listed_and_skipped(tmp_path, problem):
     else:
         bad.write_bytes(b"")
     report = index_clotho_layout(layout, "toy", workers=2)
-    assert [item["path"] for item in report["skipped"]] == [str(bad)]
-    reason = report["skipped"][0]["reason"]
+    assert [item["path"] for item in report.skipped] == [str(bad)]
+    reason = report.skipped[0]["reason"]
     assert {"unreadable": "unreadable", "silent": "silent", "rate": "16000 Hz", "missing": "missing",
             "empty": "unreadable"}[problem] in reason
     assert set(read_index(tmp_path, "toy")["file_name"]) == {"b, c.wav", "d&#39;e.wav"}
     stored = json.loads(layout.report_file("toy").read_text())
-    assert stored["skipped"] == report["skipped"]
+    assert stored["skipped"] == report.skipped
 
 
 def rewrite_captions(layout, edit):

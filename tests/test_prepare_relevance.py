@@ -1,21 +1,20 @@
 """prepare relevance: the real dev-test metadata_eval.csv is validated against the split index."""
 
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from conftest import DEVTEST_RELEVANCE
 from dcase_t6.cli import main
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.tables import write_table
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.relevance import attach_relevance, write_relevance_csv
 from dcase_t6.data.split_index import INDEX_COLUMNS
-from dcase_t6.common.tables import write_table
-from dcase_t6.common.errors import UserError
 from dcase_t6.retrieval.ground_truth import read_relevance_file
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "clotho-devtest-relevance-metadata_eval.csv"
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"{REAL} absent")
+REAL = DEVTEST_RELEVANCE  # the organisers' file, shipped in tests/data: these tests always run
 
 
 def index_for(layout: Layout, queries: list[str], files: list[str]) -> None:
@@ -28,20 +27,18 @@ def index_for(layout: Layout, queries: list[str], files: list[str]) -> None:
     write_table(pd.DataFrame(rows, columns=INDEX_COLUMNS), layout.index_file("clotho"))
 
 
-@needs_real
 def test_real_metadata_eval_attaches_to_a_matching_split(tmp_path):
     layout = Layout.at(tmp_path)
     truth = read_relevance_file(REAL)
     files = sorted({name for names in truth.relevant_files for name in names})
     index_for(layout, truth.queries, files)
     summary = attach_relevance(layout, "clotho", REAL)
-    assert summary["queries"] == 1037
-    per_query = summary["relevant_per_query"]
+    assert summary.queries == 1037
+    per_query = summary.relevant_per_query
     assert (per_query["min"], per_query["max"], round(per_query["mean"], 1)) == (1, 12, 3.0)
     assert layout.relevance_file("clotho").read_bytes() == REAL.read_bytes()
 
 
-@needs_real
 def test_mismatches_are_reported_and_nothing_is_written(tmp_path):
     layout = Layout.at(tmp_path)
     truth = read_relevance_file(REAL)

@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 from click.testing import CliRunner
-from test_prepare_helpers import SMALL, tree_digest
 
 from dcase_t6.cli import main
 from dcase_t6.data.clotho_layout import read_captions_csv, read_metadata_csv
@@ -13,6 +12,7 @@ from dcase_t6.data.split_index import load_split, read_index
 from dcase_t6.data.synthetic import KINDS, LOUDNESS, SyntheticConfig, generate, prepare_synthetic
 from dcase_t6.retrieval.ground_truth import read_relevance_file
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
+from test_prepare_helpers import SMALL, tree_digest
 
 CONFIG = SyntheticConfig(seed=7, development=10, validation=4, evaluation=12, min_duration=2.0, max_duration=3.0)
 
@@ -70,8 +70,8 @@ def test_captions_name_the_placed_events_in_order_and_audio_matches(tmp_path):
 def test_prepare_indexes_and_writes_valid_multi_relevance(tmp_path):
     layout = Layout.at(tmp_path)
     summary = prepare_synthetic(layout, CONFIG)
-    assert summary["generated"] and summary["skipped"] == []
-    assert {split: (c["clips"], c["captions"]) for split, c in summary["splits"].items()} == {
+    assert summary.generated and summary.skipped == []
+    assert {split: (c["clips"], c["captions"]) for split, c in summary.splits.items()} == {
         "development-training": (10, 50), "development-validation": (4, 20), "development-testing": (12, 60)}
     relevance = read_relevance_file(layout.relevance_file("synthetic"))
     counts = [len(files) for files in relevance.relevant_files]
@@ -81,7 +81,7 @@ def test_prepare_indexes_and_writes_valid_multi_relevance(tmp_path):
         holders = set(index.loc[index["caption"] == query, "file_name"])
         assert holders == set(files)  # the query is caption_1 of every relevant clip
     again = prepare_synthetic(layout, CONFIG)
-    assert not again["generated"] and again["up_to_date"]
+    assert not again.generated and again.up_to_date
 
 
 def test_relevance_scores_through_evaluate_with_quoted_names(tmp_path):

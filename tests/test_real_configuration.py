@@ -10,8 +10,8 @@ import sys
 import pandas
 import pytest
 import torch
-from test_distributed import free_port
 
+from conftest import free_port
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
 from dcase_t6.embedding.checkpoints import load_model
@@ -42,7 +42,7 @@ def test_torchrun_trains_passt_with_roberta_that_has_a_pooler_then_embeds_and_ev
 
     registry = Registry(workdir)
     run = registry.run(summary["run"])
-    assert run["status"] == "finished" and run["config"]["model"]["patchout_t"] == 15
+    assert run.status == "finished" and run.config["model"]["patchout_t"] == 15
     best = registry.file(summary["run"], "checkpoint", "best")
     weights = torch.load(best.path, weights_only=True)["model"]
     assert not [key for key in weights if key.startswith(RETIRED_PARAMETERS)]

@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 import yaml
 from pypdf import PdfReader
-from test_metadata import filled_meta
-from test_packaging import FILES, QUERIES, TEAM, _run, label, make_system
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.ensemble.weights import read_weights
 from dcase_t6.submission.package import REPORT_KIND, check_package, member_name
-from dcase_t6.submission.report import DraftOptions, check_pdf, read_weights, recall_curve, write_draft
+from dcase_t6.submission.report import DraftOptions, check_pdf, recall_curve, weights_note, write_draft
+from test_metadata import filled_meta
+from test_packaging import FILES, QUERIES, TEAM, _run, label, make_system
 
 WEIGHTS = {"format": "dcase-t6-ensemble-weights", "metric": "mAP@16", "normalize": "zscore",
            "weights": {"passt/s1": 0.35, "cnn/s1": 0.65}, "validation": {"mAP@16": 0.4321, "n_queries": 4}}
@@ -87,7 +88,9 @@ def test_weights_and_report_inputs_are_validated(tmp_path):
     with pytest.raises(UserError, match='expected an object with "weights"'):
         read_weights(weights)
     weights.write_text(json.dumps({"weights": {"a": 1}}), encoding="utf-8")
-    assert read_weights(weights).members == {"a": 1.0} and read_weights(weights).note == ""
+    # the one weights reader accepts hand-written files: "format" and "normalize" are optional
+    assert read_weights(weights).weights == {"a": 1.0} and weights_note(read_weights(weights)) == ""
+    assert read_weights(weights).normalize == "none"
     with pytest.raises(UserError, match="report not found"):
         check_pdf(tmp_path / "absent.pdf")
     with pytest.raises(UserError, match="absent.json: file not found"):

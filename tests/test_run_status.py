@@ -4,6 +4,7 @@ shows as `interrupted`, and `train --resume` continues either."""
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -48,25 +49,25 @@ def test_a_killed_process_shows_as_interrupted_and_resume_continues_it(tmp_path,
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait for the first epoch (and its last checkpoint) to be recorded
         runs = registry.runs()
-        if runs and registry.run(runs[0]["id"])["epochs"]:
+        if runs and registry.run(runs[0].id).epochs:
             break
         time.sleep(0.2)
     else:
         process.kill()
         pytest.fail("the training process recorded no epoch within 120 s")
-    assert registry.runs()[0]["status"] == "running"
+    assert registry.runs()[0].status == "running"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     [run] = registry.runs()
-    assert run["status"] == "interrupted"
+    assert run.status == "interrupted"
 
-    step = registry.file(run["id"], "checkpoint", "last").info["step"]
-    result = CliRunner().invoke(main, ["--workdir", str(tmp_path), "train", "--resume", run["id"][:8],
+    step = registry.file(run.id, "checkpoint", "last").info["step"]
+    result = CliRunner().invoke(main, ["--workdir", str(tmp_path), "train", "--resume", run.id[:8],
                                        "--max-steps", str(step + 8), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["status"] == "stopped" and summary["step"] == step + 8
-    assert registry.run(run["id"])["status"] == "stopped"
+    assert registry.run(run.id).status == "stopped"
 
 
 def test_a_run_without_a_checkpoint_resumes_from_the_start(tmp_path, tiny_data_root):
@@ -75,28 +76,28 @@ def test_a_run_without_a_checkpoint_resumes_from_the_start(tmp_path, tiny_data_r
     [run] = Registry(tmp_path).runs()
     # the same run, now with a text model that loads (as a user would after fixing a folder)
     registry = Registry(tmp_path)
-    with registry._connect() as connection:
-        config = {**run["config"], "model": {**run["config"]["model"], "text_model": "tiny-random"}}
-        connection.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(config), run["id"]))
-    resumed = CliRunner().invoke(main, ["--workdir", str(tmp_path), "train", "--resume", run["id"], "--json"])
+    with sqlite3.connect(registry.path) as connection:  # as another process would write it
+        config = {**run.config, "model": {**run.config["model"], "text_model": "tiny-random"}}
+        connection.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(config), run.id))
+    resumed = CliRunner().invoke(main, ["--workdir", str(tmp_path), "train", "--resume", run.id, "--json"])
     assert resumed.exit_code == 0, resumed.output
-    assert registry.run(run["id"])["status"] == "finished" and registry.run(run["id"])["reason"] is None
+    assert registry.run(run.id).status == "finished" and registry.run(run.id).reason is None
 
 
 def test_silent_runs_on_other_hosts_are_interrupted_and_live_ones_cannot_be_claimed(tmp_path):
     registry = Registry(tmp_path)
     run_id = registry.create_run("elsewhere", {}, None, 0)
     now = time.time()
-    with registry._connect() as connection:
+    with sqlite3.connect(registry.path) as connection:
         connection.execute("UPDATE runs SET host = 'another-host', pid = 1, heartbeat = ? WHERE id = ?",
                            (now - 10, run_id))
-    assert registry.run(run_id)["status"] == "running"
+    assert registry.run(run_id).status == "running"
     with pytest.raises(UserError, match="being trained right now by process 1 on another-host"):
         registry.claim(run_id)
-    with registry._connect() as connection:
+    with sqlite3.connect(registry.path) as connection:
         connection.execute("UPDATE runs SET heartbeat = ? WHERE id = ?",
                            (now - registry_module.STALE_SECONDS - 1, run_id))
-    assert registry.run(run_id)["status"] == "interrupted"
+    assert registry.run(run_id).status == "interrupted"
     heartbeat = registry.claim(run_id)  # a silent run can be taken over
     heartbeat.stop()
-    assert registry.run(run_id)["status"] == "running"
+    assert registry.run(run_id).status == "running"

@@ -7,12 +7,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dcase_t6.training import trainer as training
 from dcase_t6.cli import main
-from dcase_t6.training.config import build_config
 from dcase_t6.data.layout import Layout
 from dcase_t6.embedding.checkpoints import embed_run
 from dcase_t6.registry import Registry
+from dcase_t6.training import trainer as training
+from dcase_t6.training.builder import autocast_dtype
+from dcase_t6.training.config import build_config
 
 SMALL = {"datasets": "synthetic", "model.backbone": "tiny-cnn", "model.text_model": "tiny-random",
          "model.embed_dim": 16, "batch_size": 8, "epochs": 2, "lr": 1e-3, "audio_seconds": 3.0,
@@ -35,10 +36,10 @@ def test_a_run_is_registered_with_epochs_and_hashed_checkpoints(finished_run):
     workdir, summary = finished_run
     assert summary["status"] == "finished" and summary["epoch"] == 2
     run = Registry(workdir).run(summary["run"])
-    assert run["status"] == "finished" and run["seed"] == 0 and len(run["data_fingerprint"]) == 64
-    assert [epoch["epoch"] for epoch in run["epochs"]] == [0, 1]
-    assert all(0.0 <= epoch["mAP@10"] <= 1.0 and epoch["train_loss"] > 0 for epoch in run["epochs"])
-    assert {(f.kind, f.tag) for f in run["files"]} == {("checkpoint", "best"), ("checkpoint", "last")}
+    assert run.status == "finished" and run.seed == 0 and len(run.data_fingerprint) == 64
+    assert [epoch["epoch"] for epoch in run.epochs] == [0, 1]
+    assert all(0.0 <= epoch["mAP@10"] <= 1.0 and epoch["train_loss"] > 0 for epoch in run.epochs)
+    assert {(f.kind, f.tag) for f in run.files} == {("checkpoint", "best"), ("checkpoint", "last")}
     log = (workdir / "runs" / summary["run"] / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [0, 1]
 
@@ -100,7 +101,7 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_a_clear_error(finished_run
     edited = tmp_path / "edited.pt"
     torch.save(state, edited)
     registry.add_file(summary["run"], "checkpoint", "edited", edited)
-    with pytest.raises(UserError, match="does not fit the model its config describes .*size mismatch"):
+    with pytest.raises(UserError, match="do not fit the model its config describes .*size mismatch"):
         load_model(registry, summary["run"], "edited")
 
 
@@ -142,8 +143,8 @@ def test_embed_uses_the_runs_own_audio_seconds_as_its_validation_did(long_clip_r
 
     from dcase_t6.data.audio_cache import AudioCache
     from dcase_t6.data.split_index import load_split
-    from dcase_t6.embedding.encode import embed_audio
     from dcase_t6.embedding.checkpoints import load_model
+    from dcase_t6.embedding.encode import embed_audio
 
     settings = {**SMALL, "data_root": str(long_clip_root), "audio_seconds": 5.0, "epochs": 1, "name": "five"}
     summary = training.train_new(tmp_path, build_config(None, settings))
@@ -165,7 +166,7 @@ def test_embed_uses_the_runs_own_audio_seconds_as_its_validation_did(long_clip_r
                                                                                   "validation")),
                                        "--json"])
     assert result.exit_code == 0, result.output
-    scores, best = json.loads(result.stdout), Registry(tmp_path).run(summary["run"])["epochs"][0]
+    scores, best = json.loads(result.stdout), Registry(tmp_path).run(summary["run"]).epochs[0]
     assert all(scores[key] == pytest.approx(best[key], abs=1e-12) for key in ("R@1", "R@5", "R@10", "mAP@10"))
 
 
@@ -182,8 +183,8 @@ def test_bf16_autocast_trains_on_cpu(data_root, tmp_path):
     config = build_config(None, {**SMALL, "data_root": str(data_root), "epochs": 1, "precision": "bf16"})
     summary = training.train_new(tmp_path, config)
     run = Registry(tmp_path).run(summary["run"])
-    assert summary["status"] == "finished" and run["config"]["precision"] == "bf16"
-    assert 0 < run["epochs"][0]["train_loss"] < 10
-    assert training.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
-    assert training.autocast_dtype("fp16", torch.device("cpu")) is None  # no fp16 training kernels on CPU
-    assert training.autocast_dtype("fp16", torch.device("cuda")) is torch.float16
+    assert summary["status"] == "finished" and run.config["precision"] == "bf16"
+    assert 0 < run.epochs[0]["train_loss"] < 10
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert autocast_dtype("fp16", torch.device("cpu")) is None  # no fp16 training kernels on CPU
+    assert autocast_dtype("fp16", torch.device("cuda")) is torch.float16

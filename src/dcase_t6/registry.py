@@ -21,7 +21,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dcase_t6 import __version__
@@ -56,6 +56,52 @@ class RegisteredFile:
     path: Path
     sha256: str
     info: dict
+
+    def problem(self) -> str | None:
+        """Why the file on disk is not the one registered (missing, or another SHA-256), or None when it is."""
+        if not self.path.is_file():
+            return (f"{self.path}: {self.kind} '{self.tag}' of run {self.run_id} is missing on disk; "
+                    "restore it or re-create it (train/embed)")
+        if sha256_of(self.path) != self.sha256:
+            return (f"{self.path}: SHA-256 no longer matches what run {self.run_id} registered; "
+                    "the file was changed or corrupted: restore it or re-create it (train/embed)")
+        return None
+
+    def as_json(self) -> dict:
+        """As ``runs show --json`` lists it: kind, tag, path, sha256 and the info fields."""
+        return {"kind": self.kind, "tag": self.tag, "path": str(self.path), "sha256": self.sha256, **self.info}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A registered run. ``status`` is the effective one (see :func:`effective_status`); ``epochs`` (each epoch's
+    metrics) and ``files`` are loaded by :meth:`Registry.run` and are None in the list of :meth:`Registry.runs`."""
+
+    id: str
+    name: str
+    status: str
+    created: str
+    config: dict
+    data_fingerprint: str | None
+    code_version: str | None
+    seed: int | None
+    directory: str | None
+    reason: str | None
+    host: str | None
+    pid: int | None
+    heartbeat: float | None
+    epochs: list[dict] | None = None
+    files: list[RegisteredFile] | None = None
+
+    def as_json(self) -> dict:
+        """The run as ``runs show --json`` prints it (without ``epochs`` and ``files`` when not loaded)."""
+        out = {item.name: getattr(self, item.name) for item in fields(self)}
+        for key in ("epochs", "files"):
+            if out[key] is None:
+                del out[key]
+        if self.files is not None:
+            out["files"] = [record.as_json() for record in self.files]
+        return out
 
 
 def sha256_of(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -139,7 +185,7 @@ class Registry:
         host, pid = socket.gethostname(), os.getpid()
         with self._connect() as connection:
             row = connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-            live = row is not None and effective_status(dict(row)) == "running"
+            live = row is not None and _run_from_row(row).status == "running"
             if live and (row["host"], row["pid"]) != (host, pid):
                 raise UserError(f"run {run_id} is being trained right now by process {row['pid']} on {row['host']}; "
                                 "wait for it, or stop that process and then resume")
@@ -170,6 +216,15 @@ class Registry:
                                (run_id, kind, tag, str(path), record.sha256, json.dumps(record.info), _now()))
         return record
 
+    def has_file(self, reference: str, kind: str, tag: str) -> bool:
+        """Whether the run (id or unique prefix; a UserError if none or several match) registered a file of that
+        kind and tag (intact or not: :meth:`file` checks that)."""
+        run_id = self.resolve(reference)
+        with self._connect() as connection:
+            row = connection.execute("SELECT 1 FROM files WHERE run_id = ? AND kind = ? AND tag = ?",
+                                     (run_id, kind, tag)).fetchone()
+        return row is not None
+
     def file(self, run_id: str, kind: str, tag: str, verify: bool = True) -> RegisteredFile:
         """A registered file, its hash checked against the file on disk unless ``verify`` is False."""
         run_id = self.resolve(run_id)
@@ -193,44 +248,57 @@ class Registry:
         return int(record.info["parameters"])
 
     def resolve(self, reference: str) -> str:
-        """The full id of the run whose id equals or uniquely starts with ``reference``."""
+        """The full id of the run whose id equals or uniquely starts with ``reference``; a UserError otherwise."""
+        run_id = self._match(reference)
+        if run_id is None:
+            raise UserError(f"{self.path}: no run match '{reference}'; list runs with `dcase-t6 runs list`")
+        return run_id
+
+    def find(self, reference: str) -> Run | None:
+        """The run (with epochs and files) whose id equals or uniquely starts with ``reference``; None when no run
+        matches, and a UserError when several do."""
+        run_id = self._match(reference)
+        return None if run_id is None else self.run(run_id)
+
+    def _match(self, reference: str) -> str | None:
+        """The id ``reference`` names, None if it names no run; a UserError if it is a prefix of several."""
         with self._connect() as connection:
             ids = [row["id"] for row in connection.execute(
                 "SELECT id FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY id",
                 (reference, _like_prefix(reference)))]
         if reference in ids:
             return reference
-        if len(ids) != 1:
-            found = "no run" if not ids else f"{len(ids)} runs ({', '.join(ids[:5])})"
-            raise UserError(f"{self.path}: {found} match '{reference}'; list runs with `dcase-t6 runs list`")
-        return ids[0]
+        if len(ids) > 1:
+            raise UserError(f"{self.path}: {len(ids)} runs ({', '.join(ids[:5])}) match '{reference}'; "
+                            "list runs with `dcase-t6 runs list`")
+        return ids[0] if ids else None
 
-    def runs(self) -> list[dict]:
+    def runs(self) -> list[Run]:
         """All runs, newest first, with their best validation metric when known."""
         with self._connect() as connection:
             rows = connection.execute("SELECT * FROM runs ORDER BY created DESC, id").fetchall()
         return [_run_from_row(row) for row in rows]
 
-    def run(self, reference: str) -> dict:
+    def run(self, reference: str) -> Run:
         """One run with its epochs and files."""
         run_id = self.resolve(reference)
         with self._connect() as connection:
-            run = _run_from_row(connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
-            run["epochs"] = [{"epoch": row["epoch"], **json.loads(row["metrics"])} for row in connection.execute(
+            row = connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            epochs = [{"epoch": row["epoch"], **json.loads(row["metrics"])} for row in connection.execute(
                 "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))]
-            run["files"] = [_file_from_row(row) for row in connection.execute(
+            files = [_file_from_row(row) for row in connection.execute(
                 "SELECT * FROM files WHERE run_id = ? ORDER BY kind, tag", (run_id,))]
-        return run
+        return _run_from_row(row, epochs, files)
 
     def remove(self, reference: str, delete_files: bool = False) -> str:
         """Forget a run (and, with ``delete_files``, delete its registered files)."""
         run = self.run(reference)
         with self._connect() as connection:
-            connection.execute("DELETE FROM runs WHERE id = ?", (run["id"],))
+            connection.execute("DELETE FROM runs WHERE id = ?", (run.id,))
         if delete_files:
-            for record in run["files"]:
+            for record in run.files:
                 record.path.unlink(missing_ok=True)
-        return run["id"]
+        return run.id
 
 
 class Heartbeat:
@@ -279,7 +347,8 @@ def _process_gone(host: str | None, pid: int | None) -> bool:
 
 
 def effective_status(run: dict, now: float | None = None) -> str:
-    """A run's stored status, except that a ``running`` run whose process is gone or silent is ``interrupted``."""
+    """A run's stored status (``run`` is its database row as a dict), except that a ``running`` run whose process
+    is gone or silent is ``interrupted``."""
     if run["status"] != "running":
         return run["status"]
     silent = run.get("heartbeat") is not None and (now or time.time()) - run["heartbeat"] > STALE_SECONDS
@@ -308,11 +377,12 @@ def _like_prefix(reference: str) -> str:
     return escaped + "%"
 
 
-def _run_from_row(row: sqlite3.Row) -> dict:
-    run = dict(row)
-    run["config"] = json.loads(run["config"])
-    run["status"] = effective_status(run)
-    return run
+def _run_from_row(row: sqlite3.Row, epochs: list[dict] | None = None,
+                  files: list[RegisteredFile] | None = None) -> Run:
+    stored = dict(row)
+    values = {item.name: stored.get(item.name) for item in fields(Run) if item.name not in ("epochs", "files")}
+    return Run(**{**values, "config": json.loads(stored["config"]), "status": effective_status(stored)},
+               epochs=epochs, files=files)
 
 
 def _file_from_row(row: sqlite3.Row) -> RegisteredFile:
@@ -321,12 +391,9 @@ def _file_from_row(row: sqlite3.Row) -> RegisteredFile:
 
 
 def _verify(record: RegisteredFile) -> None:
-    if not record.path.is_file():
-        raise UserError(f"{record.path}: {record.kind} '{record.tag}' of run {record.run_id} is missing on disk; "
-                        "restore it or re-create it (train/embed)")
-    if sha256_of(record.path) != record.sha256:
-        raise UserError(f"{record.path}: SHA-256 no longer matches what run {record.run_id} registered; "
-                        "the file was changed or corrupted: restore it or re-create it (train/embed)")
+    problem = record.problem()
+    if problem is not None:
+        raise UserError(problem)
 
 
 def resolve_matrix(reference: str, workdir: str | Path) -> str:

@@ -7,14 +7,13 @@ import json
 import sys
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
 from dcase_t6 import __version__
+from dcase_t6.common.console import console, stderr_console
 from dcase_t6.common.errors import UserError
 
-console = Console()
-err_console = Console(stderr=True)
+__all__ = ["Group", "console", "main", "matrix_path", "print_json", "stderr_console", "system_paths"]
 
 
 class Group(click.Group):
@@ -24,7 +23,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as err:
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            stderr_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             sys.exit(err.exit_code)
 
 
@@ -45,6 +44,7 @@ def main(ctx, workdir):
 
 
 def print_json(payload) -> None:
+    """Print ``payload`` as indented JSON on stdout (the ``--json`` output of every command)."""
     click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
 
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING, Iterator, Sequence
+
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dcase_t6.cli import console, main, print_json, system_paths
+from dcase_t6.cli import main, print_json, system_paths
+from dcase_t6.common.console import console, stderr_console
 from dcase_t6.common.errors import UserError
+
+if TYPE_CHECKING:
+    from dcase_t6.ensemble.systems import System
+    from dcase_t6.ensemble.weights import EnsembleWeights
 
 _ENSEMBLE_MODE_ONLY = {"search": ("captions", "relevance", "allow_missing", "normalize", "step", "groups",
                                   "strategy", "top"),
@@ -67,14 +76,21 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
       dcase-t6 ensemble --apply -w weights.json -s passt/s1=p1_test.csv -s passt/s2=p2_test.csv \\
           -s cnn/s1=c1_test.csv -s cnn/s2=c2_test.csv --out ensemble_test.csv
     """
-    from dcase_t6.ensemble import search as ensembling
+    from dcase_t6.ensemble.search import SearchOptions, apply, plan_search, search
+    from dcase_t6.ensemble.weights import read_weights, write_weights
     from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
+    from dcase_t6.retrieval.matrices import write_matrix
 
     mode = _ensemble_mode(ctx, do_search, do_apply)
+    named_paths = parse_system_options(system_paths(systems))
     if mode == "apply":
         if weights is None:
             raise UserError("ensemble --apply: give --weights weights.json (written by `dcase-t6 ensemble --search`)")
-        result = ensembling.apply(weights, system_paths(systems), out)
+        stored = read_weights(weights)
+        combined = apply(stored, read_systems(named_paths))
+        write_matrix(combined, out)
+        result = {"out": str(out), "weights": stored.weights, "normalize": stored.normalize,
+                  "n_queries": combined.shape[0], "n_files": combined.shape[1]}
         if as_json:
             print_json(result)
             return
@@ -85,14 +101,75 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
     if (relevance is None) == (captions is None):
         raise UserError("ensemble --search: give exactly one of --captions (single-relevant) or --relevance "
                         "(multi-relevant) for the validation queries")
+    options = SearchOptions(normalize=normalize, step=step, groups=parse_group_options(groups), strategy=strategy,
+                            top=top, allow_missing=allow_missing)
+    plan_search([name for name, _ in named_paths], options)  # refuse a bad search before reading any matrix
     truth = read_relevance_file(relevance) if relevance else read_captions_file(captions)
-    options = ensembling.SearchOptions(normalize=normalize, step=step, group_options=groups, strategy=strategy,
-                                       top=top, allow_missing=allow_missing)
-    document = ensembling.search(system_paths(systems), truth, options, out, show_progress=not as_json)
+    with search_progress(not as_json) as progress:
+        found = search(read_systems(named_paths), truth, options, progress)
+    write_weights(found.weights, out)
     if as_json:
-        print_json(document)
+        print_json(found.weights.as_json())
         return
-    _print_ensemble_search(document, out)
+    _print_ensemble_search(found.weights, out)
+
+
+def parse_system_options(options: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, path) of every ``NAME=PATH`` option.
+
+    Args:
+        options: the ``--system`` values, references already resolved to paths.
+
+    Raises:
+        UserError: for an option without ``=``, an empty part, or a name given twice.
+    """
+    from dcase_t6.ensemble.systems import reject_duplicates
+
+    parsed = []
+    for option in options:
+        name, separator, path = option.partition("=")
+        if not separator or not name.strip() or not path.strip():
+            raise UserError(f"--system {option!r}: expected NAME=PATH, e.g. --system passt/s1=passt_s1_val.csv")
+        parsed.append((name.strip(), path.strip()))
+    reject_duplicates([name for name, _ in parsed], "--system name")
+    return parsed
+
+
+def read_systems(named_paths: Sequence[tuple[str, str]]) -> list[System]:
+    """Read the matrix of every (name, path), unaligned (the library aligns them)."""
+    from dcase_t6.ensemble.systems import System
+    from dcase_t6.retrieval.matrices import read_matrix
+
+    return [System(name, read_matrix(path), path) for name, path in named_paths]
+
+
+def parse_group_options(options: Sequence[str]) -> dict[str, list[str]]:
+    """Group name -> member names of every ``GROUP=NAME1,NAME2`` option.
+
+    Raises:
+        UserError: for bad syntax or a group name given twice (members are checked by the search).
+    """
+    groups: dict[str, list[str]] = {}
+    for option in options:
+        group_name, separator, listed = option.partition("=")
+        members = [member.strip() for member in listed.split(",") if member.strip()]
+        if not separator or not group_name.strip() or not members:
+            raise UserError(f"--group {option!r}: expected GROUP=NAME1,NAME2 with --system names")
+        if group_name.strip() in groups:
+            raise UserError(f"--group name {group_name.strip()!r} is given twice; use each name once")
+        groups[group_name.strip()] = members
+    return groups
+
+
+@contextlib.contextmanager
+def search_progress(enabled: bool) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr over the grid points, or None when disabled."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr_console, transient=True) as progress:
+        yield progress
 
 
 def _ensemble_mode(ctx: click.Context, do_search: bool, do_apply: bool) -> str:
@@ -112,32 +189,32 @@ def _weights_text(weights: dict) -> str:
     return " ".join(f"{name}={weight:.4g}" for name, weight in weights.items())
 
 
-def _print_ensemble_search(document: dict, out: str) -> None:
-    validation = document["validation"]
-    console.print(f"best weights: validation {document['metric']} {validation[document['metric']]:.4f} "
-                  f"({validation['n_queries']} queries, {validation['setting']}, normalize {document['normalize']})",
+def _print_ensemble_search(weights: EnsembleWeights, out: str) -> None:
+    validation, metric = weights.validation, weights.metric
+    console.print(f"best weights: validation {metric} {validation.scores[metric]:.4f} "
+                  f"({validation.n_queries} queries, {validation.setting}, normalize {weights.normalize})",
                   highlight=False, soft_wrap=True)
     table = Table()
     table.add_column("system")
     table.add_column("weight", justify="right")
-    group_of = {name: group for group in document["groups"] for name in group["members"]}
+    group_of = {name: group for group in weights.groups for name in group.members}
     if group_of:
         table.add_column("group (weight, inner weight)")
-    for name, weight in document["weights"].items():
+    for name, weight in weights.weights.items():
         cells = [name, f"{weight:.4f}"]
         if group_of:
             group = group_of[name]
-            cells.append(f"{group['name']} ({group['weight']:.2f}, {group['members'][name]:.2f})")
+            cells.append(f"{group.name} ({group.weight:.2f}, {group.members[name]:.2f})")
         table.add_row(*cells)
     console.print(table)
-    console.print("validation: " + "  ".join(f"{key} {validation[key]:.4f}" for key in
+    console.print("validation: " + "  ".join(f"{key} {validation.scores[key]:.4f}" for key in
                                               ("R@1", "R@5", "R@10", "mAP@10", "mAP@16")), highlight=False)
-    candidates = Table(title=f"top {len(document['candidates'])} candidates", title_justify="left")
+    candidates = Table(title=f"top {len(weights.candidates)} candidates", title_justify="left")
     candidates.add_column("#", justify="right")
-    candidates.add_column(document["metric"], justify="right")
+    candidates.add_column(metric, justify="right")
     candidates.add_column("weights")
-    for rank, candidate in enumerate(document["candidates"], start=1):
-        candidates.add_row(str(rank), f"{candidate[document['metric']]:.4f}", _weights_text(candidate["weights"]))
+    for rank, candidate in enumerate(weights.candidates, start=1):
+        candidates.add_row(str(rank), f"{candidate.score:.4f}", _weights_text(candidate.weights))
     console.print(candidates)
-    console.print(f"saved {out} ({document['grid_points']} grid points, {document['strategy']} search, "
-                  f"{document['seconds']:.1f} s)", highlight=False, soft_wrap=True)
+    console.print(f"saved {out} ({weights.grid_points} grid points, {weights.strategy} search, "
+                  f"{weights.seconds:.1f} s)", highlight=False, soft_wrap=True)

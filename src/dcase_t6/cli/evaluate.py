@@ -6,7 +6,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from dcase_t6.cli import console, err_console, main, matrix_path, print_json
+from dcase_t6.cli import main, matrix_path, print_json
+from dcase_t6.common.console import console, stderr_console
 from dcase_t6.common.errors import UserError
 
 
@@ -64,4 +65,5 @@ def _print_evaluation(result, with_ci: bool, source: str) -> None:
         table.add_row(*cells)
     console.print(table)
     if result.n_skipped:
-        err_console.print(f"[yellow]warning:[/] skipped {result.n_skipped} ground-truth queries missing from the predictions")
+        stderr_console.print(f"[yellow]warning:[/] skipped {result.n_skipped} ground-truth queries missing from "
+                             "the predictions")

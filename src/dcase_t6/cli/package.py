@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import click
 from rich.markup import escape
 
 from dcase_t6.cli import console, main, matrix_path, print_json
 from dcase_t6.common.errors import UserError
+
+if TYPE_CHECKING:
+    from dcase_t6.submission.package import SystemFiles, SystemSummary
 
 _PACKAGE_MODES = {
     "--check": {"check_zip", "expected_rows", "expected_files", "as_json"},
@@ -66,7 +71,7 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
       dcase-t6 package --check submission.zip --expected-rows 1000 --json
     """
     from dcase_t6.submission.metadata import init_meta as write_init_meta
-    from dcase_t6.submission.package import Expected, build_package, check_package, systems_from_options
+    from dcase_t6.submission.package import Expected, build_package, check_package
     from dcase_t6.submission.report import DraftOptions
 
     expected = Expected(rows=expected_rows, files=expected_files)
@@ -91,6 +96,26 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
         if draft_report:
             _say(f"wrote draft report {_escape(draft_report)}")
         _say(f"[green]wrote[/] {_escape(out)}: {_escape(_systems_line(result.systems))}; all checks pass")
+
+
+def systems_from_options(labels: Sequence[str], predictions: Sequence[str], metas: Sequence[str]) -> list[SystemFiles]:
+    """Pair the repeated --label/--predictions/--meta options, which must come in equal numbers.
+
+    Args:
+        labels: the ``--label`` values.
+        predictions: the ``--predictions`` paths (references already resolved), in the same order.
+        metas: the ``--meta`` paths, in the same order.
+
+    Raises:
+        UserError: when no label is given or the three counts differ.
+    """
+    from dcase_t6.submission.package import SystemFiles
+
+    if not labels or not len(labels) == len(predictions) == len(metas):
+        raise UserError(f"package: got {len(labels)} --label, {len(predictions)} --predictions and {len(metas)} "
+                        "--meta; give one of each per system, in the same order")
+    return [SystemFiles(label, Path(prediction), Path(meta))
+            for label, prediction, meta in zip(labels, predictions, metas)]
 
 
 def _total_parameters(runs: str) -> int:
@@ -121,8 +146,9 @@ def _only_package_options(mode: str) -> None:
             raise UserError(f"package: {param.opts[0]} does not apply to {what}; see `dcase-t6 package --help`")
 
 
-def _systems_line(systems: list[dict]) -> str:
-    return ", ".join(f"{s['label']} ({s.get('queries', '?')} queries x {s.get('files', '?')} files)" for s in systems)
+def _systems_line(systems: list[SystemSummary]) -> str:
+    return ", ".join(f"{s.label} ({'?' if s.queries is None else s.queries} queries x "
+                     f"{'?' if s.files is None else s.files} files)" for s in systems)
 
 
 def _print_check(result, source: str, as_json: bool) -> None:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from dcase_t6.cli import Group, console, err_console, main, print_json
+from dcase_t6.cli import Group, main, print_json
+from dcase_t6.common.console import console, stderr_console
+
+if TYPE_CHECKING:
+    from dcase_t6.data.reports import CacheReport, IndexReport, RelevanceReport, SyntheticReport
 
 
 @main.group(cls=Group)
@@ -73,7 +79,7 @@ def prepare_synthetic(root, seed, n_train, n_val, n_test, min_duration, max_dura
 
     config = SyntheticConfig(seed=seed, development=n_train, validation=n_val, evaluation=n_test,
                              min_duration=min_duration, max_duration=max_duration)
-    _prepare_done(run(Layout.at(root), config, workers=workers, force=force), as_json)
+    _prepare_done(run(Layout.at(root), config, workers=workers, force=force), as_json, _print_synthetic)
 
 
 @prepare.command("clotho")
@@ -106,7 +112,8 @@ def prepare_clotho(root, archives, mirror, workers, as_json):
 @_root_option
 @click.option("--file", "source", required=True, type=_existing_file,
               help="Multi-relevance CSV (query, audio_filenames), e.g. the organisers' metadata_eval.csv.")
-@click.option("--dataset", default="clotho", show_default=True, help="Indexed dataset whose dev-test split it describes.")
+@click.option("--dataset", default="clotho", show_default=True,
+              help="Indexed dataset whose dev-test split it describes.")
 @_json_option
 def prepare_relevance(root, source, dataset, as_json):
     """Validate and attach the dev-test multi-relevance annotations to an indexed dataset.
@@ -162,7 +169,7 @@ def prepare_audiocaps(root, metadata, audio, workers, as_json):
     """
     from pathlib import Path
 
-    from dcase_t6.data.external import prepare_audiocaps as run
+    from dcase_t6.data.audiocaps import prepare_audiocaps as run
     from dcase_t6.data.layout import Layout
 
     _prepare_done(run(Layout.at(root), Path(metadata), Path(audio), workers=workers), as_json)
@@ -170,7 +177,8 @@ def prepare_audiocaps(root, metadata, audio, workers, as_json):
 
 @prepare.command("wavcaps")
 @_root_option
-@click.option("--json-dir", required=True, type=_existing_dir, help="WavCaps json_files folder (<Source>/*_final.json).")
+@click.option("--json-dir", required=True, type=_existing_dir,
+              help="WavCaps json_files folder (<Source>/*_final.json).")
 @click.option("--audio", required=True, type=_existing_dir, help="WavCaps audio folder (<Source>/<id>.flac).")
 @click.option("--forbidden", type=_existing_file, help="Forbidden Freesound ids CSV (column sound_id); "
               "default: the DCASE 2025 list shipped with dcase-t6.")
@@ -185,13 +193,13 @@ def prepare_wavcaps(root, json_dir, audio, forbidden, workers, as_json):
     """
     from pathlib import Path
 
-    from dcase_t6.data.external import DEFAULT_FORBIDDEN
-    from dcase_t6.data.external import prepare_wavcaps as run
+    from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN
     from dcase_t6.data.layout import Layout
+    from dcase_t6.data.wavcaps import prepare_wavcaps as run
 
-    summary = run(Layout.at(root), Path(json_dir), Path(audio), Path(forbidden) if forbidden else DEFAULT_FORBIDDEN,
-                  workers=workers)
-    _prepare_done(summary, as_json)
+    report = run(Layout.at(root), Path(json_dir), Path(audio), Path(forbidden) if forbidden else DEFAULT_FORBIDDEN,
+                 workers=workers)
+    _prepare_done(report, as_json)
 
 
 @prepare.command("cache")
@@ -218,46 +226,50 @@ def prepare_cache(root, rate, datasets, workers, as_json):
     _prepare_done(build_cache(Layout.at(root), rate, list(datasets) or None, workers=workers), as_json, _print_cache)
 
 
-def _prepare_done(summary: dict, as_json: bool, printer=None) -> None:
-    """Print a prepare summary as JSON or with ``printer`` (default: the split-index summary)."""
+def _prepare_done(report: IndexReport | RelevanceReport | CacheReport, as_json: bool, printer=None) -> None:
+    """Print a prepare report (a dataclass of ``dcase_t6.data.reports``) as JSON or with ``printer`` (default:
+    the split-index summary)."""
     if as_json:
-        print_json(summary)
+        print_json(report.as_json())
     else:
-        (printer or _print_index_summary)(summary)
+        (printer or _print_index_summary)(report)
 
 
-def _print_index_summary(summary: dict) -> None:
-    table = Table(title=f"{summary['dataset']}: {summary['index']}" + (" (up to date)" if summary["up_to_date"] else ""),
+def _print_index_summary(report: IndexReport) -> None:
+    table = Table(title=f"{report.dataset}: {report.index}" + (" (up to date)" if report.up_to_date else ""),
                   title_justify="left")
     for column in ("split", "clips", "captions", "hours"):
         table.add_column(column, justify="left" if column == "split" else "right")
-    for split, counts in summary["splits"].items():
+    for split, counts in report.splits.items():
         table.add_row(split, str(counts["clips"]), str(counts["captions"]), f"{counts['hours']:.2f}")
     console.print(table)
-    for source, count in summary.get("excluded", {}).items():
+    for source, count in (report.excluded or {}).items():
         console.print(f"excluded {count} forbidden Freesound item(s) from {source}")
-    if "queries" in summary:
-        console.print(f"queries: {summary['queries']} -> {summary['queries_file']}")
-    if "relevance" in summary:
-        _print_relevance(summary["relevance"])
-    _warn_skipped(summary.get("skipped", []) + summary.get("skipped_rows", []), summary["report"])
+    if report.queries is not None:
+        console.print(f"queries: {report.queries} -> {report.queries_file}")
+    _warn_skipped(report.all_skipped(), report.report)
 
 
-def _print_relevance(summary: dict) -> None:
-    per_query = summary["relevant_per_query"]
-    console.print(f"relevance: {summary['queries']} queries, {per_query['min']}-{per_query['max']} relevant files "
-                  f"each (mean {per_query['mean']}) -> {summary['relevance']}")
+def _print_synthetic(report: SyntheticReport) -> None:
+    _print_index_summary(report)
+    _print_relevance(report.relevance)
 
 
-def _print_cache(summary: dict) -> None:
-    console.print(f"cache {summary['cache']}: {summary['clips']} clips ({summary['hours']} h, {summary['size_gb']} GB); "
-                  f"{summary['decoded']} decoded, {summary['up_to_date']} up to date, "
-                  f"{summary['unchanged_content']} touched but unchanged")
-    _warn_skipped(summary["skipped"], summary["skipped_file"])
+def _print_relevance(report: RelevanceReport) -> None:
+    per_query = report.relevant_per_query
+    console.print(f"relevance: {report.queries} queries, {per_query['min']}-{per_query['max']} relevant files "
+                  f"each (mean {per_query['mean']}) -> {report.relevance}")
+
+
+def _print_cache(report: CacheReport) -> None:
+    console.print(f"cache {report.cache}: {report.clips} clips ({report.hours} h, {report.size_gb} GB); "
+                  f"{report.decoded} decoded, {report.up_to_date} up to date, "
+                  f"{report.unchanged_content} touched but unchanged")
+    _warn_skipped(report.skipped, report.skipped_file)
 
 
 def _warn_skipped(skipped: list[dict], listing: str) -> None:
     if skipped:
         first = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped[:3])
-        err_console.print(f"[yellow]warning:[/] skipped {len(skipped)} item(s), all listed in {escape(listing)}; "
-                          f"first: {escape(first)}", highlight=False, soft_wrap=True)
+        stderr_console.print(f"[yellow]warning:[/] skipped {len(skipped)} item(s), all listed in {escape(listing)}; "
+                             f"first: {escape(first)}", highlight=False, soft_wrap=True)

@@ -234,7 +234,7 @@ def runs_list(obj, as_json):
     """
     from dcase_t6.registry import Registry
 
-    listed = [{key: run[key] for key in ("id", "status", "reason", "created", "seed", "data_fingerprint")}
+    listed = [{key: getattr(run, key) for key in ("id", "status", "reason", "created", "seed", "data_fingerprint")}
               for run in Registry(obj["workdir"]).runs()]
     if as_json:
         print_json(listed)
@@ -258,9 +258,7 @@ def runs_show(obj, run, as_json):
     """
     from dcase_t6.registry import Registry
 
-    record = Registry(obj["workdir"]).run(run)
-    record["files"] = [{"kind": f.kind, "tag": f.tag, "path": str(f.path), "sha256": f.sha256, **f.info}
-                       for f in record["files"]]
+    record = Registry(obj["workdir"]).run(run).as_json()
     if as_json:
         print_json(record)
         return

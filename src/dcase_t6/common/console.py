@@ -1,4 +1,5 @@
-"""Rich progress bars on stderr (stdout stays clean for ``--json``)."""
+"""The two rich consoles every module prints through, and the progress bars (on stderr, so stdout stays clean
+for ``--json``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+console = Console()
 stderr_console = Console(stderr=True)
 
 

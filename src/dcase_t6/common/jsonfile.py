@@ -1,10 +1,16 @@
-"""Reading a JSON file the user passes in: a missing or malformed file is one line that says how to make it."""
+"""The one reader and writer of JSON documents.
+
+Contract: :func:`read_json` fails with a :class:`UserError` naming the file and how to make or fix it
+when the file is absent or not JSON; a caller that tolerates a missing file checks ``path.exists()``
+itself. :func:`write_json` replaces the file atomically.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.errors import UserError
 
 
@@ -17,3 +23,10 @@ def read_json(path: str | Path, remedy: str) -> object:
         raise UserError(f"{path}: file not found; {remedy}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not JSON ({' '.join(str(err).split())}); {remedy}") from None
+
+
+def write_json(payload: object, path: str | Path, sort_keys: bool = False) -> None:
+    """Write ``payload`` as indented UTF-8 JSON (with a final newline), atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, ensure_ascii=False, sort_keys=sort_keys)
+        handle.write("\n")

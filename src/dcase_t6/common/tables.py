@@ -1,30 +1,36 @@
-"""CSV and JSON input/output with checks that name the file, row and column of any problem."""
+"""The one CSV reader and writer, with checks that name the file, row and column of any problem (JSON documents:
+:mod:`dcase_t6.common.jsonfile`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dcase_t6.common.atomic import atomic_open
+from dcase_t6.common.duplicates import duplicates
 from dcase_t6.common.errors import UserError
 
 UTF8 = "utf-8-sig"
 LATIN1 = "ISO-8859-1"
 
 
-def read_table(path: Path, required: list[str], encoding: str = UTF8, fallback: str | None = None) -> pd.DataFrame:
-    """Read a CSV as strings; fail on a missing file or column; try ``fallback`` if not ``encoding``."""
+def read_table(path: Path, required: list[str], encoding: str = UTF8, fallback: str | None = None,
+               skip_blank_lines: bool = False) -> pd.DataFrame:
+    """Read a CSV as strings; fail on a missing file or column; try ``fallback`` if not ``encoding``.
+
+    Blank lines are rows (so row numbers in messages are line numbers) unless ``skip_blank_lines``.
+    """
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, skip_blank_lines=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding,
+                            skip_blank_lines=skip_blank_lines)
     except UnicodeDecodeError as err:
         if fallback is None:
             raise UserError(f"{path}: not {encoding} text ({err.reason}); save it as {encoding}") from None
-        return read_table(path, required, fallback)
+        return read_table(path, required, fallback, skip_blank_lines=skip_blank_lines)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise UserError(f"{path}: cannot parse as CSV ({str(err).strip()})") from None
     missing = [column for column in required if column not in frame.columns]
@@ -36,12 +42,12 @@ def read_table(path: Path, required: list[str], encoding: str = UTF8, fallback: 
 
 def check_unique(path: Path, frame: pd.DataFrame, column: str) -> None:
     """Fail naming the CSV rows (1-based, header = row 1) of the first repeated value of ``column``."""
-    repeated = frame[column][frame[column].duplicated(keep=False)]
-    if len(repeated):
-        value = repeated.iloc[0]
-        rows = [str(i + 2) for i in frame.index[frame[column] == value]]
-        raise UserError(f"{path}: {column} {value!r} appears in rows {', '.join(rows)}; "
-                        f"each {column} must appear once ({repeated.nunique()} repeated value(s) in all)")
+    repeated = duplicates(frame[column]) if frame[column].duplicated().any() else []
+    if repeated:
+        first = min(repeated, key=lambda duplicate: duplicate.first)
+        rows = [str(position + 2) for position in first.positions]
+        raise UserError(f"{path}: {column} {first.value!r} appears in rows {', '.join(rows)}; "
+                        f"each {column} must appear once ({len(repeated)} repeated value(s) in all)")
 
 
 def check_non_empty(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
@@ -58,17 +64,3 @@ def write_table(frame: pd.DataFrame, path: Path, encoding: str = "utf-8") -> Non
     with atomic_open(path, "w", encoding=encoding, newline="") as handle:
         frame.to_csv(handle, index=False, lineterminator="\n")
 
-
-def write_json(payload: dict, path: Path) -> None:
-    """Write a JSON file atomically."""
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-
-
-def read_json(path: Path) -> dict | None:
-    """Read a JSON object, or None if the file is absent or unreadable."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

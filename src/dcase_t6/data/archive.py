@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 
 import py7zr
 
-from dcase_t6.common.fsops import replace_dir, staging_dir
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.fsops import replace_dir, staging_dir
 
 _SYMLINK_MODE = re.compile(r"(^|\s)l[r-][w-][xsS-]")
 

@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dcase_t6.common.console import count_progress
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.tables import read_table, write_table
 from dcase_t6.data.audio_io import AudioProblem, decode_mono, resample
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.parallel import ordered_map
-from dcase_t6.common.console import count_progress
+from dcase_t6.data.reports import CacheReport
 from dcase_t6.data.split_index import index_path, list_datasets
-from dcase_t6.common.tables import read_table, write_table
-from dcase_t6.common.errors import UserError
 
 CACHE_COLUMNS = ["path", "size", "mtime_ns", "crc32", "rate", "source_rate", "shard", "offset", "length"]
 INDEX_FILE, SKIPPED_FILE, LOCK_FILE = "index.csv", "skipped.csv", ".lock"
@@ -165,7 +166,7 @@ class AudioCache:
 
 
 def build_cache(layout: Layout, rate: int, datasets: list[str] | None = None, workers: int = 1,
-                checkpoint_s: float = 5.0) -> dict:
+                checkpoint_s: float = 5.0) -> CacheReport:
     """Cache every clip of the given (default: all) indexed datasets at ``rate``; return a summary."""
     if not 8000 <= rate <= 192000:
         raise UserError(f"--rate {rate}: use the backbone's rate (32000 for PaSST, 16000 for the others)")
@@ -181,10 +182,10 @@ def build_cache(layout: Layout, rate: int, datasets: list[str] | None = None, wo
             book.commit()
             write_table(pd.DataFrame(book.skipped, columns=["path", "reason"]), directory / SKIPPED_FILE)
     lengths = [book.rows[key]["length"] for key in keys if key in book.rows]
-    return {"cache": str(directory), "rate": rate, "clips": len(keys), "up_to_date": fresh, **book.counts,
-            "skipped_file": str(directory / SKIPPED_FILE), "skipped": book.skipped,
-            "hours": round(sum(lengths) / rate / 3600, 3),
-            "size_gb": round(sum(p.stat().st_size for p in directory.glob("audio-*.f32")) / 1e9, 3)}
+    return CacheReport(cache=str(directory), rate=rate, clips=len(keys), up_to_date=fresh, **book.counts,
+                       skipped_file=str(directory / SKIPPED_FILE), skipped=book.skipped,
+                       hours=round(sum(lengths) / rate / 3600, 3),
+                       size_gb=round(sum(p.stat().st_size for p in directory.glob("audio-*.f32")) / 1e9, 3))
 
 
 def _clip_keys(layout: Layout, datasets: list[str]) -> list[str]:

@@ -11,12 +11,13 @@ import shutil
 from pathlib import Path
 
 from dcase_t6.common.atomic import atomic_path
+from dcase_t6.common.console import byte_progress
+from dcase_t6.common.errors import UserError
 from dcase_t6.data.archive import extract_7z
 from dcase_t6.data.clotho_layout import index_clotho_layout
 from dcase_t6.data.download import VerifiedFiles, download
 from dcase_t6.data.layout import CLOTHO_PARTS, Layout
-from dcase_t6.common.console import byte_progress
-from dcase_t6.common.errors import UserError
+from dcase_t6.data.reports import ClothoReport
 
 DATASET = "clotho"
 ZENODO_RECORD = "4783391"
@@ -35,7 +36,7 @@ CLOTHO_MD5 = {
 
 
 def prepare_clotho(layout: Layout, archives: Path | None = None, workers: int = 1, mirror: str | None = None,
-                   md5s: dict[str, str] = CLOTHO_MD5, retry_wait_s: float = 2.0) -> dict:
+                   md5s: dict[str, str] = CLOTHO_MD5, retry_wait_s: float = 2.0) -> ClothoReport:
     """Get (download or ``archives``), verify, extract and index Clotho v2.1; return the index report."""
     source = archives.expanduser().absolute() if archives else layout.dataset_dir(DATASET) / "archives"
     verified = VerifiedFiles(layout.dataset_dir(DATASET) / "verified.json")
@@ -53,7 +54,7 @@ def prepare_clotho(layout: Layout, archives: Path | None = None, workers: int = 
         _copy_if_changed(source / f"clotho_captions_{part}.csv", layout.captions_csv(DATASET, part))
         _copy_if_changed(source / f"clotho_metadata_{part}.csv", layout.metadata_csv(DATASET, part))
     report = index_clotho_layout(layout, DATASET, workers)
-    return {**report, "source": str(source), "extracted": extracted}
+    return report.extended(ClothoReport, source=str(source), extracted=extracted)
 
 
 def _require_present(source: Path, md5s: dict[str, str], offline: bool) -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
-from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
-from dcase_t6.common.tables import LATIN1, UTF8, check_non_empty, check_unique, read_table
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.tables import LATIN1, UTF8, check_non_empty, check_unique, read_table
+from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
+from dcase_t6.data.reports import IndexReport
+from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
 
 CAPTION_FIELDS = [f"caption_{i}" for i in range(1, 6)]
 METADATA_FIELDS = ["file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer", "license"]
@@ -63,7 +64,7 @@ def _part_table(layout: Layout, dataset: str, part: str) -> pd.DataFrame:
     })
 
 
-def index_clotho_layout(layout: Layout, dataset: str, workers: int) -> dict:
+def index_clotho_layout(layout: Layout, dataset: str, workers: int) -> IndexReport:
     """Write the split index of a Clotho-layout dataset (no-op when its inputs did not change)."""
     inputs = [path for part in CLOTHO_PARTS
               for path in (layout.captions_csv(dataset, part), layout.metadata_csv(dataset, part)) if path.is_file()]

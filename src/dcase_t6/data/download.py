@@ -18,8 +18,8 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from dcase_t6.common.tables import read_json, write_json
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.jsonfile import read_json, write_json
 
 CHUNK = 1 << 20
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
@@ -116,7 +116,7 @@ class VerifiedFiles:
 
     def __init__(self, path: Path):
         self.path = path
-        self.entries: dict = read_json(path) or {}
+        self.entries: dict = read_json(path, "delete it; the files are verified again") if path.is_file() else {}
 
     def check(self, file: Path, md5: str, progress: Progress) -> None:
         """Fail with the fix if ``file``'s MD5 is not ``md5``; hash only if it changed since the last check."""

@@ -10,16 +10,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from dcase_t6.common.duplicates import first_duplicate
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.tables import check_non_empty, read_table, write_table
 from dcase_t6.data.audio_io import AUDIO_SUFFIXES
 from dcase_t6.data.layout import Layout
+from dcase_t6.data.reports import IndexReport
 from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
-from dcase_t6.common.tables import check_non_empty, read_table, write_table
-from dcase_t6.common.errors import UserError
 
 DATASET, SPLIT = "eval", "evaluation"
 
 
-def prepare_eval(layout: Layout, captions: Path, audio: Path, workers: int = 1) -> dict:
+def prepare_eval(layout: Layout, captions: Path, audio: Path, workers: int = 1) -> IndexReport:
     """Index the evaluation audio and store the queries (column ``caption``) for embed and package."""
     queries = read_table(captions, ["caption"])
     check_non_empty(captions, queries, ["caption"])
@@ -41,10 +43,8 @@ def _audio_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise UserError(f"{folder}: no audio file ({', '.join(AUDIO_SUFFIXES)}); pass the evaluation audio folder")
-    seen: dict[str, Path] = {}
-    for path in files:
-        if path.name in seen:
-            raise UserError(f"{folder}: two clips named {path.name!r} ({seen[path.name]} and {path}); "
-                            "submission columns are file names, so each must be unique")
-        seen[path.name] = path
+    repeated = first_duplicate(path.name for path in files)
+    if repeated is not None:
+        raise UserError(f"{folder}: two clips named {repeated.value!r} ({files[repeated.first]} and "
+                        f"{files[repeated.second]}); submission columns are file names, so each must be unique")
     return files

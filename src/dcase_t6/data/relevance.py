@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from dcase_t6.common.atomic import atomic_open, atomic_path
-from dcase_t6.data.layout import DEV_TEST, Layout
-from dcase_t6.data.split_index import read_index
 from dcase_t6.common.errors import UserError
+from dcase_t6.data.layout import DEV_TEST, Layout
+from dcase_t6.data.reports import RelevanceReport
+from dcase_t6.data.split_index import read_index
 from dcase_t6.retrieval.ground_truth import read_relevance_file
 
 
@@ -23,7 +24,7 @@ def write_relevance_csv(path: Path, queries: list[str], relevant: list[list[str]
         writer.writerows((query, str(list(files))) for query, files in zip(queries, relevant))
 
 
-def attach_relevance(layout: Layout, dataset: str, source: Path, split: str = DEV_TEST) -> dict:
+def attach_relevance(layout: Layout, dataset: str, source: Path, split: str = DEV_TEST) -> RelevanceReport:
     """Validate ``source`` against the split (every query a caption, every file a clip) and store it."""
     relevance = read_relevance_file(source)
     frame = read_index(layout.root, dataset, split)
@@ -40,9 +41,9 @@ def attach_relevance(layout: Layout, dataset: str, source: Path, split: str = DE
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     counts = np.array([len(names) for names in relevance.relevant_files])
-    return {"dataset": dataset, "split": split, "relevance": str(target), "queries": len(relevance.queries),
-            "relevant_per_query": {"min": int(counts.min()), "mean": round(float(counts.mean()), 3),
-                                   "max": int(counts.max())}}
+    return RelevanceReport(dataset=dataset, split=split, relevance=str(target), queries=len(relevance.queries),
+                           relevant_per_query={"min": int(counts.min()), "mean": round(float(counts.mean()), 3),
+                                               "max": int(counts.max())})
 
 
 def _mismatch(items: list[str], total: int | None, what: str) -> str:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from dcase_t6.common.console import count_progress
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.jsonfile import read_json, write_json
+from dcase_t6.common.tables import read_table, write_table
 from dcase_t6.data.audio_io import AudioInfo, AudioProblem, inspect_audio
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.parallel import ordered_map
-from dcase_t6.common.console import count_progress
-from dcase_t6.common.tables import read_json, read_table, write_json, write_table
-from dcase_t6.common.errors import UserError
+from dcase_t6.data.reports import IndexReport
 
 INDEX_COLUMNS = ["dataset", "split", "source", "file_name", "caption_index", "caption", "path",
                  "duration_s", "n_samples", "sample_rate", "sound_id"]
@@ -67,17 +69,23 @@ def fingerprint(files: Iterable[Path], params: dict) -> str:
     return digest.hexdigest()
 
 
-def current_report(layout: Layout, dataset: str, key: str) -> dict | None:
-    """The stored report if the index of ``dataset`` was built from inputs with fingerprint ``key``."""
-    report = read_json(layout.report_file(dataset))
-    if report and report.get("fingerprint") == key and layout.index_file(dataset).is_file():
-        return {**report, "up_to_date": True}
-    return None
+def current_report(layout: Layout, dataset: str, key: str) -> IndexReport | None:
+    """The stored report if the index of ``dataset`` was built from inputs with fingerprint ``key``, else None."""
+    path = layout.report_file(dataset)
+    if not (path.is_file() and layout.index_file(dataset).is_file()):
+        return None
+    stored = read_json(path, f"delete it and re-run `dcase-t6 prepare {dataset}` to rebuild the index")
+    if not isinstance(stored, dict) or stored.get("fingerprint") != key:
+        return None
+    return IndexReport.from_document(stored, up_to_date=True)
 
 
 def write_index(layout: Layout, dataset: str, table: pd.DataFrame, policy: AudioPolicy, workers: int,
-                key: str, extra: dict | None = None) -> dict:
-    """Check the audio of ``table``, drop (and list) unusable files, write the index and its report."""
+                key: str, extra: dict | None = None) -> IndexReport:
+    """Check the audio of ``table``, drop (and list) unusable files, write the index and its report.
+
+    ``extra`` holds the dataset's optional :class:`IndexReport` fields (exclusions, skipped rows, queries).
+    """
     paths = list(dict.fromkeys(table["audio_path"]))
     infos, skipped = inspect_files(paths, workers, policy)
     if policy.strict and skipped:
@@ -90,10 +98,11 @@ def write_index(layout: Layout, dataset: str, table: pd.DataFrame, policy: Audio
                         f"{skipped[0]['path'] if skipped else '-'}); check the audio folder")
     index = _index_frame(layout, kept, infos)
     write_table(index, layout.index_file(dataset))
-    report = {"dataset": dataset, "index": str(layout.index_file(dataset)), "report": str(layout.report_file(dataset)),
-              "fingerprint": key, "splits": _split_counts(index), "skipped": skipped, **(extra or {})}
-    write_json(report, layout.report_file(dataset))
-    return {**report, "up_to_date": False}
+    report = IndexReport(dataset=dataset, index=str(layout.index_file(dataset)),
+                         report=str(layout.report_file(dataset)), fingerprint=key, splits=_split_counts(index),
+                         skipped=skipped, up_to_date=False, **(extra or {}))
+    write_json(report.document(), layout.report_file(dataset))
+    return report
 
 
 def inspect_files(paths: list[Path], workers: int, policy: AudioPolicy) -> tuple[dict[Path, AudioInfo], list[dict]]:

@@ -19,13 +19,15 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from dcase_t6.data.clotho_layout import CAPTION_FIELDS, METADATA_FIELDS, index_clotho_layout
-from dcase_t6.common.fsops import replace_dir, staging_dir
-from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
 from dcase_t6.common.console import count_progress
-from dcase_t6.data.relevance import attach_relevance, write_relevance_csv
-from dcase_t6.common.tables import LATIN1, read_json, write_json, write_table
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.fsops import replace_dir, staging_dir
+from dcase_t6.common.jsonfile import read_json, write_json
+from dcase_t6.common.tables import LATIN1, write_table
+from dcase_t6.data.clotho_layout import CAPTION_FIELDS, METADATA_FIELDS, index_clotho_layout
+from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
+from dcase_t6.data.relevance import attach_relevance, write_relevance_csv
+from dcase_t6.data.reports import SyntheticReport
 
 DATASET = "synthetic"
 RELEVANCE_NAME = "synthetic-devtest-relevance-metadata_eval.csv"
@@ -333,17 +335,23 @@ def _write_relevance(path: Path, names: list[str], scenes: list[tuple[Event, ...
     write_relevance_csv(path, [first_caption[s] for s in members], list(members.values()))
 
 
-def prepare_synthetic(layout: Layout, config: SyntheticConfig, workers: int = 1, force: bool = False) -> dict:
+def prepare_synthetic(layout: Layout, config: SyntheticConfig, workers: int = 1,
+                      force: bool = False) -> SyntheticReport:
     """Generate (unless already there with the same config), index, and attach the dev-test relevance."""
     config.check()
     folder = layout.dataset_dir(DATASET)
     stamp = {"format": FORMAT_VERSION, **asdict(config)}
-    generated = force or read_json(folder / "synthetic.json") != stamp
+    generated = force or not _generated_with(folder / "synthetic.json", stamp)
     if generated:
         _generate_atomically(config, folder, stamp)
     report = index_clotho_layout(layout, DATASET, workers)
     relevance = attach_relevance(layout, DATASET, folder / RELEVANCE_NAME)
-    return {**report, "generated": generated, "folder": str(folder), "relevance": relevance}
+    return report.extended(SyntheticReport, generated=generated, folder=str(folder), relevance=relevance)
+
+
+def _generated_with(path: Path, stamp: dict) -> bool:
+    """Whether the stamp file says the dataset there was generated with ``stamp``."""
+    return path.is_file() and read_json(path, "delete it, or re-run with --force to generate the data again") == stamp
 
 
 def _generate_atomically(config: SyntheticConfig, folder: Path, stamp: dict) -> None:

@@ -13,16 +13,16 @@ import numpy as np
 import torch
 
 from dcase_t6.common.atomic import atomic_path
-from dcase_t6.training.config import TrainConfig, from_dict
+from dcase_t6.common.console import count_progress
 from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.layout import Layout
-from dcase_t6.common.console import count_progress
 from dcase_t6.data.split_index import Split, load_split
 from dcase_t6.embedding.encode import embed_audio, embed_text, similarity
-from dcase_t6.common.errors import UserError
 from dcase_t6.models import DualEncoder
+from dcase_t6.models.checkpoint import load_weights
 from dcase_t6.registry import RegisteredFile, Registry
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
+from dcase_t6.training.config import TrainConfig, from_dict
 
 
 @dataclass(frozen=True)
@@ -35,25 +35,37 @@ class LoadedCheckpoint:
 
 
 def load_model(registry: Registry, run: str, tag: str = "best", device: str = "cpu") -> LoadedCheckpoint:
-    """Rebuild a run's model from a checkpoint whose hash the registry verifies (no weight download)."""
+    """Rebuild a run's model from a checkpoint whose hash the registry verifies (no weight download).
+
+    The model is built from the config stored in the checkpoint (for a run with cluster heads: with its
+    class count), so it is the model that was trained.
+
+    Args:
+        registry: the registry of the run.
+        run: a run reference.
+        tag: the checkpoint, ``best`` or ``last``.
+        device: where to put the model.
+
+    Returns:
+        The model, the checkpoint's registry record and the stored config.
+
+    Raises:
+        UserError: the weights do not fit the model the stored config describes (see ``load_weights``).
+    """
     record = registry.file(run, "checkpoint", tag)
     state = torch.load(record.path, map_location=device, weights_only=True)
     config = from_dict(state["config"], source=str(record.path))
     model = DualEncoder(config.model, audio_weights="random")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        reason = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        version = _code_version_of(registry, record)
-        raise UserError(f"{record.path}: checkpoint of run {record.run_id} does not fit the model its config "
-                        f"describes ({reason}); it was written by another dcase-t6 version ({version}): "
-                        "embed with that version or retrain") from None
+    load_weights(model, state["model"], source=f"run {record.run_id} checkpoint {tag}", path=record.path,
+                 target="the model its config describes",
+                 fix=lambda: (f"it was written by another dcase-t6 version ({_code_version_of(registry, record)}): "
+                              "embed with that version or retrain"))
     return LoadedCheckpoint(model.to(device), record, config)
 
 
 def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
     """The code version recorded for the run that wrote ``record``."""
-    return registry.run(record.run_id)["code_version"]
+    return registry.run(record.run_id).code_version
 
 
 def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",

@@ -29,6 +29,10 @@ class ModelConfig:
     cluster_classes: int = 0
 
 
+# Name prefixes of the cluster heads' parameters (present when ``cluster_classes`` > 0).
+CLUSTER_HEADS = ("audio_cluster_head.", "text_cluster_head.")
+
+
 def cluster_head(input_dim: int, classes: int) -> nn.Sequential:
     """The auxiliary classifier: Linear(d -> 3d), ReLU, Linear(3d -> classes)."""
     return nn.Sequential(nn.Linear(input_dim, 3 * input_dim), nn.ReLU(), nn.Linear(3 * input_dim, classes))
@@ -37,8 +41,9 @@ def cluster_head(input_dim: int, classes: int) -> nn.Sequential:
 class DualEncoder(nn.Module):
     """``encode_audio(waveforms, lengths)`` and ``encode_text(captions)`` give unit vectors in one space.
 
-    With ``cluster_classes`` > 0 (set by training from the cluster labels) both embeddings also feed a
-    cluster classification head; models without heads load and embed as before.
+    With ``cluster_classes`` > 0 (training derives the model config with the class count of the run's
+    cluster labels and stores that config in its checkpoints) both embeddings also feed a cluster
+    classification head; models without heads load and embed as before.
     """
 
     def __init__(self, config: ModelConfig, audio_weights: str | None = "download"):

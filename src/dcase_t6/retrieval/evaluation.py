@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcase_t6.retrieval import metrics
 from dcase_t6.common.atomic import atomic_open
+from dcase_t6.retrieval import metrics
 from dcase_t6.retrieval.ground_truth import Relevance, align
 from dcase_t6.retrieval.matrices import SimilarityMatrix
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
-from dcase_t6.retrieval.metrics import PADDING
+from dcase_t6.common.tables import read_table
 from dcase_t6.retrieval.matrices import SimilarityMatrix
+from dcase_t6.retrieval.metrics import PADDING
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Alignment:
 def read_relevance_file(path: str | Path) -> Relevance:
     """Read a multi-relevance CSV (``query``, ``audio_filenames``); every row is validated."""
     path = Path(path)
-    frame = _read_table(path, ["query", "audio_filenames"])
+    frame = read_table(path, ["query", "audio_filenames"], skip_blank_lines=True)
     queries, relevant = [], []
     for row, (query, literal) in enumerate(zip(frame["query"], frame["audio_filenames"]), start=2):
         if not query.strip():
@@ -55,7 +56,7 @@ def read_relevance_file(path: str | Path) -> Relevance:
 def read_captions_file(path: str | Path) -> Relevance:
     """Read a Clotho captions CSV: each caption is a query whose single relevant file is its clip."""
     path = Path(path)
-    frame = _read_table(path, ["file_name"])
+    frame = read_table(path, ["file_name"], skip_blank_lines=True)
     caption_columns = [c for c in frame.columns if c.startswith("caption")]
     if not caption_columns:
         raise UserError(f"{path}: no 'caption_1'... columns; expected a Clotho captions CSV")
@@ -108,19 +109,6 @@ def _rows_by_query(matrix: SimilarityMatrix) -> dict[str, list[int]]:
     return rows_by_query
 
 
-def _read_table(path: Path, required: list[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise UserError(f"{path}: cannot parse as CSV ({str(err).strip()})") from None
-    missing = [column for column in required if column not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
-    return frame
-
-
 def _parse_file_list(path: Path, row: int, literal: str) -> list[str]:
     try:
         files = ast.literal_eval(literal)
@@ -129,18 +117,16 @@ def _parse_file_list(path: Path, row: int, literal: str) -> list[str]:
     if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
         raise UserError(f"{path}: row {row}: 'audio_filenames' is {literal!r}; expected a non-empty list "
                         "literal of file names like ['a.wav', 'b.wav']")
-    if len(set(files)) != len(files):
+    if first_duplicate(files) is not None:
         raise UserError(f"{path}: row {row}: 'audio_filenames' lists a file twice; list each relevant file once")
     return files
 
 
 def _reject_duplicate_queries(path: Path, queries: list[str]) -> None:
-    first_row: dict[str, int] = {}
-    for row, query in enumerate(queries, start=2):
-        if query in first_row:
-            raise UserError(f"{path}: rows {first_row[query]} and {row} repeat the query {query!r}; "
-                            "merge their relevant files into one row")
-        first_row[query] = row
+    repeated = first_duplicate(queries)
+    if repeated is not None:
+        raise UserError(f"{path}: rows {repeated.first + 2} and {repeated.second + 2} repeat the query "
+                        f"{repeated.value!r}; merge their relevant files into one row")
 
 
 def _column(column_of: dict[str, int], name: str, relevance: Relevance, index: int,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from dcase_t6.common.atomic import atomic_open, atomic_path
+from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
 
 INDEX_HEADER = "index"
@@ -45,7 +46,8 @@ def read_matrix(path: str | Path) -> SimilarityMatrix:
     if path.suffix == ".npz":
         return _read_npz(path)
     if path.suffix == ".npy":
-        raise UserError(f"{path}: a bare .npy has no query or file names; save an .npz with arrays scores, queries, files")
+        raise UserError(f"{path}: a bare .npy has no query or file names; save an .npz with arrays scores, queries, "
+                        "files")
     return read_csv(path)
 
 
@@ -89,7 +91,8 @@ def read_csv(path: str | Path) -> SimilarityMatrix:
         frame = pd.read_csv(path, encoding="utf-8-sig", header=0, index_col=0, dtype={0: str},
                             keep_default_na=False, na_values=[], **_ROUND_TRIP)
     except pd.errors.ParserError as err:
-        raise UserError(f"{path}: malformed CSV ({str(err).strip()}); every row needs 1 + {len(files)} fields") from None
+        raise UserError(f"{path}: malformed CSV ({str(err).strip()}); every row needs 1 + {len(files)} "
+                        "fields") from None
     if frame.shape[1] != len(files):
         raise UserError(f"{path}: found {frame.shape[1]} score columns but the header names {len(files)} files")
     queries = [str(q) for q in frame.index]
@@ -125,12 +128,10 @@ def _check_queries(path: Path, queries: list[str]) -> None:
 
 
 def _check_unique(path: Path, names: list[str], what: str, offset: int) -> None:
-    seen: dict[str, int] = {}
-    for position, name in enumerate(names, start=offset):
-        if name in seen:
-            raise UserError(f"{path}: duplicated {what} {name!r} (positions {seen[name]} and {position}); "
-                            "each must appear once")
-        seen[name] = position
+    repeated = first_duplicate(names)
+    if repeated is not None:
+        raise UserError(f"{path}: duplicated {what} {repeated.value!r} (positions {repeated.first + offset} and "
+                        f"{repeated.second + offset}); each must appear once")
 
 
 def _numeric_scores(path: Path, frame: pd.DataFrame, files: list[str]) -> np.ndarray:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcase_t6.common.atomic import atomic_path
+from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, read_matrix, write_csv
 from dcase_t6.submission.metadata import decode_meta, label_problem, meta_problems, read_meta, team_of
 from dcase_t6.submission.report import PDF_MAGIC, DraftOptions, check_pdf, write_draft
-from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, read_matrix, write_csv
 
 ROOT = "task6"
 MAX_SYSTEMS = 4
@@ -55,19 +56,40 @@ class Expected:
 
 
 @dataclass(frozen=True)
+class SystemSummary:
+    """One system folder of a zip: its label and, when its CSV could be read, the matrix shape.
+
+    Args:
+        label: the folder's label.
+        queries: query rows of its CSV (None: no readable CSV).
+        files: audio file columns of its CSV (None: no readable CSV).
+    """
+
+    label: str
+    queries: int | None = None
+    files: int | None = None
+
+    def as_json(self) -> dict:
+        """``{"label", "queries", "files"}``, without the shape when the CSV was not readable."""
+        shape = {"queries": self.queries, "files": self.files} if self.queries is not None else {}
+        return {"label": self.label, **shape}
+
+
+@dataclass(frozen=True)
 class CheckResult:
-    """Outcome of checking a submission zip: every problem found and a summary of each system."""
+    """Outcome of checking (or building) a submission zip: every problem found and a summary of each system."""
 
     problems: list[str] = field(default_factory=list)
-    systems: list[dict] = field(default_factory=list)
+    systems: list[SystemSummary] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """True when no problem was found."""
         return not self.problems
 
     def as_json(self) -> dict:
-        """The ``--check --json`` object."""
-        return {"ok": self.ok, "problems": self.problems, "systems": self.systems}
+        """The ``--check --json`` object ``{"ok", "problems", "systems": [{"label", "queries", "files"}]}``."""
+        return {"ok": self.ok, "problems": self.problems, "systems": [system.as_json() for system in self.systems]}
 
 
 def member_name(label: str, kind: str) -> str:
@@ -75,19 +97,23 @@ def member_name(label: str, kind: str) -> str:
     return f"{ROOT}/{label}/{label}.{kind}"
 
 
-def systems_from_options(labels: tuple[str, ...], predictions: tuple[str, ...],
-                         metas: tuple[str, ...]) -> list[SystemFiles]:
-    """Pair the repeated --label/--predictions/--meta options, which must come in equal numbers."""
-    if not labels or not len(labels) == len(predictions) == len(metas):
-        raise UserError(f"package: got {len(labels)} --label, {len(predictions)} --predictions and {len(metas)} "
-                        "--meta; give one of each per system, in the same order")
-    return [SystemFiles(label, Path(prediction), Path(meta))
-            for label, prediction, meta in zip(labels, predictions, metas)]
-
-
 def build_package(systems: list[SystemFiles], out: str | Path, report: str | Path,
                   draft: DraftOptions | None = None, expected: Expected = Expected()) -> CheckResult:
-    """Validate every input, then write the zip atomically; with ``draft``, first write a draft report to ``report``."""
+    """Validate every input, then write the submission zip atomically (the writer of ``--out``).
+
+    Args:
+        systems: label, similarity matrix and metadata file of each system (1 to 4, one team).
+        out: the ``.zip`` to write; left untouched when any check fails.
+        report: the technical report PDF to package; with ``draft``, where to write the draft report first.
+        draft: inputs of a draft report, or None to package an existing PDF.
+        expected: required matrix shape, if any.
+
+    Returns:
+        The organiser-style check of the written zip (always ok).
+
+    Raises:
+        UserError: for any invalid input, naming the file and the fix.
+    """
     out = Path(out)
     if out.suffix.lower() != ".zip":
         raise UserError(f"--out {out}: the submission must be a .zip file; e.g. --out submission.zip")
@@ -108,7 +134,15 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: str | Pat
 
 
 def check_package(path: str | Path, expected: Expected = Expected()) -> CheckResult:
-    """Check an existing submission zip like the organisers' validators; never raises for a bad zip."""
+    """Check an existing submission zip like the organisers' validators; never raises for a bad zip.
+
+    Args:
+        path: the zip to check.
+        expected: required matrix shape, if any.
+
+    Returns:
+        Every problem found and a summary of each system folder.
+    """
     path = Path(path)
     if not path.is_file():
         return CheckResult([f"{path}: file not found; pass the submission zip"])
@@ -130,7 +164,7 @@ def _label_set_problems(labels: list[str]) -> list[str]:
     problems = []
     if not 1 <= len(labels) <= MAX_SYSTEMS:
         problems.append(f"{len(labels)} systems; a team submits 1 to {MAX_SYSTEMS}")
-    if len(set(labels)) != len(labels):
+    if first_duplicate(labels) is not None:
         problems.append(f"labels repeat ({', '.join(labels)}); give each system its own index 1-4")
     teams = sorted({team_of(label) for label in labels if not label_problem(label)})
     if len(teams) > 1:
@@ -223,15 +257,15 @@ def _files_by_kind(label: str, names: list[str], problems: list[str]) -> dict[st
 
 
 def _check_system(archive: zipfile.ZipFile, label: str, found: dict[str, list[str]], expected: Expected,
-                  problems: list[str]) -> dict:
-    summary: dict = {"label": label}
+                  problems: list[str]) -> SystemSummary:
+    summary = SystemSummary(label)
     for name in found[META_KIND]:
         problems.extend(_meta_member_problems(archive, name, label))
     for name in found[CSV_KIND]:
         matrix = _read_csv_member(archive, name, problems)
         if matrix is not None:
             problems.extend(f"{name}: {problem}" for problem in expected.problems(matrix.shape))
-            summary.update(queries=matrix.shape[0], files=matrix.shape[1])
+            summary = SystemSummary(label, queries=matrix.shape[0], files=matrix.shape[1])
     for name in found[REPORT_KIND]:
         with archive.open(name) as handle:
             if handle.read(len(PDF_MAGIC)) != PDF_MAGIC:

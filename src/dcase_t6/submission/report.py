@@ -21,9 +21,9 @@ from matplotlib.figure import Figure
 
 from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
-from dcase_t6.common.jsonfile import read_json
-from dcase_t6.submission.metadata import team_of
+from dcase_t6.ensemble.weights import EnsembleWeights, read_weights
 from dcase_t6.retrieval.metrics import METRIC_KEYS
+from dcase_t6.submission.metadata import team_of
 
 TEMPLATE_NAME = "report_template.html.j2"
 FONT_FAMILY = "DejaVu"
@@ -32,14 +32,6 @@ FONT_FILES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf", "I": "DejaVuSans
 MAX_K = 50
 FIGURE_WIDTH = 480
 PDF_MAGIC = b"%PDF"
-
-
-@dataclass(frozen=True)
-class EnsembleWeights:
-    """Ensemble member weights and a one-line note on how they were chosen (may be empty)."""
-
-    members: dict[str, float]
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,8 +53,18 @@ def check_pdf(path: str | Path) -> None:
 
 
 def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = DraftOptions()) -> None:
-    """Write a draft report PDF for the systems described by ``metas`` (validated metadata) to ``out``."""
-    weights = read_weights(options.weights) if options.weights else EnsembleWeights({})
+    """Write a draft report PDF for the systems described by ``metas`` to ``out``, atomically.
+
+    Args:
+        out: the PDF to write.
+        metas: validated metadata of each system.
+        options: optional ensemble weights file (read by ``ensemble.weights.read_weights``, so a hand-written
+            ``{"weights": {...}}`` works) and per-query CSV.
+
+    Raises:
+        UserError: for an unreadable weights or per-query file, naming it and the fix.
+    """
+    weights = read_weights(options.weights) if options.weights else None
     curve = recall_curve(options.per_query) if options.per_query else None
     with tempfile.TemporaryDirectory(prefix="dcase-t6-report-") as scratch:
         figure = Path(scratch) / "figure.png"
@@ -71,16 +73,6 @@ def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = Draf
         pdf = _pdf(metas, html)
         with atomic_path(out) as tmp:
             pdf.output(str(tmp))
-
-
-def read_weights(path: str | Path) -> EnsembleWeights:
-    """The ``weights`` mapping of a ``dcase-t6 ensemble --search`` JSON, plus a note from its optional keys."""
-    path = Path(path)
-    payload = read_json(path, "pass the weights JSON written by `dcase-t6 ensemble`")
-    weights = payload.get("weights") if isinstance(payload, dict) else None
-    if not isinstance(weights, dict) or not weights or not all(_is_number(value) for value in weights.values()):
-        raise UserError(f"{path}: expected an object with \"weights\": {{\"<system>\": <number>, ...}}")
-    return EnsembleWeights({str(name): float(value) for name, value in weights.items()}, _weights_note(payload))
 
 
 def recall_curve(path: str | Path, max_k: int = MAX_K) -> np.ndarray:
@@ -102,11 +94,20 @@ def recall_curve(path: str | Path, max_k: int = MAX_K) -> np.ndarray:
     return np.mean(recalls, axis=0)
 
 
-def render_html(metas: list[dict], weights: EnsembleWeights, figure: Path, caption: str) -> str:
-    """Fill the HTML report template."""
+def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path, caption: str) -> str:
+    """Fill the HTML report template.
+
+    Args:
+        metas: validated metadata of each system.
+        weights: ensemble weights to list, or None.
+        figure: the PNG to show.
+        caption: the figure's caption.
+    """
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    template = environment.from_string(files("dcase_t6.submission.templates").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8"))
+    source = files("dcase_t6.submission.templates").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
+    template = environment.from_string(source)
     authors = _authors(metas)
+    members = weights.weights if weights else {}
     return template.render(
         title=_title(metas),
         authors=authors,
@@ -114,20 +115,27 @@ def render_html(metas: list[dict], weights: EnsembleWeights, figure: Path, capti
         contact=", ".join(f"{a['name']} <{a['email']}>" for a in authors if a["corresponding"]),
         systems=[_system(meta) for meta in metas],
         metrics=METRIC_KEYS,
-        weights=[(name, f"{value:.4f}") for name, value in sorted(weights.members.items(), key=lambda item: -item[1])],
-        weights_note=weights.note,
+        weights=[(name, f"{value:.4f}") for name, value in sorted(members.items(), key=lambda item: -item[1])],
+        weights_note=weights_note(weights) if weights else "",
         figure=str(figure),
         figure_width=FIGURE_WIDTH,
         caption=caption,
     )
 
 
-def _weights_note(payload: dict) -> str:
-    metric, validation = payload.get("metric"), payload.get("validation")
+def weights_note(weights: EnsembleWeights) -> str:
+    """One line on how the weights were chosen, from the search record of their file ("" when none).
+
+    The normalisation is named when the file records a search (a validation score) or a non-default one.
+    """
     parts = []
-    if isinstance(validation, dict) and _is_number(validation.get(metric)):
-        parts.append(f"chosen on validation {metric} = {validation[metric]:.4f}")
-    parts += [f"{key}: {payload[key]}" for key in ("normalize", "strategy") if isinstance(payload.get(key), str)]
+    validation = weights.validation
+    if validation is not None and weights.metric in validation.scores:
+        parts.append(f"chosen on validation {weights.metric} = {validation.scores[weights.metric]:.4f}")
+    if validation is not None or weights.normalize != "none":
+        parts.append(f"normalize: {weights.normalize}")
+    if weights.strategy is not None:
+        parts.append(f"strategy: {weights.strategy}")
     return "; ".join(parts)
 
 
@@ -250,6 +258,3 @@ def _text(value) -> str:
         return "yes" if value else "no"
     return str(value)
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 
 from dcase_t6.common.atomic import atomic_open
-from dcase_t6.training.config import Clusters, TrainConfig
-from dcase_t6.training.distributed import World
 from dcase_t6.common.errors import UserError
 from dcase_t6.embedding.checkpoints import load_model
 from dcase_t6.models.text import TextEncoder
 from dcase_t6.registry import Registry
+from dcase_t6.training.config import Clusters, TrainConfig
+from dcase_t6.training.distributed import World
 
 _REDUCED_DIMENSIONS = 5
 
@@ -59,7 +59,7 @@ def caption_labels(registry: Registry, run_id: str, config: TrainConfig, caption
 
 
 def _has_clusters(registry: Registry, run_id: str, tag: str) -> bool:
-    return any(f.kind == "clusters" and f.tag == tag for f in registry.run(run_id)["files"])
+    return registry.has_file(run_id, "clusters", tag)
 
 
 def caption_embeddings(registry: Registry, config: TrainConfig, captions: list[str],

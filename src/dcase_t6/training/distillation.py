@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcase_t6.training.config import TrainConfig
-from dcase_t6.training.distributed import World
 from dcase_t6.common.errors import UserError
 from dcase_t6.embedding.checkpoints import embed_run, split_tag
 from dcase_t6.registry import Registry
+from dcase_t6.training.config import TrainConfig
+from dcase_t6.training.distributed import World
 
 
 class TeacherSimilarity:
@@ -77,9 +77,10 @@ def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, dat
 
 def _registered_embeddings(registry: Registry, teacher: str, tag: str, checkpoint_sha: str) -> Path | None:
     """The teacher's embeddings file for ``tag`` if it is intact and made with ``checkpoint_sha``."""
-    try:
-        record = registry.file(teacher, "embeddings", tag)
-    except UserError:
+    if not registry.has_file(teacher, "embeddings", tag):
+        return None
+    record = registry.file(teacher, "embeddings", tag, verify=False)
+    if record.problem() is not None:  # missing or changed on disk: embed again
         return None
     with np.load(record.path, allow_pickle=False) as data:
         return record.path if str(data["checkpoint"]) == checkpoint_sha else None

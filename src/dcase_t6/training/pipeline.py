@@ -45,11 +45,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcase_t6.common.atomic import atomic_open
+from dcase_t6.common.duplicates import first_duplicate
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.jsonfile import read_json, write_json
+from dcase_t6.registry import Registry
 from dcase_t6.training.config import TrainConfig, dotted_to_nested, from_dict, merge, read_yaml_mapping
 from dcase_t6.training.distributed import World, init_world, share_from_main
-from dcase_t6.common.errors import UserError
-from dcase_t6.registry import Registry
 from dcase_t6.training.trainer import continue_run, register_run
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -185,7 +186,7 @@ def _check_run_references(registry: Registry, pipeline: Pipeline) -> None:
     keys = {stage.key for stage in pipeline.stages}
     for stage in pipeline.stages:
         for reference in stage.references:
-            if reference not in keys and _registered_run(registry, reference) is None:
+            if reference not in keys and registry.find(reference) is None:
                 raise UserError(f"{pipeline.path}: stage {stage.key} references '{reference}', neither a stage of "
                                 f"this pipeline nor a registered run (see `dcase-t6 runs list`)")
 
@@ -195,17 +196,17 @@ def _run_stage(registry: Registry, pipeline: Pipeline, stage: Stage, state: "Pip
     config = _stage_config(registry, pipeline, stage, state)
     digest = config_digest(config)
     entry = state.stages.get(stage.key)
-    run = _registered_run(registry, entry["run"]) if entry else None
+    run = registry.find(entry["run"]) if entry else None
     if run is not None and entry["config"] != digest:
-        raise UserError(f"{pipeline.path}: stage {stage.key} changed since its run {run['id']} started; "
-                        f"`dcase-t6 runs rm {run['id']}` to train it anew with the new config")
-    if run is not None and run["status"] == "finished":
-        return {"stage": stage.key, "run": run["id"], "status": "skipped"}
+        raise UserError(f"{pipeline.path}: stage {stage.key} changed since its run {run.id} started; "
+                        f"`dcase-t6 runs rm {run.id}` to train it anew with the new config")
+    if run is not None and run.status == "finished":
+        return {"stage": stage.key, "run": run.id, "status": "skipped"}
     if run is None:
         run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
         state.record(stage.key, run_id, digest, save=world.is_main)
     else:
-        run_id = run["id"]
+        run_id = run.id
     return {"stage": stage.key, **continue_run(registry, run_id, world, max_steps)}
 
 
@@ -225,26 +226,19 @@ def config_digest(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _registered_run(registry: Registry, reference: str) -> dict | None:
-    try:
-        return registry.run(reference)
-    except UserError:
-        return None
-
-
 class PipelineState:
     """``SYSTEM/STAGE`` -> {run, config digest} of one pipeline, kept in a JSON file."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.stages: dict[str, dict] = json.loads(path.read_text(encoding="utf-8"))["stages"] if path.is_file() else {}
+        remedy = "delete it to run every stage of the pipeline anew"
+        self.stages: dict[str, dict] = read_json(path, remedy)["stages"] if path.is_file() else {}
 
     def record(self, key: str, run_id: str, digest: str, save: bool) -> None:
         """Remember the run of a stage; ``save`` writes the file at once, so an interrupted pipeline finds it."""
         self.stages[key] = {"run": run_id, "config": digest}
         if save:
-            with atomic_open(self.path, "w", encoding="utf-8") as handle:
-                json.dump({"stages": self.stages}, handle, indent=2, sort_keys=True)
+            write_json({"stages": self.stages}, self.path, sort_keys=True)
 
 
 def _mapping(value, where: str) -> dict:
@@ -268,8 +262,6 @@ def _name(value, where: str) -> str:
 
 
 def _check_unique(names: list[str], what: str) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise UserError(f"{what} '{name}' appears twice; names must be unique")
-        seen.add(name)
+    repeated = first_duplicate(names)
+    if repeated is not None:
+        raise UserError(f"{what} '{repeated.value}' appears twice; names must be unique")

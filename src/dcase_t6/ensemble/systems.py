@@ -1,0 +1,144 @@
+"""Named similarity matrices ("systems"): alignment of their rows and columns, normalisation, weighted sum.
+
+The ensemble of systems ``S_1 .. S_M`` (queries x files, aligned by query text and file name) is
+``E = w_1 N(S_1) + ... + w_M N(S_M)`` where ``N`` is the identity (``none``) or the per-query z-score
+(``zscore``: each row becomes ``(x - mean) / std`` over its files; a constant row becomes all zeros).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from dcase_t6.common.duplicates import first_duplicate
+from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.matrices import SimilarityMatrix
+
+NORMALIZATIONS = ("none", "zscore")
+
+
+@dataclass(frozen=True)
+class System:
+    """One named similarity matrix.
+
+    Args:
+        name: the system's name (``MODEL/SYSTEM`` names enable the grouping strategies).
+        matrix: its scores, queries x audio files.
+        path: where the matrix came from; names it in error messages and in the weights file.
+    """
+
+    name: str
+    matrix: SimilarityMatrix
+    path: str = ""
+
+
+def align_systems(systems: Sequence[System]) -> list[System]:
+    """Reorder every system's rows and columns to the first system's queries and files.
+
+    Args:
+        systems: the systems, with distinct names.
+
+    Returns:
+        The systems in the same order, all with the first one's query and file order.
+
+    Raises:
+        UserError: for a repeated name, or a system lacking (or adding) a query or audio file.
+    """
+    reject_duplicates([system.name for system in systems], "--system name")
+    if not systems:
+        return []
+    return [systems[0]] + [_aligned_to(systems[0], system) for system in systems[1:]]
+
+
+def reject_duplicates(names: Sequence[str], what: str) -> None:
+    """A UserError naming the first of ``names`` that is given twice; ``what`` says what the names are."""
+    repeated = first_duplicate(names)
+    if repeated is not None:
+        raise UserError(f"{what} {repeated.value!r} is given twice; use each name once")
+
+
+def _aligned_to(reference: System, system: System) -> System:
+    """``system`` with rows and columns in ``reference``'s order; a UserError on any difference."""
+    rows = _positions(reference, system, _occurrence_keys(reference.matrix.queries),
+                      _occurrence_keys(system.matrix.queries), "query")
+    columns = _positions(reference, system, reference.matrix.files, system.matrix.files, "audio file")
+    scores = take(take(system.matrix.scores, rows, axis=0), columns, axis=1)
+    return System(system.name, SimilarityMatrix(reference.matrix.queries, reference.matrix.files, scores), system.path)
+
+
+def _occurrence_keys(queries: Sequence[str]) -> list[tuple[str, int]]:
+    """Key each query by (text, k) for its k-th occurrence, so repeated captions align one to one."""
+    seen: dict[str, int] = defaultdict(int)
+    keys = []
+    for query in queries:
+        keys.append((query, seen[query]))
+        seen[query] += 1
+    return keys
+
+
+def _positions(reference: System, system: System, wanted: Sequence, present: Sequence, what: str) -> np.ndarray:
+    """Index of each (unique) ``wanted`` key in ``present``; a UserError naming the first key in only one."""
+    position_of = {key: index for index, key in enumerate(present)}
+    missing = next((key for key in wanted if key not in position_of), None)
+    if missing is not None:
+        raise _mismatch(reference, system, f"lacks the {what} {_describe(missing)} of {_where(reference)}")
+    if len(present) != len(wanted):
+        wanted_set = set(wanted)
+        extra = next(key for key in present if key not in wanted_set)
+        raise _mismatch(reference, system, f"has the {what} {_describe(extra)} that {_where(reference)} lacks")
+    return np.array([position_of[key] for key in wanted], dtype=np.int64)
+
+
+def _where(system: System) -> str:
+    return system.path or system.name
+
+
+def _mismatch(reference: System, system: System, problem: str) -> UserError:
+    return UserError(f"{_where(system)}: {problem} ({system.name} vs {reference.name}); every system must score "
+                     "the same queries and audio files (the same split): re-run embed on that split")
+
+
+def _describe(key: tuple[str, int] | str) -> str:
+    """A query key as its text (and which repeat of it), a file name as itself."""
+    if isinstance(key, tuple):
+        text, repeat = key
+        return repr(text) + (f" (occurrence {repeat + 1})" if repeat else "")
+    return repr(key)
+
+
+def zscore_rows(scores: np.ndarray) -> np.ndarray:
+    """Per-query z-score: each row becomes (x - mean) / std over its files; constant rows become 0."""
+    centred = scores - scores.mean(axis=1, keepdims=True)
+    spread = centred.std(axis=1, keepdims=True)
+    return centred / np.where(spread > 0, spread, 1.0)
+
+
+def stacked_scores(systems: Sequence[System], normalize: str) -> np.ndarray:
+    """(systems, queries, files) float64 scores of aligned systems, z-normalised per query when asked.
+
+    Args:
+        systems: aligned systems (see :func:`align_systems`).
+        normalize: ``none`` or ``zscore``.
+    """
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"normalize {normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
+    transform = zscore_rows if normalize == "zscore" else np.asarray
+    return np.stack([transform(system.matrix.scores) for system in systems])
+
+
+def weighted_sum(scores: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """``sum_i weights[i] * scores[i]``, accumulated in system order (the one definition of the ensemble)."""
+    total = np.zeros(scores.shape[1:], dtype=np.float64)
+    for weight, system_scores in zip(weights, scores):
+        total += float(weight) * system_scores
+    return total
+
+
+def take(array: np.ndarray, indices: Sequence[int], axis: int = 0) -> np.ndarray:
+    """``array`` indexed along ``axis``, without a copy when ``indices`` keeps every entry in order."""
+    if np.array_equal(indices, np.arange(array.shape[axis])):
+        return array
+    return np.take(array, indices, axis=axis)

@@ -1,0 +1,179 @@
+"""Assembling a training run: everything the loop needs, built in one explicit order from the run's config.
+
+``build_training`` reads the registered config and never changes it; what the run learns while it is
+assembled (the number of cluster classes) goes into a derived config (``dataclasses.replace``) from which
+the model is built and which its checkpoints store. The order, and why:
+
+1. the training pairs, the validation split and the caption/audio augmenter (reads only);
+2. the distillation teachers (the main process embeds any teacher missing training-split embeddings);
+3. the cluster labels (the main process clusters and registers them on a run's first start), giving the
+   model's cluster class count, and the derived config;
+4. ``torch.manual_seed(seed)``, then the model (random initialisation draws from the seeded generator),
+   loaded from ``init_from`` when set, moved to the device;
+5. the audio cache at the model's sample rate (the main process builds it, the others wait);
+6. the DDP wrapper, the optimizer, the autocast dtype and the gradient scaler;
+7. the batches, the objective (the loss terms), the validator, the checkpointer and the log sinks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from dcase_t6.common.console import stderr_console
+from dcase_t6.data.audio_cache import AudioCache, build_cache
+from dcase_t6.data.layout import Layout
+from dcase_t6.data.split_index import load_split
+from dcase_t6.models import CLUSTER_HEADS, DualEncoder
+from dcase_t6.models.checkpoint import load_weights
+from dcase_t6.registry import Registry
+from dcase_t6.training.augmentation import PairAugmenter
+from dcase_t6.training.checkpointing import Checkpointer
+from dcase_t6.training.clustering import caption_labels
+from dcase_t6.training.config import TrainConfig
+from dcase_t6.training.data import CaptionPairs, TrainingData, load_pairs
+from dcase_t6.training.distillation import load_teachers
+from dcase_t6.training.distributed import World
+from dcase_t6.training.objective import Objective, build_objective
+from dcase_t6.training.sinks import EpochSink, run_sinks
+from dcase_t6.training.validation import Validator
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """A run assembled for training.
+
+    ``config`` is the run's config with the model's cluster class count (the config the model was built
+    from and the checkpoints store); ``network`` is the model or its DDP wrapper (what the forward pass
+    calls), ``model`` the model itself (weights, temperature, checkpoints).
+    """
+
+    config: TrainConfig
+    world: World
+    data: TrainingData
+    model: DualEncoder
+    network: torch.nn.Module
+    objective: Objective
+    validator: Validator
+    checkpointer: Checkpointer
+    sinks: list[EpochSink]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+
+
+def build_training(config: TrainConfig, registry: Registry, run_id: str, world: World) -> TrainingSetup:
+    """Assemble a registered run for training, in the order the module docstring gives.
+
+    Args:
+        config: the run's registered config (with this invocation's ``max_steps``); it is not changed.
+        registry: the run's registry.
+        run_id: the run.
+        world: the processes.
+
+    Returns:
+        The setup; its position is the start (``continue_run`` restores a ``last`` checkpoint into it).
+    """
+    # 1. data (reads only)
+    pairs = load_pairs(config)
+    validation = load_split(config.data_root, config.validation_source, config.validation_split)
+    augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)
+    # 2. teachers
+    teachers = (load_teachers(registry, config, pairs.captions, pairs.clip_ids, pairs.clip_names, world)
+                if config.distill_from else None)
+    # 3. cluster labels, and the config the model is built from
+    labels = _cluster_labels(registry, run_id, config, pairs, world)
+    classes = int(labels.max()) + 1 if labels is not None else 0
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, cluster_classes=classes))
+    # 4. model
+    torch.manual_seed(config.seed)
+    model = DualEncoder(config.model, audio_weights="random" if config.init_from else config.audio_weights)
+    if config.init_from:
+        initialise_from(model, registry, config.init_from)
+    elif world.is_main:
+        stderr_console.print(f"audio backbone {config.model.backbone}: {model.audio.weights_source}",
+                             highlight=False, soft_wrap=True)
+    model.to(world.device)
+    # 5. audio cache
+    if world.is_main:  # one process builds the cache, the others wait and read it
+        build_cache(Layout.at(config.data_root), model.sample_rate,
+                    list(dict.fromkeys([*config.datasets, config.validation_source])), workers=max(1, config.workers))
+    world.barrier()
+    store = AudioCache(config.data_root, model.sample_rate)
+    max_samples = config.clip_samples(model.sample_rate)
+    # 6. optimisation
+    network = _wrap(model, world)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
+    dtype = autocast_dtype(config.precision, world.device, say=world.is_main)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    # 7. batches, objective, validation, checkpoints, sinks
+    data = TrainingData(pairs, store, augmenter, max_samples, config.batch_size, config.seed, config.workers, world,
+                        config.data_root)
+    directory = registry.workdir / "runs" / run_id
+    return TrainingSetup(
+        config=config, world=world, data=data, model=model, network=network,
+        objective=build_objective(config, world, teachers, labels),
+        validator=Validator(validation, store, max_samples, config.batch_size, world.device),
+        checkpointer=Checkpointer(registry, run_id, directory, config, world.is_main),
+        sinks=run_sinks(registry, run_id, directory, config.epochs, world.is_main),
+        optimizer=optimizer, scaler=scaler, autocast_dtype=dtype)
+
+
+def _cluster_labels(registry: Registry, run_id: str, config: TrainConfig, pairs: CaptionPairs,
+                    world: World) -> torch.Tensor | None:
+    """Every pair's cluster label on the device, or None when clusters are off."""
+    if not config.clusters.method:
+        return None
+    labels = caption_labels(registry, run_id, config, pairs.captions, pairs.pair_clips(), world)
+    return torch.from_numpy(labels).to(world.device)
+
+
+def _wrap(model: DualEncoder, world: World) -> torch.nn.Module:
+    if world.size == 1:
+        return model
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def initialise_from(model: DualEncoder, registry: Registry, run: str) -> None:
+    """Load a run's best weights into ``model``; cluster heads (new, or of other clusters there) start fresh.
+
+    Args:
+        model: the model to initialise.
+        registry: the registry holding ``run``.
+        run: a run reference.
+
+    Raises:
+        UserError: the weights do not fit the model (see ``dcase_t6.models.checkpoint.load_weights``).
+    """
+    record = registry.file(run, "checkpoint", "best")
+    state = torch.load(record.path, map_location="cpu", weights_only=True)["model"]
+    load_weights(model, state, source=f"init_from {record.run_id}", path=record.path, fresh=CLUSTER_HEADS,
+                 fix="use the same model.* settings as that run")
+
+
+def autocast_dtype(precision: str, device: torch.device, say: bool = False) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``.
+
+    fp16 mixed precision on a GPU (the baseline), bf16 on a GPU or CPU, None (fp32) for fp32 or for fp16
+    on a CPU (which has no fp16 training kernels).
+
+    Args:
+        precision: ``fp16``, ``bf16`` or ``fp32``.
+        device: the training device.
+        say: print a note when fp16 falls back to fp32.
+
+    Returns:
+        The dtype, or None for fp32.
+    """
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16" and device.type == "cuda":
+        return torch.float16
+    if precision == "fp16" and say:
+        stderr_console.print("precision fp16 needs a GPU: training in fp32 on the CPU (bf16 works on CPUs too)",
+                             highlight=False)
+    return None

@@ -1,0 +1,97 @@
+"""Where training stands (``Position``) and the run's ``last`` and ``best`` checkpoints.
+
+A checkpoint holds the model's weights, the config the model was built from (the run's config with the
+model's cluster class count, so ``embed`` rebuilds exactly this model) and the position; ``last`` also
+holds the optimizer and gradient-scaler state, so a run resumed from it continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dcase_t6.common.atomic import atomic_path
+from dcase_t6.models import DualEncoder
+from dcase_t6.models.checkpoint import load_weights
+from dcase_t6.registry import Registry
+from dcase_t6.training.config import TrainConfig
+
+
+@dataclass
+class Position:
+    """Where training stands: epoch, batches done in it, optimizer steps done, best monitored value."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float = -math.inf
+
+
+class Checkpointer:
+    """Writes and registers a run's checkpoints (main process only) and restores from ``last``."""
+
+    def __init__(self, registry: Registry, run_id: str, directory: Path, config: TrainConfig, is_main: bool):
+        self.registry, self.run_id, self.directory = registry, run_id, directory
+        self.config, self.is_main = config, is_main
+
+    def save_last(self, model: DualEncoder, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  position: Position) -> None:
+        """Write and register ``last.pt`` (weights, optimizer, scaler, position); nothing on other processes.
+
+        Args:
+            model: the unwrapped model.
+            optimizer: its optimizer.
+            scaler: the gradient scaler.
+            position: where training stands.
+        """
+        if not self.is_main:
+            return
+        state = {**self._state(model, position), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
+        self._save(state, "last", {"epoch": position.epoch, "step": position.step})
+
+    def save_best(self, model: DualEncoder, position: Position, record: dict) -> None:
+        """Write and register ``best.pt`` (weights, position) with the epoch's record; nothing on other processes.
+
+        Args:
+            model: the unwrapped model.
+            position: where training stands (``best`` is the monitored value of this epoch).
+            record: the epoch's record.
+        """
+        if not self.is_main:
+            return
+        info = {"epoch": position.epoch, "step": position.step, "parameters": model.parameter_count(),
+                self.config.monitor: position.best}
+        self._save(self._state(model, position), "best", info | {"metrics": record})
+
+    def restore(self, path: Path, model: DualEncoder, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, device: torch.device) -> Position:
+        """Load a ``last`` checkpoint into the model, optimizer and scaler.
+
+        Args:
+            path: the checkpoint.
+            model: the unwrapped model (built from the same config).
+            optimizer: its optimizer.
+            scaler: the gradient scaler.
+            device: where the tensors go.
+
+        Returns:
+            The position the checkpoint was written at.
+        """
+        state = torch.load(path, map_location=device, weights_only=True)
+        load_weights(model, state["model"], source=f"run {self.run_id} checkpoint last", path=path,
+                     fix="it was written by another dcase-t6 version: resume with that version or start a new run")
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        return Position(**state["position"])
+
+    def _state(self, model: DualEncoder, position: Position) -> dict:
+        return {"model": model.state_dict(), "config": self.config.to_dict(), "position": vars(position).copy()}
+
+    def _save(self, state: dict, tag: str, info: dict) -> None:
+        path = self.directory / f"{tag}.pt"
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        self.registry.add_file(self.run_id, "checkpoint", tag, path, info)

@@ -1,0 +1,190 @@
+"""The training loop: epochs of batches, optimizer steps, checkpoints, stop signals. It only loops; what it
+loops over is assembled by ``dcase_t6.training.builder``.
+
+All randomness of a step (data order, crop offsets, augmentation, dropout, mel augmentation) is derived
+from (seed, epoch, batch) and the learning rate is a pure function of the step, so a run resumed from its
+``last`` checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dcase_t6.common.console import count_progress
+from dcase_t6.training.builder import TrainingSetup
+from dcase_t6.training.checkpointing import Position
+from dcase_t6.training.config import TrainConfig
+from dcase_t6.training.data import TrainingBatch
+
+
+def learning_rate(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_epochs``, cosine down to ``min_lr`` over ``decay_epochs``.
+
+    Args:
+        step: optimizer steps done.
+        steps_per_epoch: optimizer steps of an epoch.
+        config: the run's config (``lr``, ``min_lr``, ``warmup_epochs``, ``decay_epochs``).
+
+    Returns:
+        The learning rate of the next step.
+    """
+    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    decay = max(1, round(config.decay_epochs * steps_per_epoch))
+    progress = min(1.0, (step - warmup) / decay)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def step_seed(seed: int, epoch: int, batch: int) -> int:
+    """A 63-bit seed unique to one batch of one epoch.
+
+    Args:
+        seed: the run's seed.
+        epoch: the epoch (0-based).
+        batch: the batch in the epoch (0-based).
+
+    Returns:
+        The seed for ``torch.manual_seed``.
+    """
+    return int(np.random.SeedSequence([seed, epoch, batch]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class _EpochStats:
+    """Sums over this process's batches of an epoch (since the loop started or resumed it)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    loss_sum: float = 0.0
+    batches: int = 0
+    wait_s: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, loss: float, terms: dict[str, float]) -> None:
+        self.loss_sum += loss
+        for name, value in terms.items():
+            self.terms[name] = self.terms.get(name, 0.0) + value
+        self.batches += 1
+
+    def record(self, lr: float, step: int, metrics: dict[str, float]) -> dict:
+        """The epoch record every sink receives."""
+        batches = max(1, self.batches)
+        seconds = time.perf_counter() - self.start
+        return {"train_loss": self.loss_sum / batches,
+                **{f"train_{name}": value / batches for name, value in self.terms.items()},
+                "lr": lr, "step": step, "seconds": round(seconds, 3),
+                "data_wait_fraction": round(self.wait_s / max(seconds, 1e-9), 4), **metrics}
+
+
+class TrainingLoop:
+    """Trains an assembled run from ``position`` until ``epochs`` (or ``max_steps``) is reached or a stop signal
+    (Ctrl-C, SIGTERM) arrives; it then checkpoints ``last`` at the next optimizer step and returns."""
+
+    def __init__(self, setup: TrainingSetup, position: Position | None = None):
+        self.setup, self.config = setup, setup.config
+        self.position = position or Position()
+        self._stop_requested = False
+
+    def run(self) -> Position:
+        """Train; returns the final position.
+
+        Returns:
+            Where training stopped (``epoch == config.epochs`` when it finished).
+        """
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.position.epoch < self.config.epochs and not self._stopping():
+                self._train_epoch()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.position
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    def _stopping(self) -> bool:
+        limit = self.config.max_steps
+        return self._stop_requested or (limit is not None and self.position.step >= limit)
+
+    def _train_epoch(self) -> None:
+        config, position, data = self.config, self.position, self.setup.data
+        batches = data.batches(position.epoch)
+        steps_per_epoch = math.ceil(len(batches) / config.grad_accumulation)
+        loader = data.loader(position.epoch, batches, start=position.batch)
+        stats = _EpochStats()
+        with count_progress() as bar:
+            task = bar.add_task(f"epoch {position.epoch + 1}/{config.epochs}", total=len(batches),
+                                completed=position.batch)
+            waited = time.perf_counter()
+            for batch in loader:
+                stats.wait_s += time.perf_counter() - waited
+                stats.add(*self._train_batch(batch, steps_per_epoch, len(batches)))
+                bar.update(task, advance=1, description=f"epoch {position.epoch + 1}/{config.epochs} "
+                           f"loss {stats.loss_sum / stats.batches:.4f}")
+                if self._at_step_boundary(len(batches)) and self._checkpoint_due():
+                    self._save_last()
+                    if self._stopping():
+                        return
+                waited = time.perf_counter()
+        self._finish_epoch(stats)
+
+    def _train_batch(self, batch: TrainingBatch, steps_per_epoch: int,
+                     n_batches: int) -> tuple[float, dict[str, float]]:
+        setup, config, position, device = self.setup, self.config, self.position, self.setup.world.device
+        torch.manual_seed(step_seed(config.seed, position.epoch, position.batch))
+        setup.network.train()
+        dtype = setup.autocast_dtype
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = setup.network(batch.waveforms.to(device), batch.lengths.to(device), batch.captions)
+            losses = setup.objective(outputs, batch, setup.model.temperature)
+        setup.scaler.scale(losses.total * setup.world.size / config.grad_accumulation).backward()
+        position.batch += 1
+        if self._at_step_boundary(n_batches):
+            self._optimizer_step(learning_rate(position.step, steps_per_epoch, config))
+        return float(losses.total.detach()), losses.values()
+
+    def _optimizer_step(self, lr: float) -> None:
+        optimizer, scaler = self.setup.optimizer, self.setup.scaler
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if self.config.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.setup.model.parameters(), self.config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        self.position.step += 1
+
+    def _at_step_boundary(self, n_batches: int) -> bool:
+        return self.position.batch % self.config.grad_accumulation == 0 or self.position.batch == n_batches
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every
+        return self._stopping() or bool(every and self.position.step % every == 0)
+
+    def _save_last(self) -> None:
+        setup = self.setup
+        setup.checkpointer.save_last(setup.model, setup.optimizer, setup.scaler, self.position)
+
+    def _finish_epoch(self, stats: _EpochStats) -> None:
+        setup, position = self.setup, self.position
+        metrics = setup.validator(setup.model) if setup.world.is_main else {}
+        record = stats.record(setup.optimizer.param_groups[0]["lr"], position.step, metrics)
+        improved = setup.world.is_main and metrics.get(self.config.monitor, -math.inf) > position.best
+        if improved:
+            position.best = metrics[self.config.monitor]
+        position.epoch, position.batch = position.epoch + 1, 0
+        if improved:
+            setup.checkpointer.save_best(setup.model, position, record)
+        self._save_last()
+        for sink in setup.sinks:
+            sink.write(position.epoch - 1, record, improved)
+        setup.world.barrier()

@@ -1,0 +1,44 @@
+"""Validation during training: R@K/mAP@K of the model on the configured validation split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dcase_t6.data.audio_cache import AudioCache
+from dcase_t6.data.split_index import Split
+from dcase_t6.embedding.encode import embed_audio, embed_text, similarity
+from dcase_t6.models import DualEncoder
+from dcase_t6.retrieval.evaluation import evaluate
+from dcase_t6.retrieval.ground_truth import Relevance
+from dcase_t6.retrieval.matrices import SimilarityMatrix
+
+
+class Validator:
+    """Scores a model on a validation split, single-relevant: each caption's target is its own clip.
+
+    Clips are cut to ``max_samples`` as in training and ``embed``, so the scores recorded for the best epoch
+    are what ``embed`` + ``evaluate`` give for the best checkpoint.
+    """
+
+    def __init__(self, split: Split, store: AudioCache, max_samples: int, batch_size: int, device: torch.device):
+        self.split, self.store, self.max_samples = split, store, max_samples
+        self.batch_size, self.device = batch_size, device
+
+    def __call__(self, model: DualEncoder) -> dict[str, float]:
+        """The model's validation scores.
+
+        Args:
+            model: the (unwrapped) model; it is left in eval mode.
+
+        Returns:
+            R@1, R@5, R@10, mAP@10, ... by name.
+        """
+        split = self.split
+        paths = [Path(p) for p in split.paths]
+        audio = embed_audio(model, paths, self.store.read, self.max_samples, self.batch_size, self.device)
+        text = embed_text(model, split.queries, self.batch_size, self.device)
+        matrix = SimilarityMatrix(split.queries, split.files, similarity(text, audio))
+        truth = Relevance(split.queries, [[name] for name in split.query_files], Path(split.split))
+        return evaluate(matrix, truth).scores
