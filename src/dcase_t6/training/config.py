@@ -181,32 +181,18 @@ def _convert(value: Any, hint, key: str, source: str):
 _INVALID = object()
 
 
-def _to_int(value):
-    if isinstance(value, bool):
+def _to_number(value, kind: type):
+    """``value`` as ``kind`` (int or float): numbers (an int only from a whole float) and numeric strings."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return _INVALID
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float else int(value.strip())
+        except ValueError:
+            return _INVALID
+    if kind is int and isinstance(value, float):
         return int(value) if value.is_integer() else _INVALID
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            return _INVALID
-    return _INVALID
-
-
-def _to_float(value):
-    if isinstance(value, bool):
-        return _INVALID
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return _INVALID
-    return _INVALID
+    return kind(value)
 
 
 def _to_bool(value):
@@ -230,7 +216,9 @@ def _to_str_list(value):
     return _INVALID
 
 
-_CONVERTERS: dict[Any, Callable] = {int: _to_int, float: _to_float, bool: _to_bool, str: _to_str, list: _to_str_list}
+_CONVERTERS: dict[Any, Callable] = {int: lambda value: _to_number(value, int),
+                                    float: lambda value: _to_number(value, float),
+                                    bool: _to_bool, str: _to_str, list: _to_str_list}
 _EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
              list: "a list of names (or one comma-separated string)"}
 _EXAMPLES = {int: "3", float: "0.5", bool: "true", str: "NAME", list: "a,b"}
