@@ -73,3 +73,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+HOSTILE_PREFIX = "tests/test_hostile_"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how many hostile-input and fault cases ran and how many held (the README's reliability count)."""
+    reports = [report for outcome in ("passed", "failed") for report in terminalreporter.stats.get(outcome, [])
+               if report.when == "call" and report.nodeid.startswith(HOSTILE_PREFIX)]
+    if reports:
+        held = sum(report.passed for report in reports)
+        terminalreporter.write_line(f"hostile inputs and faults: {len(reports)} cases tried, {held} held")

@@ -7,10 +7,18 @@ came from. Writes are short transactions in WAL mode, so several processes can w
 checkpoint or artefact whose hash no longer matches is refused. A ``running`` run whose process is
 gone (same host, process id no longer alive) or silent (no heartbeat for ``STALE_SECONDS``) is
 reported as ``interrupted``.
+
+Every run folder (``runs/<id>/run.json``) holds a copy of its record (config, status, epochs, and each
+registered file with its kind, tag, info and SHA-256), rewritten atomically inside the transaction that
+changes it, so :func:`rebuild` can recreate a damaged or lost registry from the run folders. A damaged
+registry, or a missing/empty one beside run folders, is refused with one line saying how to recover.
+``rm`` refuses a run that a live process is using (``train``, or ``embed`` through :meth:`Registry.using`),
+and a process whose run was removed under it stops with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -23,9 +31,11 @@ import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Iterator
 
 from dcase_t6 import __version__
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.jsonfile import write_json
 
 DATABASE_NAME = "registry.sqlite"
 _SCHEMA = """
@@ -39,7 +49,13 @@ CREATE TABLE IF NOT EXISTS files (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, kind TEXT NOT NULL, tag TEXT NOT NULL,
     path TEXT NOT NULL, sha256 TEXT NOT NULL, info TEXT NOT NULL, created TEXT NOT NULL,
     PRIMARY KEY (run_id, kind, tag));
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, command TEXT NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat REAL NOT NULL);
 """
+RECORD_NAME = "run.json"  # a run's record in its folder, for `runs rebuild`
+REMOVED_RECORD_NAME = "run.removed.json"  # the record of a run `runs rm` forgot (its files kept)
+_RECORD_FORMAT = 1
 # Columns added after the first schema; an older database gets them on open.
 _ADDED_COLUMNS = {"runs": {"reason": "TEXT", "host": "TEXT", "pid": "INTEGER", "heartbeat": "REAL"}}
 HEARTBEAT_SECONDS = 30.0
@@ -134,14 +150,26 @@ class Registry:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = self.workdir / DATABASE_NAME
+        _refuse_lost_registry(self.workdir)
         self._initialise()
+        self._write_missing_records()
 
     def _initialise(self, attempts: int = 600) -> None:
-        """Switch the database to WAL (persistent) and create the tables; retried while another process does."""
+        """Switch the database to WAL (persistent), check it is intact and create the tables; retried while
+        another process does. A damaged database is a UserError saying how to recover."""
         for attempt in range(attempts):
-            connection = self._open()
+            try:
+                connection = self._open()
+            except sqlite3.DatabaseError as err:
+                if type(err) is sqlite3.DatabaseError:
+                    raise _damaged(self.path, err) from None
+                raise
             try:
                 connection.execute("PRAGMA journal_mode=WAL")
+                problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+                if problems != ["ok"]:
+                    found = " ".join(" ".join(problems).replace("*** in database main ***", "").split())
+                    raise _damaged(self.path, found[:200])
                 connection.executescript(_SCHEMA)
                 _add_columns(connection)
                 return
@@ -149,8 +177,21 @@ class Registry:
                 if "locked" not in str(err) or attempt == attempts - 1:
                     raise
                 time.sleep(0.1)
+            except sqlite3.DatabaseError as err:
+                raise _damaged(self.path, err) from None
             finally:
                 connection.close()
+
+    def _write_missing_records(self) -> None:
+        """Write the record of every run whose folder exists without one (runs registered before records)."""
+        with self._connect() as connection:
+            ids = [row["id"] for row in connection.execute("SELECT id FROM runs")]
+        for run_id in ids:
+            folder = self.workdir / "runs" / run_id
+            if folder.is_dir() and not (folder / RECORD_NAME).exists():
+                with self._connect() as connection:
+                    if connection.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                        self._write_record(connection, run_id)
 
     def _open(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -158,8 +199,49 @@ class Registry:
         connection.row_factory = sqlite3.Row
         return connection
 
-    def _connect(self) -> "_Transactional":
-        return _Transactional(self._open())
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction, committed when the block succeeds; a damaged database is a UserError."""
+        try:
+            connection = self._open()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            finally:
+                connection.close()
+        except sqlite3.DatabaseError as err:
+            if type(err) is sqlite3.DatabaseError:  # not a database, malformed: not locked, not a constraint
+                raise _damaged(self.path, err) from None
+            raise
+
+    def _require_run(self, connection: sqlite3.Connection, run_id: str) -> sqlite3.Row:
+        """The run's row; a UserError when it is no longer registered (removed while this process used it)."""
+        row = connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise UserError(f"{self.path}: run {run_id} was removed from the registry while this process was "
+                            "using it (`dcase-t6 runs rm` or a rebuild); nothing more is recorded for it: start a "
+                            "new run, or restore the registry and resume it")
+        return row
+
+    def _write_record(self, connection: sqlite3.Connection, run_id: str) -> None:
+        """Rewrite ``runs/<id>/run.json`` from the run's rows (inside the transaction that changed them, so the
+        record of concurrent writers is never older than the database)."""
+        folder = self.workdir / "runs" / run_id
+        row = self._require_run(connection, run_id)
+        record = {"format": _RECORD_FORMAT, **{key: row[key] for key in row.keys() if key != "directory"}}
+        record["config"] = json.loads(row["config"])
+        record["epochs"] = [{"epoch": epoch["epoch"], "metrics": json.loads(epoch["metrics"])} for epoch in
+                            connection.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))]
+        record["files"] = [{"kind": item["kind"], "tag": item["tag"], "path": _relative_to(item["path"], folder),
+                            "sha256": item["sha256"], "info": json.loads(item["info"]), "created": item["created"]}
+                           for item in connection.execute(
+                               "SELECT * FROM files WHERE run_id = ? ORDER BY kind, tag", (run_id,))]
+        write_json(record, folder / RECORD_NAME)
 
     def create_run(self, name: str, config: dict, data_fingerprint: str | None, seed: int | None) -> str:
         """Register a new run and return its id (``<name>-<6 hex>``)."""
@@ -171,49 +253,79 @@ class Registry:
                 " host, pid, heartbeat) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, name, _now(), json.dumps(config, sort_keys=True), data_fingerprint, code_version(),
                  seed, str(directory), socket.gethostname(), os.getpid(), time.time()))
-        directory.mkdir(parents=True, exist_ok=True)
+            self._write_record(connection, run_id)
         return run_id
 
     def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
         """Set a run's status and the reason for it (cleared when None)."""
         with self._connect() as connection:
+            self._require_run(connection, run_id)
             connection.execute("UPDATE runs SET status = ?, reason = ? WHERE id = ?", (status, reason, run_id))
+            self._write_record(connection, run_id)
 
     def claim(self, run_id: str) -> "Heartbeat":
         """Mark a run ``running`` in this process (host, process id) and start beating its heartbeat; refused
         while another live process trains it."""
         host, pid = socket.gethostname(), os.getpid()
         with self._connect() as connection:
-            row = connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-            live = row is not None and _run_from_row(row).status == "running"
+            row = self._require_run(connection, run_id)
+            live = _run_from_row(row).status == "running"
             if live and (row["host"], row["pid"]) != (host, pid):
                 raise UserError(f"run {run_id} is being trained right now by process {row['pid']} on {row['host']}; "
                                 "wait for it, or stop that process and then resume")
             connection.execute("UPDATE runs SET status = 'running', reason = NULL, host = ?, pid = ?, heartbeat = ? "
                                "WHERE id = ?", (host, pid, time.time(), run_id))
+            self._write_record(connection, run_id)
         return Heartbeat(self, run_id)
 
     def beat(self, run_id: str) -> None:
         with self._connect() as connection:
             connection.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (time.time(), run_id))
 
+    @contextlib.contextmanager
+    def using(self, reference: str, command: str) -> Iterator[str]:
+        """Hold an "in use" lease on a run (id or unique prefix) for the block, with a heartbeat, so that
+        ``rm`` refuses it meanwhile; yields the run's full id."""
+        run_id, lease = self.resolve(reference), secrets.token_hex(8)
+        with self._connect() as connection:
+            self._require_run(connection, run_id)
+            connection.execute("INSERT INTO leases VALUES (?, ?, ?, ?, ?, ?)",
+                               (lease, run_id, command, socket.gethostname(), os.getpid(), time.time()))
+        heartbeat = Heartbeat(self, run_id, lease=lease)
+        try:
+            yield run_id
+        finally:
+            heartbeat.stop()
+            with self._connect() as connection:
+                connection.execute("DELETE FROM leases WHERE id = ?", (lease,))
+
+    def beat_lease(self, lease: str) -> None:
+        with self._connect() as connection:
+            connection.execute("UPDATE leases SET heartbeat = ? WHERE id = ?", (time.time(), lease))
+
     def set_fingerprint(self, run_id: str, fingerprint: str) -> None:
         """Record the fingerprint of the data a run trains on."""
         with self._connect() as connection:
+            self._require_run(connection, run_id)
             connection.execute("UPDATE runs SET data_fingerprint = ? WHERE id = ?", (fingerprint, run_id))
+            self._write_record(connection, run_id)
 
     def log_epoch(self, run_id: str, epoch: int, metrics: dict) -> None:
         """Record (or replace, after a resume) the metrics of one epoch."""
         with self._connect() as connection:
+            self._require_run(connection, run_id)
             connection.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (run_id, epoch, json.dumps(metrics)))
+            self._write_record(connection, run_id)
 
     def add_file(self, run_id: str, kind: str, tag: str, path: str | Path, info: dict | None = None) -> RegisteredFile:
         """Register a file (hashing it now); replaces an earlier file of the same run, kind and tag."""
         path = Path(path).resolve()
         record = RegisteredFile(run_id, kind, tag, path, sha256_of(path), info or {})
         with self._connect() as connection:
+            self._require_run(connection, run_id)
             connection.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (run_id, kind, tag, str(path), record.sha256, json.dumps(record.info), _now()))
+            self._write_record(connection, run_id)
         return record
 
     def has_file(self, reference: str, kind: str, tag: str) -> bool:
@@ -291,30 +403,54 @@ class Registry:
         return _run_from_row(row, epochs, files)
 
     def remove(self, reference: str, delete_files: bool = False) -> str:
-        """Forget a run (and, with ``delete_files``, delete its registered files)."""
-        run = self.run(reference)
+        """Forget a run (and, with ``delete_files``, delete its registered files and its record); refused while a
+        live process uses it. Without ``delete_files`` its record is kept as ``run.removed.json``, which
+        ``rebuild`` leaves out."""
+        run_id = self.resolve(reference)
+        folder = self.workdir / "runs" / run_id
         with self._connect() as connection:
-            connection.execute("DELETE FROM runs WHERE id = ?", (run.id,))
+            row = self._require_run(connection, run_id)
+            user = _live_user(connection, row)
+            if user is not None:
+                raise UserError(f"run {run_id} is in use right now: {user}; wait for it to end (or stop that "
+                                f"process), then `dcase-t6 runs rm {run_id}` again")
+            files = [_file_from_row(item) for item in connection.execute(
+                "SELECT * FROM files WHERE run_id = ?", (run_id,))]
+            outside = [record.path for record in files if not record.path.resolve().is_relative_to(
+                self.workdir.resolve())]
+            if delete_files and outside:
+                raise UserError(f"run {run_id}: {len(outside)} of its files lie outside {self.workdir} (first: "
+                                f"{outside[0]}), e.g. in the work directory this one was copied from; nothing was "
+                                "removed: run `runs rm` without --delete-files here, or from that work directory")
+            connection.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            if (folder / RECORD_NAME).exists():
+                if delete_files:
+                    (folder / RECORD_NAME).unlink()
+                else:
+                    os.replace(folder / RECORD_NAME, folder / REMOVED_RECORD_NAME)
         if delete_files:
-            for record in run.files:
+            for record in files:
                 record.path.unlink(missing_ok=True)
-        return run.id
+        return run_id
 
 
 class Heartbeat:
     """Writes a run's heartbeat every ``HEARTBEAT_SECONDS`` from a daemon thread until ``stop``."""
 
-    def __init__(self, registry: Registry, run_id: str):
-        self._registry, self._run_id, self._stopped = registry, run_id, threading.Event()
+    def __init__(self, registry: Registry, run_id: str, lease: str | None = None):
+        self._registry, self._run_id, self._lease, self._stopped = registry, run_id, lease, threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat {run_id}", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
         while not self._stopped.wait(HEARTBEAT_SECONDS):
             try:
-                self._registry.beat(self._run_id)
-            except sqlite3.Error:
-                pass  # a busy or briefly unavailable database: the next beat tries again
+                if self._lease is None:
+                    self._registry.beat(self._run_id)
+                else:
+                    self._registry.beat_lease(self._lease)
+            except (sqlite3.Error, UserError):
+                pass  # a busy, briefly unavailable or damaged database: the next write of the run says so
 
     def stop(self) -> None:
         self._stopped.set()
@@ -351,25 +487,39 @@ def effective_status(run: dict, now: float | None = None) -> str:
     is gone or silent is ``interrupted``."""
     if run["status"] != "running":
         return run["status"]
-    silent = run.get("heartbeat") is not None and (now or time.time()) - run["heartbeat"] > STALE_SECONDS
-    return "interrupted" if silent or _process_gone(run.get("host"), run.get("pid")) else "running"
+    return "running" if _alive(run.get("host"), run.get("pid"), run.get("heartbeat"), now) else "interrupted"
 
 
-class _Transactional:
-    """A connection whose ``with`` block is one IMMEDIATE transaction and which closes afterwards."""
+def _alive(host: str | None, pid: int | None, heartbeat: float | None, now: float | None = None) -> bool:
+    """Whether a process that beats a heartbeat is alive: not silent for ``STALE_SECONDS``, not gone."""
+    silent = heartbeat is not None and (now or time.time()) - heartbeat > STALE_SECONDS
+    return not silent and not _process_gone(host, pid)
 
-    def __init__(self, connection: sqlite3.Connection):
-        self._connection = connection
 
-    def __enter__(self) -> sqlite3.Connection:
-        self._connection.execute("BEGIN IMMEDIATE")
-        return self._connection
+def _live_user(connection: sqlite3.Connection, row: sqlite3.Row) -> str | None:
+    """Which other live process is using a run right now (``train``, or a lease such as ``embed``), as words; None
+    when none is."""
+    myself = (socket.gethostname(), os.getpid())
+    if effective_status(dict(row)) == "running" and (row["host"], row["pid"]) != myself:
+        return f"`train` by process {row['pid']} on {row['host']}"
+    for lease in connection.execute("SELECT * FROM leases WHERE run_id = ? ORDER BY heartbeat DESC", (row["id"],)):
+        if _alive(lease["host"], lease["pid"], lease["heartbeat"]) and (lease["host"], lease["pid"]) != myself:
+            return f"`{lease['command']}` by process {lease['pid']} on {lease['host']}"
+    return None
 
-    def __exit__(self, kind, value, traceback) -> None:
-        try:
-            self._connection.execute("ROLLBACK" if kind else "COMMIT")
-        finally:
-            self._connection.close()
+
+def _damaged(path: Path, problem: object) -> UserError:
+    return UserError(f"{path}: the run registry is damaged ({problem}); rebuild it from the run folders with "
+                     f"`dcase-t6 --workdir {path.parent} runs rebuild` (the damaged file is kept beside it), or "
+                     "restore it from a backup")
+
+
+def _relative_to(path: str, folder: Path) -> str:
+    """``path`` relative to ``folder`` when inside it (so a moved work directory still rebuilds), else as is."""
+    try:
+        return Path(path).relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return path
 
 
 def _like_prefix(reference: str) -> str:
@@ -406,3 +556,140 @@ def resolve_matrix(reference: str, workdir: str | Path) -> str:
         raise UserError(f"{reference}: no such file, and no run registry in {workdir} to look up RUN:DATASET/SPLIT; "
                         "pass --workdir or a matrix file (.csv/.npz)")
     return str(Registry(workdir).file(run, "similarity", tag).path)
+
+
+def run_folders(workdir: str | Path) -> list[Path]:
+    """The folders under ``WORKDIR/runs`` that hold a run: its ``run.json``, or (a run registered before run
+    records, not removed) a checkpoint."""
+    runs = Path(workdir) / "runs"
+    if not runs.is_dir():
+        return []
+    return [folder for folder in sorted(runs.iterdir()) if folder.is_dir() and (
+        (folder / RECORD_NAME).is_file() or (not (folder / REMOVED_RECORD_NAME).exists()
+                                             and any((folder / name).is_file() for name in ("best.pt", "last.pt"))))]
+
+
+def _refuse_lost_registry(workdir: Path) -> None:
+    """A UserError when the registry is missing or empty (0 bytes) while run folders exist: creating an empty
+    one would hide every run."""
+    path = workdir / DATABASE_NAME
+    if path.exists() and (path.is_dir() or path.stat().st_size > 0):
+        return
+    folders = run_folders(workdir)
+    if folders:
+        names = ", ".join(folder.name for folder in folders[:3]) + (", ..." if len(folders) > 3 else "")
+        state = "is empty (0 bytes)" if path.exists() else "does not exist"
+        raise UserError(f"{path} {state}, but {workdir / 'runs'} holds {len(folders)} run folder(s) ({names}) that "
+                        f"an empty registry would hide; rebuild it from them with `dcase-t6 --workdir {workdir} runs "
+                        "rebuild`, or restore registry.sqlite from a backup")
+
+
+def _registered_runs(path: Path) -> int | None:
+    """How many runs an intact registry holds (0 when missing or empty); None when it is damaged."""
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    try:
+        connection = sqlite3.connect(path, timeout=60)
+        try:
+            if [row[0] for row in connection.execute("PRAGMA quick_check")] != ["ok"]:
+                return None
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError:
+        return None
+
+
+def rebuild(workdir: str | Path, force: bool = False) -> dict:
+    """Recreate the registry from the run folders' ``run.json`` records, re-hashing every recorded file.
+
+    A damaged, empty or missing registry is replaced (a damaged one is kept as ``registry.sqlite.damaged-<time>``);
+    an intact one holding runs only with ``force`` (kept as ``registry.sqlite.replaced-<time>``). The new registry
+    is written to a temporary file and renamed into place.
+
+    Args:
+        workdir: the work directory.
+        force: replace an intact registry too.
+
+    Returns:
+        ``registry``, ``previous`` (where the old file was moved, or None), ``runs`` (per recovered run: id, status,
+        epochs, files, problems: files missing or changed since they were registered) and ``skipped`` (folder,
+        reason).
+    """
+    workdir = Path(workdir)
+    path = workdir / DATABASE_NAME
+    registered = _registered_runs(path)
+    if registered and not force:
+        raise UserError(f"{path} is intact and holds {registered} run(s); `dcase-t6 --workdir {workdir} runs "
+                        "rebuild --force` replaces it with one rebuilt from the run folders (the current one is kept "
+                        f"as {DATABASE_NAME}.replaced-<time>)")
+    temporary = workdir / f".{DATABASE_NAME}.rebuild-{secrets.token_hex(4)}.tmp"
+    recovered, skipped = [], []
+    connection = sqlite3.connect(temporary, isolation_level=None)
+    try:
+        connection.executescript(_SCHEMA)
+        _add_columns(connection)
+        connection.execute("BEGIN")
+        for folder in run_folders(workdir):
+            try:
+                recovered.append(_insert_record(connection, folder, {run["id"] for run in recovered}))
+            except UserError as err:
+                skipped.append({"folder": str(folder), "reason": str(err)})
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.close()
+        temporary.unlink(missing_ok=True)
+        raise
+    connection.close()
+    previous = None
+    if any(Path(f"{path}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+        label = "replaced" if registered else "damaged" if registered is None else "empty"
+        previous = workdir / f"{DATABASE_NAME}.{label}-{dt.datetime.now().strftime('%Y%m%dT%H%M%S')}"
+        for suffix in ("", "-wal", "-shm"):  # the -wal of the old file must never be replayed onto the new one
+            if Path(f"{path}{suffix}").exists():
+                os.replace(f"{path}{suffix}", f"{previous}{suffix}")
+    os.replace(temporary, path)
+    registry = Registry(workdir)
+    for run in recovered:
+        run["status"] = registry.run(run["id"]).status
+    return {"registry": str(path), "previous": str(previous) if previous else None, "runs": recovered,
+            "skipped": skipped}
+
+
+def _insert_record(connection: sqlite3.Connection, folder: Path, seen: set[str]) -> dict:
+    """Register the run recorded in ``folder/run.json`` (rows as they were, files re-hashed and their problems
+    listed); a UserError saying why the folder cannot be registered."""
+    record_path = folder / RECORD_NAME
+    if not record_path.is_file():
+        raise UserError(f"no {RECORD_NAME} (the run was registered by a dcase-t6 that kept no run records); "
+                        "its checkpoints can still be used as files")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        run_id = record["id"]
+        config = json.dumps(record["config"], sort_keys=True)
+        row = (run_id, record["name"], record["status"], record["created"], config, record.get("data_fingerprint"),
+               record.get("code_version"), record.get("seed"), str(folder),
+               record.get("reason"), record.get("host"), record.get("pid"), record.get("heartbeat"))
+        epochs = [(run_id, int(epoch["epoch"]), json.dumps(epoch["metrics"])) for epoch in record.get("epochs", [])]
+        files = [(item["kind"], item["tag"], item["path"], item["sha256"], item.get("info", {}), item.get("created"))
+                 for item in record.get("files", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{record_path}: not a run record ({type(err).__name__}: {err}); restore it from a "
+                        "backup") from None
+    if run_id in seen:
+        raise UserError(f"{record_path}: run {run_id} is already recorded in another folder")
+    connection.execute("INSERT INTO runs (id, name, status, created, config, data_fingerprint, code_version, seed, "
+                       "directory, reason, host, pid, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    connection.executemany("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", epochs)
+    problems = []
+    for kind, tag, stored, sha256, info, created in files:
+        path = (folder / stored) if not Path(stored).is_absolute() else Path(stored)
+        problem = RegisteredFile(run_id, kind, tag, path.resolve(), sha256, info).problem()
+        if problem is not None:
+            problems.append(problem)
+        connection.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (run_id, kind, tag, str(path.resolve()), sha256, json.dumps(info), created or _now()))
+    return {"id": run_id, "folder": str(folder), "epochs": len(epochs), "files": len(files), "problems": problems}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 import click
 from rich.markup import escape
 
-from dcase_t6.cli import console, main, matrix_path, print_json
+from dcase_t6.cli import console, main, matrix_path, print_json, stderr_console
 from dcase_t6.common.errors import UserError
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
         if draft_report:
             _say(f"wrote draft report {_escape(draft_report)}")
         _say(f"[green]wrote[/] {_escape(out)}: {_escape(_systems_line(result.systems))}; all checks pass")
+        _warn(result.warnings)
 
 
 def systems_from_options(labels: Sequence[str], predictions: Sequence[str], metas: Sequence[str]) -> list[SystemFiles]:
@@ -130,6 +131,12 @@ def _say(markup: str) -> None:
     console.print(markup, highlight=False, soft_wrap=True)
 
 
+def _warn(warnings: list[str]) -> None:
+    """One ``warning:`` line per warning, on stderr (they do not fail the command)."""
+    for warning in warnings:
+        stderr_console.print(f"[yellow]warning:[/] {_escape(warning)}", highlight=False, soft_wrap=True)
+
+
 def _escape(text: str) -> str:
 
     return escape(str(text))
@@ -160,5 +167,7 @@ def _print_check(result, source: str, as_json: bool) -> None:
         _say(f"[bold red]{_escape(source)}: {len(result.problems)} problem(s)[/]")
         for problem in result.problems:
             _say(f"  - {_escape(problem)}")
+    if not as_json:
+        _warn(result.warnings)
     if not result.ok:
         sys.exit(1)

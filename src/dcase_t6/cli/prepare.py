@@ -213,7 +213,8 @@ def prepare_cache(root, rate, datasets, workers, as_json):
     """Decode every indexed clip once (mono, resampled) into a memory-mapped cache training reads directly.
 
     Only new or changed files (by size/mtime, then CRC-32) are decoded; an interrupted run resumes.
-    Unreadable files are listed and skipped; silent clips are kept.
+    Unreadable files are listed and skipped; silent clips are kept; truncated files (the header promises
+    more frames than decode) are cached at the length that decodes and listed in truncated.csv.
 
     \b
     Example:
@@ -266,10 +267,13 @@ def _print_cache(report: CacheReport) -> None:
                   f"{report.decoded} decoded, {report.up_to_date} up to date, "
                   f"{report.unchanged_content} touched but unchanged")
     _warn_skipped(report.skipped, report.skipped_file)
+    _warn_skipped(report.truncated, report.truncated_file,
+                  "{count} truncated file(s) (the header promises more audio than the file holds) cached at the "
+                  "length that decodes")
 
 
-def _warn_skipped(skipped: list[dict], listing: str) -> None:
+def _warn_skipped(skipped: list[dict], listing: str, what: str = "skipped {count} item(s)") -> None:
     if skipped:
         first = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped[:3])
-        stderr_console.print(f"[yellow]warning:[/] skipped {len(skipped)} item(s), all listed in {escape(listing)}; "
-                             f"first: {escape(first)}", highlight=False, soft_wrap=True)
+        stderr_console.print(f"[yellow]warning:[/] {what.format(count=len(skipped))}, all listed in "
+                             f"{escape(listing)}; first: {escape(first)}", highlight=False, soft_wrap=True)

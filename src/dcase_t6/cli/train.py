@@ -212,12 +212,13 @@ def embed(obj, run, data_root, dataset, split_name, checkpoint, batch_size, csv_
 
 @main.group(cls=Group)
 def runs():
-    """List, show and remove registered runs.
+    """List, show and remove registered runs; rebuild a damaged or lost registry from the run folders.
 
     \b
     Example:
       dcase-t6 --workdir dcase-t6-work runs list
       dcase-t6 runs show small-3fa2c1 --json
+      dcase-t6 runs rebuild
     """
 
 
@@ -270,7 +271,7 @@ def runs_show(obj, run, as_json):
 @click.option("--delete-files", is_flag=True, help="Also delete its checkpoints and outputs.")
 @click.pass_obj
 def runs_rm(obj, run, delete_files):
-    """Forget a run (and optionally delete its files).
+    """Forget a run (and optionally delete its files). Refused while a live process trains or embeds it.
 
     \b
     Example:
@@ -279,3 +280,40 @@ def runs_rm(obj, run, delete_files):
     from dcase_t6.registry import Registry
 
     console.print(f"removed {Registry(obj['workdir']).remove(run, delete_files=delete_files)}")
+
+
+@runs.command("rebuild")
+@click.option("--force", is_flag=True, help="Also replace an intact registry (it is kept as "
+              "registry.sqlite.replaced-<time>).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def runs_rebuild(obj, force, as_json):
+    """Recreate the registry from the run folders (runs/<run>/run.json), re-hashing every recorded file.
+
+    A damaged, empty or missing registry is replaced (a damaged one is kept beside it as
+    registry.sqlite.damaged-<time>); an intact one holding runs only with --force.
+
+    \b
+    Example:
+      dcase-t6 --workdir dcase-t6-work runs rebuild
+    """
+    from dcase_t6.registry import rebuild
+
+    summary = rebuild(obj["workdir"], force=force)
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"rebuilt {escape(summary['registry'])}: {len(summary['runs'])} run(s) recovered, "
+                  f"{len(summary['skipped'])} folder(s) skipped", highlight=False, soft_wrap=True)
+    for run in summary["runs"]:
+        state = "all verified" if not run["problems"] else f"{len(run['problems'])} missing or changed"
+        console.print(f"  {run['id']}  {run['status']}  {run['epochs']} epoch(s)  {run['files']} file(s) ({state})",
+                      highlight=False, soft_wrap=True)
+        for problem in run["problems"]:
+            console.print(f"    {escape(problem)}", highlight=False, soft_wrap=True)
+    for folder in summary["skipped"]:
+        console.print(f"  skipped {escape(folder['folder'])}: {escape(folder['reason'])}", highlight=False,
+                      soft_wrap=True)
+    if summary["previous"]:
+        console.print(f"the previous registry is kept as {escape(summary['previous'])}", highlight=False,
+                      soft_wrap=True)

@@ -1,4 +1,9 @@
-"""Folder operations that never leave a half-written result in place."""
+"""Folder operations that never leave a half-written result in place.
+
+Staging and trash folders carry their writer in their names (``.<name>.tmp-<pid>@<host>.<random>``,
+``.<name>.old-<pid>@<host>.<random>``); those of a killed run are removed by the next run for the same
+target, those of a live process are left alone (see ``dcase_t6.common.atomic``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from dcase_t6.common.atomic import owner_tag, remove_stale
 
 
 @contextlib.contextmanager
@@ -17,9 +24,12 @@ def staging_dir(target: Path) -> Iterator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.tmp-"
-    for stale in target.parent.glob(f"{prefix}*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    remove_stale(target.parent, prefix)
+    remove_stale(target.parent, f".{target.name}.old-")
+    for legacy in target.parent.glob(f"{prefix}*"):  # named before owners were recorded
+        if "@" not in legacy.name[len(prefix):]:
+            shutil.rmtree(legacy, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix + owner_tag(), dir=target.parent))
     try:
         yield tmp
     finally:
@@ -32,7 +42,7 @@ def replace_dir(source: Path, target: Path) -> None:
     if not target.exists():
         source.rename(target)
         return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{owner_tag()}", dir=target.parent))
     target.rename(trash / target.name)
     try:
         source.rename(target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,44 @@ def decode_mono(source: Path | bytes) -> tuple[np.ndarray, int]:
         raise AudioProblem("no audio samples (empty file)")
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
     return np.ascontiguousarray(mono), int(rate)
+
+
+def declared_frames(path: Path) -> int | None:
+    """The frame count a file's header promises (WAV: its ``data`` chunk; FLAC: STREAMINFO), or None when
+    the format has no exact count (MP3, OGG) or the header leaves it open (a streamed WAV).
+
+    libsndfile silently shortens a WAV whose ``data`` chunk runs past the end of the file, so the WAV
+    header is read here; compare with what decodes to find truncated files.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+                return _wav_data_frames(handle)
+            if head[:4] == b"fLaC":
+                return sf.info(str(path)).frames or None
+    except (OSError, RuntimeError, struct.error):
+        return None
+    return None
+
+
+def _wav_data_frames(handle) -> int | None:
+    """Frames of the ``data`` chunk (size / block align) of a RIFF/WAVE file positioned after its 12-byte header."""
+    block_align = 0
+    while True:
+        header = handle.read(8)
+        if len(header) < 8:
+            return None
+        kind, size = header[:4], struct.unpack("<I", header[4:])[0]
+        if kind == b"fmt ":
+            block_align = struct.unpack("<H", handle.read(16)[12:14])[0]
+            handle.seek(size - 16 + (size & 1), io.SEEK_CUR)
+        elif kind == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block_align
+        else:
+            handle.seek(size + (size & 1), io.SEEK_CUR)
 
 
 def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:

@@ -106,7 +106,8 @@ class SyntheticReport(IndexReport):
 @dataclass(frozen=True)
 class CacheReport:
     """An audio cache build: clips in all, up to date, decoded, touched but unchanged, skipped (listed in
-    ``skipped_file``), hours of audio and size on disk."""
+    ``skipped_file``), hours of audio, size on disk, and truncated files (cached at the length that decodes,
+    listed in ``truncated_file``)."""
 
     cache: str
     rate: int
@@ -118,6 +119,8 @@ class CacheReport:
     skipped: list[dict]
     hours: float
     size_gb: float
+    truncated_file: str = ""
+    truncated: list[dict] = field(default_factory=list)
 
     def as_json(self) -> dict:
         """The ``--json`` output."""

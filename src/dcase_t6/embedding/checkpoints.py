@@ -6,6 +6,7 @@ validation used, so a model is embedded exactly as it was validated, also as a d
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.console import count_progress
-from dcase_t6.data.audio_cache import AudioCache, build_cache
+from dcase_t6.data.audio_cache import AudioCache, build_cache, cached_split
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import Split, load_split
 from dcase_t6.embedding.encode import embed_audio, embed_text, similarity
@@ -68,11 +69,22 @@ def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
     return registry.run(record.run_id).code_version
 
 
+def _holding_the_run(function):
+    """Run ``function(workdir, run, ...)`` holding an "embed" lease on the run, so `runs rm` refuses it meanwhile."""
+    @functools.wraps(function)
+    def holding(workdir: str | Path, run: str, *args, **kwargs):
+        with Registry(workdir).using(run, "embed") as run_id:
+            return function(workdir, run_id, *args, **kwargs)
+    return holding
+
+
+@_holding_the_run
 def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",
               batch_size: int = 32, with_similarity: bool = True) -> dict:
     """Embed one split with a run's checkpoint (``best`` or ``last``) and the input settings of the run's
     config; writes and registers the embeddings and (unless ``with_similarity`` is False, as for a training
-    split's distillation targets) the similarity matrix."""
+    split's distillation targets) the similarity matrix. Clips the audio cache skipped are left out with
+    their queries (one warning line); the evaluation set, which needs every clip, fails instead."""
     registry = Registry(workdir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(registry, run, tag, str(device))
@@ -80,6 +92,7 @@ def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str
     data = load_split(data_root, dataset, split)
     build_cache(Layout.at(data_root), model.sample_rate, [dataset])
     store = AudioCache(data_root, model.sample_rate)
+    data = cached_split(store, data)  # clips the cache skipped (unreadable) are left out with their queries
     audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size,
                               loaded.config.clip_samples(model.sample_rate))
     with count_progress() as bar:

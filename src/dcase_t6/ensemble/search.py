@@ -17,12 +17,13 @@ import numpy as np
 from rich.progress import Progress
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.ensemble.grid import METRIC, exact_map_at_k, grid_divisions
-from dcase_t6.ensemble.groups import Group, SearchOutcome, planned_grid_points, resolve_groups, two_stage_search
+from dcase_t6.ensemble.grid import METRIC, METRIC_K, grid_divisions
+from dcase_t6.ensemble.groups import Group, planned_grid_points, resolve_groups, two_stage_search
 from dcase_t6.ensemble.systems import NORMALIZATIONS, System, align_systems, stacked_scores, take, weighted_sum
 from dcase_t6.ensemble.weights import Candidate, EnsembleWeights, GroupWeights, Validation
-from dcase_t6.retrieval.evaluation import EvaluationResult, evaluate
-from dcase_t6.retrieval.ground_truth import Relevance, align
+from dcase_t6.retrieval import metrics
+from dcase_t6.retrieval.evaluation import EvaluationResult, evaluate, mean_average_precision
+from dcase_t6.retrieval.ground_truth import Alignment, Relevance, align
 from dcase_t6.retrieval.matrices import SimilarityMatrix
 
 MAX_GRID_POINTS = 250_000  # about 7 systems at step 0.05; minutes of search
@@ -100,9 +101,14 @@ def search(systems: Sequence[System], relevance: Relevance, options: SearchOptio
            progress: Progress | None = None) -> SearchResult:
     """Grid-search the ensemble weights that maximise validation mAP@16, then re-score the best exactly.
 
+    The order of ``systems`` changes nothing: they are searched (and summed) in name order, aligned as
+    :func:`~dcase_t6.ensemble.systems.align_systems` does (repeated captions as ``evaluate`` matches
+    them), and a repeated caption's rows count as one only when they are identical in every system.
+    Every reported score (validation, candidates, groups) is ``evaluate`` on the applied matrix.
+
     Args:
-        systems: validation matrices of at least 2 systems with distinct names; they are aligned to the
-            first one's queries and files.
+        systems: validation matrices of at least 2 systems with distinct names, scoring the same queries
+            and files; the weights are listed in this order.
         relevance: the validation ground truth.
         options: normalisation, step, groups, candidates kept, missing queries allowed.
         progress: a rich progress display to advance over the grid points, or None.
@@ -115,28 +121,67 @@ def search(systems: Sequence[System], relevance: Relevance, options: SearchOptio
             ground-truth queries missing from the matrices (unless ``allow_missing``).
     """
     started = time.perf_counter()
-    names = [system.name for system in systems]
+    given = [system.name for system in systems]
+    canonical = sorted(systems, key=lambda system: system.name)  # the -s order changes nothing
+    names = [system.name for system in canonical]
     groups = plan_search(names, options)
-    aligned = align_systems(systems)
-    alignment = align(aligned[0].matrix, relevance, allow_missing=options.allow_missing)
+    aligned = align_systems(canonical)
     scores = stacked_scores(aligned, options.normalize)
+    first = aligned[0].matrix
+    alignment = align(first, relevance, allow_missing=options.allow_missing, scores=scores)
     scored = take(scores, alignment.rows, axis=1)
     outcome = two_stage_search(scored, alignment.relevant, groups, grid_divisions(options.step), options.top,
                                progress)
-    first = aligned[0].matrix
-    best = SimilarityMatrix(first.queries, first.files, weighted_sum(scores, outcome.candidates[0]))
-    evaluation = evaluate(best, relevance, allow_missing=options.allow_missing)
+
+    rescore = _Rescorer(first, scores, alignment, relevance, options.allow_missing)
+    evaluation = evaluate(rescore.applied(outcome.candidates[0]), relevance, allow_missing=options.allow_missing)
+    best_score = evaluation.scores[METRIC]
     weights = EnsembleWeights(
-        weights=_named(names, outcome.candidates[0]), normalize=options.normalize, metric=METRIC,
+        weights=_named(names, outcome.candidates[0], given), normalize=options.normalize, metric=METRIC,
         step=options.step, strategy=options.strategy_name,
         validation=_validation(evaluation, relevance),
-        groups=_group_weights(names, groups, outcome, scored, alignment.relevant) if len(groups) > 1 else [],
-        candidates=[Candidate(_named(names, flat), exact_map_at_k(scored, alignment.relevant, flat))
-                    for flat in outcome.candidates],
-        systems={system.name: system.path for system in aligned},
+        groups=[GroupWeights(group.name, float(group_weight), _named(names, inner, given, group.members),
+                             rescore.map_at_k(inner, group.members))
+                for group, inner, group_weight in zip(groups, outcome.group_inner, outcome.group_weights)
+                if len(groups) > 1],
+        candidates=[Candidate(_named(names, flat, given), best_score if rank == 0 else rescore.map_at_k(flat))
+                    for rank, flat in enumerate(outcome.candidates)],
+        systems={system.name: system.path for system in systems},
         grid_points=outcome.grid_points,
         seconds=round(time.perf_counter() - started, 3))
     return SearchResult(weights=weights, evaluation=evaluation)
+
+
+class _Rescorer:
+    """Exact validation mAP@16 of applied weights: what ``evaluate`` gives on the applied matrix.
+
+    The search alignment (a repeated caption is one row only where its rows are identical in every
+    system) is ``evaluate``'s alignment of any applied matrix, unless the weights make a caption's
+    different rows identical (e.g. weight 0 on every system that tells them apart); only then is the
+    applied matrix aligned anew.
+    """
+
+    def __init__(self, first: SimilarityMatrix, scores: np.ndarray, alignment: Alignment, relevance: Relevance,
+                 allow_missing: bool):
+        self.first, self.scores, self.alignment = first, scores, alignment
+        self.relevance, self.allow_missing = relevance, allow_missing
+        rows_of: dict[str, list[int]] = {}
+        for row, query in enumerate(first.queries):
+            rows_of.setdefault(query, []).append(row)
+        self.distinct = [rows for rows in rows_of.values()
+                         if len(rows) > 1 and not (scores[:, rows] == scores[:, rows[:1]]).all()]
+
+    def applied(self, weights: Sequence[float], members: Sequence[int] | None = None) -> SimilarityMatrix:
+        """The matrix of ``weights`` over ``members`` (default: every system), summed in system order."""
+        chosen = self.scores if members is None else take(self.scores, members)
+        return SimilarityMatrix(self.first.queries, self.first.files, weighted_sum(chosen, weights))
+
+    def map_at_k(self, weights: Sequence[float], members: Sequence[int] | None = None) -> float:
+        matrix = self.applied(weights, members)
+        if any((matrix.scores[rows] == matrix.scores[rows[0]]).all() for rows in self.distinct):
+            return mean_average_precision(matrix, self.relevance, METRIC_K, self.allow_missing)
+        ranks = metrics.relevant_ranks(take(matrix.scores, self.alignment.rows), self.alignment.relevant)
+        return float(np.mean(metrics.average_precision_at_k(ranks, METRIC_K)))
 
 
 def apply(weights: EnsembleWeights, systems: Sequence[System]) -> SimilarityMatrix:
@@ -147,17 +192,22 @@ def apply(weights: EnsembleWeights, systems: Sequence[System]) -> SimilarityMatr
         systems: one matrix per weighted system, named as in ``weights``; aligned to the first one.
 
     Returns:
-        The ensemble matrix, in the first system's query and file order.
+        The ensemble matrix, in the first system's query and file order, summed in name order (as the
+        search sums it, so the same weights and matrices give the same matrix bit for bit).
 
     Raises:
-        UserError: for a weighted system not given, a given system without weight, or systems scoring
-            different queries or files.
+        UserError: for a weighted system not given, a given system without weight, all weights 0, or
+            systems scoring different queries or files.
     """
     aligned = align_systems(systems)
     by_name = {system.name: system for system in aligned}
     _check_same_names(weights, list(by_name))
-    ordered = [by_name[name] for name in weights.weights]
-    combined = weighted_sum(stacked_scores(ordered, weights.normalize), list(weights.weights.values()))
+    if not any(weight > 0 for weight in weights.weights.values()):
+        raise UserError(f"{weights.source or 'the ensemble weights'}: every weight is 0, so the ensemble would be an "
+                        "all-zero matrix; give at least one system a positive weight")
+    names = sorted(weights.weights)  # summed in name order, as the search does: the same matrix whatever the order
+    combined = weighted_sum(stacked_scores([by_name[name] for name in names], weights.normalize),
+                            [weights.weights[name] for name in names])
     return SimilarityMatrix(aligned[0].matrix.queries, aligned[0].matrix.files, combined)
 
 
@@ -174,18 +224,14 @@ def _check_same_names(weights: EnsembleWeights, given: Sequence[str]) -> None:
                         "drop it or re-run the search with it")
 
 
-def _named(names: Sequence[str], weights: np.ndarray) -> dict[str, float]:
-    return {name: float(weight) for name, weight in zip(names, weights)}
+def _named(names: Sequence[str], weights: np.ndarray, order: Sequence[str],
+           members: Sequence[int] | None = None) -> dict[str, float]:
+    """Name -> weight of ``names`` (or of its ``members``), listed in ``order`` (the order of the -s options)."""
+    chosen = names if members is None else [names[index] for index in members]
+    by_name = {name: float(weight) for name, weight in zip(chosen, weights)}
+    return {name: by_name[name] for name in order if name in by_name}
 
 
 def _validation(result: EvaluationResult, relevance: Relevance) -> Validation:
     setting = "single-relevant" if all(len(files) == 1 for files in relevance.relevant_files) else "multi-relevant"
     return Validation(dict(result.scores), result.n_queries, setting, str(relevance.source))
-
-
-def _group_weights(names: Sequence[str], groups: Sequence[Group], outcome: SearchOutcome, scores: np.ndarray,
-                   relevant: np.ndarray) -> list[GroupWeights]:
-    """Per group: its weight, its members' inner weights and the validation mAP@16 of its combination."""
-    return [GroupWeights(group.name, float(group_weight), _named([names[i] for i in group.members], inner),
-                         exact_map_at_k(take(scores, group.members), relevant, inner))
-            for group, inner, group_weight in zip(groups, outcome.group_inner, outcome.group_weights)]

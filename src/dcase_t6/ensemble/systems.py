@@ -38,19 +38,34 @@ class System:
 def align_systems(systems: Sequence[System]) -> list[System]:
     """Reorder every system's rows and columns to the first system's queries and files.
 
+    Repeated captions (one query text on several rows) follow ``evaluate``: a system whose rows of a text
+    are identical (or that has the text once) gives that text one row, which is repeated wherever
+    another system has distinct rows for it; distinct rows are matched occurrence by occurrence (the
+    k-th row of the text in one file with the k-th in another), so they must be as many in every system
+    that has them. A text that is one row in every system keeps the first system's number of (then
+    identical) rows. The result does not depend on which system comes first, up to that row layout.
+
     Args:
         systems: the systems, with distinct names.
 
     Returns:
-        The systems in the same order, all with the first one's query and file order.
+        The systems in the same order, all with the same queries (the first one's order) and files.
 
     Raises:
-        UserError: for a repeated name, or a system lacking (or adding) a query or audio file.
+        UserError: for a repeated name, or a system lacking (or adding) a query or audio file, or having
+            a different number of distinct rows for a repeated caption.
     """
     reject_duplicates([system.name for system in systems], "--system name")
     if not systems:
         return []
-    return [systems[0]] + [_aligned_to(systems[0], system) for system in systems[1:]]
+    reference = systems[0]
+    queries, rows = _row_layout(systems)
+    aligned = []
+    for system, system_rows in zip(systems, rows):
+        columns = _positions(reference, system, reference.matrix.files, system.matrix.files, "audio file")
+        scores = take(take(system.matrix.scores, system_rows, axis=0), columns, axis=1)
+        aligned.append(System(system.name, SimilarityMatrix(queries, reference.matrix.files, scores), system.path))
+    return aligned
 
 
 def reject_duplicates(names: Sequence[str], what: str) -> None:
@@ -60,13 +75,70 @@ def reject_duplicates(names: Sequence[str], what: str) -> None:
         raise UserError(f"{what} {repeated.value!r} is given twice; use each name once")
 
 
-def _aligned_to(reference: System, system: System) -> System:
-    """``system`` with rows and columns in ``reference``'s order; a UserError on any difference."""
-    rows = _positions(reference, system, _occurrence_keys(reference.matrix.queries),
-                      _occurrence_keys(system.matrix.queries), "query")
-    columns = _positions(reference, system, reference.matrix.files, system.matrix.files, "audio file")
-    scores = take(take(system.matrix.scores, rows, axis=0), columns, axis=1)
-    return System(system.name, SimilarityMatrix(reference.matrix.queries, reference.matrix.files, scores), system.path)
+@dataclass(frozen=True)
+class _Repeats:
+    """The rows of one query text in one system and whether they hold different scores."""
+
+    rows: list[int]
+    distinct: bool
+
+
+def _row_layout(systems: Sequence[System]) -> tuple[list[str], list[np.ndarray]]:
+    """The aligned query texts and, per system, the row it contributes to each (see :func:`align_systems`)."""
+    reference = systems[0]
+    if all(system.matrix.queries == reference.matrix.queries for system in systems):
+        identity = np.arange(len(reference.matrix.queries))
+        return list(reference.matrix.queries), [identity] * len(systems)
+    repeats = [_repeats(system.matrix) for system in systems]
+    counts = _agreed_counts(repeats)
+    if counts is None:
+        raise _first_difference(systems)
+    reference_count = {text: len(entry.rows) for text, entry in repeats[0].items()}
+    queries, rows = [], [[] for _ in systems]
+    seen: dict[str, int] = defaultdict(int)
+    for text in reference.matrix.queries:
+        occurrence = seen[text]
+        seen[text] += 1
+        wanted = counts[text] or reference_count[text]
+        last = occurrence == reference_count[text] - 1
+        for k in range(occurrence, wanted if last else min(occurrence + 1, wanted)):
+            queries.append(text)
+            for system_rows, system_repeats in zip(rows, repeats):
+                entry = system_repeats[text]
+                system_rows.append(entry.rows[k] if k < len(entry.rows) else entry.rows[0])
+    return queries, [np.array(system_rows, dtype=np.int64) for system_rows in rows]
+
+
+def _repeats(matrix: SimilarityMatrix) -> dict[str, _Repeats]:
+    """Every query text's rows; ``distinct`` when the text has several rows that are not all identical."""
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for row, query in enumerate(matrix.queries):
+        rows_of[query].append(row)
+    return {text: _Repeats(rows, len(rows) > 1 and not (matrix.scores[rows] == matrix.scores[rows[0]]).all())
+            for text, rows in rows_of.items()}
+
+
+def _agreed_counts(repeats: Sequence[dict[str, _Repeats]]) -> dict[str, int] | None:
+    """Per text, the number of distinct rows the systems agree on (0: one row in every system); None when a
+    system lacks or adds a text, or two systems have different numbers of distinct rows for one."""
+    texts = repeats[0].keys()
+    counts: dict[str, int] = {}
+    for system_repeats in repeats:
+        if system_repeats.keys() != texts:
+            return None
+        for text, entry in system_repeats.items():
+            if entry.distinct and counts.setdefault(text, len(entry.rows)) != len(entry.rows):
+                return None
+    return {text: counts.get(text, 0) for text in texts}
+
+
+def _first_difference(systems: Sequence[System]) -> UserError:
+    """The error for systems that disagree on their queries: the first difference, occurrence by occurrence."""
+    reference = systems[0]
+    keys = _occurrence_keys(reference.matrix.queries)
+    for system in systems[1:]:
+        _positions(reference, system, keys, _occurrence_keys(system.matrix.queries), "query")
+    return _mismatch(reference, systems[-1], "repeats a caption with different scores a different number of times")
 
 
 def _occurrence_keys(queries: Sequence[str]) -> list[tuple[str, int]]:

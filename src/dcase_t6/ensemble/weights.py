@@ -11,7 +11,7 @@ Format (JSON, written atomically, 2-space indent, UTF-8, final newline)::
      "candidates": [{"weights": {...}, "mAP@16": ...}, ...],   # best first, exact scores
      "systems": {"NAME": "validation matrix path"}, "grid_points": ..., "seconds": ...}
 
-Reading contract: only ``"weights"`` (system name -> finite number >= 0) is required, so hand-written
+Reading contract: only ``"weights"`` (system name -> finite number >= 0, not all 0) is required, so hand-written
 files work. ``"format"`` may be left out but, when given, must be ``dcase-t6-ensemble-weights``;
 ``"version"`` defaults to 1 (the only version), ``"normalize"`` to ``"none"`` and ``"metric"`` to
 ``"mAP@16"``. The other keys record how a search found the weights; each is optional, but when
@@ -147,6 +147,9 @@ def read_weights(path: str | Path) -> EnsembleWeights:
     if weights is None:
         raise UserError(f"{path}: expected an object with \"weights\": {{\"<system>\": <number >= 0>, ...}}; "
                         "pass the JSON written by `dcase-t6 ensemble --search`")
+    if not any(weight > 0 for weight in weights.values()):
+        raise UserError(f"{path}: every \"weights\" entry is 0, so the ensemble would be an all-zero matrix; give "
+                        "at least one system a positive weight, or re-run `dcase-t6 ensemble --search`")
     if document.get("version", VERSION) != VERSION:
         raise UserError(f"{path}: \"version\" is {document['version']!r}; this dcase-t6 reads version {VERSION}; "
                         "re-run `dcase-t6 ensemble --search`")

@@ -49,6 +49,14 @@ def evaluate(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool
     )
 
 
+def mean_average_precision(matrix: SimilarityMatrix, relevance: Relevance, k: int,
+                           allow_missing: bool = False) -> float:
+    """mAP@k of ``matrix`` exactly as :func:`evaluate` computes it (same alignment and ranks), nothing else."""
+    alignment = align(matrix, relevance, allow_missing=allow_missing)
+    ranks = metrics.relevant_ranks(_scored_rows(matrix, alignment.rows), alignment.relevant)
+    return float(np.mean(metrics.average_precision_at_k(ranks, k)))
+
+
 def write_per_query(result: EvaluationResult, path: str | Path) -> None:
     """Write one row per scored query: its metrics and the sorted ranks of its relevant files."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:

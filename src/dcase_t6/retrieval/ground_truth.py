@@ -70,15 +70,20 @@ def read_captions_file(path: str | Path) -> Relevance:
     return Relevance(queries=queries, relevant_files=relevant, source=path)
 
 
-def align(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = False) -> Alignment:
+def align(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = False,
+          scores: np.ndarray | None = None) -> Alignment:
     """Match relevance queries to matrix rows by exact text.
 
     A query text on several prediction rows with identical scores (a text model gives the same
     caption the same row) counts as one row that every occurrence in the ground truth uses. Rows
     of the same text with different scores are matched k-th occurrence to k-th occurrence, and
     must then occur as often in the predictions as in the ground truth.
+
+    ``scores`` (``(..., queries, files)``, default ``matrix.scores``) decides which repeated rows are
+    identical: an ensemble search passes every system's scores, so rows count as one only when they
+    are identical in all of them.
     """
-    rows_by_query = _rows_by_query(matrix)
+    rows_by_query = _rows_by_query(matrix.queries, matrix.scores if scores is None else scores)
     column_of = {name: column for column, name in enumerate(matrix.files)}
     used: dict[str, int] = defaultdict(int)
     rows, relevant, missing = [], [], []
@@ -98,13 +103,13 @@ def align(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = 
     return Alignment(rows=np.array(rows, dtype=np.int64), relevant=_pad(relevant), n_missing=len(missing))
 
 
-def _rows_by_query(matrix: SimilarityMatrix) -> dict[str, list[int]]:
+def _rows_by_query(queries: list[str], scores: np.ndarray) -> dict[str, list[int]]:
     """Rows of each query text; repeated texts whose rows are all identical collapse to their first row."""
     rows_by_query: dict[str, list[int]] = defaultdict(list)
-    for row, query in enumerate(matrix.queries):
+    for row, query in enumerate(queries):
         rows_by_query[query].append(row)
     for query, rows in rows_by_query.items():
-        if len(rows) > 1 and (matrix.scores[rows] == matrix.scores[rows[0]]).all():
+        if len(rows) > 1 and (scores[..., rows, :] == scores[..., rows[:1], :]).all():
             rows_by_query[query] = rows[:1]
     return rows_by_query
 

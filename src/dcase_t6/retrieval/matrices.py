@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,11 @@ from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
 
 INDEX_HEADER = "index"
+# Longest query text or file name accepted (the csv module's default field limit): a longer cell is not a caption.
+FIELD_LIMIT = 131072
+NPZ_ARRAYS = ("scores", "queries", "files")
+_NPZ_FIX = "write it with numpy.savez(path, scores=<float matrix>, queries=<str array>, files=<str array>)"
+_MAX_DEFLATE_RATIO = 1032  # deflate never expands data more than this: a member claiming more is corrupt
 # pandas >= 3 parses floats round-trip exactly by default and deprecates asking for it.
 _ROUND_TRIP = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
@@ -91,12 +99,21 @@ def read_csv(path: str | Path) -> SimilarityMatrix:
         frame = pd.read_csv(path, encoding="utf-8-sig", header=0, index_col=0, dtype={0: str},
                             keep_default_na=False, na_values=[], **_ROUND_TRIP)
     except pd.errors.ParserError as err:
-        raise UserError(f"{path}: malformed CSV ({str(err).strip()}); every row needs 1 + {len(files)} "
+        raise UserError(f"{path}: malformed CSV ({' '.join(str(err).split())}); every row needs 1 + {len(files)} "
                         "fields") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text after the header ({err.reason}); save the "
+                        "CSV as UTF-8") from None
     if frame.shape[1] != len(files):
         raise UserError(f"{path}: found {frame.shape[1]} score columns but the header names {len(files)} files")
+    if frame.shape[0] == 0:
+        raise UserError(f"{path}: the header names {len(files)} audio files but no query rows follow; add one row "
+                        "per query: '<caption>,<score 1>,<score 2>,...'")
     queries = [str(q) for q in frame.index]
-    _check_queries(path, queries)
+    empty = next((row for row, query in enumerate(queries, start=2) if not query.strip()), None)
+    if empty is not None:
+        raise UserError(f"{path}: row {empty} has an empty query text in column 1; every row needs its caption")
+    _check_names(path, queries, "row {}, column 1 (the query text)", 2)
     scores = _numeric_scores(path, frame, files)
     matrix = SimilarityMatrix(queries=queries, files=files, scores=scores)
     _check_finite(scores, path, matrix)
@@ -111,26 +128,47 @@ def _read_header(path: Path) -> list[str]:
             raise UserError(f"{path}: the file is empty; expected a header 'index,<file 1>,<file 2>,...'") from None
         except UnicodeDecodeError as err:
             raise UserError(f"{path}: not UTF-8 text ({err.reason}); save the CSV as UTF-8") from None
+        except csv.Error as err:
+            raise UserError(f"{path}: row 1 (the header) is not CSV ({err}); expected 'index,<file 1>,<file 2>,...' "
+                            f"with names of at most {FIELD_LIMIT} characters") from None
     if not header or header[0].strip().lower() != INDEX_HEADER:
         first = header[0] if header else ""
-        raise UserError(f"{path}: header cell 1 is {first!r}; the first header cell must be 'index'")
+        raise UserError(f"{path}: header cell 1 is {_show(first)}; the first header cell must be 'index'")
     files = header[1:]
     if not files:
         raise UserError(f"{path}: the header names no audio files; expected 'index,<file 1>,<file 2>,...'")
+    _check_names(path, files, "header cell {} (an audio file name)", 2)
     _check_unique(path, files, "audio file column", offset=2)
     return files
 
 
-def _check_queries(path: Path, queries: list[str]) -> None:
-    for row, query in enumerate(queries, start=2):
-        if not query.strip():
-            raise UserError(f"{path}: row {row} has an empty query text in column 1; every row needs its caption")
+def _check_names(path: Path, names: list[str], place: str, offset: int) -> None:
+    """Every query text or file name must be non-empty text of at most FIELD_LIMIT characters, without NUL.
+
+    ``place`` names the cell with a ``{}`` for its position (counted from ``offset``).
+    """
+    for position, name in enumerate(names, start=offset):
+        if not name.strip():
+            problem = "is empty"
+        elif len(name) > FIELD_LIMIT:
+            problem = f"is {len(name)} characters long (more than {FIELD_LIMIT}), not a caption or file name"
+        elif "\0" in name:
+            problem = "holds a NUL character (binary data, not text)"
+        else:
+            continue
+        raise UserError(f"{path}: {place.format(position)} {problem}; every query and audio file needs a name of "
+                        "plain text")
+
+
+def _show(text: str, limit: int = 60) -> str:
+    """``repr(text)``, shortened for a one-line message."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _check_unique(path: Path, names: list[str], what: str, offset: int) -> None:
     repeated = first_duplicate(names)
     if repeated is not None:
-        raise UserError(f"{path}: duplicated {what} {repeated.value!r} (positions {repeated.first + offset} and "
+        raise UserError(f"{path}: duplicated {what} {_show(repeated.value)} (positions {repeated.first + offset} and "
                         f"{repeated.second + offset}); each must appear once")
 
 
@@ -141,8 +179,8 @@ def _numeric_scores(path: Path, frame: pd.DataFrame, files: list[str]) -> np.nda
         values = frame.iloc[:, column]
         bad_row = int(np.flatnonzero(pd.to_numeric(values, errors="coerce").isna().to_numpy())[0])
         cell = values.iloc[bad_row]
-        what = "is empty (short row or missing score)" if cell == "" else f"holds {cell!r}, not a number"
-        raise UserError(f"{path}: row {bad_row + 2}, column {column + 2} ({files[column]!r}) {what}; "
+        what = "is empty (short row or missing score)" if cell == "" else f"holds {_show(cell, 30)}, not a number"
+        raise UserError(f"{path}: row {bad_row + 2}, column {column + 2} ({_show(files[column])}) {what}; "
                         "every score must be a finite number")
     return frame.to_numpy(dtype=np.float64)
 
@@ -151,21 +189,73 @@ def _check_finite(scores: np.ndarray, path: Path, matrix: SimilarityMatrix) -> N
     bad = ~np.isfinite(scores)
     if bad.any():
         row, column = (int(i) for i in np.argwhere(bad)[0])
-        raise UserError(f"{path}: row {row + 2}, column {column + 2} ({matrix.files[column]!r}) is "
+        raise UserError(f"{path}: row {row + 2}, column {column + 2} ({_show(matrix.files[column])}) is "
                         f"{scores[row, column]}; every score must be a finite number")
 
 
 def _read_npz(path: Path) -> SimilarityMatrix:
+    """Read an .npz without pickles, checking every array's header before any memory is allocated for it."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"scores", "queries", "files"} - set(data.files)
-            if missing:
-                raise UserError(f"{path}: missing arrays {sorted(missing)}; an .npz needs scores, queries and files")
-            matrix = SimilarityMatrix(queries=[str(q) for q in data["queries"]],
-                                      files=[str(f) for f in data["files"]],
-                                      scores=np.asarray(data["scores"], dtype=np.float64))
-    except (ValueError, OSError) as err:
-        raise UserError(f"{path}: cannot read as .npz ({err}); write it with numpy.savez") from None
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise UserError(f"{path}: not an .npz (zip) archive ({err}); {_NPZ_FIX}") from None
+    with archive:
+        members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+        missing = [name for name in NPZ_ARRAYS if name not in members]
+        if missing:
+            raise UserError(f"{path}: missing arrays {missing}; an .npz needs scores, queries and files: {_NPZ_FIX}")
+        scores, queries, files = (_read_member(path, archive, members[name], name) for name in NPZ_ARRAYS)
+    for name, names in (("queries", queries), ("files", files)):
+        if names.ndim != 1 or names.dtype.kind != "U":
+            raise UserError(f"{path}: array {name!r} is {_describe(names)}; it must be a 1-D array of str "
+                            f"(numpy.array(names, dtype=str)): {_NPZ_FIX}")
+    if scores.ndim != 2 or scores.dtype.kind not in "iuf":
+        raise UserError(f"{path}: array 'scores' is {_describe(scores)}; it must be a 2-D array of floats "
+                        f"(queries x files): {_NPZ_FIX}")
+    if scores.shape != (len(queries), len(files)) or not scores.size:
+        raise UserError(f"{path}: array 'scores' has shape {scores.shape} but there are {len(queries)} queries and "
+                        f"{len(files)} files; it must be (queries, files), neither empty: {_NPZ_FIX}")
+    matrix = SimilarityMatrix(queries=queries.tolist(), files=files.tolist(),
+                              scores=scores.astype(np.float64, copy=scores.dtype != np.float64))
+    _check_names(path, matrix.queries, "entry {} of array 'queries'", 0)
+    _check_names(path, matrix.files, "entry {} of array 'files'", 0)
     _check_unique(path, matrix.files, "audio file", offset=1)
     _check_finite(matrix.scores, path, matrix)
     return matrix
+
+
+def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.ndarray:
+    """One .npy member: header checked (no objects, size consistent with the member), then exactly its bytes."""
+    def corrupt(problem: str) -> UserError:
+        return UserError(f"{path}: array {name!r} {problem}; the file is truncated or corrupt: {_NPZ_FIX}")
+
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise corrupt(f"uses zip compression method {info.compress_type} (numpy writes stored or deflated)")
+    if info.file_size > _MAX_DEFLATE_RATIO * max(info.compress_size, 1) + 1024 or \
+            (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
+        raise corrupt(f"claims {info.file_size} bytes from {info.compress_size} stored bytes")
+    try:
+        with archive.open(info) as handle:
+            version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0)):
+                raise corrupt(f"has .npy format version {version[0]}.{version[1]} (numpy.savez writes 1.0 or 2.0)")
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(handle)
+            if dtype.hasobject:
+                raise UserError(f"{path}: array {name!r} holds Python objects (dtype {dtype}), which are never "
+                                f"unpickled; save numbers and str arrays instead: {_NPZ_FIX}")
+            count = math.prod(shape)
+            size = count * dtype.itemsize
+            if size > info.file_size:
+                raise corrupt(f"declares shape {shape} of {dtype} ({size} bytes) but the member holds "
+                              f"{info.file_size} bytes")
+            buffer = bytearray(size)
+            if handle.readinto(buffer) != size or handle.read(1):  # reading to the end checks the CRC
+                raise corrupt(f"does not hold exactly the {size} bytes of its shape {shape}")
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as err:
+        raise corrupt(f"cannot be read ({' '.join(str(err).split())})") from None
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
+
+
+def _describe(array: np.ndarray) -> str:
+    return f"{array.ndim}-D of dtype {array.dtype} (shape {array.shape})"

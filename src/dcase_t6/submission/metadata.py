@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
+import unicodedata
 from importlib.resources import files
 from pathlib import Path
 
@@ -23,6 +25,76 @@ from dcase_t6.retrieval.metrics import METRIC_KEYS
 TEMPLATE_NAME = "meta_template.yaml"
 SCHEMA_NAME = "meta_schema.json"
 LABEL_FORM = "<Lastname>_<INSTITUTE>_task6_<1-4>"
+MAX_META_BYTES = 256 << 10  # the template is 10 kB; parsing (pure-Python, to refuse aliases) takes ~2 s at the bound
+MAX_DEPTH = 32  # the template nests 5 levels
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_UMLAUTS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue"})
+_LETTERS = str.maketrans({"ß": "ss", "ł": "l", "ø": "o", "æ": "ae", "œ": "oe", "đ": "d", "þ": "th", "ı": "i"})
+
+
+class _Refused(yaml.YAMLError):
+    """YAML that is well-formed but refused (alias, tag, duplicate key, nesting); the message is the fix."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (no expansion bombs), nesting deeper than MAX_DEPTH, unknown tags
+    and duplicate keys (which SafeLoader silently resolves to the last value)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} refused (aliases can "
+                           "expand without bound); write the value out in full")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"line {self.peek_event().start_mark.line + 1}: nested more than {MAX_DEPTH} levels "
+                               "deep; start from `dcase-t6 package --init-meta`")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            _check_unique_keys(self, node)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError, KeyError, AttributeError, TypeError) as err:  # !!int abc, !!bool x
+            raise _Refused(f"line {node.start_mark.line + 1}: {_short_tag(node.tag)} value does not convert "
+                           f"({_one_line(err)}); write a plain value") from None
+
+    def construct_undefined(self, node):
+        raise _Refused(f"line {node.start_mark.line + 1}: YAML tag {_short_tag(node.tag)} refused; remove the tag "
+                       "and write a plain value")
+
+
+def _short_tag(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!", 1)
+
+
+_StrictLoader.add_constructor(None, _StrictLoader.construct_undefined)
+
+
+def _check_unique_keys(loader: _StrictLoader, node: yaml.MappingNode) -> None:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node)
+        try:
+            first = seen.setdefault(key, key_node)
+        except TypeError:  # unhashable: SafeConstructor refuses it with its line
+            continue
+        if first is not key_node:
+            raise _Refused(f"line {key_node.start_mark.line + 1}: duplicate key {key_node.value!r} (first on line "
+                           f"{first.start_mark.line + 1}); keep one of them (YAML would silently keep the last)")
 
 
 def template_text() -> str:
@@ -55,14 +127,30 @@ def team_of(label: str) -> str:
 
 
 def decode_meta(raw: bytes, where: str) -> dict:
-    """Parse raw metadata bytes (UTF-8 YAML, ``yaml.safe_load``) into a mapping; ``where`` names the file."""
+    """Parse raw metadata bytes (UTF-8 YAML: safe, no aliases, no duplicate keys) into a mapping.
+
+    Args:
+        raw: the file's bytes (at most MAX_META_BYTES).
+        where: the file's name, for the messages.
+
+    Returns:
+        The parsed mapping.
+
+    Raises:
+        UserError: one line naming the file, the line or reason, and the fix.
+    """
+    if len(raw) > MAX_META_BYTES:
+        raise UserError(f"{where}: more than {MAX_META_BYTES:,} bytes, too large for a metadata file (the template "
+                        "is 10 kB); start from `dcase-t6 package --init-meta`")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise UserError(f"{where}: not UTF-8 text ({err.reason}); save the YAML as UTF-8") from None
     try:
-        meta = yaml.safe_load(text)
-    except yaml.YAMLError as err:
+        meta = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader, stricter
+    except _Refused as err:
+        raise UserError(f"{where}: {err}") from None
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: a tagged value that does not convert (!!int abc)
         raise UserError(f"{where}: not valid YAML ({_one_line(err)}); fix the syntax (indentation, quotes)") from None
     if not isinstance(meta, dict):
         raise UserError(f"{where}: expected a YAML mapping with submission, system and results; "
@@ -71,9 +159,12 @@ def decode_meta(raw: bytes, where: str) -> dict:
 
 
 def meta_problems(meta: dict, label: str) -> list[str]:
-    """Every schema violation as ``path: message``, plus a mismatch of ``submission.label`` with ``label``."""
-    problems = [f"{_path(error.absolute_path)}: {_message(error)}"
-                for error in sorted(_validator().iter_errors(meta), key=lambda e: [str(p) for p in e.absolute_path])]
+    """Every schema violation and non-finite number as ``path: message``, plus a mismatch of ``submission.label``
+    with ``label``."""
+    errors = sorted(_validator().iter_errors(meta), key=lambda e: [str(p) for p in e.absolute_path])
+    problems = [f"{_path(error.absolute_path)}: {_message(error)}" for error in errors if _finite(error.instance)]
+    problems += [f"{_path(path)}: {value} is not a finite number; write a number (results: a fraction in [0, 1])"
+                 for path, value in _non_finite(meta)]
     submission = meta.get("submission")
     found = submission.get("label") if isinstance(submission, dict) else None
     if isinstance(found, str) and found != label:
@@ -82,13 +173,43 @@ def meta_problems(meta: dict, label: str) -> list[str]:
     return problems
 
 
+def meta_warnings(meta: dict, label: str) -> list[str]:
+    """Where ``label`` breaks the organisers' convention ``<Lastname>_<INSTITUTE>_task6_<n>`` of the corresponding
+    author (last name, affiliation abbreviation); accents, case, hyphens and a shortened double name are allowed.
+
+    Args:
+        meta: the parsed metadata.
+        label: the system label.
+
+    Returns:
+        One warning line per mismatch (none when the label or the author is not filled in).
+    """
+    author = _corresponding_author(meta)
+    if author is None or label_problem(label):
+        return []
+    name, institute = team_of(label).split("_", 1)
+    affiliation = author.get("affiliation")
+    lastname = author.get("lastname")
+    abbreviation = affiliation.get("abbreviation") if isinstance(affiliation, dict) else None
+    warnings = []
+    if isinstance(lastname, str) and lastname.strip() and not _same_name(name, lastname):
+        warnings.append(f"submission.label: {label!r} starts with {name!r}, not the corresponding author's lastname "
+                        f"{lastname!r}; the organisers' convention is <Lastname>_<INSTITUTE>_task6_<n>")
+    if isinstance(abbreviation, str) and abbreviation.strip() and _plain(institute) != _plain(abbreviation):
+        warnings.append(f"submission.label: {label!r} names institute {institute!r}, not the corresponding author's "
+                        f"affiliation abbreviation {abbreviation!r}; the organisers' convention is "
+                        "<Lastname>_<INSTITUTE>_task6_<n>")
+    return warnings
+
+
 def read_meta(path: str | Path, label: str) -> tuple[bytes, dict]:
     """Read and validate the metadata file of system ``label``; returns its raw bytes and parsed content."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found; create it with "
                         f"`dcase-t6 package --init-meta --label {label} --out {path}`")
-    raw = path.read_bytes()
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_META_BYTES + 1)
     meta = decode_meta(raw, str(path))
     problems = meta_problems(meta, label)
     if problems:
@@ -157,3 +278,44 @@ def _message(error: jsonschema.ValidationError) -> str:
 
 def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
+
+
+def _finite(value) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _non_finite(value, path: tuple = ()):
+    """``(path, value)`` of every NaN or infinite float in the parsed YAML (bounded: MAX_DEPTH, no aliases)."""
+    if not _finite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, (*path, index))
+
+
+def _corresponding_author(meta: dict) -> dict | None:
+    submission = meta.get("submission")
+    authors = submission.get("authors") if isinstance(submission, dict) else None
+    marked = [a for a in authors if isinstance(a, dict) and a.get("corresponding") is True] \
+        if isinstance(authors, list) else []
+    return marked[0] if len(marked) == 1 else None
+
+
+def _plain(text: str, umlauts: bool = False) -> str:
+    """Lower-case ASCII letters and digits of ``text`` (accents dropped; ä -> ae with ``umlauts``)."""
+    text = text.casefold().translate(_LETTERS)
+    text = unicodedata.normalize("NFKD", text.translate(_UMLAUTS) if umlauts else text)
+    return "".join(char for char in text if char.isascii() and char.isalnum())
+
+
+def _same_name(label_name: str, lastname: str) -> bool:
+    """Whether a label's name part spells ``lastname``, whole or some of its parts (Mueller: Müller-Lüdenscheidt)."""
+    given = [_plain(part) for part in label_name.split("-") if part]
+    for umlauts in (False, True):
+        parts = [_plain(part, umlauts) for part in re.split(r"[\s-]+", lastname) if _plain(part, umlauts)]
+        if "".join(given) == "".join(parts) or set(given) <= set(parts) or set(parts) <= set(given):
+            return True
+    return False

@@ -4,13 +4,16 @@
 assembled (the number of cluster classes) goes into a derived config (``dataclasses.replace``) from which
 the model is built and which its checkpoints store. The order, and why:
 
-1. the training pairs, the validation split and the caption/audio augmenter (reads only);
-2. the distillation teachers (the main process embeds any teacher missing training-split embeddings);
-3. the cluster labels (the main process clusters and registers them on a run's first start), giving the
+1. the audio cache at the backbone's sample rate (the main process builds it, the others wait): what it
+   holds decides which clips exist;
+2. the training pairs and the validation split without the clips the cache skipped (unreadable files: one
+   warning line says how many pairs and queries are left out; the data fingerprint covers the pairs
+   kept), and the caption/audio augmenter;
+3. the distillation teachers (the main process embeds any teacher missing training-split embeddings);
+4. the cluster labels (the main process clusters and registers them on a run's first start), giving the
    model's cluster class count, and the derived config;
-4. ``torch.manual_seed(seed)``, then the model (random initialisation draws from the seeded generator),
+5. ``torch.manual_seed(seed)``, then the model (random initialisation draws from the seeded generator),
    loaded from ``init_from`` when set, moved to the device;
-5. the audio cache at the model's sample rate (the main process builds it, the others wait);
 6. the DDP wrapper, the optimizer, the autocast dtype and the gradient scaler;
 7. the batches, the objective (the loss terms), the validator, the checkpointer and the log sinks.
 """
@@ -23,10 +26,11 @@ from dataclasses import dataclass
 import torch
 
 from dcase_t6.common.console import stderr_console
-from dcase_t6.data.audio_cache import AudioCache, build_cache
+from dcase_t6.data.audio_cache import AudioCache, build_cache, cached_split
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split
 from dcase_t6.models import CLUSTER_HEADS, DualEncoder
+from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.checkpoint import load_weights
 from dcase_t6.registry import Registry
 from dcase_t6.training.augmentation import PairAugmenter
@@ -76,18 +80,26 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
     Returns:
         The setup; its position is the start (``continue_run`` restores a ``last`` checkpoint into it).
     """
-    # 1. data (reads only)
-    pairs = load_pairs(config)
-    validation = load_split(config.data_root, config.validation_source, config.validation_split)
+    # 1. audio cache
+    rate = audio_backbones.sample_rate(config.model.backbone)
+    if world.is_main:  # one process builds the cache, the others wait and read it
+        build_cache(Layout.at(config.data_root), rate,
+                    list(dict.fromkeys([*config.datasets, config.validation_source])), workers=max(1, config.workers))
+    world.barrier()
+    store = AudioCache(config.data_root, rate)
+    # 2. data (reads only), the clips the cache skipped left out
+    pairs = load_pairs(config, store, say=world.is_main)
+    validation = cached_split(store, load_split(config.data_root, config.validation_source, config.validation_split),
+                              say=world.is_main)
     augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)
-    # 2. teachers
+    # 3. teachers
     teachers = (load_teachers(registry, config, pairs.captions, pairs.clip_ids, pairs.clip_names, world)
                 if config.distill_from else None)
-    # 3. cluster labels, and the config the model is built from
+    # 4. cluster labels, and the config the model is built from
     labels = _cluster_labels(registry, run_id, config, pairs, world)
     classes = int(labels.max()) + 1 if labels is not None else 0
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, cluster_classes=classes))
-    # 4. model
+    # 5. model
     torch.manual_seed(config.seed)
     model = DualEncoder(config.model, audio_weights="random" if config.init_from else config.audio_weights)
     if config.init_from:
@@ -96,12 +108,6 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
         stderr_console.print(f"audio backbone {config.model.backbone}: {model.audio.weights_source}",
                              highlight=False, soft_wrap=True)
     model.to(world.device)
-    # 5. audio cache
-    if world.is_main:  # one process builds the cache, the others wait and read it
-        build_cache(Layout.at(config.data_root), model.sample_rate,
-                    list(dict.fromkeys([*config.datasets, config.validation_source])), workers=max(1, config.workers))
-    world.barrier()
-    store = AudioCache(config.data_root, model.sample_rate)
     max_samples = config.clip_samples(model.sample_rate)
     # 6. optimisation
     network = _wrap(model, world)

@@ -8,7 +8,7 @@ holds the optimizer and gradient-scaler state, so a run resumed from it continue
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,12 +22,15 @@ from dcase_t6.training.config import TrainConfig
 
 @dataclass
 class Position:
-    """Where training stands: epoch, batches done in it, optimizer steps done, best monitored value."""
+    """Where training stands: epoch, batches done in it, optimizer steps done, best monitored value, and the
+    running sums of the epoch in progress (train loss and terms, batches, seconds, data wait; empty at an
+    epoch's start), so the record of an epoch resumed mid-way covers all of it."""
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
     best: float = -math.inf
+    epoch_sums: dict = field(default_factory=dict)
 
 
 class Checkpointer:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.data.audio_cache import AudioCache
+from dcase_t6.data.audio_cache import AudioCache, drop_absent
+from dcase_t6.data.parallel import torch_worker_dies_with_parent
 from dcase_t6.data.split_index import read_index
 from dcase_t6.embedding.encode import pad_batch
 from dcase_t6.training.augmentation import NO_PAIR, PairAugmenter, mix_clips
@@ -40,16 +41,22 @@ class CaptionPairs:
         return self.clip_names[self.clip_ids].tolist()
 
 
-def load_pairs(config: TrainConfig) -> CaptionPairs:
+def load_pairs(config: TrainConfig, store: AudioCache | None = None, say: bool = False) -> CaptionPairs:
     """Read the training split of every configured dataset from the prepared split indexes.
 
     Args:
         config: the run's config (``data_root``, ``datasets``, ``train_split``).
+        store: the audio cache; the pairs of clips it skipped (unreadable at prepare time) are left out, the
+            same ones every time the cache is the same (see ``audio_cache.drop_absent``).
+        say: print the warning line about the pairs left out (the main process).
 
     Returns:
-        The pairs in index order, with a SHA-256 fingerprint of their paths and captions.
+        The pairs in index order, with a SHA-256 fingerprint of their paths and captions (of the pairs kept).
     """
     frames = [_training_rows(config, dataset) for dataset in config.datasets]
+    if store is not None:
+        frames = [drop_absent(store, frame, f"{frame['dataset'].iloc[0]} {frame['split'].iloc[0]}", say=say)[0]
+                  for frame in frames]
     paths, captions, clip_keys = [], [], []
     for frame in frames:
         paths += [Path(p) for p in frame["path"]]
@@ -207,4 +214,5 @@ class TrainingData:
         """
         remaining = torch.utils.data.Subset(self.source(epoch, batches), range(start, len(batches)))
         return torch.utils.data.DataLoader(remaining, batch_size=None, num_workers=self.workers,
-                                           persistent_workers=False)
+                                           persistent_workers=False,
+                                           worker_init_fn=torch_worker_dies_with_parent if self.workers else None)

@@ -3,7 +3,10 @@ loops over is assembled by ``dcase_t6.training.builder``.
 
 All randomness of a step (data order, crop offsets, augmentation, dropout, mel augmentation) is derived
 from (seed, epoch, batch) and the learning rate is a pure function of the step, so a run resumed from its
-``last`` checkpoint continues exactly as if it had never stopped.
+``last`` checkpoint continues exactly as if it had never stopped. The running sums of the epoch in progress
+(loss, loss terms, seconds, data wait) are checkpointed with the position, so the record of an epoch
+resumed mid-way covers the whole epoch: the same ``train_loss`` as without the stop, and ``seconds`` that
+add the time before the stop to the time after it.
 """
 
 from __future__ import annotations
@@ -58,13 +61,29 @@ def step_seed(seed: int, epoch: int, batch: int) -> int:
 
 @dataclass
 class _EpochStats:
-    """Sums over this process's batches of an epoch (since the loop started or resumed it)."""
+    """Sums over this process's batches of an epoch, the part before a resume included (``earlier_s`` is the
+    time spent on the epoch before this process took it up)."""
 
     start: float = field(default_factory=time.perf_counter)
+    earlier_s: float = 0.0
     loss_sum: float = 0.0
     batches: int = 0
     wait_s: float = 0.0
     terms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def resumed(cls, sums: dict) -> _EpochStats:
+        """The sums a checkpoint stored (``Position.epoch_sums``; empty: a fresh epoch)."""
+        return cls(earlier_s=sums.get("seconds", 0.0), loss_sum=sums.get("loss_sum", 0.0),
+                   batches=sums.get("batches", 0), wait_s=sums.get("wait_s", 0.0), terms=dict(sums.get("terms", {})))
+
+    def sums(self) -> dict:
+        """What a checkpoint stores to resume these sums."""
+        return {"loss_sum": self.loss_sum, "batches": self.batches, "wait_s": self.wait_s,
+                "seconds": self.seconds(), "terms": dict(self.terms)}
+
+    def seconds(self) -> float:
+        return self.earlier_s + time.perf_counter() - self.start
 
     def add(self, loss: float, terms: dict[str, float]) -> None:
         self.loss_sum += loss
@@ -75,7 +94,7 @@ class _EpochStats:
     def record(self, lr: float, step: int, metrics: dict[str, float]) -> dict:
         """The epoch record every sink receives."""
         batches = max(1, self.batches)
-        seconds = time.perf_counter() - self.start
+        seconds = self.seconds()
         return {"train_loss": self.loss_sum / batches,
                 **{f"train_{name}": value / batches for name, value in self.terms.items()},
                 "lr": lr, "step": step, "seconds": round(seconds, 3),
@@ -119,7 +138,7 @@ class TrainingLoop:
         batches = data.batches(position.epoch)
         steps_per_epoch = math.ceil(len(batches) / config.grad_accumulation)
         loader = data.loader(position.epoch, batches, start=position.batch)
-        stats = _EpochStats()
+        stats = _EpochStats.resumed(position.epoch_sums if position.batch else {})
         with count_progress() as bar:
             task = bar.add_task(f"epoch {position.epoch + 1}/{config.epochs}", total=len(batches),
                                 completed=position.batch)
@@ -130,6 +149,7 @@ class TrainingLoop:
                 bar.update(task, advance=1, description=f"epoch {position.epoch + 1}/{config.epochs} "
                            f"loss {stats.loss_sum / stats.batches:.4f}")
                 if self._at_step_boundary(len(batches)) and self._checkpoint_due():
+                    position.epoch_sums = stats.sums()
                     self._save_last()
                     if self._stopping():
                         return
@@ -181,7 +201,7 @@ class TrainingLoop:
         improved = setup.world.is_main and metrics.get(self.config.monitor, -math.inf) > position.best
         if improved:
             position.best = metrics[self.config.monitor]
-        position.epoch, position.batch = position.epoch + 1, 0
+        position.epoch, position.batch, position.epoch_sums = position.epoch + 1, 0, {}
         if improved:
             setup.checkpointer.save_best(setup.model, position, record)
         self._save_last()

@@ -34,6 +34,13 @@ def available() -> list[str]:
     return sorted(_BACKBONES)
 
 
+def sample_rate(name: str) -> int:
+    """The sample rate (Hz) backbone ``name`` expects, without building it (its class attribute)."""
+    if name not in _BACKBONES:
+        raise UserError(f"unknown audio backbone '{name}'; choose one of {', '.join(available())}")
+    return int(_BACKBONES[name].sample_rate)
+
+
 def build(name: str, **options) -> nn.Module:
     """Construct the audio backbone ``name`` with its options (e.g. ``weights`` for pretrained files)."""
     if name not in _BACKBONES:
