@@ -6,7 +6,6 @@ validation used, so a model is embedded exactly as it was validated, also as a d
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,23 +68,20 @@ def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
     return registry.run(record.run_id).code_version
 
 
-def _holding_the_run(function):
-    """Run ``function(workdir, run, ...)`` holding an "embed" lease on the run, so `runs rm` refuses it meanwhile."""
-    @functools.wraps(function)
-    def holding(workdir: str | Path, run: str, *args, **kwargs):
-        with Registry(workdir).using(run, "embed") as run_id:
-            return function(workdir, run_id, *args, **kwargs)
-    return holding
-
-
-@_holding_the_run
 def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",
               batch_size: int = 32, with_similarity: bool = True) -> dict:
     """Embed one split with a run's checkpoint (``best`` or ``last``) and the input settings of the run's
     config; writes and registers the embeddings and (unless ``with_similarity`` is False, as for a training
     split's distillation targets) the similarity matrix. Clips the audio cache skipped are left out with
-    their queries (one warning line); the evaluation set, which needs every clip, fails instead."""
+    their queries (one warning line); the evaluation set, which needs every clip, fails instead. The run is
+    held with an "embed" lease meanwhile, so `runs rm` refuses it."""
     registry = Registry(workdir)
+    with registry.using(run, "embed") as run_id:
+        return _embed(registry, run_id, data_root, dataset, split, tag, batch_size, with_similarity)
+
+
+def _embed(registry: Registry, run: str, data_root: str | Path, dataset: str, split: str, tag: str, batch_size: int,
+           with_similarity: bool) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(registry, run, tag, str(device))
     model, checkpoint = loaded.model, loaded.checkpoint
