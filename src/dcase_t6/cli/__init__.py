@@ -43,6 +43,9 @@ def main(ctx, workdir):
     ctx.obj = {"workdir": workdir}
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+
+
 def print_json(payload) -> None:
     """Print ``payload`` as indented JSON on stdout (the ``--json`` output of every command)."""
     click.echo(json.dumps(payload, indent=2, ensure_ascii=False))

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from dcase_t6.cli import Group, main, print_json
+from dcase_t6.cli import Group, json_option, main, print_json
 from dcase_t6.common.console import console, stderr_console
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ _root_option = click.option("--root", default="data", show_default=True, type=cl
                             help="Data root (layout: `dcase-t6 prepare --help`).")
 _workers_option = click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256),
                                help="Parallel workers for checking and decoding audio.")
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary instead of a table.")
 _existing_dir = click.Path(exists=True, file_okay=False)
 _existing_file = click.Path(exists=True, dir_okay=False)
 
@@ -60,7 +59,7 @@ _existing_file = click.Path(exists=True, dir_okay=False)
 @click.option("--max-duration", default=10.0, show_default=True, help="Longest clip in seconds.")
 @click.option("--force", is_flag=True, help="Generate again even if the same dataset is already there.")
 @_workers_option
-@_json_option
+@json_option
 def prepare_synthetic(root, seed, n_train, n_val, n_test, min_duration, max_duration, force, workers, as_json):
     """Generate the synthetic demo dataset (Clotho layout) with its index and dev-test relevance file.
 
@@ -88,7 +87,7 @@ def prepare_synthetic(root, seed, n_train, n_val, n_test, min_duration, max_dura
               "(offline: nothing is downloaded).")
 @click.option("--mirror", help="Base URL holding the nine files under their Zenodo names (default: Zenodo).")
 @_workers_option
-@_json_option
+@json_option
 def prepare_clotho(root, archives, mirror, workers, as_json):
     """Download (resumable), MD5-verify, safely extract and index Clotho v2.1 (Zenodo 4783391).
 
@@ -114,7 +113,7 @@ def prepare_clotho(root, archives, mirror, workers, as_json):
               help="Multi-relevance CSV (query, audio_filenames), e.g. the organisers' metadata_eval.csv.")
 @click.option("--dataset", default="clotho", show_default=True,
               help="Indexed dataset whose dev-test split it describes.")
-@_json_option
+@json_option
 def prepare_relevance(root, source, dataset, as_json):
     """Validate and attach the dev-test multi-relevance annotations to an indexed dataset.
 
@@ -138,7 +137,7 @@ def prepare_relevance(root, source, dataset, as_json):
 @click.option("--captions", required=True, type=_existing_file, help="Retrieval captions CSV (column 'caption').")
 @click.option("--audio", required=True, type=_existing_dir, help="Folder of the evaluation clips.")
 @_workers_option
-@_json_option
+@json_option
 def prepare_eval(root, captions, audio, workers, as_json):
     """Index the evaluation set (queries + audio) so `embed` and `package` can build the submission matrix.
 
@@ -159,7 +158,7 @@ def prepare_eval(root, captions, audio, workers, as_json):
 @click.option("--metadata", required=True, type=_existing_dir, help="Folder with train.csv, val.csv, test.csv.")
 @click.option("--audio", required=True, type=_existing_dir, help="Folder of the AudioCaps clips (named by YouTube id).")
 @_workers_option
-@_json_option
+@json_option
 def prepare_audiocaps(root, metadata, audio, workers, as_json):
     """Index AudioCaps from local files (YouTube-derived: no Freesound item to exclude).
 
@@ -183,7 +182,7 @@ def prepare_audiocaps(root, metadata, audio, workers, as_json):
 @click.option("--forbidden", type=_existing_file, help="Forbidden Freesound ids CSV (column sound_id); "
               "default: the DCASE 2025 list shipped with dcase-t6.")
 @_workers_option
-@_json_option
+@json_option
 def prepare_wavcaps(root, json_dir, audio, forbidden, workers, as_json):
     """Index WavCaps from local files, excluding every forbidden Freesound id (counted per source).
 
@@ -208,7 +207,7 @@ def prepare_wavcaps(root, json_dir, audio, forbidden, workers, as_json):
               help="Target sample rate: 32000 for PaSST, 16000 for the other backbones.")
 @click.option("--dataset", "datasets", multiple=True, help="Indexed dataset to cache (repeatable; default: all).")
 @_workers_option
-@_json_option
+@json_option
 def prepare_cache(root, rate, datasets, workers, as_json):
     """Decode every indexed clip once (mono, resampled) into a memory-mapped cache training reads directly.
 

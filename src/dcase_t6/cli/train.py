@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from dcase_t6.cli import Group, console, main, print_json
+from dcase_t6.cli import Group, console, json_option, main, print_json
 from dcase_t6.common.errors import UserError
 
 _TRAIN_OVERRIDES = [
@@ -223,7 +223,7 @@ def runs():
 
 
 @runs.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def runs_list(obj, as_json):
     """List runs, newest first, with their status: running, finished, stopped (resumable), failed
@@ -248,7 +248,7 @@ def runs_list(obj, as_json):
 
 @runs.command("show")
 @click.argument("run")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def runs_show(obj, run, as_json):
     """Show a run: config, per-epoch metrics and registered files (with SHA-256).
@@ -285,7 +285,7 @@ def runs_rm(obj, run, delete_files):
 @runs.command("rebuild")
 @click.option("--force", is_flag=True, help="Also replace an intact registry (it is kept as "
               "registry.sqlite.replaced-<time>).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def runs_rebuild(obj, force, as_json):
     """Recreate the registry from the run folders (runs/<run>/run.json), re-hashing every recorded file.
