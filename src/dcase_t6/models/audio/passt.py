@@ -22,7 +22,7 @@ from torch import nn
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.models import weights as weight_files
-from dcase_t6.models.audio import register
+from dcase_t6.models.audio import register, segments
 
 ARCH = "passt_s_p16_s16_128_ap468"
 WEIGHTS_URL = "https://github.com/kkoutini/PaSST/releases/download/v0.0.2-audioset/passt-s-f128-p16-s16-ap.468.pt"
@@ -61,25 +61,17 @@ class PaSST(nn.Module):
         self.net.head, self.net.head_dist = nn.Identity(), nn.Identity()
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        segments, owners, counts = segment_clips(waveforms, lengths)
-        with torch.no_grad(), torch.autocast(segments.device.type, enabled=False):  # the front end in fp32
-            mel = self.mel(segments.float())
+        cut, owners, counts = segment_clips(waveforms, lengths)
+        with torch.no_grad(), torch.autocast(cut.device.type, enabled=False):  # the front end in fp32
+            mel = self.mel(cut.float())
         cls_token, distillation_token = self.net.forward_features(mel.unsqueeze(1))
         features = (cls_token + distillation_token) / 2
-        summed = torch.zeros(len(lengths), features.shape[1], dtype=features.dtype, device=features.device)
-        summed.index_add_(0, owners, features)
-        return summed / counts.unsqueeze(1).to(features.dtype)
+        return segments.mean_of_segments(features, owners, counts)
 
 
 def segment_clips(waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cut clips into the 10 s segments they use: (segments, samples), owning clip per segment, count per clip."""
-    total = SEGMENT_SAMPLES * SEGMENTS
-    padded = torch.nn.functional.pad(waveforms[:, :total], (0, max(0, total - waveforms.shape[1])))
-    counts = torch.clamp(torch.ceil(lengths.clamp(max=total).float() / SEGMENT_SAMPLES).long(), 1, SEGMENTS)
-    used = torch.arange(SEGMENTS, device=waveforms.device)[None, :] < counts[:, None]
-    segments = padded.view(len(lengths), SEGMENTS, SEGMENT_SAMPLES)[used]
-    owners = torch.arange(len(lengths), device=waveforms.device)[:, None].expand(-1, SEGMENTS)[used]
-    return segments, owners, counts
+    """PaSST's segments of a batch (three 10 s segments at 32 kHz; see ``segments.segment_clips``)."""
+    return segments.segment_clips(waveforms, lengths, SEGMENT_SAMPLES, SEGMENTS)
 
 
 def _import_hear21passt():
