@@ -60,7 +60,7 @@ def measure(root: Path, backbone: str, batch_size: int, steps: int, seconds: flo
         wait, compute = wait + loaded - start, compute + time.perf_counter() - loaded
     paths = [Path(p) for p in dict.fromkeys(pairs.paths)][:embed]
     start = time.perf_counter()
-    embed_audio(model, paths, store.read, max_samples, 16, torch.device("cpu"))
+    embed_audio(model, paths, store.clip, max_samples, 16, torch.device("cpu"))
     embed_s = time.perf_counter() - start
     return {"steps_per_s": steps / (wait + compute), "clips_per_s_train": steps * batch_size / (wait + compute),
             "wait_fraction": wait / (wait + compute), "embed_clips_per_s": len(paths) / embed_s}

@@ -97,8 +97,8 @@ def test_audio_mix_pairs_clips_with_their_merged_caption(tmp_path):
 class _ConstantClips:
     """A clip store whose clip at path 'k' is k+1 everywhere."""
 
-    def read(self, path):
-        return np.full(10, float(str(path)) + 1.0, dtype=np.float32)
+    def clip(self, path, max_samples=None, offset=0.0):
+        return np.full(10, float(str(path)) + 1.0, dtype=np.float32)[:max_samples]
 
 
 def test_batch_source_mixes_waveforms_and_gives_mixed_pairs_new_ids(tmp_path):

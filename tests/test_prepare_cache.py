@@ -59,7 +59,7 @@ def test_parallel_builds_write_worker_shards_that_read_back_exactly(tmp_path):
     moved = index["path"] == "clips/tone.mp3"  # move one clip to shard 3, as a third worker would have written it
     writer = audio_cache.ShardWriter(directory, 3)
     index.loc[moved, ["shard", "offset"]] = [3, writer.append(AudioCache(tmp_path, RATE).read("clips/tone.mp3"))]
-    writer.out.write(b"\x01" * 400)  # plus an unindexed tail, as a killed worker would leave
+    writer.files["float32"].write(b"\x01" * 400)  # plus an unindexed tail, as a killed worker would leave
     writer.close()
     index.to_csv(directory / "index.csv", index=False)
     write_tone(files[0], 0.7, 44100, frequency=3000)

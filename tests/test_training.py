@@ -156,8 +156,8 @@ def test_embed_uses_the_runs_own_audio_seconds_as_its_validation_did(long_clip_r
     store = AudioCache(long_clip_root, model.sample_rate)
     with np.load(written["embeddings"]) as data:
         stored = data["audio"]
-    five_seconds = embed_audio(model, split.paths, store.read, 5 * model.sample_rate, 4, torch.device("cpu"))
-    whole = embed_audio(model, split.paths, store.read, 30 * model.sample_rate, 4, torch.device("cpu"))
+    five_seconds = embed_audio(model, split.paths, store.clip, 5 * model.sample_rate, 4, torch.device("cpu"))
+    whole = embed_audio(model, split.paths, store.clip, 30 * model.sample_rate, 4, torch.device("cpu"))
     assert np.allclose(stored, five_seconds, atol=1e-6) and not np.allclose(stored, whole, atol=1e-3)
     # and the registered matrix scores exactly what validation recorded for the best epoch
     result = CliRunner().invoke(main, ["--workdir", str(tmp_path), "evaluate", "-p",

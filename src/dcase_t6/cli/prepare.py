@@ -10,6 +10,7 @@ from rich.table import Table
 
 from dcase_t6.cli import Group, json_option, main, print_json
 from dcase_t6.common.console import console, stderr_console
+from dcase_t6.common.errors import UserError
 
 if TYPE_CHECKING:
     from dcase_t6.data.reports import CacheReport, IndexReport, RelevanceReport, SyntheticReport
@@ -29,8 +30,9 @@ def prepare():
       DATA/index/<name>.report.json  clips/captions/hours per split, skipped files and why, exclusions
       DATA/index/eval.queries.csv    evaluation-set queries (prepare eval)
       DATA/relevance/<name>/development-testing.csv   validated multi-relevance file
-      DATA/cache/<rate>/   audio-<k>.f32 (mono float32 at <rate> Hz, one per worker) + index.csv
-                           (shard, offset, length, source size/mtime/crc32)
+      DATA/cache/<rate>/   audio-<k>.f32 / .i16 (mono float32 / int16 at <rate> Hz, one per worker),
+                           index.csv (storage, shard, offset, length, source size/mtime/crc32/frames),
+                           storage.json (each dataset's storage mode and max seconds)
     Splits: development-training / -validation / -testing (Clotho development / validation /
     evaluation); audiocaps train / val / test; wavcaps train; eval evaluation.
 
@@ -206,24 +208,53 @@ def prepare_wavcaps(root, json_dir, audio, forbidden, workers, as_json):
 @click.option("--rate", default=32000, show_default=True, type=int,
               help="Target sample rate: 32000 for PaSST, 16000 for the other backbones.")
 @click.option("--dataset", "datasets", multiple=True, help="Indexed dataset to cache (repeatable; default: all).")
+@click.option("--storage", "storage", multiple=True, metavar="[DATASET=]MODE",
+              help="How to keep a dataset (repeatable): float32 (decoded, exact), int16 (decoded, half the size) "
+                   "or window (decode windows from the source files). Without DATASET: every dataset cached. "
+                   "Default: the last choice, else window for wavcaps, int16 for audiocaps, float32 otherwise.")
+@click.option("--max-seconds", "max_seconds", multiple=True, metavar="[DATASET=]SECONDS",
+              help="Keep only the first SECONDS of each clip (repeatable; 0: whole clips, the default).")
+@click.option("--force", is_flag=True, help="Build even when the file system seems to lack the space needed.")
 @_workers_option
 @json_option
-def prepare_cache(root, rate, datasets, workers, as_json):
-    """Decode every indexed clip once (mono, resampled) into a memory-mapped cache training reads directly.
+def prepare_cache(root, rate, datasets, storage, max_seconds, force, workers, as_json):
+    """Keep every indexed clip at the backbone's rate (mono) in the storage chosen per dataset; training reads it.
 
-    Only new or changed files (by size/mtime, then CRC-32) are decoded; an interrupted run resumes.
+    float32 and int16 decode each clip once into memory-mapped shards; window stores only an index of
+    the source files and decodes just the window training reads (a random one per epoch, as the
+    baseline's 30 s windows of WavCaps). The space needed is stated first; the build refuses when the
+    file system lacks it (--force overrides). Only new or changed files (by size/mtime, then CRC-32),
+    and clips of a dataset whose storage changed, are cached again; an interrupted run resumes.
     Unreadable files are listed and skipped; silent clips are kept; truncated files (the header promises
     more frames than decode) are cached at the length that decodes and listed in truncated.csv.
 
     \b
     Example:
       dcase-t6 prepare cache --root data --rate 32000 --workers 4
-      dcase-t6 prepare cache --root data --rate 16000 --dataset clotho
+      dcase-t6 prepare cache --root data --rate 16000 --dataset clotho --dataset wavcaps
+      dcase-t6 prepare cache --root data --storage audiocaps=float32 --max-seconds wavcaps=120
     """
     from dcase_t6.data.audio_cache import build_cache
     from dcase_t6.data.layout import Layout
+    from dcase_t6.data.storage import StorageRequest
 
-    _prepare_done(build_cache(Layout.at(root), rate, list(datasets) or None, workers=workers), as_json, _print_cache)
+    request = StorageRequest(_per_dataset(storage, "--storage", str),
+                             _per_dataset(max_seconds, "--max-seconds", float))
+    report = build_cache(Layout.at(root), rate, list(datasets) or None, workers=workers, request=request, force=force)
+    _prepare_done(report, as_json, _print_cache)
+
+
+def _per_dataset(values: tuple[str, ...], option: str, kind: type) -> dict:
+    """``[DATASET=]VALUE`` options as {dataset or None: value}."""
+    chosen = {}
+    for value in values:
+        name, _, text = value.rpartition("=")
+        try:
+            chosen[name or None] = kind(text)
+        except ValueError:
+            raise UserError(f"{option} {value!r}: expected [DATASET=]{kind.__name__.upper()}, e.g. "
+                            f"{option} wavcaps={'window' if kind is str else '120'}") from None
+    return chosen
 
 
 def _prepare_done(report: IndexReport | RelevanceReport | CacheReport, as_json: bool, printer=None) -> None:
@@ -262,9 +293,15 @@ def _print_relevance(report: RelevanceReport) -> None:
 
 
 def _print_cache(report: CacheReport) -> None:
-    console.print(f"cache {report.cache}: {report.clips} clips ({report.hours} h, {report.size_gb} GB); "
-                  f"{report.decoded} decoded, {report.up_to_date} up to date, "
+    console.print(f"cache {report.cache}: {report.clips} clips ({report.hours} h, {report.size_gb} GB of samples); "
+                  f"{report.decoded} cached now, {report.up_to_date} up to date, "
                   f"{report.unchanged_content} touched but unchanged")
+    for name, entry in report.storage.items():
+        cap = f", first {entry['max_seconds']:g} s of each clip" if entry["max_seconds"] else ""
+        console.print(f"  {name}: {entry['mode']}{cap} ({entry['clips']} clips, {entry['hours']} h)")
+    if report.stale_gb >= 1:
+        console.print(f"  {report.stale_gb} GB of replaced samples remain in the shards; to reclaim them, delete "
+                      f"{report.cache} and run this command again")
     _warn_skipped(report.skipped, report.skipped_file)
     _warn_skipped(report.truncated, report.truncated_file,
                   "{count} truncated file(s) (the header promises more audio than the file holds) cached at the "

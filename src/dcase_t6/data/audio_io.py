@@ -43,7 +43,7 @@ def inspect_audio(path: Path) -> AudioInfo:
             silent = not any(np.any(block) for block in handle.blocks(_BLOCK, dtype="float32", always_2d=True))
             return AudioInfo(handle.samplerate, handle.frames, silent)
     except (sf.SoundFileError, OSError, RuntimeError) as err:
-        raise AudioProblem(f"unreadable ({_reason(err)})") from None
+        raise AudioProblem(f"unreadable ({reason(err)})") from None
 
 
 def decode_mono(source: Path | bytes) -> tuple[np.ndarray, int]:
@@ -52,7 +52,7 @@ def decode_mono(source: Path | bytes) -> tuple[np.ndarray, int]:
         samples, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else source,
                                 dtype="float32", always_2d=True)
     except (sf.SoundFileError, OSError, RuntimeError) as err:
-        raise AudioProblem(f"unreadable ({_reason(err)})") from None
+        raise AudioProblem(f"unreadable ({reason(err)})") from None
     if samples.shape[0] == 0:
         raise AudioProblem("no audio samples (empty file)")
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
@@ -110,7 +110,7 @@ def load_audio(source: Path | bytes, target_rate: int) -> np.ndarray:
     return resample(samples, rate, target_rate)
 
 
-def _reason(err: Exception) -> str:
+def reason(err: Exception) -> str:
     """libsndfile's reason without the "Error opening '<path>': " prefix (the path is reported beside it)."""
     text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
     return re.sub(r"^Error opening .*?: ", "", text)

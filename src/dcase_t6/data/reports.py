@@ -105,9 +105,11 @@ class SyntheticReport(IndexReport):
 
 @dataclass(frozen=True)
 class CacheReport:
-    """An audio cache build: clips in all, up to date, decoded, touched but unchanged, skipped (listed in
-    ``skipped_file``), hours of audio, size on disk, and truncated files (cached at the length that decodes,
-    listed in ``truncated_file``)."""
+    """An audio cache build: clips in all, up to date, decoded (or probed, for ``window`` storage), touched but
+    unchanged, skipped (listed in ``skipped_file``), hours of audio, size of the stored samples the index points at
+    and of the replaced ones still in the shards (``stale_gb``: reclaimed when no later clip follows them),
+    truncated files (cached at the length that decodes, listed in ``truncated_file``), the space the build
+    needed and the space that was free, and each dataset's ``storage`` (mode, max_seconds, clips, hours)."""
 
     cache: str
     rate: int
@@ -121,6 +123,10 @@ class CacheReport:
     size_gb: float
     truncated_file: str = ""
     truncated: list[dict] = field(default_factory=list)
+    stale_gb: float = 0.0
+    needed_gb: float = 0.0
+    free_gb: float = 0.0
+    storage: dict[str, dict] = field(default_factory=dict)
 
     def as_json(self) -> dict:
         """The ``--json`` output."""

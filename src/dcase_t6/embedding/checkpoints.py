@@ -124,7 +124,7 @@ def _audio_embeddings(registry: Registry, checkpoint: RegisteredFile, model: Dua
     if missing:
         with count_progress() as bar:
             task = bar.add_task(f"{data.split}: audio", total=len(missing))
-            vectors = embed_audio(model, [Path(p) for p in missing], store.read, max_samples, batch_size, device,
+            vectors = embed_audio(model, [Path(p) for p in missing], store.clip, max_samples, batch_size, device,
                                   lambda n: bar.advance(task, n))
         known.update(zip(missing, vectors))
     return np.stack([known[p] for p in paths])

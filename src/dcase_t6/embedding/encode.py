@@ -10,7 +10,7 @@ import torch
 
 from dcase_t6.models import DualEncoder
 
-ClipReader = Callable[[Path], np.ndarray]
+ClipReader = Callable[[Path, int], np.ndarray]  # (path, max_samples) -> the first max_samples samples
 
 
 def pad_batch(clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +29,7 @@ def embed_audio(model: DualEncoder, paths: Sequence[Path], read: ClipReader, max
     model.eval()
     outputs = []
     for start in range(0, len(paths), batch_size):
-        clips = [read(path)[:max_samples] for path in paths[start:start + batch_size]]
+        clips = [read(path, max_samples) for path in paths[start:start + batch_size]]
         waveforms, lengths = pad_batch(clips)
         outputs.append(model.encode_audio(waveforms.to(device), lengths.to(device)).float().cpu())
         if advance:

@@ -1,7 +1,10 @@
 """The training data: the (clip, caption) pairs, the seeded batches of an epoch and this process's share of each.
 
 All randomness of a batch (order, crop offsets, caption/audio augmentation) is derived from (seed, epoch,
-batch), so the batches of a resumed run are the batches it would have seen without stopping.
+batch), so the batches of a resumed run are the batches it would have seen without stopping. Since the
+batches of an epoch are themselves a function of (seed, epoch), the window read of a pair's clip is a
+function of (seed, epoch, pair): a random ``max_samples`` window of a longer clip, a new one each epoch
+(the DCASE baseline's 30 s windows of WavCaps), read by ``AudioCache.clip`` from any storage mode.
 """
 
 from __future__ import annotations
@@ -135,29 +138,10 @@ class BatchSource(torch.utils.data.Dataset):
                              torch.from_numpy(batch[rows]), torch.from_numpy(plan.partners[rows]))
 
     def _clip(self, pair: int, offset: float, partner: int, partner_offset: float) -> np.ndarray:
-        clip = random_crop(self.store.read(self.pairs.paths[pair]), self.max_samples, offset)
+        clip = self.store.clip(self.pairs.paths[pair], self.max_samples, offset)
         if partner == NO_PAIR:
             return clip
-        partner_clip = random_crop(self.store.read(self.pairs.paths[partner]), self.max_samples, partner_offset)
-        return mix_clips(clip, partner_clip)
-
-
-def random_crop(clip: np.ndarray, max_samples: int, offset: float) -> np.ndarray:
-    """A window of at most ``max_samples`` starting at fraction ``offset`` of the possible starts.
-
-    Args:
-        clip: mono samples.
-        max_samples: the longest window.
-        offset: in [0, 1).
-
-    Returns:
-        ``clip`` itself when it is no longer than ``max_samples``, else the window.
-    """
-    spare = len(clip) - max_samples
-    if spare <= 0:
-        return clip
-    start = int(offset * (spare + 1))
-    return clip[start:start + max_samples]
+        return mix_clips(clip, self.store.clip(self.pairs.paths[partner], self.max_samples, partner_offset))
 
 
 @dataclass(frozen=True)

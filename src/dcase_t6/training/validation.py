@@ -37,7 +37,7 @@ class Validator:
         """
         split = self.split
         paths = [Path(p) for p in split.paths]
-        audio = embed_audio(model, paths, self.store.read, self.max_samples, self.batch_size, self.device)
+        audio = embed_audio(model, paths, self.store.clip, self.max_samples, self.batch_size, self.device)
         text = embed_text(model, split.queries, self.batch_size, self.device)
         matrix = SimilarityMatrix(split.queries, split.files, similarity(text, audio))
         truth = Relevance(split.queries, [[name] for name in split.query_files], Path(split.split))
