@@ -39,7 +39,8 @@ def write_sound(path, seconds, rate, channels=1, subtype="PCM_16", seed=0):
     """A chirp with a slow amplitude swell and a little noise: every window of it differs from the others."""
     t = np.arange(int(seconds * rate)) / rate
     rng = np.random.default_rng(seed)
-    mono = 0.4 * np.sin(2 * np.pi * (200 + 15 * t) * t) * (0.6 + 0.4 * np.sin(t / 7)) + 0.02 * rng.standard_normal(len(t))
+    swell = 0.6 + 0.4 * np.sin(t / 7)
+    mono = 0.4 * np.sin(2 * np.pi * (200 + 15 * t) * t) * swell + 0.02 * rng.standard_normal(len(t))
     samples = np.stack([mono * (1 - 0.3 * c) for c in range(channels)], axis=1) if channels > 1 else mono
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, samples.astype(np.float32), rate, subtype=subtype)
@@ -236,7 +237,8 @@ def test_disk_check_refuses_with_the_figures_and_force_overrides(tmp_path, monke
 
 @pytest.mark.parametrize("arguments,message", [
     (["--storage", "eval=zip"], "storage mode 'zip': use one of float32, int16, window"),
-    (["--max-seconds", "eval=abc"], "--max-seconds 'eval=abc': expected [DATASET=]FLOAT, e.g. --max-seconds wavcaps=120"),
+    (["--max-seconds", "eval=abc"],
+     "--max-seconds 'eval=abc': expected [DATASET=]FLOAT, e.g. --max-seconds wavcaps=120"),
     (["--max-seconds", "-3"], "max seconds -3.0: use a positive number of seconds, or 0 for whole clips"),
     (["--storage", "clotho=int16"], "name dataset 'clotho', which this build does not cache (it caches eval)"),
 ])
@@ -256,3 +258,65 @@ def test_an_index_written_before_storage_modes_reads_as_float32(tmp_path):
     np.testing.assert_array_equal(AudioCache(tmp_path, RATE).read("sounds/short.flac"),
                                   load_audio(tmp_path / "sounds" / "short.flac", RATE))
     assert build_cache(layout, RATE).up_to_date == 1  # nothing re-decoded
+
+
+def test_training_on_window_storage_resumes_bit_for_bit_and_learns_like_the_stored_modes(tiny_data_root, tiny_training,
+                                                                              tmp_path):
+    import torch
+
+    from dcase_t6.registry import Registry
+    from dcase_t6.training import trainer as training
+    from dcase_t6.training.config import build_config
+
+    finals = {}
+    for mode in ("float32", "window", "int16"):
+        root = tmp_path / mode / "data"
+        shutil.copytree(tiny_data_root, root, ignore=shutil.ignore_patterns("cache"))
+        rate = 16000  # tiny-cnn's rate; train builds the cache itself, in the remembered storage
+        build_cache(Layout.at(root), rate, request=as_mode(mode))
+        settings = {**tiny_training, "data_root": str(root), "audio_seconds": 1.0, "epochs": 2}  # 1 s of 2-3 s clips
+        full = training.train_new(tmp_path / mode / "a", build_config(None, settings))
+        assert full["status"] == "finished"
+        first = load_pairs(build_config(None, settings)).paths[0]
+        assert AudioCache(root, rate).clip(first, rate, 0.5).shape == (rate,)
+        finals[mode] = Registry(tmp_path / mode / "a").run(full["run"]).epochs[-1]["train_loss"]
+        if mode == "window":
+            stopped = training.train_new(tmp_path / mode / "b", build_config(None, {**settings, "max_steps": 1}))
+            resumed = training.resume(tmp_path / mode / "b", stopped["run"])
+            assert resumed["status"] == "finished" and resumed["step"] == full["step"]
+            expected, actual = (torch.load(Registry(tmp_path / mode / name).file(run, "checkpoint", "last").path,
+                                           weights_only=True)["model"]
+                                for name, run in (("a", full["run"]), ("b", stopped["run"])))
+            assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    # the same windows (to 1e-7, int16 to 2^-16) through a log-mel front end, whose log amplifies differences in
+    # near-silent frames: the losses agree to about 1e-3, not to the last digit
+    assert finals["window"] == pytest.approx(finals["float32"], rel=1e-2)
+    assert finals["int16"] == pytest.approx(finals["float32"], rel=1e-2)
+
+
+def test_an_interrupted_int16_build_resumes_and_cuts_the_unindexed_tail(tmp_path, monkeypatch):
+    layout = index_sounds(tmp_path, [("a.wav", 3.0, 44100, 1, "PCM_16"), ("b.flac", 4.0, 48000, 2, "PCM_16"),
+                                     ("c.mp3", 5.0, 44100, 1, "MPEG_LAYER_III")])
+    real_job, calls = audio_cache.run_job, []
+
+    def interrupted(job, writer):
+        calls.append(job.key)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_job(job, writer)
+
+    monkeypatch.setattr(audio_cache, "run_job", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(layout, RATE, request=as_mode("int16"))
+    assert len(AudioCache(tmp_path, RATE)) == 2
+    shard = audio_cache.shard_path(layout.cache_dir(RATE), 0, "int16")
+    with open(shard, "ab") as handle:  # samples a killed build wrote but never indexed
+        handle.write(b"\x01" * 1000)
+    monkeypatch.setattr(audio_cache, "run_job", real_job)
+    report = build_cache(layout, RATE)  # int16 is remembered
+    assert (report.up_to_date, report.decoded, report.storage["eval"]["mode"]) == (2, 1, "int16")
+    cache = AudioCache(tmp_path, RATE)
+    for name in ("a.wav", "b.flac", "c.mp3"):
+        whole = load_audio(tmp_path / "sounds" / name, RATE)
+        np.testing.assert_allclose(cache.read(f"sounds/{name}"), whole, atol=0.5 / 32768 + 1e-9, rtol=0)
+    assert shard.stat().st_size == 2 * (3 + 4 + 5) * RATE
