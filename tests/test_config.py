@@ -42,7 +42,7 @@ def test_yaml_reads_1e_4_as_a_string_and_it_still_becomes_a_float(tmp_path):
     ({"precision": "fp8"}, "config key 'precision' = 'fp8' must be one of fp16, bf16, fp32"),
     ({"monitor": "mAP@16"}, "config key 'monitor' = 'mAP@16' must be one of R@1, R@5, R@10, mAP@10"),
     ({"clusters.method": "dbscan"}, "config key 'clusters.method' = 'dbscan' must be one of None, kmeans, hdbscan"),
-    ({"model.backbone": "beats"}, "config key 'model.backbone' = 'beats' must be one of passt, tiny-cnn"),
+    ({"model.backbone": "w2v"}, "config key 'model.backbone' = 'w2v' must be one of beats, eat, passt, tiny-cnn"),
     ({"min_lr": "1e-3"}, "'min_lr' = 0.001 is above 'lr'"),
     ({"contrastive_weight": "0"}, "every loss term has weight 0"),
     ({"datasets": ""}, "config key 'datasets' is empty"),

@@ -77,8 +77,8 @@ def test_failed_download_names_the_url_and_where_to_put_the_file(monkeypatch, tm
 
 
 def test_unknown_backbone_lists_the_known_ones():
-    with pytest.raises(UserError, match="choose one of passt, tiny-cnn"):
-        audio_backbones.build("beats")
+    with pytest.raises(UserError, match="choose one of beats, eat, passt, tiny-cnn"):
+        audio_backbones.build("wav2vec")
 
 
 def test_caption_normalisation_like_the_baseline():

@@ -14,9 +14,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DCASE_T6_CACHE", Path.home() / ".cache" / "dcase-t6")) / "weights"
 
 
-def fetch(url: str, what: str, option: str) -> Path:
-    """Return the cached copy of ``url``, downloading it first (atomically) if needed."""
-    target = cache_dir() / url.rsplit("/", 1)[-1]
+def fetch(url: str, what: str, option: str, name: str | None = None, page: str | None = None) -> Path:
+    """Return the cached copy of ``url``, downloading it first (atomically) if needed.
+
+    Args:
+        url: the published file.
+        what: the model, for messages (``PaSST``).
+        option: the option that passes a local file instead (``--audio-weights``).
+        name: the cached file's name (default: the URL's last part, without a query).
+        page: a web page that links the file, named in the message when the download fails.
+
+    Returns:
+        The cached file.
+    """
+    target = cache_dir() / (name or url.split("?", 1)[0].rsplit("/", 1)[-1])
     if target.is_file():
         return target
     import torch.hub
@@ -25,8 +36,9 @@ def fetch(url: str, what: str, option: str) -> Path:
     try:
         torch.hub.download_url_to_file(url, str(target), progress=True)  # writes a temp file, then renames
     except (urllib.error.URLError, OSError, RuntimeError) as err:
-        raise UserError(f"cannot download the {what} weights from {url} ({err}); download that file yourself and "
-                        f"either put it at {target} or pass {option} /path/to/{target.name}") from None
+        linked = f" (linked in {page})" if page else ""
+        raise UserError(f"cannot download the {what} weights from {url} ({err}); download that file yourself{linked} "
+                        f"and either put it at {target} or pass {option} /path/to/{target.name}") from None
     return target
 
 

@@ -48,4 +48,4 @@ def build(name: str, **options) -> nn.Module:
     return _BACKBONES[name](**options)
 
 
-from dcase_t6.models.audio import passt, tiny_cnn  # noqa: E402,F401  (registers the built-in backbones)
+from dcase_t6.models.audio import beats, eat, passt, tiny_cnn  # noqa: E402,F401  (registers the built-in backbones)
