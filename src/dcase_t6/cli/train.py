@@ -16,9 +16,10 @@ _TRAIN_OVERRIDES = [
     ("--name", str, "Run name (the run id is NAME-<6 hex>)."),
     ("--data-root", str, "Prepared data root (see `dcase-t6 prepare`)."),
     ("--datasets", str, "Comma-separated datasets to train on, e.g. clotho,audiocaps,wavcaps."),
-    ("--backbone", str, "Audio backbone: passt (default) or tiny-cnn."),
+    ("--backbone", str, "Audio backbone: passt (default, 32 kHz), beats or eat (16 kHz), tiny-cnn (tests)."),
     ("--text-model", str, "transformers encoder name or local folder; tiny-random; minilm."),
-    ("--audio-weights", str, "PaSST weights: a local .pt file, 'download' (default) or 'random'."),
+    ("--audio-weights", str, "Backbone weights: 'download' (default), a local file (EAT: also a folder or hub id) "
+                             "or 'random'."),
     ("--embed-dim", int, "Shared embedding size (1024)."),
     ("--epochs", int, "Epochs (20)."),
     ("--batch-size", int, "Global batch size (64)."),
