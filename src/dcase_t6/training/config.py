@@ -51,7 +51,9 @@ class AudioMix:
 
 @dataclass
 class Clusters:
-    """Auxiliary cluster classification (off while ``method`` is null); see ``dcase_t6.clustering``."""
+    """Auxiliary cluster classification (off while ``method`` is null: kmeans, hdbscan or bertopic) on caption
+    embeddings from ``source`` (init, run:RUN, model:NAME, sentence:NAME, e5[:PATH]); see
+    ``dcase_t6.training.clustering``."""
 
     method: str | None = None
     count: int = 32
@@ -236,6 +238,7 @@ def _one_of(*choices) -> tuple[Callable[[Any], bool], str]:
     return (lambda value: value in choices), f"one of {', '.join(str(choice) for choice in choices)}"
 
 
+_CLUSTER_SOURCES = ("run", "model", "sentence", "e5")  # clusters.source KIND:NAME (see dcase_t6.training.clustering)
 _PROBABILITY = ((lambda value: 0.0 <= value <= 1.0), "a probability in [0, 1]")
 _DROPOUT = ((lambda value: 0.0 <= value < 1.0), "in [0, 1)")
 
@@ -251,8 +254,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.cluster_classes": _at_least(0),
     "caption_augmentation.deletion_p": _PROBABILITY, "caption_augmentation.synonym_p": _PROBABILITY,
     "caption_augmentation.extra_captions_p": _PROBABILITY, "audio_mix.p": _PROBABILITY,
-    "clusters.method": _one_of(None, "kmeans", "hdbscan"), "clusters.count": _at_least(2),
+    "clusters.method": _one_of(None, "kmeans", "hdbscan", "bertopic"), "clusters.count": _at_least(2),
     "clusters.min_cluster_size": _at_least(2), "clusters.weight": _at_least(0),
+    "clusters.source": (lambda value: value in ("init", "e5") or (value.partition(":")[0] in _CLUSTER_SOURCES
+                                                                   and bool(value.partition(":")[2])),
+                        "init, run:RUN, model:NAME, sentence:NAME, e5 or e5:PATH"),
 }
 
 
