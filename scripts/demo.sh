@@ -53,3 +53,8 @@ dcase-t6 package -l "$LABEL" -p "$OUT/ensemble_devtest.csv" -m "$OUT/meta.yaml" 
   --out "$OUT/submission.zip"
 dcase-t6 package --check "$OUT/submission.zip"
 step "done: $OUT/submission.zip (runs: dcase-t6 --workdir $DCASE_T6_WORKDIR runs list)"
+printf '\nListen to what the systems retrieve, query by query (the ensemble against seed 0; add --open to open a browser, Ctrl-C stops it):\n  '
+printf '%q ' dcase-t6 --workdir "$DCASE_T6_WORKDIR" explore -p "ensemble=$OUT/ensemble_devtest.csv" \
+  -p "seed0=${SYSTEMS[0]}:synthetic/development-testing" -r "$RELEVANCE" --audio "$DATA/synthetic/audio/evaluation" \
+  --clip-captions "$DATA/synthetic/clotho_captions_evaluation.csv"
+printf '\n'

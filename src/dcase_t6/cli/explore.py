@@ -1,0 +1,158 @@
+"""`dcase-t6 explore`: error analysis in the browser, query by query (a local server, or a static site)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+from rich.markup import escape
+
+from dcase_t6.cli import json_option, main, matrix_path, print_json
+from dcase_t6.common.console import console, stderr_console
+from dcase_t6.common.errors import UserError
+
+
+@main.command()
+@click.option("--predictions", "-p", "matrices", multiple=True, required=True, metavar="[NAME=]MATRIX",
+              help="Similarity matrix (.csv, .npz or RUN:DATASET/SPLIT), optionally named (NAME=...; default: the run "
+              "or the file's stem); give a second -p to compare two systems.")
+@click.option("--relevance", "-r", type=click.Path(dir_okay=False),
+              help="Multi-relevance CSV (query, audio_filenames), e.g. the dev-test metadata_eval.csv.")
+@click.option("--captions", "-c", type=click.Path(dir_okay=False),
+              help="Clotho captions CSV: each caption is a query whose target is its own clip (also the clips' "
+              "captions shown).")
+@click.option("--audio", "audio_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder holding the clips named in the matrix (only those are served).")
+@click.option("--clip-captions", type=click.Path(dir_okay=False),
+              help="Clotho captions CSV whose captions are shown beside each clip (with --relevance).")
+@click.option("--top", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Clips listed on each query page.")
+@click.option("--allow-missing", is_flag=True,
+              help="Explore only the ground-truth queries every matrix has, instead of failing.")
+@click.option("--html", "html_dir", type=click.Path(file_okay=False),
+              help="Write a static site to this folder (pages + audio) instead of serving.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the server listens on; another than 127.0.0.1 shares the clips with your network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port of the server; 0 picks a free one (printed).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the queries page in the default browser.")
+@json_option
+@click.pass_context
+def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, allow_missing, html_dir, host, port,
+            open_browser, as_json):
+    """Listen to what a system retrieves, query by query, in the browser; compare two systems.
+
+    Pages: the queries (AP@16, R@K, ranks of the relevant clips; worst first; sortable, searchable), each
+    query (its top clips with players, scores, relevant ones marked, where the missed ones ranked), each
+    clip (its captions, the queries ranking it highest) and a summary (the numbers of `evaluate`, AP
+    histogram, R@K curve). Serves on 127.0.0.1 until Ctrl-C, or writes a static site with --html.
+
+    \b
+    Example:
+      dcase-t6 explore -p system.csv -r clotho-devtest-relevance-metadata_eval.csv \\
+        --audio data/clotho/audio/evaluation --clip-captions data/clotho/clotho_captions_evaluation.csv
+      dcase-t6 explore -p old=RUN1:clotho/development-testing -p new=RUN2:clotho/development-testing \\
+        -c data/clotho/clotho_captions_evaluation.csv --audio data/clotho/audio/evaluation --html explore-site
+    """
+    from dcase_t6.explore.analysis import SystemSource
+    from dcase_t6.explore.analysis import clip_captions as captions_by_clip
+    from dcase_t6.explore.analysis import explore as run_explore
+    from dcase_t6.explore.audio import scan_audio
+    from dcase_t6.explore.pages import Site
+    from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
+    from dcase_t6.retrieval.matrices import read_matrix
+
+    started = time.perf_counter()
+    if (relevance is None) == (captions is None):
+        raise UserError("explore: give exactly one of --relevance (multi-relevant) or --captions (single-relevant)")
+    if html_dir:
+        server_options = [f"--{name}" for name in ("host", "port", "open")
+                          if ctx.get_parameter_source(name if name != "open" else "open_browser")
+                          == ParameterSource.COMMANDLINE]
+        if server_options:
+            raise UserError(f"explore: {', '.join(server_options)} set the server, which --html does not start; "
+                            "leave out --html to serve, or those options to write the site")
+    if len(matrices) > 2:
+        raise UserError(f"explore: {len(matrices)} matrices given (-p); pass one, or two to compare them")
+    audio = Path(audio_dir)
+    if not audio.is_dir():
+        raise UserError(f"--audio {audio_dir}: no such folder; pass the folder that holds the clips named in the "
+                        "matrix, e.g. data/clotho/audio/evaluation")
+    named = [_split_name(option) for option in matrices]
+    sources = [SystemSource(name, read_matrix(matrix_path(reference)), reference)
+               for name, (_, reference) in zip(_names(named), named)]
+    truth = read_relevance_file(relevance) if relevance else read_captions_file(captions)
+    shown_captions = {}
+    if clip_captions:
+        shown_captions = captions_by_clip(read_captions_file(clip_captions))
+    elif captions:
+        shown_captions = captions_by_clip(truth)
+    exploration = run_explore(sources, truth, shown_captions, top=top, allow_missing=allow_missing)
+    folder = scan_audio(audio, exploration.clips)
+    if folder.missing:
+        first = exploration.clips[folder.missing[0]]
+        stderr_console.print(f"[yellow]warning:[/] {len(folder.missing)} of {len(exploration.clips)} clips have no "
+                             f"file in {escape(str(audio))} (first {escape(repr(first))}); their players are left "
+                             "out", highlight=False, soft_wrap=True)
+    site = Site(exploration, folder)
+    if html_dir:
+        _write(site, html_dir, as_json)
+        return
+    _serve(site, host, port, open_browser, as_json, time.perf_counter() - started)
+
+
+def _split_name(option: str) -> tuple[str | None, str]:
+    """``NAME=MATRIX`` as (NAME, MATRIX); an existing file or a value without ``=`` has no name."""
+    name, separator, reference = option.partition("=")
+    if Path(option).exists() or not separator or not name.strip() or not reference:
+        return None, option
+    return name.strip(), reference
+
+
+def _names(named: list[tuple[str | None, str]]) -> list[str]:
+    """A short name per matrix: the one given, else the run of RUN:DATASET/SPLIT or the file's stem; a repeated
+    name gets ' (2)'."""
+    names = []
+    for given, reference in named:
+        run, separator, _ = reference.partition(":")
+        name = given or (run if separator and not Path(reference).exists() else Path(reference).stem)
+        names.append(name if name not in names else f"{name} ({len(names) + 1})")
+    return names
+
+
+def _write(site, html_dir: str, as_json: bool) -> None:
+    from dcase_t6.explore.site import write_site
+
+    report = write_site(site, html_dir)
+    if as_json:
+        print_json(report.as_json())
+        return
+    console.print(f"explore: wrote {report.pages} pages and {report.audio_files} audio files in "
+                  f"{report.seconds:.1f} s; open {escape(str(report.folder / 'index.html'))}",
+                  highlight=False, soft_wrap=True)
+
+
+def _serve(site, host: str, port: int, open_browser: bool, as_json: bool, seconds: float) -> None:
+    from dcase_t6.explore.server import bind
+
+    server = bind(site, host, port)
+    exploration = site.exploration
+    if as_json:
+        print_json({"url": server.url, "queries": len(exploration.queries), "clips": len(exploration.clips),
+                    "systems": [system.name for system in exploration.systems], "seconds": round(seconds, 3)})
+    else:
+        console.print(f"explore: {len(exploration.queries)} queries x {len(exploration.clips)} clips, "
+                      f"{' vs '.join(escape(system.name) for system in exploration.systems)}, ready in "
+                      f"{seconds:.2f} s: [bold]{server.url}[/] (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        stderr_console.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who reaches this address can "
+                             "open the pages and the clips", highlight=False, soft_wrap=True)
+    if open_browser:
+        click.launch(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        if not as_json:
+            console.print("explore: stopped")
