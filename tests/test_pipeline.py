@@ -107,3 +107,22 @@ def test_running_again_skips_finished_stages_and_refuses_changed_ones(example_ru
     assert [(s["run"], s["status"]) for s in again] == [(s["run"], "skipped") for s in finished]
     with pytest.raises(UserError, match=r"stage a/pretrain changed since its run a-pretrain-\w+ started"):
         run_pipeline(workdir, EXAMPLE, {**overrides, "lr": 0.5})
+
+
+def test_a_stage_digest_covers_only_the_keys_that_differ_from_the_defaults():
+    """A later version adding a config key (at a default that keeps the old behaviour) leaves finished stages
+    matching their file: keys at their default are not part of the digest."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from dcase_t6.training.config import TrainConfig
+    from dcase_t6.training.pipeline import config_digest
+
+    def sha(values):
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
+
+    assert config_digest(TrainConfig()) == sha({})
+    changed = TrainConfig(epochs=3)
+    changed = dataclasses.replace(changed, model=dataclasses.replace(changed.model, embed_dim=64))
+    assert config_digest(changed) == sha({"epochs": 3, "model.embed_dim": 64})
