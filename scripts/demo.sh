@@ -50,6 +50,7 @@ dcase-t6 package --init-meta --label "$LABEL" --results "$OUT/results.json" \
 python3 scripts/fill_demo_meta.py "$OUT/meta.yaml"
 dcase-t6 package -l "$LABEL" -p "$OUT/ensemble_devtest.csv" -m "$OUT/meta.yaml" \
   --draft-report "$OUT/report.pdf" --per-query "$OUT/per_query.csv" --weights "$OUT/weights.json" \
+  --runs "${SYSTEMS[0]},${SYSTEMS[1]}" \
   --out "$OUT/submission.zip"
 dcase-t6 package --check "$OUT/submission.zip"
 step "done: $OUT/submission.zip (runs: dcase-t6 --workdir $DCASE_T6_WORKDIR runs list)"

@@ -310,7 +310,7 @@ def test_cli_build_check_and_json(tmp_path, systems, report):
      "got 2 --label, 1 --predictions and 1 --meta"),
     (["-l", label(1), "-p", "x.csv", "-m", "x.yaml", "--out", "s.zip"], "exactly one of --report PDF"),
     (["-l", label(1), "-p", "x.csv", "-m", "x.yaml", "--report", "r.pdf", "--weights", "w.json", "--out", "s.zip"],
-     "--weights and --per-query only apply with --draft-report"),
+     "--weights, --per-query and --runs only apply with --draft-report"),
     (["--check", "s.zip", "--label", label(1)], "--label does not apply to --check"),
     (["--init-meta", "--label", label(1), "--out", "m.yaml", "--report", "r.pdf"],
      "--report does not apply to --init-meta"),

@@ -6,7 +6,8 @@ it), its checkpoints with SHA-256 hashes, and every embedding or similarity file
 came from. Writes are short transactions in WAL mode, so several processes can write at once; a
 checkpoint or artefact whose hash no longer matches is refused. A ``running`` run whose process is
 gone (same host, process id no longer alive) or silent (no heartbeat for ``STALE_SECONDS``) is
-reported as ``interrupted``.
+reported as ``interrupted``. A model exported elsewhere and registered with ``runs import`` is a run of
+status ``imported`` (:meth:`Registry.import_run`), with the epochs it was exported with.
 
 Every run folder (``runs/<id>/run.json``) holds a copy of its record (config, status, epochs, and each
 registered file with its kind, tag, info and SHA-256), rewritten atomically inside the transaction that
@@ -253,6 +254,38 @@ class Registry:
                 " host, pid, heartbeat) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, name, _now(), json.dumps(config, sort_keys=True), data_fingerprint, code_version(),
                  seed, str(directory), socket.gethostname(), os.getpid(), time.time()))
+            self._write_record(connection, run_id)
+        return run_id
+
+    def import_run(self, preferred_id: str, name: str, config: dict, data_fingerprint: str | None, seed: int | None,
+                   code_version: str | None, epochs: list[dict]) -> str:
+        """Register a run trained elsewhere (``runs import``) with status ``imported`` and its per-epoch metrics.
+
+        Args:
+            preferred_id: the id it had where it was trained; kept unless a run here already has it, then the
+                new id is ``<name>-<6 hex>``.
+            name: the run's name.
+            config: its training config.
+            data_fingerprint: the fingerprint of the data it was trained on (None: unknown).
+            seed: its seed.
+            code_version: the dcase-t6 version that trained it.
+            epochs: its epoch records (each with an ``epoch`` key, 0-based, and the metrics).
+
+        Returns:
+            The run's id here.
+        """
+        with self._connect() as connection:
+            run_id = preferred_id
+            while connection.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                run_id = f"{name}-{secrets.token_hex(3)}"
+            connection.execute(
+                "INSERT INTO runs (id, name, status, created, config, data_fingerprint, code_version, seed, directory)"
+                " VALUES (?, ?, 'imported', ?, ?, ?, ?, ?, ?)",
+                (run_id, name, _now(), json.dumps(config, sort_keys=True), data_fingerprint, code_version, seed,
+                 str(self.workdir / "runs" / run_id)))
+            connection.executemany("INSERT INTO epochs VALUES (?, ?, ?)", [
+                (run_id, int(epoch["epoch"]), json.dumps({k: v for k, v in epoch.items() if k != "epoch"}))
+                for epoch in epochs])
             self._write_record(connection, run_id)
         return run_id
 

@@ -67,4 +67,4 @@ def system_paths(systems: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(resolved)
 
 
-from dcase_t6.cli import augment, ensemble, evaluate, explore, package, prepare, train  # noqa: E402,F401  (registers the commands)
+from dcase_t6.cli import augment, ensemble, evaluate, explore, package, prepare, share, train  # noqa: E402,F401  (registers the commands)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 _PACKAGE_MODES = {
     "--check": {"check_zip", "expected_rows", "expected_files", "as_json"},
     "--init-meta": {"init_meta", "labels", "out", "results", "runs"},
-    "build": {"labels", "predictions", "metas", "report", "draft_report", "weights", "per_query", "out",
+    "build": {"labels", "predictions", "metas", "report", "draft_report", "weights", "per_query", "runs", "out",
               "expected_rows", "expected_files"},
 }
 
@@ -48,7 +48,7 @@ _PACKAGE_MODES = {
               help="With --init-meta: fill the results from this `dcase-t6 evaluate --json` output.")
 @click.option("--runs", metavar="RUN[,RUN...]",
               help="With --init-meta: fill total_parameters with the sum over these registered runs (the "
-              "systems of an ensemble).")
+              "systems of an ensemble). With --draft-report: draw their training curves and best epochs.")
 @click.option("--check", "check_zip", type=click.Path(dir_okay=False),
               help="Check an existing submission zip like the organisers; exit 1 listing every problem.")
 @click.option("--json", "as_json", is_flag=True, help="With --check: print one JSON object {ok, problems, systems}.")
@@ -67,7 +67,8 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
       dcase-t6 package -l Primus_CP-JKU_task6_1 -p system.csv -m meta.yaml --report report.pdf \\
           --expected-rows 1000 --out submission.zip
       dcase-t6 package -l Primus_CP-JKU_task6_1 -p a.csv -m a.yaml -l Primus_CP-JKU_task6_2 -p b.csv \\
-          -m b.yaml --draft-report draft.pdf --per-query per_query.csv --out submission.zip
+          -m b.yaml --draft-report draft.pdf --per-query per_query.csv --runs passt-3fa2c1,passt-9b01d2 \
+          --out submission.zip
       dcase-t6 package --check submission.zip --expected-rows 1000 --json
     """
     from dcase_t6.submission.metadata import init_meta as write_init_meta
@@ -89,9 +90,10 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
         if not out or (report is None) == (draft_report is None):
             raise UserError("package: give --out submission.zip and exactly one of --report PDF "
                             "or --draft-report PATH")
-        if (weights or per_query) and not draft_report:
-            raise UserError("package: --weights and --per-query only apply with --draft-report")
-        draft = DraftOptions(weights=weights, per_query=per_query) if draft_report else None
+        if (weights or per_query or runs) and not draft_report:
+            raise UserError("package: --weights, --per-query and --runs only apply with --draft-report")
+        draft = (DraftOptions(weights=weights, per_query=per_query, runs=_histories(runs) if runs else ())
+                 if draft_report else None)
         result = build_package(systems, out, report or draft_report, draft=draft, expected=expected)
         if draft_report:
             _say(f"wrote draft report {_escape(draft_report)}")
@@ -125,6 +127,15 @@ def _total_parameters(runs: str) -> int:
 
     registry = Registry(click.get_current_context().obj["workdir"])
     return sum(registry.parameter_count(run) for run in runs.split(",") if run)
+
+
+def _histories(runs: str) -> tuple:
+    """The training histories of the given registered runs, for the draft report's curves."""
+    from dcase_t6.registry import Registry
+    from dcase_t6.sharing.history import RunHistory
+
+    registry = Registry(click.get_current_context().obj["workdir"])
+    return tuple(RunHistory.of(registry.run(run)) for run in runs.split(",") if run)
 
 
 def _say(markup: str) -> None:

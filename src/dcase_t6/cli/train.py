@@ -1,4 +1,5 @@
-"""`dcase-t6 train`, `embed` and `runs`: training runs and the registry."""
+"""`dcase-t6 train`, `embed` and `runs` (list, show, compare, import, rm, rebuild): training runs and the
+registry."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ _TRAIN_OVERRIDES = [
     ("--distill-weight", float, "Weight lambda of the distillation loss (1.0)."),
     ("--contrastive-weight", float, "Weight of the contrastive loss (1.0; 0 with --distill-from: distillation alone)."),
     ("--precision", str, "fp16 (mixed, the baseline on GPU; fp32 on CPU), bf16 (GPU or CPU) or fp32."),
+    ("--log", click.Choice(["tensorboard", "wandb", "none"]),
+     "Experiment logger (config key log): tensorboard (default; runs/RUN/tensorboard), wandb (WANDB_MODE=offline "
+     "works without a server) or none. Per-step points every log_every (50) optimizer steps."),
 ]
 _MODEL_KEYS = {"backbone", "text_model", "embed_dim"}
 
@@ -99,27 +103,43 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, **opti
             - {name: refinetune, init_from: finetune, config: {clusters: {method: kmeans}}}
         - name: b
           ...
+      ensembles:                     # optional, after every stage: weights searched on validation
+        - {name: e1, stages: [a/refinetune, b/refinetune], strategy: flat, test_split: development-testing}
     Runs are named SYSTEM-STAGE; a stage waits for the stages it references. Running the file again
-    skips finished stages and continues a stopped one from its last checkpoint.
+    skips finished stages and searched ensembles, and continues a stopped stage from its last checkpoint.
+    The AISTAT 2025 system: examples/aistat2025.yaml.
+
+    \b
+    Logging (--log, config keys log and log_every): the registry and runs/RUN/metrics.jsonl always get
+    every epoch; TensorBoard or Weights & Biases also get the config, the run id and its registry record,
+    the loss terms, learning rate and data-loader wait every log_every optimizer steps, and each epoch's
+    validation metrics. W&B: WANDB_PROJECT (default dcase-t6), WANDB_MODE=offline (wandb sync later).
 
     \b
     Example:
       dcase-t6 train --data-root DATA --datasets clotho --backbone passt --text-model roberta-large
       dcase-t6 train --config demo.yaml --set lr=1e-4 --name small
+      WANDB_MODE=offline dcase-t6 train --config demo.yaml --log wandb --set log_every=10
       dcase-t6 train --resume small-3fa2c1
       dcase-t6 train --config ft.yaml --init-from small-3fa2c1 --distill-from small-3fa2c1,other-9b01d2
       dcase-t6 train --pipeline examples/pipeline-synthetic.yaml --data-root DATA
     """
     from dcase_t6.training import trainer as training
     from dcase_t6.training.config import build_config
+    from dcase_t6.training.sinks import check_logger
 
     if pipeline_file:
         _train_pipeline(obj["workdir"], pipeline_file, config_file, resume_run, settings, options, as_json)
         return
     if resume_run:
+        from dcase_t6.registry import Registry
+
+        check_logger(Registry(obj["workdir"]).run(resume_run).config.get("log", "tensorboard"))
         summary = training.resume(obj["workdir"], resume_run, max_steps=options["max_steps"])
     else:
-        summary = training.train_new(obj["workdir"], build_config(config_file, _train_overrides(options, settings)))
+        config = build_config(config_file, _train_overrides(options, settings))
+        check_logger(config.log)
+        summary = training.train_new(obj["workdir"], config)
     if _is_main_process():
         _print_summary(summary, as_json)
 
@@ -180,7 +200,13 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run")
+@click.argument("run", required=False)
+@click.option("--model", "model_source", metavar="DIR|OWNER/NAME",
+              help="Instead of RUN: an exported model folder (`dcase-t6 export`) or a Hugging Face hub repo id; "
+                   "no registry is used, the files go to --out.")
+@click.option("--revision", help="With --model OWNER/NAME: the hub branch, tag or commit (default main).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="With --model: the folder for the embeddings and similarity .npz files.")
 @click.option("--data-root", required=True, help="Prepared data root.")
 @click.option("--dataset", default="clotho", show_default=True, help="Dataset of the split (index name).")
 @click.option("--split", "split_name", default="development-testing", show_default=True,
@@ -191,7 +217,8 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the submission CSV here.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.pass_obj
-def embed(obj, run, data_root, dataset, split_name, checkpoint, batch_size, csv_path, as_json):
+def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_name, checkpoint, batch_size, csv_path,
+          as_json):
     """Embed a split with a trained run and register embeddings and the similarity matrix.
 
     Uses the run's best checkpoint (by its validation metric) unless --checkpoint last, and the input
@@ -200,14 +227,35 @@ def embed(obj, run, data_root, dataset, split_name, checkpoint, batch_size, csv_
     The matrix can then be named as RUN:DATASET/SPLIT wherever a matrix file is accepted
     (evaluate --predictions, ensemble --system, package --predictions).
 
+    With --model DIR (a folder written by `dcase-t6 export`) or --model OWNER/NAME (a hub repo) instead
+    of RUN, no registry is involved: <dataset>.<split>.embeddings.npz and .similarity.npz go to --out,
+    with the input settings the model was exported with (`dcase-t6 runs import` registers it instead).
+
     \b
     Example:
       dcase-t6 embed small-3fa2c1 --data-root DATA --split development-testing --csv dev_test.csv
+      dcase-t6 embed --model exported/small --data-root DATA --split development-testing --out emb/
+      dcase-t6 embed --model my-team/passt-clotho --data-root DATA --dataset eval --split evaluation \\
+          --out emb/ --csv eval.csv
     """
-    from dcase_t6.embedding.checkpoints import embed_run
+    from dcase_t6.embedding.checkpoints import embed_exported, embed_run
     from dcase_t6.retrieval.matrices import read_matrix, write_csv
 
-    summary = embed_run(obj["workdir"], run, data_root, dataset, split_name, checkpoint, batch_size)
+    if (run is None) == (model_source is None):
+        raise UserError("embed: give either RUN (a registered run) or --model DIR|OWNER/NAME (an exported model)")
+    if model_source is not None:
+        from click.core import ParameterSource
+
+        if click.get_current_context().get_parameter_source("checkpoint") is ParameterSource.COMMANDLINE:
+            raise UserError("embed --model: --checkpoint does not apply (an exported folder holds one checkpoint)")
+        if not out_dir:
+            raise UserError("embed --model: give --out FOLDER for the embeddings and similarity files")
+        summary = embed_exported(model_source, data_root, dataset, split_name, out_dir, batch_size, revision)
+    else:
+        if out_dir or revision:
+            raise UserError("embed RUN: --out and --revision only apply with --model (a run's files are registered "
+                            "in its run folder)")
+        summary = embed_run(obj["workdir"], run, data_root, dataset, split_name, checkpoint, batch_size)
     if csv_path:
         write_csv(read_matrix(summary["similarity"]), csv_path)
         summary["csv"] = csv_path
@@ -216,12 +264,15 @@ def embed(obj, run, data_root, dataset, split_name, checkpoint, batch_size, csv_
 
 @main.group(cls=Group)
 def runs():
-    """List, show and remove registered runs; rebuild a damaged or lost registry from the run folders.
+    """List, show, compare and remove registered runs; import exported models; rebuild a damaged or lost
+    registry from the run folders.
 
     \b
     Example:
       dcase-t6 --workdir dcase-t6-work runs list
       dcase-t6 runs show small-3fa2c1 --json
+      dcase-t6 runs compare small-3fa2c1 small-9b01d2 --plot curves.png
+      dcase-t6 runs import exported/small
       dcase-t6 runs rebuild
     """
 
@@ -268,6 +319,72 @@ def runs_show(obj, run, as_json):
         print_json(record)
         return
     console.print_json(json.dumps(record, ensure_ascii=False))
+
+
+@runs.command("compare")
+@click.argument("references", nargs=-1, required=True, metavar="RUN...")
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="PNG",
+              help="Also draw the runs' curves here: train loss, validation mAP@10 and mAP@16 per epoch.")
+@click.option("--data-root", help="Where the dev-test ground truth is (default: each run's own data_root).")
+@json_option
+@click.pass_obj
+def runs_compare(obj, references, plot, data_root, as_json):
+    """Compare runs in one table: status, epochs, best epoch, validation R@1/mAP@10/mAP@16 at the best
+    epoch, dev-test R@1/mAP@10/mAP@16 (when the run embedded development-testing: scored against the
+    dataset's relevance file if prepared, else its captions), and every config key whose value differs.
+
+    \b
+    Example:
+      dcase-t6 runs compare demo-seed0-3fa2c1 demo-seed1-9b01d2 --plot curves.png
+      dcase-t6 runs compare demo-seed0 demo-seed1 --json
+    """
+    from dcase_t6.registry import Registry
+    from dcase_t6.sharing.compare import compare_runs
+    from dcase_t6.sharing.history import plot_curves
+
+    comparison = compare_runs(Registry(obj["workdir"]), list(references), data_root)
+    if plot:
+        plot_curves([summary.history for summary in comparison.runs], plot)
+    if as_json:
+        print_json({**comparison.as_json(), "plot": plot})
+        return
+    table = Table("", *[summary.history.run_id for summary in comparison.runs])
+    for label, cells in comparison.rows():
+        table.add_row(escape(label), *[escape(cell) for cell in cells])
+    console.print(table)
+    for note in comparison.notes():
+        console.print(escape(note), highlight=False, soft_wrap=True)
+    if plot:
+        console.print(f"curves: {escape(plot)}", highlight=False, soft_wrap=True)
+
+
+@runs.command("import")
+@click.argument("source", metavar="DIR|OWNER/NAME")
+@click.option("--revision", help="With OWNER/NAME: the hub branch, tag or commit (default main).")
+@json_option
+@click.pass_obj
+def runs_import(obj, source, revision, as_json):
+    """Register an exported model (a folder of `dcase-t6 export`, or a hub repo id) as a run.
+
+    The weights are loaded strictly first; the folder is copied into runs/RUN/model/ and becomes the
+    run's best checkpoint, so the run works with embed, RUN:DATASET/SPLIT references, --distill-from,
+    --init-from and runs compare (its exported epochs and dev-test scores come with it). Status:
+    imported. It keeps its original run id unless that is taken here.
+
+    \b
+    Example:
+      dcase-t6 runs import exported/demo-seed0
+      dcase-t6 runs import my-team/passt-clotho --revision v1
+    """
+    from dcase_t6.sharing.importing import import_model
+
+    result = import_model(obj["workdir"], source, revision)
+    if as_json:
+        print_json(result.as_json())
+        return
+    best = f", best epoch {result.best_epoch}" if result.best_epoch else ""
+    console.print(f"imported {escape(source)} as run [bold]{result.run_id}[/] ({result.epochs} epoch(s){best}); "
+                  f"files in {escape(str(result.folder.parent))}", highlight=False, soft_wrap=True)
 
 
 @runs.command("rm")

@@ -2,10 +2,13 @@
 
 Input settings (``audio_seconds``) come from the config stored in the checkpoint, the same config its
 validation used, so a model is embedded exactly as it was validated, also as a distillation teacher.
+``embed_exported`` does the same with an exported model folder or hub repo id (``embed --model``), without
+any registry: the files go to a folder of your choice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,15 +55,31 @@ def load_model(registry: Registry, run: str, tag: str = "best", device: str = "c
     Raises:
         UserError: the weights do not fit the model the stored config describes (see ``load_weights``).
     """
+    from dcase_t6.sharing.folder import quiet_transformers
+
     record = registry.file(run, "checkpoint", tag)
     state = torch.load(record.path, map_location=device, weights_only=True)
-    config = from_dict(state["config"], source=str(record.path))
-    model = DualEncoder(config.model, audio_weights="random")
+    config = _moved_text_model(from_dict(state["config"], source=str(record.path)), registry, record.run_id)
+    with quiet_transformers():  # every weight is replaced by the checkpoint's (strictly) right after
+        model = DualEncoder(config.model, audio_weights="random")
     load_weights(model, state["model"], source=f"run {record.run_id} checkpoint {tag}", path=record.path,
                  target="the model its config describes",
                  fix=lambda: (f"it was written by another dcase-t6 version ({_code_version_of(registry, record)}): "
                               "embed with that version or retrain"))
     return LoadedCheckpoint(model.to(device), record, config)
+
+
+def _moved_text_model(config: TrainConfig, registry: Registry, run_id: str) -> TrainConfig:
+    """An imported run's config with its text model found again after the work directory moved: the checkpoint
+    names the copied ``runs/<run>/model/text`` by its absolute path (see ``sharing.importing``)."""
+    from dcase_t6.sharing.folder import TEXT_DIR
+    from dcase_t6.sharing.importing import MODEL_DIR
+
+    stored = Path(config.model.text_model)
+    here = registry.workdir / "runs" / run_id / MODEL_DIR / TEXT_DIR
+    if not stored.is_absolute() or stored.exists() or stored.parts[-3:] != here.parts[-3:] or not here.is_dir():
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, text_model=str(here.absolute())))
 
 
 def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
@@ -82,18 +101,13 @@ def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str
 
 def _embed(registry: Registry, run: str, data_root: str | Path, dataset: str, split: str, tag: str, batch_size: int,
            with_similarity: bool) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device()
     loaded = load_model(registry, run, tag, str(device))
     model, checkpoint = loaded.model, loaded.checkpoint
-    data = load_split(data_root, dataset, split)
-    build_cache(Layout.at(data_root), model.sample_rate, [dataset])
-    store = AudioCache(data_root, model.sample_rate)
-    data = cached_split(store, data)  # clips the cache skipped (unreadable) are left out with their queries
+    data, store = _cached_split(data_root, dataset, split, model.sample_rate)
     audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size,
                               loaded.config.clip_samples(model.sample_rate))
-    with count_progress() as bar:
-        task = bar.add_task(f"{split}: captions", total=len(data.queries))
-        text = embed_text(model, data.queries, batch_size, device, lambda n: bar.advance(task, n))
+    text = _text_embeddings(model, data, device, batch_size)
     directory = registry.workdir / "runs" / checkpoint.run_id / "outputs"
     embeddings_path = _save_npz(directory / f"{dataset}.{split}.embeddings.npz", checkpoint=checkpoint.sha256,
                                 files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
@@ -108,6 +122,73 @@ def _embed(registry: Registry, run: str, data_root: str | Path, dataset: str, sp
         registry.add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
         written["similarity"] = str(matrix_path)
     return written
+
+
+def embed_exported(source: str | Path, data_root: str | Path, dataset: str, split: str, out: str | Path,
+                   batch_size: int = 32, revision: str | None = None) -> dict:
+    """Embed one split with an exported model (a folder of `dcase-t6 export`, or a hub repo id), no registry.
+
+    Writes ``<dataset>.<split>.embeddings.npz`` (the same arrays as a registered run's: ``files``, ``paths``,
+    ``audio``, ``queries``, ``text``, and ``checkpoint``: the hash of the model's weights) and
+    ``<dataset>.<split>.similarity.npz`` into ``out``, each atomically. Input settings (``audio_seconds``) are
+    the folder's, those of the run it was exported from.
+
+    Args:
+        source: the exported folder or hub repo id.
+        data_root: the prepared data root.
+        dataset: the dataset of the split.
+        split: the split.
+        out: the folder to write to (created if missing).
+        batch_size: clips or captions per forward pass.
+        revision: with a repo id: branch, tag or commit.
+
+    Returns:
+        ``model`` (its folder), ``dataset``, ``split``, ``audio_seconds``, ``queries``, ``files``, ``embeddings``
+        and ``similarity`` (the paths written).
+    """
+    from dcase_t6.embedding.encode import embed_audio
+    from dcase_t6.sharing.folder import load_exported
+
+    device = _device()
+    loaded = load_exported(source, device, revision)
+    model = loaded.model
+    data, store = _cached_split(data_root, dataset, split, model.sample_rate)
+    paths = list(dict.fromkeys(str(p) for p in data.paths))
+    with count_progress() as bar:
+        task = bar.add_task(f"{split}: audio", total=len(paths))
+        vectors = embed_audio(model, [Path(p) for p in paths], store.clip, loaded.max_samples, batch_size, device,
+                              lambda n: bar.advance(task, n))
+    by_path = dict(zip(paths, vectors))
+    audio = np.stack([by_path[str(p)] for p in data.paths])
+    text = _text_embeddings(model, data, device, batch_size)
+    out = Path(out)
+    embeddings_path = _save_npz(out / f"{dataset}.{split}.embeddings.npz", checkpoint=loaded.weights_sha256,
+                                files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
+                                audio=audio, queries=np.array(data.queries), text=text)
+    matrix_path = out / f"{dataset}.{split}.similarity.npz"
+    write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
+    return {"model": str(loaded.folder), "dataset": dataset, "split": split,
+            "audio_seconds": loaded.config.get("audio_seconds"), "queries": len(data.queries),
+            "files": len(data.files), "embeddings": str(embeddings_path), "similarity": str(matrix_path)}
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cached_split(data_root: str | Path, dataset: str, split: str, sample_rate: int) -> tuple[Split, AudioCache]:
+    """The split without the clips the audio cache skipped (unreadable: left out with their queries), and the
+    cache at ``sample_rate`` (built or updated first)."""
+    data = load_split(data_root, dataset, split)
+    build_cache(Layout.at(data_root), sample_rate, [dataset])
+    store = AudioCache(data_root, sample_rate)
+    return cached_split(store, data), store
+
+
+def _text_embeddings(model: DualEncoder, data: Split, device: torch.device, batch_size: int) -> np.ndarray:
+    with count_progress() as bar:
+        task = bar.add_task(f"{data.split}: captions", total=len(data.queries))
+        return embed_text(model, data.queries, batch_size, device, lambda n: bar.advance(task, n))
 
 
 def split_tag(dataset: str, split: str) -> str:

@@ -1,4 +1,5 @@
-"""Draft technical report: metadata, results, ensemble weights and a plot, rendered to PDF with fpdf2.
+"""Draft technical report: metadata, results, ensemble weights, a plot and the runs' training curves, rendered to
+PDF with fpdf2.
 
 The HTML template ``submission/templates/report_template.html.j2`` is filled with jinja2 and laid out by fpdf2's
 ``write_html``; text uses matplotlib's bundled DejaVu Sans so non-ASCII author names render.
@@ -23,6 +24,7 @@ from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.ensemble.weights import EnsembleWeights, read_weights
 from dcase_t6.retrieval.metrics import METRIC_KEYS
+from dcase_t6.sharing.history import RunHistory, plot_curves
 from dcase_t6.submission.metadata import team_of
 
 TEMPLATE_NAME = "report_template.html.j2"
@@ -36,10 +38,13 @@ PDF_MAGIC = b"%PDF"
 
 @dataclass(frozen=True)
 class DraftOptions:
-    """Optional inputs of the draft report: ensemble weights JSON and per-query evaluation CSV."""
+    """Optional inputs of the draft report: ensemble weights JSON, per-query evaluation CSV, and the training
+    histories of the runs behind the systems (``RunHistory.of(registry.run(RUN))``), drawn as a figure of their
+    per-epoch train loss and validation mAP@10/mAP@16 with a table of each run's best epoch."""
 
     weights: Path | None = None
     per_query: Path | None = None
+    runs: tuple[RunHistory, ...] = ()
 
 
 def check_pdf(path: str | Path) -> None:
@@ -59,7 +64,7 @@ def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = Draf
         out: the PDF to write.
         metas: validated metadata of each system.
         options: optional ensemble weights file (read by ``ensemble.weights.read_weights``, so a hand-written
-            ``{"weights": {...}}`` works) and per-query CSV.
+            ``{"weights": {...}}`` works), per-query CSV and run histories (their training curves).
 
     Raises:
         UserError: for an unreadable weights or per-query file, naming it and the fix.
@@ -69,7 +74,8 @@ def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = Draf
     with tempfile.TemporaryDirectory(prefix="dcase-t6-report-") as scratch:
         figure = Path(scratch) / "figure.png"
         caption = _plot_recall(curve, figure) if curve is not None else _plot_results(metas, figure)
-        html = render_html(metas, weights, figure, caption)
+        curves = plot_curves(list(options.runs), Path(scratch) / "curves.png") if options.runs else None
+        html = render_html(metas, weights, figure, caption, curves, list(options.runs))
         pdf = _pdf(metas, html)
         with atomic_path(out) as tmp:
             pdf.output(str(tmp))
@@ -94,7 +100,8 @@ def recall_curve(path: str | Path, max_k: int = MAX_K) -> np.ndarray:
     return np.mean(recalls, axis=0)
 
 
-def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path, caption: str) -> str:
+def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path, caption: str,
+                curves: Path | None = None, runs: list[RunHistory] | None = None) -> str:
     """Fill the HTML report template.
 
     Args:
@@ -102,6 +109,11 @@ def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path
         weights: ensemble weights to list, or None.
         figure: the PNG to show.
         caption: the figure's caption.
+        curves: the PNG of the runs' training curves (``sharing.history.plot_curves``), or None.
+        runs: the runs those curves show (their best epochs are tabulated).
+
+    Returns:
+        The HTML.
     """
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     source = files("dcase_t6.submission.templates").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
@@ -120,7 +132,16 @@ def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path
         figure=str(figure),
         figure_width=FIGURE_WIDTH,
         caption=caption,
+        curves=str(curves) if curves else None,
+        curve_runs=[_run_row(history) for history in runs or []],
     )
+
+
+def _run_row(history: RunHistory) -> dict:
+    best = history.best or {}
+    return {"id": history.run_id, "epochs": f"{len(history.epochs)}/{history.configured_epochs}",
+            "best_epoch": str(history.best_epoch or "n/a"), "monitor": history.monitor,
+            "values": [f"{best[key]:.4f}" if key in best else "n/a" for key in ("mAP@10", "mAP@16")]}
 
 
 def weights_note(weights: EnsembleWeights) -> str:

@@ -27,6 +27,7 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.models import ModelConfig
 
 PRECISIONS = ("fp16", "bf16", "fp32")
+LOGGERS = ("tensorboard", "wandb", "none")
 MONITORED = ("R@1", "R@5", "R@10", "mAP@10")
 
 
@@ -98,6 +99,8 @@ class TrainConfig:
     caption_augmentation: CaptionAugmentation = field(default_factory=CaptionAugmentation)
     audio_mix: AudioMix = field(default_factory=AudioMix)
     clusters: Clusters = field(default_factory=Clusters)
+    log: str = "tensorboard"  # experiment logger besides the registry: tensorboard, wandb or none
+    log_every: int = 50  # optimizer steps between per-step log points (loss terms, lr, data-loader wait)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -248,7 +251,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "grad_accumulation": _at_least(1), "grad_clip": _above(0), "precision": _one_of(*PRECISIONS), "seed": _at_least(0),
     "workers": _at_least(0), "monitor": _one_of(*MONITORED), "checkpoint_every": _at_least(0),
     "max_steps": _at_least(1), "contrastive_weight": _at_least(0), "distill_weight": _at_least(0),
-    "distill_temperature": _above(0),
+    "distill_temperature": _above(0), "log": _one_of(*LOGGERS), "log_every": _at_least(1),
     "model.embed_dim": _at_least(1), "model.temperature": _above(0), "model.text_max_length": _at_least(1),
     "model.text_dropout": _DROPOUT, "model.patchout_t": _at_least(0), "model.patchout_f": _at_least(0),
     "model.cluster_classes": _at_least(0),
@@ -312,6 +315,17 @@ def dotted_to_nested(overrides: dict) -> dict:
         else:
             nested[key] = value
     return nested
+
+
+def nested_to_dotted(values: dict, prefix: str = "") -> dict:
+    """``{"model": {"backbone": "passt"}}`` -> ``{"model.backbone": "passt"}`` (the inverse of ``dotted_to_nested``)."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(nested_to_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def merge(base: dict, overrides: dict) -> dict:

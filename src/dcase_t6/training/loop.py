@@ -7,6 +7,11 @@ from (seed, epoch, batch) and the learning rate is a pure function of the step, 
 (loss, loss terms, seconds, data wait) are checkpointed with the position, so the record of an epoch
 resumed mid-way covers the whole epoch: the same ``train_loss`` as without the stop, and ``seconds`` that
 add the time before the stop to the time after it.
+
+Every ``log_every`` optimizer steps the loop gives the sinks that take them (the experiment loggers) a step
+record: the loss and its terms averaged over the batches since the last one, the learning rate, the share of
+that time spent waiting for the data loader and the epoch as a fraction. It costs a few additions per batch
+(the loss is read as a number for the epoch record anyway).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dcase_t6.training.builder import TrainingSetup
 from dcase_t6.training.checkpointing import Position
 from dcase_t6.training.config import TrainConfig
 from dcase_t6.training.data import TrainingBatch
+from dcase_t6.training.sinks import close_sinks, write_step
 
 
 def learning_rate(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
@@ -101,6 +107,31 @@ class _EpochStats:
                 "data_wait_fraction": round(self.wait_s / max(seconds, 1e-9), 4), **metrics}
 
 
+@dataclass
+class _StepLog:
+    """Sums over the batches since the last step record (what ``write_step`` averages)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    loss_sum: float = 0.0
+    batches: int = 0
+    wait_s: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, loss: float, terms: dict[str, float], wait_s: float) -> None:
+        self.loss_sum += loss
+        self.wait_s += wait_s
+        for name, value in terms.items():
+            self.terms[name] = self.terms.get(name, 0.0) + value
+        self.batches += 1
+
+    def record(self, lr: float, epoch: float) -> dict:
+        """The step record: mean loss and terms, ``lr``, ``data_wait_fraction``, ``epoch`` (a fraction)."""
+        batches, seconds = max(1, self.batches), max(time.perf_counter() - self.start, 1e-9)
+        return {"train_loss": self.loss_sum / batches,
+                **{f"train_{name}": value / batches for name, value in self.terms.items()},
+                "lr": lr, "data_wait_fraction": round(self.wait_s / seconds, 4), "epoch": round(epoch, 4)}
+
+
 class TrainingLoop:
     """Trains an assembled run from ``position`` until ``epochs`` (or ``max_steps``) is reached or a stop signal
     (Ctrl-C, SIGTERM) arrives; it then checkpoints ``last`` at the next optimizer step and returns."""
@@ -109,6 +140,7 @@ class TrainingLoop:
         self.setup, self.config = setup, setup.config
         self.position = position or Position()
         self._stop_requested = False
+        self._step_log = _StepLog()
 
     def run(self) -> Position:
         """Train; returns the final position.
@@ -117,12 +149,15 @@ class TrainingLoop:
             Where training stopped (``epoch == config.epochs`` when it finished).
         """
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        status = "failed"
         try:
             while self.position.epoch < self.config.epochs and not self._stopping():
                 self._train_epoch()
+            status = "finished" if self.position.epoch >= self.config.epochs else "stopped"
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            close_sinks(self.setup.sinks, status)
         return self.position
 
     def _request_stop(self, signum, frame) -> None:
@@ -144,8 +179,11 @@ class TrainingLoop:
                                 completed=position.batch)
             waited = time.perf_counter()
             for batch in loader:
-                stats.wait_s += time.perf_counter() - waited
-                stats.add(*self._train_batch(batch, steps_per_epoch, len(batches)))
+                wait_s = time.perf_counter() - waited
+                stats.wait_s += wait_s
+                loss, terms = self._train_batch(batch, steps_per_epoch, len(batches))
+                stats.add(loss, terms)
+                self._log_step(loss, terms, wait_s, len(batches))
                 bar.update(task, advance=1, description=f"epoch {position.epoch + 1}/{config.epochs} "
                            f"loss {stats.loss_sum / stats.batches:.4f}")
                 if self._at_step_boundary(len(batches)) and self._checkpoint_due():
@@ -170,6 +208,17 @@ class TrainingLoop:
         if self._at_step_boundary(n_batches):
             self._optimizer_step(learning_rate(position.step, steps_per_epoch, config))
         return float(losses.total.detach()), losses.values()
+
+    def _log_step(self, loss: float, terms: dict[str, float], wait_s: float, n_batches: int) -> None:
+        """Add a batch to the step record; every ``log_every`` optimizer steps, give it to the sinks."""
+        self._step_log.add(loss, terms, wait_s)
+        position = self.position
+        if not self._at_step_boundary(n_batches) or position.step % self.config.log_every:
+            return
+        epoch = position.epoch + position.batch / max(1, n_batches)
+        write_step(self.setup.sinks, position.step,
+                   self._step_log.record(self.setup.optimizer.param_groups[0]["lr"], epoch))
+        self._step_log = _StepLog()
 
     def _optimizer_step(self, lr: float) -> None:
         optimizer, scaler = self.setup.optimizer, self.setup.scaler

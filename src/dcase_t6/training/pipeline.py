@@ -87,7 +87,14 @@ from dcase_t6.registry import Registry
 from dcase_t6.retrieval.evaluation import evaluate
 from dcase_t6.retrieval.ground_truth import Relevance, read_relevance_file
 from dcase_t6.retrieval.matrices import read_matrix, write_matrix
-from dcase_t6.training.config import TrainConfig, dotted_to_nested, from_dict, merge, read_yaml_mapping
+from dcase_t6.training.config import (
+    TrainConfig,
+    dotted_to_nested,
+    from_dict,
+    merge,
+    nested_to_dotted,
+    read_yaml_mapping,
+)
 from dcase_t6.training.distributed import World, init_world, share_from_main
 from dcase_t6.training.trainer import continue_run, register_run
 
@@ -518,24 +525,16 @@ def _ensemble_summary(ensemble: Ensemble, entry: dict, status: str) -> dict:
     return summary
 
 
+NOT_DIGESTED = {"log", "log_every"}  # where the run's curves go: a rerun may log elsewhere
+
+
 def config_digest(config: TrainConfig) -> str:
     """SHA-256 of the config keys whose values differ from the defaults (what decides whether a stage's run still
     matches the file). Keys at their default are left out, so a later version that adds a config key (with a
     default that keeps the old behaviour) does not turn every finished stage into a "changed" one."""
-    defaults = _flat(TrainConfig().to_dict())
-    return _digest({key: value for key, value in _flat(config.to_dict()).items()
-                    if key not in defaults or defaults[key] != value})
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    """Nested mappings as dotted keys."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    defaults = nested_to_dotted(TrainConfig().to_dict())
+    return _digest({key: value for key, value in nested_to_dotted(config.to_dict()).items()
+                    if key not in NOT_DIGESTED and (key not in defaults or defaults[key] != value)})
 
 
 def _digest(values: dict) -> str:

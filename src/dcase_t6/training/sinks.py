@@ -1,18 +1,35 @@
-"""Where a finished epoch's record goes: the registry, ``metrics.jsonl``, TensorBoard (when installed), the console.
+"""Where training's numbers go: the registry, ``metrics.jsonl``, the console, and an experiment logger
+(TensorBoard or Weights & Biases, config key ``log``).
 
-Every sink takes the same record (``train_loss``, ``train_<term>`` for every loss term, ``lr``, ``step``,
-``seconds``, ``data_wait_fraction`` and the validation metrics); only the main process has sinks.
+Every sink takes each finished epoch's record (``train_loss``, ``train_<term>`` for every loss term, ``lr``,
+``step``, ``seconds``, ``data_wait_fraction`` and the validation metrics). The experiment loggers also take a
+step record every ``log_every`` optimizer steps (``train_loss`` and ``train_<term>`` averaged over the batches
+since the last one, ``lr``, ``data_wait_fraction`` of that stretch, ``epoch`` as a fraction), and at the start
+the run's config, its id and where its registry record is. Only the main process has sinks.
+
+``log: wandb`` honours the usual ``WANDB_*`` variables: ``WANDB_MODE=offline`` writes the run under
+``runs/<run>/wandb/`` without a server (``wandb sync`` uploads it later), ``WANDB_PROJECT`` (default
+``dcase-t6``) and ``WANDB_ENTITY`` choose where it goes. A logger whose package is missing is one error line
+naming the install command, before the run is registered (``check_logger``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Protocol
 
 from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.console import stderr_console
-from dcase_t6.registry import Registry
+from dcase_t6.common.errors import UserError
+from dcase_t6.registry import RECORD_NAME, Registry
+
+# logger -> (the module it imports, the pip command that installs it)
+LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard"),
+                   "wandb": ("wandb", "pip install wandb")}
+WANDB_PROJECT = "dcase-t6"
 
 
 class EpochSink(Protocol):
@@ -20,6 +37,19 @@ class EpochSink(Protocol):
 
     def write(self, epoch: int, record: dict, improved: bool) -> None:
         """Take the record of ``epoch`` (0-based); ``improved`` when it is the best so far."""
+
+
+class StepSink(Protocol):
+    """An epoch sink that also takes the per-step records and is closed when training ends."""
+
+    def write(self, epoch: int, record: dict, improved: bool) -> None:
+        """Take the record of ``epoch`` (0-based)."""
+
+    def write_step(self, step: int, record: dict) -> None:
+        """Take the record of the ``log_every`` steps that end with optimizer step ``step``."""
+
+    def close(self, status: str) -> None:
+        """Flush and close; ``status`` is ``finished``, ``stopped`` or ``failed``."""
 
 
 class RegistrySink:
@@ -45,19 +75,78 @@ class MetricsFileSink:
             handle.writelines(json.dumps(epoch) + "\n" for epoch in epochs)
 
 
-class TensorBoardSink:
-    """Writes the record's numbers as TensorBoard scalars in ``folder``, one step per epoch."""
+class RunInfo:
+    """What a logger records about the run at its start: id, registry link, config."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, registry: Registry, run_id: str, config: dict):
+        self.run_id, self.config = run_id, config
+        self.registry = str(registry.path.resolve())
+        self.record = str((registry.workdir / "runs" / run_id / RECORD_NAME).resolve())
+        self.show = f"dcase-t6 --workdir {registry.workdir.resolve()} runs show {run_id}"
+
+    def as_dict(self) -> dict:
+        return {"run": self.run_id, "registry": self.registry, "record": self.record, "show": self.show}
+
+
+class TensorBoardSink:
+    """TensorBoard event files in ``folder``: the epoch records as scalars (one point per epoch, the record's
+    own names), the step records as ``step/<name>`` scalars over optimizer steps, and the run's id, registry
+    link and config as text."""
+
+    def __init__(self, folder: Path, info: RunInfo | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.folder, self._writer = folder, SummaryWriter
+        self.folder = folder
+        self._writer = SummaryWriter(str(folder))
+        if info is not None:
+            links = "\n".join(f"* {key}: `{value}`" for key, value in info.as_dict().items())
+            self._writer.add_text("run", links, 0)
+            self._writer.add_text("config", "```\n" + json.dumps(info.config, indent=2) + "\n```", 0)
+            self._writer.flush()
 
     def write(self, epoch: int, record: dict, improved: bool) -> None:
-        with self._writer(str(self.folder)) as writer:
-            for key, value in record.items():
-                if isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, epoch)
+        for key, value in _numbers(record).items():
+            self._writer.add_scalar(key, value, epoch)
+        self._writer.flush()
+
+    def write_step(self, step: int, record: dict) -> None:
+        for key, value in _numbers(record).items():
+            self._writer.add_scalar(f"step/{key}", value, step)
+
+    def close(self, status: str) -> None:
+        self._writer.close()
+
+
+class WandbSink:
+    """A Weights & Biases run with the registry's run id as its id and name (a resumed run continues it): the
+    config and the registry link as its config, step records as ``step/<name>`` over optimizer steps, epoch
+    records as ``epoch/<name>`` (with ``epoch`` 1-based), the best epoch's numbers in its summary as
+    ``best/<name>``."""
+
+    def __init__(self, folder: Path, info: RunInfo):
+        import wandb
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT), id=info.run_id,
+                               name=info.run_id, dir=str(folder), resume="allow",
+                               config={**info.config, "registry": info.as_dict()})
+        self._step = 0
+
+    def write(self, epoch: int, record: dict, improved: bool) -> None:
+        numbers = _numbers(record)
+        self._step = max(self._step, int(record.get("step", self._step)))
+        self._run.log({"epoch": epoch + 1, **{f"epoch/{key}": value for key, value in numbers.items()}},
+                      step=self._step)
+        if improved:
+            self._run.summary.update({"best/epoch": epoch + 1, **{f"best/{key}": value
+                                                                  for key, value in numbers.items()}})
+
+    def write_step(self, step: int, record: dict) -> None:
+        self._step = max(self._step, step)
+        self._run.log({f"step/{key}": value for key, value in _numbers(record).items()}, step=self._step)
+
+    def close(self, status: str) -> None:
+        self._run.finish(exit_code=0 if status in ("finished", "stopped") else 1)
 
 
 class ConsoleSink:
@@ -73,28 +162,62 @@ class ConsoleSink:
                              f"{'  [green]best[/]' if improved else ''}", highlight=False)
 
 
-def tensorboard_sink(folder: Path) -> TensorBoardSink | None:
-    """A TensorBoard sink, or None when the tensorboard package is not installed.
+def _numbers(record: dict) -> dict[str, float]:
+    return {key: value for key, value in record.items() if isinstance(value, (int, float))
+            and not isinstance(value, bool)}
+
+
+def check_logger(log: str) -> None:
+    """Fail now, with the install command, when the package of logger ``log`` is not installed.
 
     Args:
-        folder: the event files' folder.
+        log: ``tensorboard``, ``wandb`` or ``none``.
+
+    Raises:
+        UserError: the package is missing.
+    """
+    if log not in LOGGER_PACKAGES:
+        return
+    module, install = LOGGER_PACKAGES[log]
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"config key 'log' = {log!r} needs the {module} package, which is not installed; "
+                        f"install it with `{install}`, or train with --log none")
+
+
+def experiment_logger(log: str, registry: Registry, run_id: str, directory: Path, config: dict) -> StepSink | None:
+    """The experiment logger of a run (None for ``none``).
+
+    Args:
+        log: ``tensorboard`` (event files in ``directory/tensorboard``), ``wandb`` (under ``directory/wandb``)
+            or ``none``.
+        registry: the run's registry (for the link to its record).
+        run_id: the run.
+        directory: the run's folder.
+        config: the run's config, as registered.
 
     Returns:
         The sink, or None.
+
+    Raises:
+        UserError: its package is not installed.
     """
-    try:
-        return TensorBoardSink(folder)
-    except ImportError:
+    if log == "none":
         return None
+    check_logger(log)
+    info = RunInfo(registry, run_id, config)
+    if log == "wandb":
+        return WandbSink(directory, info)
+    return TensorBoardSink(directory / "tensorboard", info)
 
 
 def run_sinks(registry: Registry, run_id: str, directory: Path, epochs: int, is_main: bool) -> list[EpochSink]:
-    """A run's sinks, in the order they are written: console, registry, ``metrics.jsonl``, TensorBoard.
+    """A run's sinks, in the order they are written: console, registry, ``metrics.jsonl``, the experiment
+    logger of the run's registered config (``log``: TensorBoard by default).
 
     Args:
         registry: the run's registry.
         run_id: the run.
-        directory: the run's folder (``metrics.jsonl`` and ``tensorboard/`` go there).
+        directory: the run's folder (``metrics.jsonl``, ``tensorboard/`` and ``wandb/`` go there).
         epochs: the configured number of epochs (for the console line).
         is_main: whether this is the main process; the others get no sinks.
 
@@ -105,5 +228,31 @@ def run_sinks(registry: Registry, run_id: str, directory: Path, epochs: int, is_
         return []
     sinks: list[EpochSink] = [ConsoleSink(epochs), RegistrySink(registry, run_id),
                               MetricsFileSink(registry, run_id, directory / "metrics.jsonl")]
-    tensorboard = tensorboard_sink(directory / "tensorboard")
-    return sinks + ([tensorboard] if tensorboard is not None else [])
+    config = registry.run(run_id).config
+    logger = experiment_logger(config.get("log", "tensorboard"), registry, run_id, directory, config)
+    return sinks + ([logger] if logger is not None else [])
+
+
+def write_step(sinks: list[EpochSink], step: int, record: dict) -> None:
+    """Give a step record to the sinks that take them.
+
+    Args:
+        sinks: the run's sinks.
+        step: the optimizer step the record ends with.
+        record: the step record.
+    """
+    for sink in sinks:
+        if hasattr(sink, "write_step"):
+            sink.write_step(step, record)
+
+
+def close_sinks(sinks: list[EpochSink], status: str) -> None:
+    """Close the sinks that hold something open (the experiment loggers).
+
+    Args:
+        sinks: the run's sinks.
+        status: how training ended: ``finished``, ``stopped`` or ``failed``.
+    """
+    for sink in sinks:
+        if hasattr(sink, "close"):
+            sink.close(status)

@@ -75,7 +75,11 @@ def resume(workdir: str | Path, reference: str, max_steps: int | None = None, wo
         The run's summary (see ``continue_run``).
     """
     registry = Registry(workdir)
-    return continue_run(registry, registry.resolve(reference), world or init_world(), max_steps)
+    run_id = registry.resolve(reference)
+    if registry.run(run_id).status == "imported":
+        raise UserError(f"run {run_id} was imported (`runs import`): it has weights but no training state to "
+                        f"continue; train on from it with `dcase-t6 train --init-from {run_id} ...`")
+    return continue_run(registry, run_id, world or init_world(), max_steps)
 
 
 def continue_run(registry: Registry, run_id: str, world: World, max_steps: int | None) -> dict:

@@ -1,0 +1,115 @@
+"""``runs import``: an exported model folder (or hub repo id) -> a registered run of status ``imported``.
+
+The folder is checked by loading it strictly (``load_exported``), then copied into ``runs/<run>/model/``. Its
+weights also become the run's ``best`` checkpoint (``best.pt``: weights, config, position, as ``train`` writes
+them, the config's text model pointing at the copied ``model/text/``), so every command that takes a run takes
+it: ``embed``, ``ensemble``/``evaluate`` with ``RUN:DATASET/SPLIT``, ``distill_from``, ``init_from``,
+``clusters.source: run:RUN``. Its epochs are registered as exported, so ``runs compare`` shows its curves; its
+dev-test scores are kept with the registered weights file (kind ``import``). The run keeps the id it had where it
+was trained, unless a run here already has it (then ``<name>-<6 hex>``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dcase_t6.common.atomic import atomic_path
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.fsops import replace_dir, staging_dir
+from dcase_t6.registry import Registry
+from dcase_t6.sharing.folder import TEXT_DIR, TRAINING_NAME, WEIGHTS_NAME, load_exported, model_config, resolve_source
+from dcase_t6.sharing.history import IMPORT_KIND
+
+MODEL_DIR = "model"  # the copy of the folder inside the run's folder
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """The registered run, where it came from, the copied folder and the ``best`` checkpoint written."""
+
+    run_id: str
+    source: str
+    folder: Path
+    checkpoint: Path
+    epochs: int
+    best_epoch: int | None
+
+    def as_json(self) -> dict:
+        return {"run": self.run_id, "source": self.source, "folder": str(self.folder),
+                "checkpoint": str(self.checkpoint), "epochs": self.epochs, "best_epoch": self.best_epoch}
+
+
+def import_model(workdir: str | Path, source: str, revision: str | None = None) -> ImportResult:
+    """Register an exported model as a run.
+
+    Args:
+        workdir: the registry's folder.
+        source: an exported folder, or a hub repo id (``owner/name``).
+        revision: with a repo id: branch, tag or commit.
+
+    Returns:
+        The new run and its files.
+
+    Raises:
+        UserError: the folder is incomplete, of another format, its weights do not fit its config, or its training
+            config is not valid here.
+    """
+    from dcase_t6.training.config import from_dict
+
+    folder = resolve_source(source, revision)
+    loaded = load_exported(folder)
+    training = loaded.training
+    config, run = training.get("config"), training.get("run") or {}
+    epochs = training.get("epochs", [])
+    if not isinstance(config, dict) or not isinstance(epochs, list) or not all(
+            isinstance(epoch, dict) and isinstance(epoch.get("epoch"), int) for epoch in epochs):
+        raise UserError(f"{folder / TRAINING_NAME}: no training config, or epochs without their 'epoch' number; "
+                        "export the run again with `dcase-t6 export`")
+    from_dict(config, source=str(folder / TRAINING_NAME))  # checked before anything is registered
+    name = str(run.get("name") or config.get("name") or "imported")
+    registry = Registry(workdir)
+    run_id = registry.import_run(str(run.get("id") or name), name, config, run.get("data_fingerprint"),
+                                 run.get("seed"), run.get("code_version"), epochs)
+    directory = registry.workdir / "runs" / run_id
+    try:
+        copy = directory / MODEL_DIR
+        with staging_dir(copy) as staging:
+            shutil.copytree(folder, staging / MODEL_DIR, ignore=shutil.ignore_patterns(".*"))
+            replace_dir(staging / MODEL_DIR, copy)
+        checkpoint_config = dict(config, model=dataclasses.asdict(
+            model_config(loaded.config, folder, text_model=str(copy / TEXT_DIR))))
+        from_dict(checkpoint_config, source=str(folder / TRAINING_NAME))
+        exported = training.get("checkpoint") or {}
+        monitor = training.get("monitor") or config.get("monitor", "mAP@10")
+        best = _best_record(epochs, monitor)
+        best_value = best.get(monitor) if best else None
+        position = {"epoch": int(exported.get("epoch") or 0), "batch": 0, "step": int(exported.get("step") or 0),
+                    "best": float(best_value) if best_value is not None else -math.inf, "epoch_sums": {}}
+        path = directory / "best.pt"
+        with atomic_path(path) as tmp:
+            torch.save({"model": loaded.model.state_dict(), "config": checkpoint_config, "position": position}, tmp)
+        info = {"epoch": exported.get("epoch"), "step": exported.get("step"),
+                "parameters": loaded.model.parameter_count(), "imported_from": str(source)}
+        if best is not None:
+            info.update({monitor: best_value, "metrics": {k: v for k, v in best.items() if k != "epoch"}})
+        registry.add_file(run_id, "checkpoint", "best", path, info)
+        registry.add_file(run_id, IMPORT_KIND, "model", copy / WEIGHTS_NAME,
+                          {"source": str(source), "revision": revision, "exported_checkpoint": exported.get("tag"),
+                           "dev_test": training.get("dev_test")})
+    except BaseException:
+        registry.remove(run_id, delete_files=True)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return ImportResult(run_id, str(source), copy, path, len(epochs),
+                        None if best is None else int(best["epoch"]) + 1)
+
+
+def _best_record(epochs: list[dict], monitor: str) -> dict | None:
+    scored = [epoch for epoch in epochs if isinstance(epoch.get(monitor), (int, float))]
+    return max(scored, key=lambda epoch: epoch[monitor]) if scored else None
