@@ -25,6 +25,7 @@ from dcase_t6.training.augmentation import PairAugmenter
 from dcase_t6.training.config import TrainConfig
 from dcase_t6.training.data import BatchSource, load_pairs
 from dcase_t6.training.distributed import World
+from test_prepare_cache import interrupt_at_job
 
 RATE = 32000
 WINDOWS = (10 * RATE, 30 * RATE)
@@ -297,15 +298,7 @@ def test_training_on_window_storage_resumes_bit_for_bit_and_learns_like_the_stor
 def test_an_interrupted_int16_build_resumes_and_cuts_the_unindexed_tail(tmp_path, monkeypatch):
     layout = index_sounds(tmp_path, [("a.wav", 3.0, 44100, 1, "PCM_16"), ("b.flac", 4.0, 48000, 2, "PCM_16"),
                                      ("c.mp3", 5.0, 44100, 1, "MPEG_LAYER_III")])
-    real_job, calls = audio_cache.run_job, []
-
-    def interrupted(job, writer):
-        calls.append(job.key)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_job(job, writer)
-
-    monkeypatch.setattr(audio_cache, "run_job", interrupted)
+    real_job = interrupt_at_job(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         build_cache(layout, RATE, request=as_mode("int16"))
     assert len(AudioCache(tmp_path, RATE)) == 2

@@ -249,20 +249,30 @@ def test_bind_refuses_a_busy_port_with_one_line(case):
         server.shutdown()
 
 
+def start_server(command: list[str]) -> subprocess.Popen:
+    """``dcase-t6 explore ... --json`` as the user runs it, its output unbuffered."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def started_json(process: subprocess.Popen) -> dict:
+    """The JSON object a server started with ``--json`` prints once it listens (the stderr if it ended first)."""
+    lines = []
+    while not lines or lines[-1] != "}\n":
+        line = process.stdout.readline()
+        assert line, process.stderr.read()
+        lines.append(line)
+    return json.loads("".join(lines))
+
+
 def test_cli_serves_on_loopback_on_a_free_port(case):
     command = [sys.executable, "-m", "dcase_t6", "explore", "-p", str(case["first"]), "-c", str(case["captions"]),
                "--audio", str(case["audio"]), "--json"]
     captions_queries = [f"{name} caption {k}" for name in FILES for k in range(1, 6)]
     write_matrix(SimilarityMatrix(captions_queries, FILES, np.tile(SCORES[:1], (30, 1))), case["first"])
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = start_server(command)
     try:
-        lines = []
-        while not lines or lines[-1] != "}\n":
-            line = process.stdout.readline()
-            assert line, process.stderr.read()
-            lines.append(line)
-        started = json.loads("".join(lines))
+        started = started_json(process)
         assert started["url"].startswith("http://127.0.0.1:") and started["queries"] == 30
         with urllib.request.urlopen(started["url"] + "clip/0.html", timeout=10) as response:
             assert response.status == 200

@@ -25,6 +25,7 @@ from dcase_t6.cli import main
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
 from dcase_t6.retrieval.metrics import METRIC_KEYS
+from test_explore import start_server, started_json
 
 CHROMIUM = Path(os.environ.get("DCASE_T6_CHROMIUM", "/usr/bin/chromium"))
 VIEWPORT = {"width": 1280, "height": 860}
@@ -102,15 +103,9 @@ def _explore_args(demo):
 @pytest.fixture(scope="module")
 def server(demo_output):
     """`dcase-t6 explore ... --json` running as the user runs it; its printed URL."""
-    process = subprocess.Popen([sys.executable, *_explore_args(demo_output), "--json"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = start_server([sys.executable, *_explore_args(demo_output), "--json"])
     try:
-        lines = []
-        while not lines or lines[-1] != "}\n":
-            line = process.stdout.readline()
-            assert line, process.stderr.read()
-            lines.append(line)
-        yield json.loads("".join(lines))["url"]
+        yield started_json(process)["url"]
     finally:
         process.terminate()
         process.wait(timeout=10)

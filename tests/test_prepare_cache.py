@@ -84,18 +84,24 @@ def test_changed_file_is_recached_and_touched_file_is_not_decoded(tmp_path):
     assert build_cache(layout, RATE, workers=1).up_to_date == 6
 
 
-def test_interrupted_run_resumes_and_drops_an_unindexed_tail(tmp_path, monkeypatch):
-    layout, files = make_indexed_audio(tmp_path)
-    calls = []
-    real_job = audio_cache.run_job
+def interrupt_at_job(monkeypatch, number: int):
+    """Make the cache build's ``number``-th job raise KeyboardInterrupt (a Ctrl-C mid-build); return the real job
+    function, to put back."""
+    real_job, calls = audio_cache.run_job, []
 
     def interrupted(job, writer):
         calls.append(job.key)
-        if len(calls) == 3:
+        if len(calls) == number:
             raise KeyboardInterrupt
         return real_job(job, writer)
 
     monkeypatch.setattr(audio_cache, "run_job", interrupted)
+    return real_job
+
+
+def test_interrupted_run_resumes_and_drops_an_unindexed_tail(tmp_path, monkeypatch):
+    layout, files = make_indexed_audio(tmp_path)
+    real_job = interrupt_at_job(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         build_cache(layout, RATE, workers=1)
     assert len(AudioCache(tmp_path, RATE)) == 2  # what finished before the interruption was committed

@@ -180,7 +180,7 @@ def run_job(job: Job, writer: ShardWriter) -> Outcome:
             return Outcome(job.key, *facts, kind="problem", problem=str(problem))
         return Outcome(job.key, *facts, storage="window", max_samples=cap, frames=source.frames,
                        source_rate=source.source_rate, truncated=source.truncated,
-                       length=kept_length(source.frames, source.source_rate, job.rate, job.storage))
+                       length=kept_length(source.frames, source.source_rate, job.rate, cap))
     try:
         samples, source_rate = decode_mono(job.path)
     except AudioProblem as problem:
@@ -300,8 +300,7 @@ class AudioCache:
             stat = source.stat()
             if (stat.st_size, stat.st_mtime_ns) != (numbers["size"], numbers["mtime_ns"]):
                 facts = self._reprobe(key, source, stat)
-                length = kept_length(facts.frames, facts.source_rate, self.rate, Storage("window"))
-                length = min(length, numbers["max_samples"]) if numbers["max_samples"] else length
+                length = kept_length(facts.frames, facts.source_rate, self.rate, numbers["max_samples"])
             start, count = crop_span(length, max_samples, offset)
             return read_span(source, facts, self.rate, start, count)
         except (OSError, AudioProblem) as err:

@@ -118,17 +118,17 @@ def resampled_length(frames: int, source_rate: int, rate: int) -> int:
     return frames if source_rate == rate else int(frames * rate / source_rate + 0.5)
 
 
-def kept_length(frames: int, source_rate: int, rate: int, storage: Storage) -> int:
-    """Samples of a clip at ``rate`` after the storage's cap."""
+def kept_length(frames: int, source_rate: int, rate: int, cap: int) -> int:
+    """Samples of a clip at ``rate`` after a cap of ``cap`` samples (0: no cap; see ``Storage.cap``)."""
     length = resampled_length(frames, source_rate, rate)
-    return min(length, storage.cap(rate)) if storage.cap(rate) else length
+    return min(length, cap) if cap else length
 
 
 def stored_bytes(frames: int, source_rate: int, rate: int, storage: Storage) -> int:
     """Bytes a clip takes in the cache: its samples (stored modes) or its index row (``window``)."""
     if storage.mode == "window":
         return INDEX_ROW_BYTES
-    return kept_length(frames, source_rate, rate, storage) * SAMPLE_BYTES[storage.mode] + INDEX_ROW_BYTES
+    return kept_length(frames, source_rate, rate, storage.cap(rate)) * SAMPLE_BYTES[storage.mode] + INDEX_ROW_BYTES
 
 
 @dataclass(frozen=True)

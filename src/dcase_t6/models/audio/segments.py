@@ -31,11 +31,16 @@ def segment_clips(waveforms: torch.Tensor, lengths: torch.Tensor, samples: int,
     """
     total = samples * count
     padded = torch.nn.functional.pad(waveforms[:, :total], (0, max(0, total - waveforms.shape[1])))
-    counts = torch.clamp(torch.ceil(lengths.clamp(max=total).float() / samples).long(), 1, count)
+    counts = segment_counts(lengths, samples, count)
     used = torch.arange(count, device=waveforms.device)[None, :] < counts[:, None]
     segments = padded.view(len(lengths), count, samples)[used]
     owners = torch.arange(len(lengths), device=waveforms.device)[:, None].expand(-1, count)[used]
     return segments, owners, counts
+
+
+def segment_counts(lengths: torch.Tensor, samples: int, count: int) -> torch.Tensor:
+    """Segments each clip uses: its length in whole or partial segments, at least 1, at most ``count``."""
+    return torch.clamp(torch.ceil(lengths.clamp(max=samples * count).float() / samples).long(), 1, count)
 
 
 def segment_lengths(lengths: torch.Tensor, samples: int, count: int) -> torch.Tensor:
@@ -49,7 +54,7 @@ def segment_lengths(lengths: torch.Tensor, samples: int, count: int) -> torch.Te
     Returns:
         (segments,) lengths in samples, each in [1, samples].
     """
-    counts = torch.clamp(torch.ceil(lengths.clamp(max=samples * count).float() / samples).long(), 1, count)
+    counts = segment_counts(lengths, samples, count)
     starts = torch.arange(count, device=lengths.device)[None, :] * samples
     used = torch.arange(count, device=lengths.device)[None, :] < counts[:, None]
     return (lengths[:, None] - starts).clamp(1, samples)[used]
