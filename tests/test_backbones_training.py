@@ -50,6 +50,27 @@ def test_passt_teacher_distils_into_an_eat_student_trained_by_torchrun(short_cli
     state = torch.load(registry.file(student["run"], "checkpoint", "best").path, weights_only=True)["model"]
     assert any(key.startswith("audio.") for key in state)
     _embed_and_evaluate(workdir, root, student["run"])
+    _export_embeds_like_the_run(workdir, root, teacher["run"], tmp_path)
+
+
+def _export_embeds_like_the_run(workdir, root, run, tmp_path):
+    """The real configuration shared: PaSST + a RoBERTa saved with the hub's pooler, exported to safetensors, embeds
+    without any registry exactly as the registered run does."""
+    import numpy as np
+
+    registered = _cli(workdir, "embed", run, "--data-root", str(root), "--dataset", "synthetic", "--json")
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    folder = tmp_path / "exported"
+    exported = _cli(workdir, "export", run, "--out", str(folder), "--json")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert not [path for path in folder.rglob("*") if path.suffix in (".pt", ".bin", ".pkl")]
+    embedded = _cli(tmp_path / "no-registry", "embed", "--model", str(folder), "--data-root", str(root), "--dataset",
+                    "synthetic", "--out", str(tmp_path / "embedded"), "--json")
+    assert embedded.returncode == 0, embedded.stderr[-3000:]
+    with np.load(json.loads(registered.stdout)["embeddings"]) as expected, \
+            np.load(json.loads(embedded.stdout)["embeddings"]) as actual:
+        for key in ("audio", "text"):
+            assert np.array_equal(actual[key], expected[key])
 
 
 @pytest.mark.slow
