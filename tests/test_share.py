@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
+from dcase_t6.common.outputs import MARKER
 from dcase_t6.embedding.checkpoints import embed_run
 from dcase_t6.registry import Registry
 from dcase_t6.training import trainer as training
@@ -59,7 +60,8 @@ def test_the_folder_holds_safetensors_config_tokenizer_card_and_no_pickle(traine
 
     folder, exported = trained["folder"], trained["exported"]
     assert {item["path"] for item in exported["files"]} == FOLDER_FILES
-    assert {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()} == FOLDER_FILES
+    assert {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()} == {*FOLDER_FILES,
+                                                                                                     MARKER}
     for path in folder.rglob("*"):
         if path.is_file():
             assert path.read_bytes()[:2] not in (b"\x80\x02", b"\x80\x04", b"PK")  # no pickle, no torch zip
@@ -250,14 +252,19 @@ def test_embed_options_are_checked(tmp_path, args, expected):
 
 
 def test_export_never_overwrites_without_force(trained, tmp_path):
-    out = tmp_path / "taken"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    for force in ((), ("--force",)):  # a folder dcase-t6 did not write is never replaced, --force or not
+        line = fails(trained["workdir"], "export", trained["run"], "--out", taken, *force)
+        assert "is not a model folder written by dcase-t6" in line
+    assert [path.name for path in taken.iterdir()] == ["notes.txt"]
+    out = tmp_path / "out"
+    cli(trained["workdir"], "export", trained["run"], "--out", out)
     line = fails(trained["workdir"], "export", trained["run"], "--out", out)
     assert "already exists; choose another --out, or replace it with --force" in line
-    assert [path.name for path in out.iterdir()] == ["notes.txt"]
     cli(trained["workdir"], "export", trained["run"], "--out", out, "--force", "--checkpoint", "last")
-    assert {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()} == FOLDER_FILES
+    assert {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()} == {*FOLDER_FILES, MARKER}
     assert json.loads((out / "config.json").read_text())["checkpoint"] == "last"
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no staging folder left
 

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
+from dcase_t6.common.outputs import MARKER
 from dcase_t6.embedding.checkpoints import embed_run
 from dcase_t6.registry import Registry
 from dcase_t6.training import trainer as training
@@ -145,8 +146,9 @@ def test_push_uploads_the_folder_and_a_hub_id_embeds_and_imports_it(hub, run, tm
     result = json.loads(pushed.output)
     assert result["hub_url"] == f"{hub.endpoint}/team/tiny-model/commit/{COMMIT}"
     folder = tmp_path / "model"
-    local = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-    assert hub.repos["team/tiny-model"] == local and all(hub.authorized)
+    local = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*")
+             if path.is_file() and path.name != MARKER}  # the marker of a folder dcase-t6 wrote is not uploaded
+    assert (folder / MARKER).is_file() and hub.repos["team/tiny-model"] == local and all(hub.authorized)
     assert "dcase-t6 embed --model team/tiny-model" in local["README.md"].decode()
     # embed with the hub id: downloaded into HF_HUB_CACHE, then the same vectors as the run
     embedded = invoke(tmp_path, "embed", "--model", "team/tiny-model", "--data-root", tiny_training["data_root"],

@@ -37,6 +37,7 @@ from typing import Iterator
 from dcase_t6 import __version__
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import write_json
+from dcase_t6.common.outputs import NAME_LIMIT, check_name
 
 DATABASE_NAME = "registry.sqlite"
 _SCHEMA = """
@@ -245,8 +246,9 @@ class Registry:
         write_json(record, folder / RECORD_NAME)
 
     def create_run(self, name: str, config: dict, data_fingerprint: str | None, seed: int | None) -> str:
-        """Register a new run and return its id (``<name>-<6 hex>``)."""
-        run_id = f"{name}-{secrets.token_hex(3)}"
+        """Register a new run and return its id (``<name>-<6 hex>``); a UserError for a name that is not one safe
+        folder name (see ``dcase_t6.common.outputs.check_name``)."""
+        run_id = f"{check_name(name, 'run name')}-{secrets.token_hex(3)}"
         directory = self.workdir / "runs" / run_id
         with self._connect() as connection:
             connection.execute(
@@ -274,6 +276,8 @@ class Registry:
         Returns:
             The run's id here.
         """
+        check_name(name, "run name")
+        check_name(preferred_id, "run id", limit=NAME_LIMIT + 7)  # NAME-<6 hex>
         with self._connect() as connection:
             run_id = preferred_id
             while connection.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():

@@ -78,7 +78,7 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
       dcase-t6 ensemble --apply -w weights.json -s passt/s1=p1_test.csv -s passt/s2=p2_test.csv \\
           -s cnn/s1=c1_test.csv -s cnn/s2=c2_test.csv --out ensemble_test.csv
     """
-    from dcase_t6.common.outputs import refuse_input_as_output
+    from dcase_t6.common.outputs import check_output_file
     from dcase_t6.ensemble.search import SearchOptions, apply, plan_search, search
     from dcase_t6.ensemble.weights import read_weights, write_weights
     from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
@@ -86,8 +86,8 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
 
     mode = _ensemble_mode(ctx, do_search, do_apply)
     named_paths = parse_system_options(system_paths(systems))
-    refuse_input_as_output(out, "--out", [*((f"--system {name}", path) for name, path in named_paths),
-                                          ("--weights", weights), ("--captions", captions), ("--relevance", relevance)])
+    check_output_file(out, "--out", [*((f"--system {name}", path) for name, path in named_paths),
+                                     ("--weights", weights), ("--captions", captions), ("--relevance", relevance)])
     if mode == "apply":
         if weights is None:
             raise UserError("ensemble --apply: give --weights weights.json (written by `dcase-t6 ensemble --search`)")

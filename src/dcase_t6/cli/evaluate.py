@@ -33,7 +33,7 @@ def evaluate(predictions, relevance, captions, allow_missing, per_query, with_ci
       dcase-t6 evaluate -p system.csv -r clotho-devtest-relevance-metadata_eval.csv --ci
       dcase-t6 evaluate -p system.csv -c clotho_captions_evaluation.csv --json
     """
-    from dcase_t6.common.outputs import refuse_input_as_output
+    from dcase_t6.common.outputs import check_output_file
     from dcase_t6.retrieval.evaluation import evaluate as run_evaluation
     from dcase_t6.retrieval.evaluation import write_per_query
     from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
@@ -43,8 +43,8 @@ def evaluate(predictions, relevance, captions, allow_missing, per_query, with_ci
         raise UserError("evaluate: give exactly one of --relevance (multi-relevant) or --captions (single-relevant)")
     predictions_path = matrix_path(predictions)
     if per_query:
-        refuse_input_as_output(per_query, "--per-query", [("--predictions", predictions_path),
-                                                          ("--relevance", relevance), ("--captions", captions)])
+        check_output_file(per_query, "--per-query", [("--predictions", predictions_path), ("--relevance", relevance),
+                                                     ("--captions", captions)])
     truth = read_relevance_file(relevance) if relevance else read_captions_file(captions)
     result = run_evaluation(read_matrix(predictions_path), truth, allow_missing=allow_missing)
     if per_query:

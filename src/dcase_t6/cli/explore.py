@@ -61,6 +61,7 @@ def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, a
     from dcase_t6.explore.analysis import explore as run_explore
     from dcase_t6.explore.audio import scan_audio
     from dcase_t6.explore.pages import Site
+    from dcase_t6.explore.site import check_target
     from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
     from dcase_t6.retrieval.matrices import read_matrix
 
@@ -81,8 +82,13 @@ def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, a
         raise UserError(f"--audio {audio_dir}: no such folder; pass the folder that holds the clips named in the "
                         "matrix, e.g. data/clotho/audio/evaluation")
     named = [_split_name(option) for option in matrices]
-    sources = [SystemSource(name, read_matrix(matrix_path(reference)), reference)
-               for name, (_, reference) in zip(_names(named), named)]
+    paths = [matrix_path(reference) for _, reference in named]
+    if html_dir:
+        check_target(html_dir, [*(("--predictions", path) for path in paths), ("--relevance", relevance),
+                                ("--captions", captions), ("--clip-captions", clip_captions), ("--audio", audio_dir)],
+                     protected=[("work directory", ctx.obj["workdir"])])
+    sources = [SystemSource(name, read_matrix(path), reference)
+               for name, path, (_, reference) in zip(_names(named), paths, named)]
     truth = read_relevance_file(relevance) if relevance else read_captions_file(captions)
     shown_captions = {}
     if clip_captions:

@@ -8,6 +8,7 @@ target, those of a live process are left alone (see ``dcase_t6.common.atomic``).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -51,3 +52,22 @@ def replace_dir(source: Path, target: Path) -> None:
         raise
     finally:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def replace_owned_dir(source: Path, target: Path, command: str, legacy_marker: str | None = None) -> None:
+    """``replace_dir`` for an output folder: ``source`` gets the marker listing its entries (see
+    ``dcase_t6.common.outputs``), and an existing ``target`` is replaced only if it is empty or holds the marker and
+    nothing it does not list (checked again now, right before the swap); a UserError otherwise, nothing moved."""
+    from dcase_t6.common.errors import UserError
+    from dcase_t6.common.outputs import MARKER, foreign_entries, mark_output
+
+    mark_output(source, command)
+    if target.is_dir() and not target.is_symlink() and any(target.iterdir()):
+        foreign = foreign_entries(target, legacy_marker)
+        if foreign is None or foreign:
+            what = f"holds {foreign[0]!r}, which" if foreign else f"has no {MARKER}: it"
+            raise UserError(f"{target}: {what} dcase-t6 did not write; nothing was replaced: move it out, or choose "
+                            "another folder")
+    elif os.path.lexists(target) and not target.is_dir():
+        raise UserError(f"{target}: a file, not a folder; nothing was replaced: choose another folder")
+    replace_dir(source, target)

@@ -39,6 +39,8 @@ def prepare_clotho(layout: Layout, archives: Path | None = None, workers: int = 
                    md5s: dict[str, str] = CLOTHO_MD5, retry_wait_s: float = 2.0) -> ClothoReport:
     """Get (download or ``archives``), verify, extract and index Clotho v2.1; return the index report."""
     source = archives.expanduser().absolute() if archives else layout.dataset_dir(DATASET) / "archives"
+    for part in CLOTHO_PARTS:  # before hours of downloading
+        _check_part_target(layout, part)
     verified = VerifiedFiles(layout.dataset_dir(DATASET) / "verified.json")
     with byte_progress() as progress:
         if archives is None:
@@ -72,11 +74,22 @@ def _extract_part(layout: Layout, source: Path, part: str, md5s: dict[str, str])
     stamp = target.parent / f".{part}.extracted"
     if target.is_dir() and stamp.is_file() and stamp.read_text().strip() == md5s[name]:
         return 0
-    stamp.unlink(missing_ok=True)
+    _check_part_target(layout, part)
     count = extract_7z(source / name, target)
     with atomic_path(stamp) as tmp:
         tmp.write_text(md5s[name] + "\n")
     return count
+
+
+def _check_part_target(layout: Layout, part: str) -> None:
+    """An audio folder is replaced by its archive's files only if dcase-t6 extracted it (its stamp, even a stale one,
+    is beside it) or it is empty: a UserError naming it otherwise."""
+    target = layout.audio_dir(DATASET, part)
+    stamp = target.parent / f".{part}.extracted"
+    if target.is_dir() and not stamp.is_file() and any(target.iterdir()):
+        raise UserError(f"{target}: holds files dcase-t6 did not extract (no {stamp.name} beside it), and extracting "
+                        f"clotho_audio_{part}.7z replaces the folder whole; move them out of it, or choose another "
+                        "--root")
 
 
 def _copy_if_changed(source: Path, target: Path) -> None:

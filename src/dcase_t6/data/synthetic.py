@@ -21,8 +21,9 @@ import soundfile as sf
 
 from dcase_t6.common.console import count_progress
 from dcase_t6.common.errors import UserError
-from dcase_t6.common.fsops import replace_dir, staging_dir
+from dcase_t6.common.fsops import replace_owned_dir, staging_dir
 from dcase_t6.common.jsonfile import read_json, write_json
+from dcase_t6.common.outputs import check_output_dir
 from dcase_t6.common.tables import LATIN1, write_table
 from dcase_t6.data.clotho_layout import CAPTION_FIELDS, METADATA_FIELDS, index_clotho_layout
 from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
@@ -32,6 +33,7 @@ from dcase_t6.data.reports import SyntheticReport
 DATASET = "synthetic"
 RELEVANCE_NAME = "synthetic-devtest-relevance-metadata_eval.csv"
 FORMAT_VERSION = 1
+STAMP_NAME = "synthetic.json"  # the generation settings; also marked the folder as generated before MARKER
 SR = CLOTHO_SAMPLE_RATE
 NAME_STYLES = ("clip_{i:04d}.wav", "synth take {i}.wav", "street corner, take {i}.wav",
                "Jo&#39;s recorder {i}.wav", "Café demo {i}.wav")
@@ -341,8 +343,10 @@ def prepare_synthetic(layout: Layout, config: SyntheticConfig, workers: int = 1,
     config.check()
     folder = layout.dataset_dir(DATASET)
     stamp = {"format": FORMAT_VERSION, **asdict(config)}
-    generated = force or not _generated_with(folder / "synthetic.json", stamp)
+    generated = force or not _generated_with(folder / STAMP_NAME, stamp)
     if generated:
+        check_output_dir(folder, "prepare synthetic", what="a synthetic dataset", legacy_marker=STAMP_NAME,
+                         remedy="move your files out of it, or choose another --root")
         _generate_atomically(config, folder, stamp)
     report = index_clotho_layout(layout, DATASET, workers)
     relevance = attach_relevance(layout, DATASET, folder / RELEVANCE_NAME)
@@ -357,5 +361,5 @@ def _generated_with(path: Path, stamp: dict) -> bool:
 def _generate_atomically(config: SyntheticConfig, folder: Path, stamp: dict) -> None:
     with staging_dir(folder) as tmp:
         generate(config, tmp)
-        write_json(stamp, tmp / "synthetic.json")
-        replace_dir(tmp, folder)
+        write_json(stamp, tmp / STAMP_NAME)
+        replace_owned_dir(tmp, folder, "prepare synthetic", legacy_marker=STAMP_NAME)

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcase_t6.common.errors import UserError
-from dcase_t6.common.fsops import replace_dir, staging_dir
+from dcase_t6.common.fsops import replace_owned_dir, staging_dir
+from dcase_t6.common.outputs import check_output_dir
 from dcase_t6.explore.pages import Site
 
 MARKER = "explore.json"
@@ -42,8 +42,7 @@ def write_site(site: Site, folder: str | Path) -> SiteReport:
         The :class:`SiteReport`.
     """
     started = time.perf_counter()
-    folder = Path(folder).expanduser().absolute()
-    _check_target(folder, site.audio.root)
+    folder = check_target(folder, [("--audio", site.audio.root)])
     with staging_dir(folder) as staging:
         for path in site.paths():
             page = site.render(path)
@@ -56,20 +55,15 @@ def write_site(site: Site, folder: str | Path) -> SiteReport:
             if source is not None:
                 _link_or_copy(source, staging / site.audio.url(clip))
                 audio_files += 1
-        replace_dir(staging, folder)
+        replace_owned_dir(staging, folder, "explore --html", legacy_marker=MARKER)
     return SiteReport(folder, len(site.paths()), audio_files, time.perf_counter() - started)
 
 
-def _check_target(folder: Path, audio_root: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--html {folder}: a file, not a folder; pass a new folder for the site")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
-        raise UserError(f"--html {folder}: the folder exists and is not an explorer site (no {MARKER}); pass a new "
-                        "or empty folder, it is replaced whole")
-    resolved, audio = folder.resolve(), audio_root.resolve()
-    if audio == resolved or resolved in audio.parents:
-        raise UserError(f"--html {folder}: holds the --audio folder {audio_root}, and the site replaces it whole; "
-                        "write the site elsewhere")
+def check_target(folder: str | Path, inputs=(), protected=()) -> Path:
+    """The site folder, absolute, or a UserError (see ``dcase_t6.common.outputs.check_output_dir``): a new or empty
+    folder, or an earlier explorer site holding nothing else, that is not, holds or links to an input."""
+    return check_output_dir(folder, "--html", inputs=inputs, protected=protected, what="an explorer site",
+                            legacy_marker=MARKER)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

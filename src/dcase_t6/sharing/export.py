@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.common.fsops import replace_dir, staging_dir
+from dcase_t6.common.fsops import replace_owned_dir, staging_dir
+from dcase_t6.common.outputs import MARKER, check_output_dir
 from dcase_t6.registry import Registry, code_version, sha256_of
 from dcase_t6.sharing.card import CardFacts, render_card
 from dcase_t6.sharing.folder import (
@@ -60,7 +61,7 @@ def export_run(workdir: str | Path, reference: str, out: str | Path, tag: str = 
         reference: the run (id or unique prefix).
         out: the folder to write; it must not exist unless ``force``.
         tag: the checkpoint, ``best`` or ``last``.
-        force: replace an existing ``out``.
+        force: replace an existing ``out`` that dcase-t6 wrote (its marker, ``dcase_t6.common.outputs.MARKER``).
         data_root: where the dev-test ground truth is, for the card's dev-test scores (default: the run's).
         push_to: a hub repo id (``owner/name``) to upload the folder to.
         private: create that repo private.
@@ -69,21 +70,26 @@ def export_run(workdir: str | Path, reference: str, out: str | Path, tag: str = 
         The run, the folder and its files, the hub commit URL.
 
     Raises:
-        UserError: ``out`` exists (without ``force``), the run or its checkpoint is missing or damaged, or the upload
-            failed (the folder is complete then).
+        UserError: ``out`` exists (without ``force``), was not written by dcase-t6 (with or without ``force``), is or
+            holds the work directory, the data root or the run's folder; the run or its checkpoint is missing or
+            damaged, or the upload failed (the folder is complete then).
     """
     from dcase_t6.embedding.checkpoints import load_model
     from dcase_t6.sharing.hub import looks_like_repo_id, push_folder
 
     out = Path(out).absolute()
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: already exists; choose another --out, or replace it with --force")
+    check_output_dir(out, "--out", replaced=False, protected=[("work directory", workdir), ("data root", data_root)])
     if push_to is not None and not looks_like_repo_id(push_to):
         raise UserError(f"--push-to-hub {push_to!r}: not a hub repo id; expected OWNER/NAME, e.g. my-team/passt-clotho")
     registry = Registry(workdir)
-    with registry.using(reference, "export") as run_id:
-        loaded = load_model(registry, run_id, tag)
+    found = registry.run(reference)  # read only: the output is checked before the run is leased
+    check_output_dir(out, "--out", force=force, force_option="--force", what="a model folder",
+                     protected=[("work directory", workdir), ("data root", data_root),
+                                ("run folder", registry.workdir / "runs" / found.id),
+                                ("data root", found.config.get("data_root"))])
+    with registry.using(found.id, "export") as run_id:
         run = registry.run(run_id)
+        loaded = load_model(registry, run_id, tag)
         summary = summarize_run(registry, run_id, data_root)
         model, config = loaded.model, loaded.config
         origin = run.config.get("model", {}).get("text_model", config.model.text_model)
@@ -114,7 +120,7 @@ def export_run(workdir: str | Path, reference: str, out: str | Path, tag: str = 
             folder.mkdir()
             write_model_folder(model, folder, folder_config, training)
             (folder / CARD_NAME).write_text(render_card(facts), encoding="utf-8")
-            replace_dir(folder, out)
+            replace_owned_dir(folder, out, f"export {run_id}")
     result = ExportResult(run_id, tag, epoch, out, list_files(out))
     if push_to is not None:
         url = push_folder(out, push_to, private=private, message=f"dcase-t6 export of run {run_id} ({tag})")
@@ -132,4 +138,4 @@ def list_files(folder: Path) -> list[ExportedFile]:
         The files.
     """
     return [ExportedFile(path.relative_to(folder).as_posix(), path.stat().st_size, sha256_of(path))
-            for path in sorted(folder.rglob("*")) if path.is_file()]
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MARKER]

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.outputs import MARKER
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -45,7 +46,8 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, message
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                                   commit_message=message or f"dcase-t6 model {Path(folder).name}")
+                                   commit_message=message or f"dcase-t6 model {Path(folder).name}",
+                                   ignore_patterns=[MARKER])
     except Exception as err:  # noqa: BLE001  (every hub, network or auth failure becomes one line)
         raise UserError(f"cannot upload {folder} to the hub repo {repo_id} at {api.endpoint} ({_reason(err)}); "
                         "check the network and the token (`hf auth login` or HF_TOKEN; HF_HUB_OFFLINE must not be "
