@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from dcase_t6.cli import Group, console, json_option, main, print_json
+from dcase_t6.cli import Group, console, json_option, main, print_json, stderr_console
 from dcase_t6.common.errors import UserError
 
 if TYPE_CHECKING:
@@ -77,7 +77,13 @@ def _api_options(function):
                      help="Retries with exponential backoff on 408/409/429/5xx, timeouts and lost connections."),
         click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 256),
                      help="Requests in flight at once."),
-        click.option("--dry-run", is_flag=True, help="Only count the requests still needed and estimate their tokens."),
+        click.option("--dry-run", is_flag=True, help="Only count the requests still needed and estimate their tokens "
+                     "and cost (--price-in/--price-out); warns above the task's suggested LLM budget (the DCASE 2025 "
+                     "rules: about 15-25 USD over the challenge)."),
+        click.option("--price-in", default=2.50, show_default=True, type=click.FloatRange(0), metavar="USD",
+                     help="Dry run: USD per million prompt tokens (default: GPT-4o's list price)."),
+        click.option("--price-out", default=10.00, show_default=True, type=click.FloatRange(0), metavar="USD",
+                     help="Dry run: USD per million completion tokens (default: GPT-4o's list price)."),
         click.option("--max-requests", type=click.IntRange(1), help="Send at most N requests (local models: "
                      "translations) in this run; run again to continue."),
     ]
@@ -106,7 +112,7 @@ def _api_options(function):
 @json_option
 def back_translate(data_root, dataset, split, out, journal, seed, languages, local_models, device, batch_size, beams,
                    max_new_tokens, api_base, model, api_key_env, temperature, max_tokens, timeout, retries,
-                   concurrency, dry_run, max_requests, prompt_forward, prompt_back, as_json):
+                   concurrency, dry_run, price_in, price_out, max_requests, prompt_forward, prompt_back, as_json):
     """Back-translate every caption of a training split through a random pivot language.
 
     Without --api-base, local MarianMT models translate (Helsinki-NLP/opus-mt-en-XX then
@@ -131,10 +137,11 @@ def back_translate(data_root, dataset, split, out, journal, seed, languages, loc
         LocalTranslation,
     )
     from dcase_t6.captions.backtranslation import back_translate as run
-    from dcase_t6.captions.engine import OutputFiles
     from dcase_t6.captions.prompts import load_template, parse_languages
     from dcase_t6.captions.source import CaptionSource
 
+    files = _output_files(out, journal, data_root, dataset, [("--prompt-forward", prompt_forward),
+                                                           ("--prompt-back", prompt_back)])
     if api_base:
         backend = ApiTranslation(_endpoint(api_base, model, api_key_env, temperature, max_tokens, timeout, retries),
                                  load_template("forward", prompt_forward), load_template("back", prompt_back))
@@ -146,9 +153,9 @@ def back_translate(data_root, dataset, split, out, journal, seed, languages, loc
                             "MarianMT models translate (--local-models)")
         backend = LocalTranslation(local_models, device, batch_size, beams, max_new_tokens)
     settings = BackTranslationSettings(parse_languages(languages), seed)
-    report = run(CaptionSource(data_root, dataset, split), settings, backend, OutputFiles.beside(out, journal),
+    report = run(CaptionSource(data_root, dataset, split), settings, backend, files,
                  _limits(dry_run, max_requests, concurrency))
-    _render(report, as_json)
+    _render(report, as_json, (price_in, price_out))
 
 
 @augment.command("llm-mix")
@@ -163,7 +170,8 @@ def back_translate(data_root, dataset, split, out, journal, seed, languages, loc
 @json_option
 @click.pass_obj
 def llm_mix(obj, data_root, dataset, split, out, journal, seed, pairs, clusters, api_base, model, api_key_env,
-            temperature, max_tokens, timeout, retries, concurrency, dry_run, max_requests, prompt, as_json):
+            temperature, max_tokens, timeout, retries, concurrency, dry_run, price_in, price_out, max_requests, prompt,
+            as_json):
     """Merge the captions of random pairs of training clips into one caption of their mixture.
 
     Pairs are drawn from the seed (pair i from (seed, i), so more pairs later keep the earlier
@@ -179,7 +187,6 @@ def llm_mix(obj, data_root, dataset, split, out, journal, seed, pairs, clusters,
           --api-base https://api.openai.com/v1 --model gpt-4o --clusters refinetune-3fa2c1 \\
           --prompt my-mix-prompt.txt --max-requests 5000
     """
-    from dcase_t6.captions.engine import OutputFiles
     from dcase_t6.captions.mixing import MixSettings
     from dcase_t6.captions.mixing import llm_mix as run
     from dcase_t6.captions.prompts import load_template
@@ -188,12 +195,12 @@ def llm_mix(obj, data_root, dataset, split, out, journal, seed, pairs, clusters,
     if not api_base:
         raise UserError("llm-mix needs --api-base (an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or "
                         "a local vLLM server http://localhost:8000/v1) and --model")
+    files = _output_files(out, journal, data_root, dataset, [("--prompt", prompt), ("--clusters", clusters)])
     endpoint = _endpoint(api_base, model, api_key_env, temperature, max_tokens, timeout, retries)
     labels = read_cluster_labels(clusters, obj["workdir"], dataset) if clusters else None
     report = run(CaptionSource(data_root, dataset, split), MixSettings(pairs, seed, labels, clusters), endpoint,
-                 load_template("mix", prompt), OutputFiles.beside(out, journal),
-                 _limits(dry_run, max_requests, concurrency))
-    _render(report, as_json)
+                 load_template("mix", prompt), files, _limits(dry_run, max_requests, concurrency))
+    _render(report, as_json, (price_in, price_out))
 
 
 def _endpoint(api_base, model, api_key_env, temperature, max_tokens, timeout, retries):
@@ -204,25 +211,55 @@ def _endpoint(api_base, model, api_key_env, temperature, max_tokens, timeout, re
     return EndpointSettings(api_base, model, api_key_env, temperature, max_tokens, timeout, retries)
 
 
+def _output_files(out, journal, data_root, dataset, inputs):
+    """The output CSV, journal and sidecar, each a writable file that is no input nor another of them."""
+    from dcase_t6.captions.engine import OutputFiles
+    from dcase_t6.common.outputs import check_output_file
+    from dcase_t6.data.layout import Layout
+
+    files = OutputFiles.beside(out, journal)
+    inputs = [*inputs, ("--data-root index", Layout.at(data_root).index_file(dataset))]
+    check_output_file(files.csv, "--out", inputs)
+    check_output_file(files.journal, "--journal", [*inputs, ("--out", files.csv)])
+    check_output_file(files.metadata, "--out sidecar", [*inputs, ("--out", files.csv), ("--journal", files.journal)])
+    return files
+
+
 def _limits(dry_run, max_requests, concurrency):
     from dcase_t6.captions.engine import SpendLimits
 
     return SpendLimits(dry_run=dry_run, max_requests=max_requests, concurrency=concurrency)
 
 
-def _render(report: AugmentReport, as_json: bool) -> None:
-    """Print the report (a table, or JSON); exit 130 when the run was interrupted."""
+def _render(report: AugmentReport, as_json: bool, prices: tuple[float, float]) -> None:
+    """Print the report (a table, or JSON; a dry run adds its cost at ``prices``, USD per million prompt and
+    completion tokens); exit 130 when the run was interrupted."""
+    from dcase_t6.captions.cost import estimate_cost
+
+    cost = estimate_cost(report.estimate, report.total_tokens, *prices) if report.dry_run else None
     if as_json:
-        print_json(report.as_json())
+        print_json({**report.as_json(), **({"cost": cost.as_json()} if cost else {})})
     elif report.dry_run:
-        _print_estimate(report)
+        _print_estimate(report, cost)
     else:
         _print_report(report)
+    if cost is not None and cost.over_budget:
+        _warn_budget(cost)
     if report.stopped == "interrupted":
         sys.exit(130)
 
 
-def _print_estimate(report: AugmentReport) -> None:
+def _warn_budget(cost) -> None:
+    from dcase_t6.captions.cost import BUDGET_USD
+
+    low, high = BUDGET_USD
+    stderr_console.print(f"[yellow]warning:[/] estimated ${cost.total_usd:,.2f} in all is more than the task's "
+                         f"suggested LLM budget (about ${low:g}-{high:g} over the whole challenge, DCASE 2025 Task 6 "
+                         "rules, External Resources); use fewer --pairs or captions, a cheaper model, a local "
+                         "server, or local MarianMT models", highlight=False, soft_wrap=True)
+
+
+def _print_estimate(report: AugmentReport, cost) -> None:
     from pathlib import Path
 
     estimate = report.estimate
@@ -236,6 +273,9 @@ def _print_estimate(report: AugmentReport) -> None:
         console.print(f"estimated tokens: {estimate['prompt_tokens']:,} prompt + {estimate['completion_tokens']:,} "
                       f"completion = {estimate['prompt_tokens'] + estimate['completion_tokens']:,} "
                       f"({estimate['method']}); nothing was sent")
+        spent = f" + ${cost.spent_usd:,.2f} already spent (journal) = ${cost.total_usd:,.2f}" if cost.spent_usd else ""
+        console.print(f"estimated cost: ${cost.usd:,.2f}{spent} at ${cost.price_in:g} / ${cost.price_out:g} per "
+                      "million prompt / completion tokens (--price-in/--price-out)", highlight=False)
     else:
         console.print("local models: no tokens are paid; nothing was translated")
 

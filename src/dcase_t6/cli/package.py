@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     from dcase_t6.submission.package import SystemFiles, SystemSummary
 
 _PACKAGE_MODES = {
-    "--check": {"check_zip", "expected_rows", "expected_files", "as_json"},
-    "--init-meta": {"init_meta", "labels", "out", "results", "runs"},
+    "--check": {"check_zip", "expected_rows", "expected_files", "as_json", "eval_captions", "eval_audio", "data_root"},
+    "--init-meta": {"init_meta", "labels", "out", "results", "runs", "weights"},
     "build": {"labels", "predictions", "metas", "report", "draft_report", "weights", "per_query", "runs", "out",
-              "expected_rows", "expected_files"},
+              "expected_rows", "expected_files", "eval_captions", "eval_audio", "data_root"},
 }
 
 
@@ -35,7 +35,8 @@ _PACKAGE_MODES = {
 @click.option("--draft-report", type=click.Path(dir_okay=False),
               help="Instead of --report: write a draft report PDF here (from the metadata) and package it.")
 @click.option("--weights", type=click.Path(dir_okay=False),
-              help="Draft report: ensemble weights JSON written by `dcase-t6 ensemble`.")
+              help="Draft report, --init-meta: ensemble weights JSON written by `dcase-t6 ensemble` (members and "
+              "weights).")
 @click.option("--per-query", type=click.Path(dir_okay=False),
               help="Draft report: per-query CSV of `dcase-t6 evaluate --per-query` (plots recall@K, K=1..50).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
@@ -47,13 +48,24 @@ _PACKAGE_MODES = {
 @click.option("--results", type=click.Path(dir_okay=False),
               help="With --init-meta: fill the results from this `dcase-t6 evaluate --json` output.")
 @click.option("--runs", metavar="RUN[,RUN...]",
-              help="With --init-meta: fill total_parameters with the sum over these registered runs (the "
-              "systems of an ensemble). With --draft-report: draw their training curves and best epochs.")
+              help="With --init-meta: fill every system field from these registered runs (the systems of an "
+              "ensemble): sampling rate, models and their pretrained weights, augmentation (from the `augment` "
+              "sidecars), distillation, loss, learning rate, datasets and splits (with the runs they started or "
+              "distilled from), total_parameters (their sum). With --draft-report: draw their training curves "
+              "and list the external resources they used.")
 @click.option("--check", "check_zip", type=click.Path(dir_okay=False),
               help="Check an existing submission zip like the organisers; exit 1 listing every problem.")
 @click.option("--json", "as_json", is_flag=True, help="With --check: print one JSON object {ok, problems, systems}.")
+@click.option("--eval-captions", type=click.Path(dir_okay=False), metavar="CSV",
+              help="The organisers' retrieval_captions.csv (column caption): every CSV must have exactly these "
+              "queries, each once, spelled exactly the same (the organisers match queries by exact string).")
+@click.option("--eval-audio", type=click.Path(file_okay=False), metavar="DIR",
+              help="With --eval-captions: the evaluation audio folder; the file columns must be exactly its files.")
+@click.option("--data-root", type=click.Path(file_okay=False), metavar="DATA",
+              help="Instead of --eval-captions: the data root where `dcase-t6 prepare eval` ran (its queries and "
+              "clips). Building finds it by itself for -p RUN:eval/evaluation (the run's data_root).")
 def package(labels, predictions, metas, report, draft_report, weights, per_query, out, expected_rows,
-            expected_files, init_meta, results, runs, check_zip, as_json):
+            expected_files, init_meta, results, runs, check_zip, as_json, eval_captions, eval_audio, data_root):
     """Build, check or prepare the submission zip: similarity CSV, metadata YAML and report per system.
 
     The zip holds task6/<label>/<label>.output.csv, <label>.meta.yaml and <label>.technical_report.pdf
@@ -70,6 +82,8 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
           -m b.yaml --draft-report draft.pdf --per-query per_query.csv --runs passt-3fa2c1,passt-9b01d2 \
           --out submission.zip
       dcase-t6 package --check submission.zip --expected-rows 1000 --json
+      dcase-t6 package --check submission.zip --eval-captions retrieval_captions.csv --eval-audio retrieval_audio/
+      dcase-t6 package --check submission.zip --data-root data     # after `dcase-t6 prepare eval --root data`
     """
     from dcase_t6.submission.metadata import init_meta as write_init_meta
     from dcase_t6.submission.package import Expected, build_package, check_package
@@ -78,13 +92,21 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
     expected = Expected(rows=expected_rows, files=expected_files)
     mode = "--check" if check_zip else "--init-meta" if init_meta else "build"
     _only_package_options(mode)
+    _check_outputs(out, draft_report, [*(("--predictions", path) for path in predictions),
+                                       *(("--meta", path) for path in metas), ("--report", report),
+                                       ("--weights", weights), ("--per-query", per_query), ("--results", results)])
+    if eval_audio and not eval_captions:
+        raise UserError("package: --eval-audio goes with --eval-captions retrieval_captions.csv")
     if check_zip:
-        _print_check(check_package(check_zip, expected), check_zip, as_json)
+        evalset = _eval_set(eval_captions, eval_audio, data_root)
+        _print_check(check_package(check_zip, expected, evalset), check_zip, as_json)
     elif init_meta:
         if len(labels) != 1 or not out:
             raise UserError("package --init-meta: give one --label and --out meta.yaml")
-        write_init_meta(labels[0], out, results, _total_parameters(runs) if runs else None)
-        _say(f"wrote {_escape(out)}: fill in the empty fields, then package it")
+        system = _describe(runs, weights) if runs else None
+        write_init_meta(labels[0], out, results, None, system)
+        filled = f"; the system fields come from {len(_run_list(runs))} run(s): check them" if system else ""
+        _say(f"wrote {_escape(out)}: fill in the empty fields{filled}, then package it")
     else:
         systems = systems_from_options(labels, tuple(matrix_path(p) for p in predictions), metas)
         if not out or (report is None) == (draft_report is None):
@@ -92,12 +114,15 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
                             "or --draft-report PATH")
         if (weights or per_query or runs) and not draft_report:
             raise UserError("package: --weights, --per-query and --runs only apply with --draft-report")
-        draft = (DraftOptions(weights=weights, per_query=per_query, runs=_histories(runs) if runs else ())
+        draft = (DraftOptions(weights=weights, per_query=per_query, runs=_histories(runs) if runs else (),
+                              resources=tuple(_describe(runs, None, count_parameters=False).resources) if runs else ())
                  if draft_report else None)
-        result = build_package(systems, out, report or draft_report, draft=draft, expected=expected)
+        evalset = _eval_set(eval_captions, eval_audio, data_root or _found_eval_root(predictions))
+        result = build_package(systems, out, report or draft_report, draft=draft, expected=expected, evalset=evalset)
         if draft_report:
             _say(f"wrote draft report {_escape(draft_report)}")
-        _say(f"[green]wrote[/] {_escape(out)}: {_escape(_systems_line(result.systems))}; all checks pass")
+        _say(f"[green]wrote[/] {_escape(out)}: {_escape(_systems_line(result.systems))}; all checks pass"
+             + (f" (queries and files equal the evaluation set of {_escape(evalset.source)})" if evalset else ""))
         _warn(result.warnings)
 
 
@@ -121,12 +146,58 @@ def systems_from_options(labels: Sequence[str], predictions: Sequence[str], meta
             for label, prediction, meta in zip(labels, predictions, metas)]
 
 
-def _total_parameters(runs: str) -> int:
-    """Sum of the parameter counts recorded for the given runs."""
+def _check_outputs(out: str | None, draft_report: str | None, inputs: list[tuple[str, str | None]]) -> None:
+    """--out and --draft-report must be writable files that are not an input nor each other (before anything is
+    read or written)."""
+    from dcase_t6.common.outputs import check_output_file
+
+    if draft_report:
+        check_output_file(draft_report, "--draft-report", inputs)
+    if out:
+        check_output_file(out, "--out", [*inputs, ("--draft-report", draft_report)])
+
+
+def _eval_set(captions: str | None, audio: str | None, data_root: str | None):
+    """The official evaluation set the CSVs must match, or None when none was given or found."""
+    from dcase_t6.submission.evalcheck import read_eval_set
+
+    if captions is None and data_root is None:
+        return None
+    if captions is not None and data_root is not None:
+        raise UserError("package: give --eval-captions or --data-root, not both")
+    return read_eval_set(captions, audio, data_root)
+
+
+def _found_eval_root(predictions: Sequence[str]) -> str | None:
+    """The data root of a ``-p RUN:eval/evaluation`` run (its config's data_root) when `prepare eval` ran there."""
+    from dcase_t6.registry import DATABASE_NAME, Registry
+    from dcase_t6.submission.evalcheck import EVAL_DATASET, EVAL_SPLIT, find_eval_root
+
+    workdir = click.get_current_context().obj["workdir"]
+    for reference in predictions:
+        run, separator, tag = reference.partition(":")
+        if not separator or tag != f"{EVAL_DATASET}/{EVAL_SPLIT}" or Path(reference).exists() \
+                or not (Path(workdir) / DATABASE_NAME).is_file():
+            continue
+        found = Registry(workdir).find(run)
+        root = found.config.get("data_root") if found is not None else None
+        if root and find_eval_root(root) is not None:
+            return str(root)
+    return None
+
+
+def _run_list(runs: str) -> list[str]:
+    return [run for run in runs.split(",") if run]
+
+
+def _describe(runs: str, weights: str | None, count_parameters: bool = True):
+    """The system description of the given registered runs (an ensemble's members), with their weights file."""
+    from dcase_t6.ensemble.weights import read_weights
     from dcase_t6.registry import Registry
+    from dcase_t6.submission.systems import describe_runs
 
     registry = Registry(click.get_current_context().obj["workdir"])
-    return sum(registry.parameter_count(run) for run in runs.split(",") if run)
+    return describe_runs(registry, _run_list(runs), read_weights(weights) if weights else None, count_parameters)
 
 
 def _histories(runs: str) -> tuple:
@@ -173,7 +244,8 @@ def _print_check(result, source: str, as_json: bool) -> None:
     if as_json:
         print_json(result.as_json())
     elif result.ok:
-        _say(f"[green]ok[/] {_escape(source)}: {_escape(_systems_line(result.systems))}")
+        against = f"; queries and files equal the evaluation set of {result.eval_set.source}" if result.eval_set else ""
+        _say(f"[green]ok[/] {_escape(source)}: {_escape(_systems_line(result.systems) + against)}")
     else:
         _say(f"[bold red]{_escape(source)}: {len(result.problems)} problem(s)[/]")
         for problem in result.problems:

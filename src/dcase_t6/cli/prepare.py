@@ -13,6 +13,7 @@ from dcase_t6.common.console import console, stderr_console
 from dcase_t6.common.errors import UserError
 
 if TYPE_CHECKING:
+    from dcase_t6.data.audit import AuditReport
     from dcase_t6.data.reports import CacheReport, IndexReport, RelevanceReport, SyntheticReport
 
 
@@ -34,7 +35,8 @@ def prepare():
                            index.csv (storage, shard, offset, length, source size/mtime/crc32/frames),
                            storage.json (each dataset's storage mode and max seconds)
     Splits: development-training / -validation / -testing (Clotho development / validation /
-    evaluation); audiocaps train / val / test; wavcaps train; eval evaluation.
+    evaluation); audiocaps train / val / test; wavcaps train; eval evaluation; a `prepare captions`
+    set: its split column's values, else --split (train).
 
     \b
     Example:
@@ -203,6 +205,80 @@ def prepare_wavcaps(root, json_dir, audio, forbidden, workers, as_json):
     _prepare_done(report, as_json)
 
 
+@prepare.command("captions")
+@_root_option
+@click.option("--name", required=True, help="The dataset's name, as training names it (datasets: [clotho, NAME]).")
+@click.option("--csv", "csv_file", required=True, type=_existing_file,
+              help="Captions: file_name and caption (one row per caption) or caption_1, caption_2, ... columns; "
+                   "optional split and sound_id (or freesound_id) columns.")
+@click.option("--audio", required=True, type=_existing_dir, help="Folder of the audio files (searched recursively).")
+@click.option("--split", default="train", show_default=True,
+              help="Split of the rows without a split value (training reads `train` unless train_split names another).")
+@click.option("--forbidden", type=_existing_file, help="Forbidden Freesound ids CSV (column sound_id), used when the "
+              "CSV has a sound_id/freesound_id column; default: the DCASE 2025 list shipped with dcase-t6.")
+@_workers_option
+@json_option
+def prepare_captions(root, name, csv_file, audio, split, forbidden, workers, as_json):
+    """Index any captioned audio set (MACS, an FSD50K-based caption set, your own) from a CSV and an audio folder.
+
+    Same split index, report, audio cache and storage modes as the built-in sets; with a sound_id or
+    freesound_id column the set counts as Freesound-derived: forbidden ids are excluded (counted in the
+    report) and `prepare audit` checks its ids. Train on it with --datasets clotho,NAME (and dataset_weights).
+
+    \b
+    Example:
+      dcase-t6 prepare captions --root data --name macs --csv macs.csv --audio TAU-urban-acoustic-scenes-2019
+      dcase-t6 prepare captions --root data --name fsd50k-captions --csv fsd_captions.csv --audio FSD50K.dev_audio
+    """
+    from pathlib import Path
+
+    from dcase_t6.data.captions import prepare_captions as run
+    from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN
+    from dcase_t6.data.layout import Layout
+
+    report = run(Layout.at(root), name, Path(csv_file), Path(audio), split,
+                 Path(forbidden) if forbidden else DEFAULT_FORBIDDEN, workers=workers)
+    _prepare_done(report, as_json)
+
+
+@prepare.command("audit")
+@_root_option
+@click.option("--forbidden", type=_existing_file, help="Forbidden Freesound ids CSV (column sound_id); "
+              "default: the DCASE 2025 list shipped with dcase-t6.")
+@json_option
+def prepare_audit(root, forbidden, as_json):
+    """Audit the prepared training data for Freesound ids it must not hold; exit 1 when it holds any.
+
+    Reads every split index under DATA/index. Clips of the splits development-validation,
+    development-testing (Clotho validation and evaluation) and evaluation (`prepare eval`) are the
+    protected sets; every other dataset/split/source is a training source (Clotho development via
+    its metadata sound ids, WavCaps' FreeSound part, any index with sound ids). For each training
+    source: its clips, those with a Freesound id, the ids it shares with each protected set, and
+    the forbidden ids it still holds (the DCASE 2025 list, or --forbidden), each id listed.
+    The evaluation set has no sound ids: only the forbidden list guards it.
+
+    \b
+    Example:
+      dcase-t6 prepare audit --root data
+      dcase-t6 prepare audit --root data --json > audit.json
+      dcase-t6 prepare audit --root data --forbidden my_excluded_ids.csv
+    """
+    import sys
+    from pathlib import Path
+
+    from dcase_t6.data.audit import audit
+    from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN
+    from dcase_t6.data.layout import Layout
+
+    report = audit(Layout.at(root), Path(forbidden) if forbidden else DEFAULT_FORBIDDEN)
+    if as_json:
+        print_json(report.as_json())
+    else:
+        _print_audit(report)
+    if not report.ok:
+        sys.exit(1)
+
+
 @prepare.command("cache")
 @_root_option
 @click.option("--rate", default=32000, show_default=True, type=int,
@@ -290,6 +366,35 @@ def _print_relevance(report: RelevanceReport) -> None:
     per_query = report.relevant_per_query
     console.print(f"relevance: {report.queries} queries, {per_query['min']}-{per_query['max']} relevant files "
                   f"each (mean {per_query['mean']}) -> {report.relevance}")
+
+
+def _print_audit(report: AuditReport, shown: int = 20) -> None:
+    table = Table(title=f"Freesound-id audit of {escape(report.root)} ({report.forbidden_ids} forbidden ids: "
+                  f"{escape(report.forbidden_file)})", title_justify="left")
+    names = [item.name for item in report.protected]
+    for column in ("training source", "clips", "with id", *(f"in {name}" for name in names), "forbidden"):
+        table.add_column(escape(column), justify="left" if column == "training source" else "right")
+    for source in report.sources:
+        table.add_row(escape(source.name), str(source.clips), str(source.with_ids),
+                      *(str(len(source.overlaps.get(name, []))) for name in names), str(len(source.forbidden)))
+    console.print(table)
+    for item in report.protected:
+        if not item.with_ids:
+            console.print(f"{escape(item.name)}: {item.clips} clips without Freesound ids; only the forbidden list "
+                          "guards it")
+    for source in report.sources:
+        for what, ids in [*((f"shares with {name}", ids) for name, ids in source.overlaps.items()),
+                          ("holds forbidden", source.forbidden)]:
+            if ids:
+                more = f" ... ({len(ids)} in all; --json lists every one)" if len(ids) > shown else ""
+                console.print(f"[red]{escape(source.name)}[/] {what} {len(ids)} Freesound id(s): "
+                              f"{', '.join(ids[:shown])}{more}", highlight=False, soft_wrap=True)
+    if report.ok:
+        console.print("[green]ok[/]: no training source shares a Freesound id with a protected set or holds a "
+                      "forbidden id")
+    else:
+        console.print("[bold red]audit failed[/]: remove these clips from training (`prepare wavcaps --forbidden "
+                      "FILE` leaves out the ids FILE lists; leave any other source out of the config's datasets)")
 
 
 def _print_cache(report: CacheReport) -> None:

@@ -25,7 +25,7 @@ def prepare_eval(layout: Layout, captions: Path, audio: Path, workers: int = 1) 
     """Index the evaluation audio and store the queries (column ``caption``) for embed and package."""
     queries = read_table(captions, ["caption"])
     check_non_empty(captions, queries, ["caption"])
-    files = _audio_files(audio)
+    files = audio_files(audio)
     key = fingerprint([captions, *files], {"dataset": DATASET})
     report = current_report(layout, DATASET, key)
     if report is not None and layout.queries_file(DATASET).is_file():
@@ -37,7 +37,8 @@ def prepare_eval(layout: Layout, captions: Path, audio: Path, workers: int = 1) 
                        {"queries": len(queries), "queries_file": str(layout.queries_file(DATASET))})
 
 
-def _audio_files(folder: Path) -> list[Path]:
+def audio_files(folder: Path) -> list[Path]:
+    """The evaluation clips under ``folder`` (sorted); fails when there is none or two share a file name."""
     if not folder.is_dir():
         raise UserError(f"{folder}: audio folder not found; pass the folder of evaluation clips with --audio")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.sharing.history import DevTest, RunHistory
+from dcase_t6.training.config import selection_rule
 
 _TAGS = ("audio", "text-to-audio-retrieval", "language-based-audio-retrieval", "dcase", "dcase-t6")
 _EPOCH_COLUMNS = ("train_loss", "R@1", "R@10", "mAP@10", "mAP@16")
@@ -76,9 +77,12 @@ def _architecture(facts: CardFacts, model: dict) -> str:
 
 def _data(config: dict, facts: CardFacts) -> str:
     validation = config.get("validation_dataset") or config["datasets"][0]
-    lines = [f"- training: {', '.join(config['datasets'])}, split `{config['train_split']}`",
+    splits = [config["train_split"]] if isinstance(config["train_split"], str) else config["train_split"]
+    lines = [f"- training: {', '.join(config['datasets'])}, split{'s' if len(splits) > 1 else ''} "
+             + ", ".join(f"`{split}`" for split in splits),
              f"- validation: {validation}, split `{config['validation_split']}` (model selection by "
-             f"{config.get('monitor', 'mAP@10')})",
+             f"{config.get('monitor', 'mAP@10')})" if config.get("validation_split") is not None else
+             f"- validation: none (model selection: {selection_rule(config)})",
              f"- data fingerprint: `{facts.data_fingerprint or 'unknown'}`"]
     if config.get("init_from"):
         lines.append(f"- initialised from run `{config['init_from']}`")

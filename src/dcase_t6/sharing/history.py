@@ -56,16 +56,21 @@ class RunHistory:
     monitor: str
     configured_epochs: int
     epochs: list[dict]
+    last_is_best: bool = False  # a run without a validation split: its best checkpoint is the last epoch's
 
     @classmethod
     def of(cls, run: Run) -> RunHistory:
         """The history of a run loaded with its epochs (``Registry.run``)."""
         return cls(run.id, run.name, run.status, run.config.get("monitor", "mAP@10"),
-                   int(run.config.get("epochs", len(run.epochs or []))), list(run.epochs or []))
+                   int(run.config.get("epochs", len(run.epochs or []))), list(run.epochs or []),
+                   "validation_split" in run.config and run.config["validation_split"] is None)
 
     @property
     def best(self) -> dict | None:
-        """The record of the best epoch (the first with the highest monitored value), or None without one."""
+        """The record of the best epoch (the first with the highest monitored value; the last one for a run
+        without validation), or None without one."""
+        if self.last_is_best:
+            return self.epochs[-1] if self.epochs else None
         scored = [epoch for epoch in self.epochs if isinstance(epoch.get(self.monitor), (int, float))]
         return max(scored, key=lambda epoch: epoch[self.monitor]) if scored else None
 

@@ -13,6 +13,7 @@ import re
 import unicodedata
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jsonschema
 import yaml
@@ -21,6 +22,9 @@ from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json
 from dcase_t6.retrieval.metrics import METRIC_KEYS
+
+if TYPE_CHECKING:
+    from dcase_t6.submission.systems import SystemDescription
 
 TEMPLATE_NAME = "meta_template.yaml"
 SCHEMA_NAME = "meta_schema.json"
@@ -234,36 +238,56 @@ def read_results(path: str | Path) -> dict[str, float]:
     return results
 
 
-def render_meta(label: str, results: dict[str, float] | None = None, total_parameters: int | None = None) -> str:
-    """The template text with ``submission.label`` and, if given, the development-testing results and the
-    parameter count filled in."""
+def render_meta(label: str, results: dict[str, float] | None = None, total_parameters: int | None = None,
+                system: SystemDescription | None = None) -> str:
+    """The template text with ``submission.label`` and, if given, the development-testing results, the
+    parameter count and a system description (every ``system`` field, from ``submission.systems.describe_runs``)
+    filled in; the comments are kept."""
     problem = label_problem(label)
     if problem:
         raise UserError(f"--label: {problem}")
     text = _set_value(template_text(), "label", label)
     for key, value in (results or {}).items():
         text = _set_value(text, key, value)
+    if system is not None:
+        for key, value in system.description.items():
+            text = _set_value(text, key, value)
+        text = _set_block(text, "training_datasets", system.training_datasets)
+        text = _set_block(text, "validation_datasets", system.validation_datasets)
+        if total_parameters is None:
+            total_parameters = system.total_parameters
     if total_parameters is not None:
         text = _set_value(text, "total_parameters", total_parameters)
     return text
 
 
 def init_meta(label: str, out: str | Path, results_path: str | Path | None = None,
-              total_parameters: int | None = None) -> None:
+              total_parameters: int | None = None, system: SystemDescription | None = None) -> None:
     """Write a pre-filled metadata file for ``label`` to ``out``; never overwrites an existing file."""
     out = Path(out)
     if out.exists():
         raise UserError(f"{out}: already exists; choose another --out or delete it first (it may hold your edits)")
-    text = render_meta(label, read_results(results_path) if results_path else None, total_parameters)
+    text = render_meta(label, read_results(results_path) if results_path else None, total_parameters, system)
     with atomic_open(out, "w", encoding="utf-8") as handle:
         handle.write(text)
 
 
 def _set_value(text: str, key: str, value: str | float) -> str:
     """Replace the value of the first line ``<indent>key: ...`` of ``text``, keeping everything else."""
-    scalar = yaml.safe_dump(value, allow_unicode=True).split("\n", 1)[0]
+    scalar = yaml.safe_dump(value, allow_unicode=True, width=float("inf")).split("\n", 1)[0]  # one line, unwrapped
     pattern = re.compile(rf"^([ \t]*{re.escape(key)}:)[^\n]*$", flags=re.M)
     return pattern.sub(lambda match: f"{match.group(1)} {scalar}", text, count=1)
+
+
+def _set_block(text: str, key: str, items: list[dict]) -> str:
+    """Replace the list under the first line ``<indent>key:`` (up to the next blank line) with ``items``."""
+    match = re.search(rf"^([ \t]*){re.escape(key)}:[ \t]*\n(?:[^\n]*\S[^\n]*\n)*", text, flags=re.M)
+    if match is None or not items:
+        return text
+    indent = match.group(1) + "  "
+    dumped = yaml.safe_dump(items, allow_unicode=True, sort_keys=False, default_flow_style=False, width=1000)
+    block = "".join(f"{indent}{line}\n" for line in dumped.splitlines())
+    return f"{text[:match.start()]}{match.group(1)}{key}:\n{block}{text[match.end():]}"
 
 
 def _path(parts) -> str:

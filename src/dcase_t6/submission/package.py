@@ -19,6 +19,7 @@ from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
 from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, read_matrix, write_csv
+from dcase_t6.submission.evalcheck import EvalSet, eval_set_problems
 from dcase_t6.submission.metadata import (
     decode_meta,
     label_problem,
@@ -101,6 +102,7 @@ class CheckResult:
     problems: list[str] = field(default_factory=list)
     systems: list[SystemSummary] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    eval_set: EvalSet | None = None
 
     @property
     def ok(self) -> bool:
@@ -109,9 +111,10 @@ class CheckResult:
 
     def as_json(self) -> dict:
         """The ``--check --json`` object ``{"ok", "problems", "systems": [{"label", "queries", "files"}],
-        "warnings"}``."""
+        "warnings"}``, with ``"eval_set": {"source", "queries", "files"}`` when checked against the evaluation set."""
+        checked = {"eval_set": self.eval_set.as_json()} if self.eval_set is not None else {}
         return {"ok": self.ok, "problems": self.problems, "systems": [system.as_json() for system in self.systems],
-                "warnings": self.warnings}
+                "warnings": self.warnings, **checked}
 
 
 def member_name(label: str, kind: str) -> str:
@@ -120,7 +123,8 @@ def member_name(label: str, kind: str) -> str:
 
 
 def build_package(systems: list[SystemFiles], out: str | Path, report: str | Path,
-                  draft: DraftOptions | None = None, expected: Expected = Expected()) -> CheckResult:
+                  draft: DraftOptions | None = None, expected: Expected = Expected(),
+                  evalset: EvalSet | None = None) -> CheckResult:
     """Validate every input, then write the submission zip atomically (the writer of ``--out``).
 
     Args:
@@ -129,6 +133,7 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: str | Pat
         report: the technical report PDF to package; with ``draft``, where to write the draft report first.
         draft: inputs of a draft report, or None to package an existing PDF.
         expected: required matrix shape, if any.
+        evalset: the official evaluation set every matrix must match exactly (queries and files), if any.
 
     Returns:
         The organiser-style check of the written zip (always ok), with the warnings naming the input files.
@@ -140,7 +145,7 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: str | Pat
     if out.suffix.lower() != ".zip":
         raise UserError(f"--out {out}: the submission must be a .zip file; e.g. --out submission.zip")
     _check_labels([system.label for system in systems])
-    matrices = [_read_predictions(system, expected) for system in systems]
+    matrices = [_read_predictions(system, expected, evalset) for system in systems]
     metas = [read_meta(system.meta, system.label) for system in systems]
     if draft is None:
         check_pdf(report)
@@ -148,7 +153,7 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: str | Pat
         write_draft(report, [meta for _, meta in metas], draft)
     with atomic_path(out) as tmp:
         _write_zip(tmp, systems, matrices, [raw for raw, _ in metas], Path(report))
-        result = check_package(tmp, expected)
+        result = check_package(tmp, expected, evalset)
         if not result.ok:
             raise UserError(f"{out}: the built zip fails its own check ({'; '.join(result.problems)}); "
                             "please report this bug")
@@ -157,12 +162,13 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: str | Pat
     return replace(result, warnings=warnings)
 
 
-def check_package(path: str | Path, expected: Expected = Expected()) -> CheckResult:
+def check_package(path: str | Path, expected: Expected = Expected(), evalset: EvalSet | None = None) -> CheckResult:
     """Check an existing submission zip like the organisers' validators; never raises for a bad zip.
 
     Args:
         path: the zip to check.
         expected: required matrix shape, if any.
+        evalset: the official evaluation set: every CSV's queries and file columns must equal it exactly.
 
     Returns:
         Every problem found and a summary of each system folder.
@@ -173,11 +179,12 @@ def check_package(path: str | Path, expected: Expected = Expected()) -> CheckRes
     try:
         too_many = entry_count_problem(path)
         if too_many:
-            return CheckResult([too_many])
+            return CheckResult([too_many], eval_set=evalset)
         with zipfile.ZipFile(path) as archive:
-            return _check_archive(archive, str(path), expected)
+            return _check_archive(archive, str(path), expected, evalset)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as err:
-        return CheckResult([f"{path}: not a readable zip archive ({err}); rebuild it with `dcase-t6 package`"])
+        return CheckResult([f"{path}: not a readable zip archive ({err}); rebuild it with `dcase-t6 package`"],
+                           eval_set=evalset)
 
 
 def _check_labels(labels: list[str]) -> None:
@@ -200,7 +207,7 @@ def _label_set_problems(labels: list[str]) -> list[str]:
     return problems
 
 
-def _read_predictions(system: SystemFiles, expected: Expected) -> SimilarityMatrix:
+def _read_predictions(system: SystemFiles, expected: Expected, evalset: EvalSet | None) -> SimilarityMatrix:
     try:
         matrix = read_matrix(system.predictions)
     except UnicodeDecodeError as err:  # read_csv at HEAD decodes its first buffer only (being fixed there)
@@ -209,6 +216,10 @@ def _read_predictions(system: SystemFiles, expected: Expected) -> SimilarityMatr
     problems = expected.problems(matrix.shape)
     if problems:
         raise UserError(f"{system.predictions}: {'; '.join(problems)}; predict on the full evaluation set")
+    if evalset is not None:
+        problems = eval_set_problems(matrix.queries, matrix.files, evalset, str(system.predictions))
+        if problems:
+            raise UserError(f"{' '.join(problems)} (checked against {evalset.source})")
     return matrix
 
 
@@ -225,14 +236,14 @@ def _write_zip(path: Path, systems: list[SystemFiles], matrices: list[Similarity
             archive.write(report, member_name(system.label, REPORT_KIND))
 
 
-def _check_archive(archive: zipfile.ZipFile, where: str, expected: Expected) -> CheckResult:
+def _check_archive(archive: zipfile.ZipFile, where: str, expected: Expected, evalset: EvalSet | None) -> CheckResult:
     infos = archive.infolist()
     unreadable = entry_problems(infos, lambda name: _limit(name, expected))
     unreadable.update(_corrupt_members(archive, infos, unreadable, expected))
     problems = list(unreadable.values())
     folders = _system_folders(infos, problems)
     problems.extend(_folder_problems(where, list(folders)))
-    reader = _Reader(archive, expected, set(unreadable), problems)
+    reader = _Reader(archive, expected, set(unreadable), problems, evalset)
     systems, reports = [], 0
     for label, names in sorted(folders.items()):
         found = _files_by_kind(label, names, problems)
@@ -240,7 +251,7 @@ def _check_archive(archive: zipfile.ZipFile, where: str, expected: Expected) -> 
         reports += len(found[REPORT_KIND])
     if folders and not reports:
         problems.append(f"{where}: no technical report; add {member_name('<label>', REPORT_KIND)} beside the CSV")
-    return CheckResult(problems, systems, reader.warnings)
+    return CheckResult(problems, systems, reader.warnings, evalset)
 
 
 def _system_folders(infos: list[zipfile.ZipInfo], problems: list[str]) -> dict[str, list[str]]:
@@ -304,8 +315,10 @@ def _files_by_kind(label: str, names: list[str], problems: list[str]) -> dict[st
 class _Reader:
     """Reads the members of one zip within their bounds, skipping those already found unreadable."""
 
-    def __init__(self, archive: zipfile.ZipFile, expected: Expected, unreadable: set[str], problems: list[str]):
+    def __init__(self, archive: zipfile.ZipFile, expected: Expected, unreadable: set[str], problems: list[str],
+                 evalset: EvalSet | None = None):
         self.archive, self.expected, self.unreadable, self.problems = archive, expected, unreadable, problems
+        self.evalset = evalset
         self.warnings: list[str] = []
 
     def system(self, label: str, found: dict[str, list[str]]) -> SystemSummary:
@@ -318,6 +331,8 @@ class _Reader:
             matrix = self._matrix(name)
             if matrix is not None:
                 self.problems.extend(f"{name}: {problem}" for problem in self.expected.problems(matrix.shape))
+                if self.evalset is not None:
+                    self.problems.extend(eval_set_problems(matrix.queries, matrix.files, self.evalset, name))
                 summary = SystemSummary(label, queries=matrix.shape[0], files=matrix.shape[1])
         for name in readable[REPORT_KIND]:
             with self.archive.open(name) as handle:

@@ -45,6 +45,7 @@ class DraftOptions:
     weights: Path | None = None
     per_query: Path | None = None
     runs: tuple[RunHistory, ...] = ()
+    resources: tuple = ()  # submission.systems.Resource: the external resources the report must list
 
 
 def check_pdf(path: str | Path) -> None:
@@ -75,7 +76,7 @@ def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = Draf
         figure = Path(scratch) / "figure.png"
         caption = _plot_recall(curve, figure) if curve is not None else _plot_results(metas, figure)
         curves = plot_curves(list(options.runs), Path(scratch) / "curves.png") if options.runs else None
-        html = render_html(metas, weights, figure, caption, curves, list(options.runs))
+        html = render_html(metas, weights, figure, caption, curves, list(options.runs), list(options.resources))
         pdf = _pdf(metas, html)
         with atomic_path(out) as tmp:
             pdf.output(str(tmp))
@@ -101,7 +102,7 @@ def recall_curve(path: str | Path, max_k: int = MAX_K) -> np.ndarray:
 
 
 def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path, caption: str,
-                curves: Path | None = None, runs: list[RunHistory] | None = None) -> str:
+                curves: Path | None = None, runs: list[RunHistory] | None = None, resources: list | None = None) -> str:
     """Fill the HTML report template.
 
     Args:
@@ -111,6 +112,8 @@ def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path
         caption: the figure's caption.
         curves: the PNG of the runs' training curves (``sharing.history.plot_curves``), or None.
         runs: the runs those curves show (their best epochs are tabulated).
+        resources: the external resources to list (``submission.systems.Resource``: datasets, pretrained models,
+            LLMs with the purpose of their prompts).
 
     Returns:
         The HTML.
@@ -134,6 +137,8 @@ def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path
         caption=caption,
         curves=str(curves) if curves else None,
         curve_runs=[_run_row(history) for history in runs or []],
+        resources=[{"name": item.name, "kind": item.kind, "use": item.use, "source": item.source or "n/a"}
+                   for item in resources or []],
     )
 
 
