@@ -40,16 +40,28 @@ def test_yaml_reads_1e_4_as_a_string_and_it_still_becomes_a_float(tmp_path):
     ({"audio_mix.p": "1.5"}, "config key 'audio_mix.p' = 1.5 must be a probability in \\[0, 1\\]"),
     ({"model.text_dropout": "1"}, "config key 'model.text_dropout' = 1.0 must be in \\[0, 1\\)"),
     ({"precision": "fp8"}, "config key 'precision' = 'fp8' must be one of fp16, bf16, fp32"),
-    ({"monitor": "mAP@16"}, "config key 'monitor' = 'mAP@16' must be one of R@1, R@5, R@10, mAP@10"),
+    ({"monitor": "mAP@5"}, "config key 'monitor' = 'mAP@5' must be one of R@1, R@5, R@10, mAP@10, mAP@16"),
     ({"clusters.method": "dbscan"}, "config key 'clusters.method' = 'dbscan' must be one of None, kmeans, hdbscan"),
     ({"model.backbone": "w2v"}, "config key 'model.backbone' = 'w2v' must be one of beats, eat, passt, tiny-cnn"),
     ({"min_lr": "1e-3"}, "'min_lr' = 0.001 is above 'lr'"),
     ({"contrastive_weight": "0"}, "every loss term has weight 0"),
     ({"datasets": ""}, "config key 'datasets' is empty"),
+    ({"dist_timeout_minutes": "0"}, "config key 'dist_timeout_minutes' = 0.0 must be in \\(0, 10080\\]"),
+    ({"dist_timeout_minutes": "20000"}, "config key 'dist_timeout_minutes' = 20000.0 must be in \\(0, 10080\\]"),
+    ({"deterministic": "sometimes"}, "config key 'deterministic' = 'sometimes' is not true or false"),
+    ({"clusters.method": "kmeans", "clusters.weight": "0"},
+     "config key 'clusters.weight' = 0 with clusters.method kmeans: the cluster heads would get no gradient"),
 ])
 def test_bad_values_are_named_with_what_is_expected(overrides, message):
     with pytest.raises(UserError, match=message):
         build_config(None, overrides)
+
+
+def test_timeout_and_deterministic_keys_are_typed_with_generous_defaults():
+    assert (build_config(None, {}).dist_timeout_minutes, build_config(None, {}).deterministic) == (120.0, False)
+    config = build_config(None, {"dist_timeout_minutes": "30", "deterministic": "true"})
+    assert config.dist_timeout_minutes == 30.0 and isinstance(config.dist_timeout_minutes, float)
+    assert config.deterministic is True
 
 
 def test_distillation_alone_is_a_valid_config():

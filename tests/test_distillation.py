@@ -139,3 +139,25 @@ def test_a_teacher_is_embedded_with_its_own_input_settings(tmp_path, tiny_traini
     training.train_new(tmp_path, build_config(None, {**tiny_training, "name": "student", "distill_from": teacher}))
     record = Registry(tmp_path).file(teacher, "embeddings", "synthetic/development-training")
     assert record.info["audio_seconds"] == 1.5
+
+
+def test_teacher_lookups_stay_on_the_tables_device_and_read_no_value():
+    """All on the meta device, which has no values: a lookup that copied to the CPU (the old ``pairs.cpu()``,
+    a device error beside a CUDA batch) or read a value on the host (a device sync per step) fails here."""
+    audio, text = torch.randn(3, 4), torch.randn(5, 4)
+    teachers = TeacherSimilarity(audio, text, torch.tensor([0, 0, 1, 2, 2]), teachers=2).to(torch.device("meta"))
+    assert {tensor.device.type for tensor in teachers.tensors().values()} == {"meta"}
+    pairs, partners = torch.tensor([0, 3, 4], device="meta"), torch.tensor([2, -1, 0], device="meta")
+    similarity = teachers(pairs, partners)
+    assert similarity.device.type == "meta" and similarity.shape == (3, 3)
+
+
+def test_the_objective_names_a_teacher_table_on_another_device():
+    from dcase_t6.training.config import TrainConfig
+    from dcase_t6.training.distributed import World
+    from dcase_t6.training.objective import build_objective
+
+    teachers = TeacherSimilarity(torch.randn(2, 4), torch.randn(3, 4), torch.tensor([0, 0, 1]), 1)
+    assert len(build_objective(TrainConfig(), World(), teachers).terms) == 2
+    with pytest.raises(AssertionError, match=r"^objective: teachers' audio is on meta, the step runs on cpu$"):
+        build_objective(TrainConfig(), World(), teachers.to(torch.device("meta")))

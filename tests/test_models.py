@@ -123,3 +123,46 @@ def test_frozen_text_cache_is_bounded_and_gives_the_same_vectors():
         assert torch.allclose(encoder(captions), fresh(captions), atol=1e-6)
         assert len(encoder.remembered) <= 8
     assert len(fresh.remembered) == 31 and "a bell rings" in encoder.remembered  # recently used stays
+
+
+def test_a_remembered_caption_holds_its_own_row_not_the_batch():
+    """A cached row that were a view of last_hidden_state[:, 0] would keep the batch's (batch, tokens, hidden)
+    states alive as long as any of its captions is remembered."""
+    encoder = TextEncoder("tiny-random", frozen=True)
+    captions = [f"a long caption number {index} about rain on a roof" for index in range(16)]
+    vectors = encoder(captions)
+    row = encoder.remembered[normalise_caption(captions[3])]
+    assert row.shape == (encoder.output_dim,) and torch.equal(row, vectors[3])
+    assert row.untyped_storage().nbytes() == encoder.output_dim * row.element_size()  # 32 floats: 128 bytes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_tiny_cnn_front_end_is_finite_under_autocast_for_a_full_scale_tone(dtype):
+    """A 1 kHz tone at amplitude 1.0 has a power spectrum peak of ~6.6e4, above fp16's largest value (65504):
+    the mel front end runs in float32 with autocast off, as PaSST's does."""
+    from dcase_t6.models.audio.tiny_cnn import TinyCNN
+
+    backbone = TinyCNN()
+    tone = torch.sin(2 * torch.pi * 1000 * torch.arange(16000) / 16000).unsqueeze(0)
+    plain = backbone.logmel(tone)
+    with torch.autocast("cpu", dtype=dtype):
+        features = backbone.logmel(tone)
+        embedding = backbone(tone, torch.tensor([16000]))
+    assert features.dtype == torch.float32 and bool(torch.isfinite(features).all())
+    assert torch.equal(features, plain) and bool(torch.isfinite(embedding).all())
+
+
+def test_mean_of_segments_places_and_sums_each_clips_segments():
+    """The deterministic formulation (no atomic index_add_ on CUDA) gives each clip the mean of its segments,
+    and each segment the gradient 1 / its clip's segment count."""
+    from dcase_t6.models.audio.segments import mean_of_segments, segment_clips
+
+    _, owners, counts = segment_clips(torch.zeros(4, 30), torch.tensor([5, 25, 12, 30]), 10, 3)
+    assert owners.tolist() == [0, 1, 1, 1, 2, 2, 3, 3, 3] and counts.tolist() == [1, 3, 2, 3]
+    features = torch.arange(18, dtype=torch.float64).view(9, 2).requires_grad_()
+    means = mean_of_segments(features, owners, counts)
+    expected = torch.tensor([[0.0, 1.0], [4.0, 5.0], [9.0, 10.0], [14.0, 15.0]], dtype=torch.float64)
+    assert torch.equal(means, expected)
+    means.sum().backward()
+    assert torch.allclose(features.grad[:, 0], torch.tensor([1, 1 / 3, 1 / 3, 1 / 3, 0.5, 0.5, 1 / 3, 1 / 3, 1 / 3],
+                                                            dtype=torch.float64))

@@ -188,3 +188,74 @@ def test_bf16_autocast_trains_on_cpu(data_root, tmp_path):
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert autocast_dtype("fp16", torch.device("cpu")) is None  # no fp16 training kernels on CPU
     assert autocast_dtype("fp16", torch.device("cuda")) is torch.float16
+
+
+def test_a_scaler_state_moves_between_a_cpu_run_and_a_gpu_run(tmp_path):
+    """fp16 on a CPU trains in fp32 with a disabled scaler, which saves {}; on a GPU the scaler is enabled and
+    refuses {}. torch.amp.GradScaler("cpu", enabled=True) stands in for the GPU's: same state, same checks."""
+    from dcase_t6.models import DualEncoder, ModelConfig
+    from dcase_t6.training.checkpointing import Checkpointer, Position
+    from dcase_t6.training.config import TrainConfig
+
+    config = TrainConfig(model=ModelConfig(backbone="tiny-cnn", text_model="tiny-random", embed_dim=8))
+    registry = Registry(tmp_path)
+    run_id = registry.create_run("scaler", config.to_dict(), data_fingerprint=None, seed=0)
+    checkpointer = Checkpointer(registry, run_id, tmp_path / "runs" / run_id, config, is_main=True)
+    model = DualEncoder(config.model, audio_weights=None)
+    optimizer = torch.optim.AdamW(model.parameters())
+    last = lambda: registry.file(run_id, "checkpoint", "last").path  # noqa: E731
+
+    def resumed(enabled: bool) -> torch.amp.GradScaler:
+        scaler = torch.amp.GradScaler("cpu", enabled=enabled)
+        position = checkpointer.restore(last(), model, optimizer, scaler, torch.device("cpu"))
+        assert position.step == 7
+        return scaler
+
+    cpu_scaler = torch.amp.GradScaler("cpu", enabled=False)
+    checkpointer.save_last(model, optimizer, cpu_scaler, Position(step=7))
+    assert torch.load(last(), weights_only=True)["scaler"] == {}
+    gpu_scaler = resumed(enabled=True)  # CPU-started run resumed on a GPU: starts scaling as a new fp16 run
+    assert gpu_scaler.is_enabled() and gpu_scaler.state_dict() == torch.amp.GradScaler("cpu").state_dict()
+
+    gpu_scaler.scale(torch.tensor(1.0))
+    gpu_scaler.update(1024.0)  # as after overflows: the state a GPU run checkpoints
+    checkpointer.save_last(model, optimizer, gpu_scaler, Position(step=7))
+    assert resumed(enabled=True).state_dict() == gpu_scaler.state_dict() and gpu_scaler.get_scale() == 1024.0
+    assert resumed(enabled=False).state_dict() == {}  # GPU run resumed on a CPU: fp32, no scaler
+
+
+def test_bf16_on_a_gpu_without_native_bf16_is_one_line_before_training(monkeypatch):
+    from dcase_t6.common.errors import UserError
+
+    supported = {"value": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: supported["value"])
+    with pytest.raises(UserError, match=r"^precision bf16: the GPU cuda:0 has no native bf16 support .*fp16"):
+        autocast_dtype("bf16", torch.device("cuda:0"))
+    supported["value"] = True
+    assert autocast_dtype("bf16", torch.device("cuda:0")) is torch.bfloat16
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16  # CPUs are not asked
+
+
+def test_deterministic_runs_with_deterministic_algorithms_only_and_restores_the_process(data_root, tmp_path,
+                                                                                       monkeypatch):
+    import os
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with training.deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    config = build_config(None, {**SMALL, "data_root": str(data_root), "max_steps": 1, "deterministic": True})
+    summary = training.train_new(tmp_path, config)
+    assert summary["status"] == "stopped" and Registry(tmp_path).run(summary["run"]).config["deterministic"] is True
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_each_process_draws_its_own_dropout_and_the_main_process_draws_as_one_process_does():
+    import numpy as np
+
+    from dcase_t6.training.loop import step_seed
+
+    alone = int(np.random.SeedSequence([0, 1, 2]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    assert step_seed(0, 1, 2) == step_seed(0, 1, 2, rank=0) == alone  # single-process runs resume as before
+    assert len({step_seed(0, 1, 2, rank=rank) for rank in range(4)}) == 4

@@ -44,15 +44,18 @@ class DualEncoder(nn.Module):
     With ``cluster_classes`` > 0 (training derives the model config with the class count of the run's
     cluster labels and stores that config in its checkpoints) both embeddings also feed a cluster
     classification head; models without heads load and embed as before.
+
+    ``text_pretrained`` False builds the text transformer from its config and tokenizer only, with random weights
+    (no weight download), for a caller that loads every weight right after (``runs import --format baseline``).
     """
 
-    def __init__(self, config: ModelConfig, audio_weights: str | None = "download"):
+    def __init__(self, config: ModelConfig, audio_weights: str | None = "download", text_pretrained: bool = True):
         super().__init__()
         self.config = config
         self.audio = audio_backbones.build(config.backbone, weights=audio_weights, patchout_t=config.patchout_t,
                                            patchout_f=config.patchout_f)
         self.text = TextEncoder(config.text_model, config.text_max_length, config.text_dropout,
-                                frozen=config.freeze_text)
+                                frozen=config.freeze_text, pretrained=text_pretrained)
         self.audio_projection = nn.Linear(self.audio.output_dim, config.embed_dim)
         self.text_projection = nn.Linear(self.text.output_dim, config.embed_dim)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)),
@@ -86,6 +89,18 @@ class DualEncoder(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
+
+    def compile_encoders(self, **options) -> None:
+        """``torch.compile`` the audio backbone's network (its ``compile_network``, else the whole backbone) and
+        the text transformer in place, with ``nn.Module.compile``: the model keeps its parameters, so its
+        state dict, checkpoints and exports have exactly the keys of the eager model and load into one.
+        Projections, heads and the loss stay eager. ``options`` are ``torch.compile``'s (``backend``, ``mode``)."""
+        compile_network = getattr(self.audio, "compile_network", None)
+        if compile_network is not None:
+            compile_network(**options)
+        else:
+            self.audio.compile(**options)
+        self.text.compile_network(**options)
 
 
 # Parameters that never reach the loss and that checkpoints of earlier versions still hold: PaSST's two

@@ -41,10 +41,10 @@ class TextEncoder(nn.Module):
     """
 
     def __init__(self, name: str = "roberta-large", max_length: int = 32, dropout: float | None = 0.2,
-                 frozen: bool = False, cache_size: int = FROZEN_CACHE_SIZE):
+                 frozen: bool = False, cache_size: int = FROZEN_CACHE_SIZE, pretrained: bool = True):
         super().__init__()
         self.name, self.max_length, self.frozen, self.cache_size = name, max_length, frozen, cache_size
-        self.tokenizer, self.model = _load(name, dropout)
+        self.tokenizer, self.model = _load(name, dropout, pretrained)
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
         self.output_dim = self.model.config.hidden_size
@@ -60,8 +60,8 @@ class TextEncoder(nn.Module):
         found = {c: self.remembered[c] for c in distinct if c in self.remembered}
         if new:
             self.model.eval()
-            with torch.no_grad():
-                found.update(zip(new, self._encode(new)))
+            with torch.no_grad():  # each row its own copy: a view would keep the batch's hidden states alive
+                found.update(zip(new, (row.clone() for row in self._encode(new))))
         for caption in distinct:
             self.remembered[caption] = found[caption]
             self.remembered.move_to_end(caption)
@@ -75,19 +75,39 @@ class TextEncoder(nn.Module):
         tokens = {key: value.to(self.model.device) for key, value in tokens.items()}
         return self.model(**tokens).last_hidden_state[:, 0]
 
+    def compile_network(self, **options) -> None:
+        """``torch.compile`` the transformer in place: each layer of its stack of layers (regional compilation:
+        one layer's code is compiled once and reused by all), or the whole model if it has no such stack. The
+        tokenizer stays in Python; parameters and state-dict keys do not change."""
+        for module in _layer_stack(self.model) or [self.model]:
+            module.compile(**options)
 
-def _load(name: str, dropout: float | None):
+
+def _layer_stack(model: nn.Module) -> list[nn.Module]:
+    """The transformer's layers: the first ``nn.ModuleList`` of two or more modules of one class (``encoder.layer``
+    of BERT and RoBERTa, ``transformer.layer`` of DistilBERT), or [] when there is none."""
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(layer) for layer in module}) == 1:
+            return list(module)
+    return []
+
+
+def _load(name: str, dropout: float | None, pretrained: bool = True):
+    """Tokenizer and transformer of ``name``; with ``pretrained`` False only its config and tokenizer are read
+    (the weights are left random, for a caller that loads its own right after: no weight download)."""
     if name == "tiny-random":
         return _tiny_random(dropout)
     source = _minilm_path() if name == "minilm" else name
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, **_dropout_overrides(name, source, dropout))
+        overrides = _dropout_overrides(name, source, dropout)
+        model = AutoModel.from_pretrained(source, **overrides) if pretrained else \
+            AutoModel.from_config(AutoConfig.from_pretrained(source, **overrides))
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0]
         raise UserError(f"cannot load text model '{name}' ({reason}); with internet it is fetched from the "

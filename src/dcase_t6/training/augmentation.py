@@ -182,7 +182,7 @@ def _clip_ids(frame: pd.DataFrame, column: str, clip_index: dict[str, int], conf
 
 def _matched(table: dict, path: str, key: str, config: TrainConfig) -> dict:
     if not table:
-        raise UserError(f"{path}: no row names a clip of {'+'.join(config.datasets)}/{config.train_split} "
+        raise UserError(f"{path}: no row names a clip of {'+'.join(config.datasets)}/{'+'.join(config.train_split)} "
                         f"(config key '{key}'); check the file names and the dataset column")
     return table
 

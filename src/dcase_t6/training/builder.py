@@ -13,7 +13,8 @@ the model is built and which its checkpoints store. The order, and why:
 4. the cluster labels (the main process clusters and registers them on a run's first start), giving the
    model's cluster class count, and the derived config;
 5. ``torch.manual_seed(seed)``, then the model (random initialisation draws from the seeded generator),
-   loaded from ``init_from`` when set, moved to the device;
+   loaded from ``init_from`` when set, moved to the device, its encoders compiled in place when config key
+   ``compile`` says so (``compiles``; before DDP wraps it, state-dict keys unchanged);
 6. the DDP wrapper, the optimizer, the autocast dtype and the gradient scaler;
 7. the batches, the objective (the loss terms), the validator, the checkpointer and the log sinks.
 """
@@ -21,12 +22,15 @@ the model is built and which its checkpoints store. The order, and why:
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
 
 from dcase_t6.common.console import stderr_console
+from dcase_t6.common.errors import UserError
 from dcase_t6.data.audio_cache import AudioCache, build_cache, cached_split
+from dcase_t6.data.audit import test_overlaps
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split
 from dcase_t6.models import CLUSTER_HEADS, DualEncoder
@@ -37,7 +41,7 @@ from dcase_t6.training.augmentation import PairAugmenter
 from dcase_t6.training.checkpointing import Checkpointer
 from dcase_t6.training.clustering import caption_labels
 from dcase_t6.training.config import TrainConfig
-from dcase_t6.training.data import CaptionPairs, TrainingData, load_pairs
+from dcase_t6.training.data import CaptionPairs, TrainingData, load_pairs, training_splits
 from dcase_t6.training.distillation import load_teachers
 from dcase_t6.training.distributed import World
 from dcase_t6.training.objective import Objective, build_objective
@@ -60,7 +64,7 @@ class TrainingSetup:
     model: DualEncoder
     network: torch.nn.Module
     objective: Objective
-    validator: Validator
+    validator: Validator | None  # None: no validation split (the best checkpoint is the last epoch's)
     checkpointer: Checkpointer
     sinks: list[EpochSink]
     optimizer: torch.optim.Optimizer
@@ -80,17 +84,20 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
     Returns:
         The setup; its position is the start (``continue_run`` restores a ``last`` checkpoint into it).
     """
+    autocast_dtype(config.precision, world.device)  # a card without bf16 fails here, before any work
+    if not config.allow_test_overlap:
+        _refuse_test_overlap(config)
     # 1. audio cache
     rate = audio_backbones.sample_rate(config.model.backbone)
     if world.is_main:  # one process builds the cache, the others wait and read it
-        build_cache(Layout.at(config.data_root), rate,
-                    list(dict.fromkeys([*config.datasets, config.validation_source])), workers=max(1, config.workers))
+        build_cache(Layout.at(config.data_root), rate, list(dict.fromkeys([*config.datasets, *validated(config)])),
+                    workers=max(1, loader_workers(config.workers, world)))
     world.barrier()
     store = AudioCache(config.data_root, rate)
     # 2. data (reads only), the clips the cache skipped left out
     pairs = load_pairs(config, store, say=world.is_main)
-    validation = cached_split(store, load_split(config.data_root, config.validation_source, config.validation_split),
-                              say=world.is_main)
+    validation = None if config.validation_split is None else cached_split(
+        store, load_split(config.data_root, config.validation_source, config.validation_split), say=world.is_main)
     augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)
     # 3. teachers
     teachers = (load_teachers(registry, config, pairs.captions, pairs.clip_ids, pairs.clip_names, world)
@@ -108,24 +115,36 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
         stderr_console.print(f"audio backbone {config.model.backbone}: {model.audio.weights_source}",
                              highlight=False, soft_wrap=True)
     model.to(world.device)
+    if compiles(config.compile, world.device):
+        model.compile_encoders()
+        if world.is_main:
+            stderr_console.print(f"torch.compile (compile {config.compile}): the audio network and the text "
+                                 "transformer, layer by layer; the first steps compile them", highlight=False)
     max_samples = config.clip_samples(model.sample_rate)
     # 6. optimisation
     network = _wrap(model, world)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     dtype = autocast_dtype(config.precision, world.device, say=world.is_main)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
     # 7. batches, objective, validation, checkpoints, sinks
-    data = TrainingData(pairs, store, augmenter, max_samples, config.batch_size, config.seed, config.workers, world,
-                        config.data_root)
+    data = TrainingData(pairs, store, augmenter, max_samples, config.batch_size, config.seed,
+                        loader_workers(config.workers, world), world,
+                        config.data_root, config.dataset_weights)
     directory = registry.workdir / "runs" / run_id
     return TrainingSetup(
         config=config, world=world, data=data, model=model, network=network,
         objective=build_objective(config, world, teachers, labels),
-        validator=Validator(validation, store, max_samples, config.batch_size, world.device),
+        validator=None if validation is None else Validator(validation, store, max_samples, config.batch_size,
+                                                            world.device),
         checkpointer=Checkpointer(registry, run_id, directory, config, world.is_main),
         sinks=run_sinks(registry, run_id, directory, config.epochs, world.is_main),
         optimizer=optimizer, scaler=scaler, autocast_dtype=dtype)
+
+
+def validated(config: TrainConfig) -> list[str]:
+    """The validation dataset, or none when the run has no validation split."""
+    return [] if config.validation_split is None else [config.validation_source]
 
 
 def _cluster_labels(registry: Registry, run_id: str, config: TrainConfig, pairs: CaptionPairs,
@@ -161,6 +180,22 @@ def initialise_from(model: DualEncoder, registry: Registry, run: str) -> None:
                  fix="use the same model.* settings as that run")
 
 
+def compiles(mode: str, device: torch.device) -> bool:
+    """Whether config key ``compile`` turns ``torch.compile`` on for training on ``device``.
+
+    Args:
+        mode: ``on`` (always, also on a CPU), ``off`` (never) or ``auto``: on CUDA GPUs of compute capability
+            >= 7 (the DCASE 2025 baseline's rule), never on a CPU.
+        device: the training device.
+
+    Returns:
+        True to compile the encoders.
+    """
+    if mode == "auto":
+        return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 7
+    return mode == "on"
+
+
 def autocast_dtype(precision: str, device: torch.device, say: bool = False) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device``.
 
@@ -174,7 +209,13 @@ def autocast_dtype(precision: str, device: torch.device, say: bool = False) -> t
 
     Returns:
         The dtype, or None for fp32.
+
+    Raises:
+        UserError: bf16 on a GPU without native bf16 (before Ampere), in one line.
     """
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise UserError(f"precision bf16: the GPU {device} has no native bf16 support (it needs compute capability "
+                        ">= 8, Ampere or later); use --precision fp16 (mixed precision with a gradient scaler) or fp32")
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16" and device.type == "cuda":
@@ -183,3 +224,35 @@ def autocast_dtype(precision: str, device: torch.device, say: bool = False) -> t
         stderr_console.print("precision fp16 needs a GPU: training in fp32 on the CPU (bf16 works on CPUs too)",
                              highlight=False)
     return None
+
+
+def _refuse_test_overlap(config: TrainConfig) -> None:
+    """A UserError when a split the run trains on shares Freesound ids with dev-test or the evaluation set."""
+    found = test_overlaps(Layout.at(config.data_root), training_splits(config))
+    if found:
+        pair, ids = next(iter(found.items()))
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        raise UserError(f"{config.data_root}: training would see test clips: {pair} share {len(ids)} Freesound "
+                        f"id(s) ({shown}){f'; {len(found) - 1} more pair(s)' if len(found) > 1 else ''}; remove "
+                        "them from the training source (`dcase-t6 prepare audit` lists every one), or train anyway "
+                        "with --set allow_test_overlap=true")
+
+
+def loader_workers(configured: int | None, world: World) -> int:
+    """DataLoader processes per training process: the configured number; else (None) 0 on a CPU, where loader
+    processes would take the cores the model computes on, and on a GPU the CPU cores available per process less one
+    for the process itself, at least 1 and at most 8.
+
+    Args:
+        configured: config key ``workers``.
+        world: the processes.
+
+    Returns:
+        The number of loader processes.
+    """
+    if configured is not None:
+        return configured
+    if world.device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, min(8, cores // world.size - 1))

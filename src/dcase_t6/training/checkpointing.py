@@ -2,7 +2,8 @@
 
 A checkpoint holds the model's weights, the config the model was built from (the run's config with the
 model's cluster class count, so ``embed`` rebuilds exactly this model) and the position; ``last`` also
-holds the optimizer and gradient-scaler state, so a run resumed from it continues bit for bit.
+holds the optimizer and gradient-scaler state, so a run resumed from it continues bit for bit (on the
+device and precision it ran with; a scaler state moves between a CPU and a GPU, see ``load_scaler_state``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class Checkpointer:
         if not self.is_main:
             return
         info = {"epoch": position.epoch, "step": position.step, "parameters": model.parameter_count(),
-                self.config.monitor: position.best}
+                "selection": self.config.selection}
+        if self.config.validation_split is not None:
+            info[self.config.monitor] = position.best
         self._save(self._state(model, position), "best", info | {"metrics": record})
 
     def restore(self, path: Path, model: DualEncoder, optimizer: torch.optim.Optimizer,
@@ -87,7 +90,7 @@ class Checkpointer:
         load_weights(model, state["model"], source=f"run {self.run_id} checkpoint last", path=path,
                      fix="it was written by another dcase-t6 version: resume with that version or start a new run")
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        load_scaler_state(scaler, state["scaler"])
         return Position(**state["position"])
 
     def _state(self, model: DualEncoder, position: Position) -> dict:
@@ -98,3 +101,18 @@ class Checkpointer:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
         self.registry.add_file(self.run_id, "checkpoint", tag, path, info)
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Load a checkpoint's gradient-scaler state into ``scaler``, across devices and precisions.
+
+    A disabled scaler (fp32, bf16, or fp16 on a CPU) saves ``{}`` and ignores what it is given; an enabled
+    one (fp16 on a GPU) refuses ``{}``. So a run started on a CPU and resumed on a GPU keeps the enabled
+    scaler's initial state (it starts scaling as a new fp16 run does), and the reverse drops the saved state.
+
+    Args:
+        scaler: the resumed run's scaler.
+        state: the checkpoint's ``scaler`` entry.
+    """
+    if state:
+        scaler.load_state_dict(state)

@@ -46,8 +46,8 @@ _TOPIC_WORDS = 4
 
 
 def clusters_tag(config: TrainConfig) -> str:
-    """Registry tag of a run's cluster labels: ``<dataset>[+<dataset>...]/<train_split>``."""
-    return f"{'+'.join(config.datasets)}/{config.train_split}"
+    """Registry tag of a run's cluster labels: ``<dataset>[+<dataset>...]/<train_split>[+<train_split>...]``."""
+    return f"{'+'.join(config.datasets)}/{'+'.join(config.train_split)}"
 
 
 def caption_labels(registry: Registry, run_id: str, config: TrainConfig, captions: list[str],

@@ -24,11 +24,19 @@ from typing import Any, Callable
 import yaml
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.outputs import check_name
 from dcase_t6.models import ModelConfig
+from dcase_t6.retrieval.metrics import METRIC_KEYS
+from dcase_t6.training.distributed import DEFAULT_TIMEOUT_MINUTES
 
 PRECISIONS = ("fp16", "bf16", "fp32")
 LOGGERS = ("tensorboard", "wandb", "none")
-MONITORED = ("R@1", "R@5", "R@10", "mAP@10")
+# torch.compile of the audio network and the text transformer: auto = on CUDA GPUs of compute capability >= 7
+# (the DCASE 2025 baseline's rule), never on a CPU; on = also on a CPU; off = never.
+COMPILE_MODES = ("auto", "on", "off")
+# Every metric `evaluate` reports (and validation computes); the default, mAP@10, is the DCASE 2025 baseline's
+# model-selection metric, mAP@16 the 2025 ranking metric.
+MONITORED = METRIC_KEYS
 
 
 @dataclass
@@ -70,9 +78,15 @@ class TrainConfig:
     name: str = "run"
     data_root: str = "data"
     datasets: list[str] = field(default_factory=lambda: ["clotho"])
-    train_split: str = "development-training"
+    # dataset -> how often its pairs are drawn per epoch (1: each pair once, the default; 2: twice; 0.25: a random
+    # quarter of them); see training.data.epoch_batches
+    dataset_weights: dict[str, float] = field(default_factory=dict)
+    # the splits trained on: names any dataset may have, or DATASET/SPLIT for one dataset; a dataset with none of
+    # them trains on its `train` split (AudioCaps, WavCaps); see training.data.training_splits
+    train_split: list[str] = field(default_factory=lambda: ["development-training"])
     validation_dataset: str | None = None
-    validation_split: str = "development-validation"
+    # null: no validation (a final system on all data); the best checkpoint is then the last epoch's
+    validation_split: str | None = "development-validation"
     model: ModelConfig = field(default_factory=ModelConfig)
     audio_weights: str = "download"
     audio_seconds: float = 30.0
@@ -87,7 +101,9 @@ class TrainConfig:
     grad_clip: float | None = None
     precision: str = "fp16"
     seed: int = 0
-    workers: int = 0
+    # DataLoader processes per training process; None: 0 on a CPU, on a GPU the CPU cores per process less one
+    # (at most 8; see training.builder.loader_workers)
+    workers: int | None = None
     monitor: str = "mAP@10"
     checkpoint_every: int = 0
     max_steps: int | None = None
@@ -101,6 +117,13 @@ class TrainConfig:
     clusters: Clusters = field(default_factory=Clusters)
     log: str = "tensorboard"  # experiment logger besides the registry: tensorboard, wandb or none
     log_every: int = 50  # optimizer steps between per-step log points (loss terms, lr, data-loader wait)
+    dist_timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES  # how long processes wait for each other (torchrun)
+    deterministic: bool = False  # deterministic algorithms only (bit-exact resume on a GPU too; slower)
+    # Train although a training split shares Freesound ids with dev-test or the evaluation set (see data.audit).
+    allow_test_overlap: bool = False
+    # torch.compile the encoders: auto, on or off (COMPILE_MODES); speed only. off until the GPU acceptance run
+    # (benchmarks/gpu_check.py) has measured compiled training on a GPU; auto is the baseline's rule.
+    compile: str = "off"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,6 +131,11 @@ class TrainConfig:
     @property
     def validation_source(self) -> str:
         return self.validation_dataset or self.datasets[0]
+
+    @property
+    def selection(self) -> str:
+        """How the run's ``best`` checkpoint is chosen, in words (``runs show``, the summary, the metadata)."""
+        return selection_rule(self.to_dict())
 
     def clip_samples(self, sample_rate: int) -> int:
         """The most samples of a clip the model sees, in training, validation, ``embed`` and as a teacher:
@@ -138,6 +166,8 @@ def from_dict(values: dict, source: str = "config") -> TrainConfig:
         if old in values:
             legacy = values.pop(old)
             values.setdefault(new, convert(legacy))
+    if isinstance(values.get("compile"), bool):  # YAML 1.1 reads `compile: on` / `off` as true / false
+        values["compile"] = "on" if values["compile"] else "off"
     sections = {name: _section(values.pop(name, None), schema, source, name) for name, schema in SECTIONS.items()}
     config = TrainConfig(**_typed(values, TrainConfig, source, prefix=""), **sections)
     check(config, source)
@@ -213,6 +243,19 @@ def _to_str(value):
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _INVALID
 
 
+def _to_weights(value):
+    """A mapping of names to numbers: a mapping, or ``a=1,b=0.5`` (``--set dataset_weights=clotho=2,macs=0.5``)."""
+    if isinstance(value, str):
+        items = [item.partition("=") for item in value.split(",") if item.strip()]
+        if any(not sep for _, sep, _ in items):
+            return _INVALID
+        value = {name.strip(): number for name, _, number in items}
+    if not isinstance(value, dict) or not all(isinstance(name, str) for name in value):
+        return _INVALID
+    numbers = {name: _to_number(number, float) for name, number in value.items()}
+    return _INVALID if any(number is _INVALID for number in numbers.values()) else numbers
+
+
 def _to_str_list(value):
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -223,10 +266,10 @@ def _to_str_list(value):
 
 _CONVERTERS: dict[Any, Callable] = {int: lambda value: _to_number(value, int),
                                     float: lambda value: _to_number(value, float),
-                                    bool: _to_bool, str: _to_str, list: _to_str_list}
+                                    bool: _to_bool, str: _to_str, list: _to_str_list, dict: _to_weights}
 _EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-             list: "a list of names (or one comma-separated string)"}
-_EXAMPLES = {int: "3", float: "0.5", bool: "true", str: "NAME", list: "a,b"}
+             list: "a list of names (or one comma-separated string)", dict: "a mapping of names to numbers"}
+_EXAMPLES = {int: "3", float: "0.5", bool: "true", str: "NAME", list: "a,b", dict: "a=1,b=0.5"}
 
 
 def _at_least(bound: float) -> tuple[Callable[[float], bool], str]:
@@ -252,6 +295,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "workers": _at_least(0), "monitor": _one_of(*MONITORED), "checkpoint_every": _at_least(0),
     "max_steps": _at_least(1), "contrastive_weight": _at_least(0), "distill_weight": _at_least(0),
     "distill_temperature": _above(0), "log": _one_of(*LOGGERS), "log_every": _at_least(1),
+    "dist_timeout_minutes": ((lambda value: 0 < value <= 10080), "in (0, 10080] (minutes: at most a week)"),
+    "compile": _one_of(*COMPILE_MODES),
+    "dataset_weights": ((lambda weights: all(math.isfinite(w) and w >= 0 for w in weights.values())),
+                        "a mapping of dataset names to finite weights >= 0"),
     "model.embed_dim": _at_least(1), "model.temperature": _above(0), "model.text_max_length": _at_least(1),
     "model.text_dropout": _DROPOUT, "model.patchout_t": _at_least(0), "model.patchout_f": _at_least(0),
     "model.cluster_classes": _at_least(0),
@@ -267,6 +314,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def check(config: TrainConfig, source: str = "config") -> None:
     """Every range of ``RANGES`` and the rules that tie keys together, or a UserError naming the key."""
+    check_name(config.name, f"{source}: config key 'name' (the run name)")
     for key, (valid, expected) in RANGES.items():
         section, _, name = key.rpartition(".")
         value = getattr(getattr(config, section) if section else config, name)
@@ -276,9 +324,23 @@ def check(config: TrainConfig, source: str = "config") -> None:
             raise UserError(f"{source}: config key '{key}' = {value!r} must be {expected}")
     if not config.datasets:
         raise UserError(f"{source}: config key 'datasets' is empty; name at least one prepared dataset, e.g. clotho")
+    unknown = sorted(set(config.dataset_weights) - set(config.datasets))
+    if unknown:
+        raise UserError(f"{source}: config key 'dataset_weights' names {unknown[0]!r}, which is not in datasets "
+                        f"({', '.join(config.datasets)}); weigh only the datasets trained on")
+    if config.dataset_weights and not any(config.dataset_weights.get(name, 1.0) for name in config.datasets):
+        raise UserError(f"{source}: config key 'dataset_weights' gives every dataset weight 0: no pair would be "
+                        "drawn; give at least one dataset a weight > 0")
+    if not config.train_split:
+        raise UserError(f"{source}: config key 'train_split' is empty; name at least one split, e.g. "
+                        "development-training or development-training,development-validation")
     if config.min_lr > config.lr:
         raise UserError(f"{source}: config key 'min_lr' = {config.min_lr!r} is above 'lr' = {config.lr!r}; "
                         "the schedule decays from lr to min_lr")
+    if config.clusters.method and config.clusters.weight == 0:
+        raise UserError(f"{source}: config key 'clusters.weight' = 0 with clusters.method {config.clusters.method}: "
+                        "the cluster heads would get no gradient (under torchrun DDP then fails at step 2); "
+                        "set clusters.weight > 0, or clusters.method null to train without clusters")
     weights = [config.contrastive_weight, config.distill_weight if config.distill_from else 0.0,
                config.clusters.weight if config.clusters.method else 0.0]
     if not any(weights):
@@ -290,6 +352,20 @@ def check(config: TrainConfig, source: str = "config") -> None:
     if config.model.backbone not in audio_backbones.available():
         raise UserError(f"{source}: config key 'model.backbone' = {config.model.backbone!r} must be one of "
                         f"{', '.join(audio_backbones.available())}")
+
+
+def split_names(value) -> list[str]:
+    """A stored ``train_split`` (one name, as earlier versions stored it, or a list) as a list of names."""
+    return [value] if isinstance(value, str) else list(value or ["development-training"])
+
+
+def selection_rule(config: dict) -> str:
+    """How a (stored) config's run chooses its ``best`` checkpoint, in words."""
+    if "validation_split" in config and config["validation_split"] is None:
+        return "the last epoch (no validation split: best = last)"
+    dataset = config.get("validation_dataset") or (config.get("datasets") or ["clotho"])[0]
+    return (f"the epoch of the highest validation {config.get('monitor', 'mAP@10')} on "
+            f"{dataset}/{config.get('validation_split', 'development-validation')}")
 
 
 def read_yaml_mapping(path: Path) -> dict:

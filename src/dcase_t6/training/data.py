@@ -10,7 +10,7 @@ function of (seed, epoch, pair): a random ``max_samples`` window of a longer cli
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,15 @@ class CaptionPairs:
         """``dataset/file_name`` of every pair's clip."""
         return self.clip_names[self.clip_ids].tolist()
 
+    def weighted_groups(self, weights: dict[str, float]) -> list[tuple[np.ndarray, float]] | None:
+        """The pairs of each dataset with its weight (``dataset_weights``; 1 when not named), or None when every
+        weight is 1 (each pair once per epoch, the unweighted order)."""
+        datasets = np.array([name.split("/", 1)[0] for name in self.clip_names.tolist()])[self.clip_ids]
+        names = list(dict.fromkeys(datasets.tolist()))
+        if all(weights.get(name, 1.0) == 1.0 for name in names):
+            return None
+        return [(np.flatnonzero(datasets == name), float(weights.get(name, 1.0))) for name in names]
+
 
 def load_pairs(config: TrainConfig, store: AudioCache | None = None, say: bool = False) -> CaptionPairs:
     """Read the training split of every configured dataset from the prepared split indexes.
@@ -56,10 +65,12 @@ def load_pairs(config: TrainConfig, store: AudioCache | None = None, say: bool =
     Returns:
         The pairs in index order, with a SHA-256 fingerprint of their paths and captions (of the pairs kept).
     """
-    frames = [_training_rows(config, dataset) for dataset in config.datasets]
+    indexes = {dataset: read_index(config.data_root, dataset) for dataset in config.datasets}
+    splits = training_splits(config, {dataset: sorted(set(index["split"])) for dataset, index in indexes.items()})
+    frames = [_training_rows(indexes[dataset], splits[dataset]) for dataset in config.datasets]
     if store is not None:
-        frames = [drop_absent(store, frame, f"{frame['dataset'].iloc[0]} {frame['split'].iloc[0]}", say=say)[0]
-                  for frame in frames]
+        frames = [drop_absent(store, frame, f"{dataset} {'+'.join(splits[dataset])}", say=say)[0]
+                  for dataset, frame in zip(config.datasets, frames)]
     paths, captions, clip_keys = [], [], []
     for frame in frames:
         paths += [Path(p) for p in frame["path"]]
@@ -70,14 +81,59 @@ def load_pairs(config: TrainConfig, store: AudioCache | None = None, say: bool =
     return CaptionPairs(paths, captions, clip_ids.astype(np.int64), clip_names, digest)
 
 
-def _training_rows(config: TrainConfig, dataset: str):
-    """A dataset's rows of ``train_split`` (Clotho layout), or of ``train`` (AudioCaps, WavCaps)."""
-    index = read_index(config.data_root, dataset)
-    for split in (config.train_split, EXTERNAL_TRAIN_SPLIT):
-        if (index["split"] == split).any():
-            return index[index["split"] == split]
-    raise UserError(f"{config.data_root}: dataset {dataset!r} has no split {config.train_split!r} or "
-                    f"{EXTERNAL_TRAIN_SPLIT!r} (it has {sorted(set(index['split']))}); set train_split")
+def _training_rows(index, splits: list[str]):
+    """A dataset's rows of its training splits (see ``training_splits``), in index order."""
+    return index[index["split"] == splits[0]] if len(splits) == 1 else index[index["split"].isin(splits)]
+
+
+def training_splits(config: TrainConfig, available: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """The splits each of ``config.datasets`` trains on.
+
+    Every name of ``train_split`` applies to each dataset that has that split; ``DATASET/SPLIT`` applies to that
+    dataset only. A dataset that has none of them trains on its ``train`` split (AudioCaps, WavCaps, a captions
+    set without splits), so ``train_split: [development-training, development-validation]`` trains on Clotho's
+    development and validation splits and on AudioCaps' ``train``.
+
+    Args:
+        config: the run's config (``data_root``, ``datasets``, ``train_split``).
+        available: each dataset's splits (default: read from the prepared split indexes).
+
+    Returns:
+        The dataset's splits in ``train_split``'s order, per dataset.
+
+    Raises:
+        UserError: a dataset without any of its splits nor ``train``, a ``DATASET/SPLIT`` the dataset lacks, or a
+            name that no dataset has (a typo would otherwise be ignored).
+    """
+    if available is None:
+        available = {dataset: sorted(set(read_index(config.data_root, dataset)["split"]))
+                     for dataset in config.datasets}
+    chosen, used = {}, set()
+    for dataset, splits in available.items():
+        wanted = []
+        for name in config.train_split:
+            owner, slash, split = name.rpartition("/")
+            if slash and owner != dataset:
+                continue
+            if split in splits:
+                wanted.append(split)
+                used.add(name)
+            elif slash:
+                raise UserError(f"{config.data_root}: train_split {name!r}: dataset {dataset!r} has no split {split!r} "
+                                f"(it has {', '.join(splits)}); fix train_split")
+        if not wanted and EXTERNAL_TRAIN_SPLIT in splits:
+            wanted = [EXTERNAL_TRAIN_SPLIT]
+        if not wanted:
+            raise UserError(f"{config.data_root}: dataset {dataset!r} has none of the splits "
+                            f"{', '.join(config.train_split)} nor {EXTERNAL_TRAIN_SPLIT!r} (it has "
+                            f"{', '.join(splits)}); set train_split")
+        chosen[dataset] = list(dict.fromkeys(wanted))
+    unused = [name for name in config.train_split if name not in used and "/" not in name]
+    if unused:
+        raise UserError(f"{config.data_root}: train_split {unused[0]!r} is a split of none of the datasets "
+                        f"{', '.join(config.datasets)}; fix train_split (their splits: "
+                        f"{'; '.join(f'{d}: ' + ', '.join(s) for d, s in available.items())})")
+    return chosen
 
 
 def sha256_of_text(text: str) -> str:
@@ -85,7 +141,8 @@ def sha256_of_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def epoch_batches(n_pairs: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+def epoch_batches(n_pairs: int, batch_size: int, seed: int, epoch: int,
+                  groups: list[tuple[np.ndarray, float]] | None = None) -> list[np.ndarray]:
     """The seeded order of an epoch, cut into batches (a last batch of fewer than 2 pairs is dropped).
 
     Args:
@@ -93,19 +150,37 @@ def epoch_batches(n_pairs: int, batch_size: int, seed: int, epoch: int) -> list[
         batch_size: pairs per (global) batch.
         seed: the run's seed.
         epoch: the epoch (0-based).
+        groups: ``dataset_weights`` as (pairs, weight) per dataset (``CaptionPairs.weighted_groups``), or None:
+            every pair once. A weight w draws each pair of its group int(w) times plus a seeded random
+            round(frac(w) * n) of its n pairs once more, so its share of the epoch is w * n pairs (to half a pair)
+            and every pair is drawn w times per epoch on average; the draws are a function of (seed, epoch).
 
     Returns:
         One array of pair indices per batch.
     """
-    order = np.random.default_rng([seed, epoch]).permutation(n_pairs)
+    order = np.random.default_rng([seed, epoch]).permutation(n_pairs) if groups is None else (
+        _weighted_order(groups, np.random.default_rng([seed, epoch, 2])))
     batches = [order[start:start + batch_size] for start in range(0, n_pairs, batch_size)]
     return [batch for batch in batches if len(batch) >= 2]
+
+
+def _weighted_order(groups: list[tuple[np.ndarray, float]], rng: np.random.Generator) -> np.ndarray:
+    drawn = []
+    for pairs, weight in groups:
+        whole, part = divmod(weight, 1.0)
+        drawn += [np.tile(pairs, int(whole)),
+                  rng.choice(pairs, size=int(np.floor(part * len(pairs) + 0.5)), replace=False)]
+    return rng.permutation(np.concatenate(drawn).astype(np.int64))
 
 
 @dataclass
 class TrainingBatch:
     """This process's share of a batch: audio, (augmented) captions, clip ids (a mixed pair gets a new id,
-    -1 - its position in the batch), the training pairs they come from and the mixed-in partner pairs."""
+    -1 - its position in the batch), the training pairs they come from and the mixed-in partner pairs.
+
+    A process whose share is empty (a batch of fewer pairs than processes) gets one stand-in row of audio and
+    caption and no ids: the model's outputs are cut to ``len(pairs)`` rows before the gather (see
+    ``distributed.Share``)."""
 
     waveforms: torch.Tensor
     lengths: torch.Tensor
@@ -113,6 +188,12 @@ class TrainingBatch:
     clip_ids: torch.Tensor
     pairs: torch.Tensor
     partners: torch.Tensor
+
+    def pin_memory(self) -> TrainingBatch:
+        """The batch with its tensors in page-locked memory (what a DataLoader with ``pin_memory`` calls), so the
+        copies to the GPU can run while the step computes (``non_blocking``)."""
+        return TrainingBatch(self.waveforms.pin_memory(), self.lengths.pin_memory(), self.captions,
+                             self.clip_ids.pin_memory(), self.pairs.pin_memory(), self.partners.pin_memory())
 
 
 class BatchSource(torch.utils.data.Dataset):
@@ -131,11 +212,13 @@ class BatchSource(torch.utils.data.Dataset):
         offsets = np.random.default_rng([self.seed, self.epoch, index]).random(len(batch))
         plan = self.augmenter.plan(batch, np.random.default_rng([self.seed, self.epoch, index, 1]))
         clip_ids = np.where(plan.mixed, -1 - np.arange(len(batch)), self.pairs.clip_ids[batch])
-        rows = np.array(self.world.shard(list(range(len(batch)))), dtype=np.int64)
+        share = self.world.share(len(batch))
+        rows = np.array(share.rows, dtype=np.int64)
+        kept = rows[:share.kept]
         clips = [self._clip(batch[row], offsets[row], plan.partners[row], plan.partner_offsets[row]) for row in rows]
         waveforms, lengths = pad_batch(clips)
-        return TrainingBatch(waveforms, lengths, [plan.captions[row] for row in rows], torch.from_numpy(clip_ids[rows]),
-                             torch.from_numpy(batch[rows]), torch.from_numpy(plan.partners[rows]))
+        return TrainingBatch(waveforms, lengths, [plan.captions[row] for row in rows], torch.from_numpy(clip_ids[kept]),
+                             torch.from_numpy(batch[kept]), torch.from_numpy(plan.partners[kept]))
 
     def _clip(self, pair: int, offset: float, partner: int, partner_offset: float) -> np.ndarray:
         clip = self.store.clip(self.pairs.paths[pair], self.max_samples, offset)
@@ -157,6 +240,7 @@ class TrainingData:
     workers: int
     world: World
     data_root: str
+    dataset_weights: dict[str, float] = field(default_factory=dict)
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """The global batches of ``epoch`` (see ``epoch_batches``); a UserError when there is not one.
@@ -167,7 +251,8 @@ class TrainingData:
         Returns:
             One array of pair indices per batch.
         """
-        batches = epoch_batches(len(self.pairs.captions), self.batch_size, self.seed, epoch)
+        batches = epoch_batches(len(self.pairs.captions), self.batch_size, self.seed, epoch,
+                                self.pairs.weighted_groups(self.dataset_weights))
         if not batches:
             raise UserError(f"{self.data_root}: the training split has fewer than 2 caption pairs; prepare more data")
         return batches
@@ -198,5 +283,5 @@ class TrainingData:
         """
         remaining = torch.utils.data.Subset(self.source(epoch, batches), range(start, len(batches)))
         return torch.utils.data.DataLoader(remaining, batch_size=None, num_workers=self.workers,
-                                           persistent_workers=False,
+                                           persistent_workers=False, pin_memory=self.world.device.type == "cuda",
                                            worker_init_fn=torch_worker_dies_with_parent if self.workers else None)

@@ -27,51 +27,72 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.embedding.checkpoints import embed_run, split_tag
 from dcase_t6.registry import Registry
 from dcase_t6.training.config import TrainConfig
+from dcase_t6.training.data import training_splits
 from dcase_t6.training.distributed import World
 
 
 class TeacherSimilarity:
-    """The teachers' mean similarity of any (clip, caption) pairs of the training set."""
+    """The teachers' mean similarity of any (clip, caption) pairs of the training set.
+
+    The tables live on one device (``to``, once, when training is assembled) and a batch's pair ids come on
+    that device: a lookup never copies between devices nor waits for one (no value is read on the host).
+    """
 
     def __init__(self, audio: torch.Tensor, text: torch.Tensor, clip_ids: torch.Tensor, teachers: int):
         self.audio, self.text, self.clip_ids, self.teachers = audio, text, clip_ids, teachers
+
+    def to(self, device: torch.device) -> TeacherSimilarity:
+        """The same teachers with their tables on ``device``."""
+        return TeacherSimilarity(self.audio.to(device), self.text.to(device), self.clip_ids.to(device),
+                                 self.teachers)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tables by name (for the objective's device check)."""
+        return {"teachers' audio": self.audio, "teachers' text": self.text, "teachers' clip ids": self.clip_ids}
 
     def __call__(self, pairs: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
         """(batch, batch) mean teacher similarity; a mixed pair (partner >= 0) uses the mean of its own and
         its partner pair's teacher vectors."""
         audio, text = self._vectors(pairs)
-        mixed = partners >= 0
-        if bool(mixed.any()):
-            partner_audio, partner_text = self._vectors(partners[mixed])
-            audio[mixed] = 0.5 * (audio[mixed] + partner_audio)
-            text[mixed] = 0.5 * (text[mixed] + partner_text)
+        partner_audio, partner_text = self._vectors(partners.clamp(min=0))  # unmixed rows: not used
+        mixed = (partners >= 0).unsqueeze(1)
+        audio = torch.where(mixed, 0.5 * (audio + partner_audio), audio)
+        text = torch.where(mixed, 0.5 * (text + partner_text), text)
         return audio @ text.T / self.teachers
 
     def _vectors(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = pairs.cpu()
         return self.audio[self.clip_ids[pairs]], self.text[pairs]
 
 
 def load_teachers(registry: Registry, config: TrainConfig, captions: list[str], clip_ids: np.ndarray,
                   clip_names: np.ndarray, world: World) -> TeacherSimilarity:
-    """The teachers of ``config.distill_from`` aligned to the training pairs (main process embeds missing ones)."""
+    """The teachers of ``config.distill_from`` aligned to the training pairs (main process embeds missing ones),
+    their tables on ``world.device``."""
     if world.is_main:
+        splits = training_splits(config)
         for teacher in config.distill_from:
             for dataset in config.datasets:
-                ensure_embeddings(registry, teacher, config, dataset)
+                for split in splits[dataset]:
+                    ensure_embeddings(registry, teacher, config, dataset, split)
     world.barrier()
     vectors = [teacher_vectors(registry, teacher, config, captions, clip_names) for teacher in config.distill_from]
     audio = torch.from_numpy(np.concatenate([a for a, _ in vectors], axis=1))
     text = torch.from_numpy(np.concatenate([t for _, t in vectors], axis=1))
-    return TeacherSimilarity(audio, text, torch.from_numpy(clip_ids), len(vectors))
+    return TeacherSimilarity(audio, text, torch.from_numpy(clip_ids), len(vectors)).to(world.device)
 
 
-def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, dataset: str) -> None:
-    """Embed the training split of ``dataset`` with the teacher's best checkpoint unless already registered."""
-    best = registry.file(teacher, "checkpoint", "best")
-    if _registered_embeddings(registry, teacher, split_tag(dataset, config.train_split), best.sha256):
+def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, dataset: str,
+                      split: str | None = None) -> None:
+    """Embed a training split of ``dataset`` (default: each one) with the teacher's best checkpoint unless already
+    registered."""
+    if split is None:
+        for name in training_splits(config)[dataset]:
+            ensure_embeddings(registry, teacher, config, dataset, name)
         return
-    embed_run(registry.workdir, teacher, config.data_root, dataset, config.train_split, batch_size=config.batch_size,
+    best = registry.file(teacher, "checkpoint", "best")
+    if _registered_embeddings(registry, teacher, split_tag(dataset, split), best.sha256):
+        return
+    embed_run(registry.workdir, teacher, config.data_root, dataset, split, batch_size=config.batch_size,
               with_similarity=False)  # with the teacher's own input settings, from its stored config
 
 
@@ -91,17 +112,20 @@ def teacher_vectors(registry: Registry, teacher: str, config: TrainConfig, capti
     """One teacher's (clips, d) audio vectors in clip-id order and (pairs, d) caption vectors in pair order."""
     audio_by_clip: dict[str, np.ndarray] = {}
     text_by_caption: dict[str, np.ndarray] = {}
+    splits = training_splits(config)
     for dataset in config.datasets:
-        record = registry.file(teacher, "embeddings", split_tag(dataset, config.train_split))
-        with np.load(record.path, allow_pickle=False) as data:
-            audio_by_clip.update(zip((f"{dataset}/{name}" for name in data["files"].tolist()), data["audio"]))
-            text_by_caption.update(zip(data["queries"].tolist(), data["text"]))
+        for split in splits[dataset]:
+            record = registry.file(teacher, "embeddings", split_tag(dataset, split))
+            with np.load(record.path, allow_pickle=False) as data:
+                audio_by_clip.update(zip((f"{dataset}/{name}" for name in data["files"].tolist()), data["audio"]))
+                text_by_caption.update(zip(data["queries"].tolist(), data["text"]))
     missing = next((name for name in clip_names if name not in audio_by_clip), None)
     missing = missing or next((caption for caption in captions if caption not in text_by_caption), None)
     if missing is not None:
-        raise UserError(f"teacher {teacher}: its registered {config.train_split} embeddings lack {missing!r}; the data "
-                        f"changed since: for each of {', '.join(config.datasets)} run `dcase-t6 embed {teacher} "
-                        f"--data-root {config.data_root} --dataset DATASET --split {config.train_split}`")
+        raise UserError(f"teacher {teacher}: its registered embeddings of the training splits lack {missing!r}; the "
+                        f"data changed since: for each of "
+                        f"{', '.join(f'{d}/{s}' for d in config.datasets for s in splits[d])} run "
+                        f"`dcase-t6 embed {teacher} --data-root {config.data_root} --dataset DATASET --split SPLIT`")
     audio = np.stack([audio_by_clip[name] for name in clip_names]).astype(np.float32)
     text = np.stack([text_by_caption[caption] for caption in captions]).astype(np.float32)
     return audio, text

@@ -2,11 +2,11 @@
 loops over is assembled by ``dcase_t6.training.builder``.
 
 All randomness of a step (data order, crop offsets, augmentation, dropout, mel augmentation) is derived
-from (seed, epoch, batch) and the learning rate is a pure function of the step, so a run resumed from its
-``last`` checkpoint continues exactly as if it had never stopped. The running sums of the epoch in progress
-(loss, loss terms, seconds, data wait) are checkpointed with the position, so the record of an epoch
-resumed mid-way covers the whole epoch: the same ``train_loss`` as without the stop, and ``seconds`` that
-add the time before the stop to the time after it.
+from (seed, epoch, batch), dropout also from the process's rank, and the learning rate is a pure function
+of the step, so a run resumed from its ``last`` checkpoint continues exactly as if it had never stopped. The
+running sums of the epoch in progress (loss, loss terms, seconds, data wait) are checkpointed with the
+position, so the record of an epoch resumed mid-way covers the whole epoch: the same ``train_loss`` as
+without the stop, and ``seconds`` that add the time before the stop to the time after it.
 
 Every ``log_every`` optimizer steps the loop gives the sinks that take them (the experiment loggers) a step
 record: the loss and its terms averaged over the batches since the last one, the learning rate, the share of
@@ -29,6 +29,7 @@ from dcase_t6.training.builder import TrainingSetup
 from dcase_t6.training.checkpointing import Position
 from dcase_t6.training.config import TrainConfig
 from dcase_t6.training.data import TrainingBatch
+from dcase_t6.training.distributed import accumulating
 from dcase_t6.training.sinks import close_sinks, write_step
 
 
@@ -51,18 +52,21 @@ def learning_rate(step: int, steps_per_epoch: int, config: TrainConfig) -> float
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def step_seed(seed: int, epoch: int, batch: int) -> int:
-    """A 63-bit seed unique to one batch of one epoch.
+def step_seed(seed: int, epoch: int, batch: int, rank: int = 0) -> int:
+    """A 63-bit seed unique to one batch of one epoch on one process.
 
     Args:
         seed: the run's seed.
         epoch: the epoch (0-based).
         batch: the batch in the epoch (0-based).
+        rank: the process (its dropout masks differ from the other processes'; the main process draws as a
+            single process does).
 
     Returns:
         The seed for ``torch.manual_seed``.
     """
-    return int(np.random.SeedSequence([seed, epoch, batch]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    entropy = [seed, epoch, batch] + ([rank] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass
@@ -134,12 +138,17 @@ class _StepLog:
 
 class TrainingLoop:
     """Trains an assembled run from ``position`` until ``epochs`` (or ``max_steps``) is reached or a stop signal
-    (Ctrl-C, SIGTERM) arrives; it then checkpoints ``last`` at the next optimizer step and returns."""
+    (Ctrl-C, SIGTERM) arrives; it then checkpoints ``last`` at the next optimizer step and returns.
+
+    Under torchrun a signal may reach one process only (a scheduler's SIGTERM): the processes agree on
+    stopping at every optimizer step and at the end of every epoch (``World.any``, one small all_reduce),
+    so all of them stop at the same step and none is left waiting for the others in a collective."""
 
     def __init__(self, setup: TrainingSetup, position: Position | None = None):
         self.setup, self.config = setup, setup.config
         self.position = position or Position()
-        self._stop_requested = False
+        self._stop_requested = False  # a signal reached this process
+        self._stop_agreed = False  # a signal reached some process, as of the last agreement
         self._step_log = _StepLog()
 
     def run(self) -> Position:
@@ -166,7 +175,11 @@ class TrainingLoop:
 
     def _stopping(self) -> bool:
         limit = self.config.max_steps
-        return self._stop_requested or (limit is not None and self.position.step >= limit)
+        return self._stop_agreed or (limit is not None and self.position.step >= limit)
+
+    def _agree_on_stop(self) -> None:
+        """Whether any process was asked to stop (every process calls this at the same points)."""
+        self._stop_agreed = self.setup.world.any(self._stop_requested)
 
     def _train_epoch(self) -> None:
         config, position, data = self.config, self.position, self.setup.data
@@ -186,6 +199,8 @@ class TrainingLoop:
                 self._log_step(loss, terms, wait_s, len(batches))
                 bar.update(task, advance=1, description=f"epoch {position.epoch + 1}/{config.epochs} "
                            f"loss {stats.loss_sum / stats.batches:.4f}")
+                if self._at_step_boundary(len(batches)):
+                    self._agree_on_stop()
                 if self._at_step_boundary(len(batches)) and self._checkpoint_due():
                     position.epoch_sums = stats.sums()
                     self._save_last()
@@ -197,13 +212,15 @@ class TrainingLoop:
     def _train_batch(self, batch: TrainingBatch, steps_per_epoch: int,
                      n_batches: int) -> tuple[float, dict[str, float]]:
         setup, config, position, device = self.setup, self.config, self.position, self.setup.world.device
-        torch.manual_seed(step_seed(config.seed, position.epoch, position.batch))
+        torch.manual_seed(step_seed(config.seed, position.epoch, position.batch, setup.world.rank))
         setup.network.train()
         dtype = setup.autocast_dtype
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            outputs = setup.network(batch.waveforms.to(device), batch.lengths.to(device), batch.captions)
-            losses = setup.objective(outputs, batch, setup.model.temperature)
-        setup.scaler.scale(losses.total * setup.world.size / config.grad_accumulation).backward()
+        with accumulating(setup.network, setup.world, last=self._at_step_boundary(n_batches, position.batch + 1)):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                outputs = setup.network(batch.waveforms.to(device, non_blocking=True),
+                                        batch.lengths.to(device, non_blocking=True), batch.captions)
+                losses = setup.objective(outputs, batch, setup.model.temperature)
+            setup.scaler.scale(setup.objective.backward_total(losses, config.grad_accumulation)).backward()
         position.batch += 1
         if self._at_step_boundary(n_batches):
             self._optimizer_step(learning_rate(position.step, steps_per_epoch, config))
@@ -232,8 +249,10 @@ class TrainingLoop:
         optimizer.zero_grad(set_to_none=True)
         self.position.step += 1
 
-    def _at_step_boundary(self, n_batches: int) -> bool:
-        return self.position.batch % self.config.grad_accumulation == 0 or self.position.batch == n_batches
+    def _at_step_boundary(self, n_batches: int, done: int | None = None) -> bool:
+        """Whether an optimizer step follows ``done`` batches of the epoch (default: the batches done now)."""
+        done = self.position.batch if done is None else done
+        return done % self.config.grad_accumulation == 0 or done == n_batches
 
     def _checkpoint_due(self) -> bool:
         every = self.config.checkpoint_every
@@ -245,10 +264,13 @@ class TrainingLoop:
 
     def _finish_epoch(self, stats: _EpochStats) -> None:
         setup, position = self.setup, self.position
-        metrics = setup.validator(setup.model) if setup.world.is_main else {}
+        validates = setup.validator is not None
+        metrics = setup.validator(setup.model) if setup.world.is_main and validates else {}
         record = stats.record(setup.optimizer.param_groups[0]["lr"], position.step, metrics)
-        improved = setup.world.is_main and metrics.get(self.config.monitor, -math.inf) > position.best
-        if improved:
+        # without validation every epoch is the best so far: best = last (config.selection)
+        improved = setup.world.is_main and (not validates
+                                            or metrics.get(self.config.monitor, -math.inf) > position.best)
+        if improved and validates:
             position.best = metrics[self.config.monitor]
         position.epoch, position.batch, position.epoch_sums = position.epoch + 1, 0, {}
         if improved:
@@ -256,4 +278,4 @@ class TrainingLoop:
         self._save_last()
         for sink in setup.sinks:
             sink.write(position.epoch - 1, record, improved)
-        setup.world.barrier()
+        self._agree_on_stop()  # also the epoch's barrier: the main process has validated and checkpointed

@@ -10,6 +10,11 @@ Each term is an object computing one named value from the gathered batch outputs
 
 The objective returns every term (as open_clip's losses return a dict of named terms) and their weighted
 total. A term whose weight is 0 is still computed, for the log, but without gradient.
+
+The objective runs in float32 with autocast disabled (the similarities and softmaxes of a global batch in
+fp16/bf16 would lose the precision the loss needs), and every tensor of a step is on the world's device by
+construction: the teachers' tables and cluster labels are moved there once, the batch ids when gathered. A
+tensor found elsewhere is a one-line error naming it (``check_devices``), not a device error deep in a term.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dcase_t6.training import losses
 from dcase_t6.training.config import TrainConfig
 from dcase_t6.training.data import TrainingBatch
 from dcase_t6.training.distillation import TeacherSimilarity
-from dcase_t6.training.distributed import World, gather
+from dcase_t6.training.distributed import World, gather, replicated
 
 
 @dataclass(frozen=True)
@@ -50,14 +55,29 @@ def gather_batch(outputs: tuple, batch: TrainingBatch, temperature: torch.Tensor
         world: the processes.
 
     Returns:
-        The global batch's outputs and ids on ``world.device``.
+        The global batch's outputs and ids on ``world.device``; a process's outputs are cut to its share
+        (``len(batch.pairs)`` rows: none for a stand-in row, see ``distributed.Share``).
     """
-    device = world.device
-    audio, text = gather(outputs[0].float(), world), gather(outputs[1].float(), world)
-    ids = gather(batch.clip_ids.to(device), world)
-    pairs, partners = gather(batch.pairs.to(device), world), gather(batch.partners.to(device), world)
-    logits = [gather(output.float(), world) for output in outputs[2:4]]
-    return GatheredBatch(audio, text, ids, pairs, partners, temperature, *logits)
+    device, kept = world.device, batch.pairs.shape[0]
+    check_devices({f"output {index}": output for index, output in enumerate(outputs)}, device)
+    audio, text = gather(outputs[0][:kept].float(), world), gather(outputs[1][:kept].float(), world)
+    ids = gather(batch.clip_ids.to(device, non_blocking=True), world)
+    pairs = gather(batch.pairs.to(device, non_blocking=True), world)
+    partners = gather(batch.partners.to(device, non_blocking=True), world)
+    logits = [gather(output[:kept].float(), world) for output in outputs[2:4]]
+    return GatheredBatch(audio, text, ids, pairs, partners, replicated(temperature.float(), world), *logits)
+
+
+def check_devices(tensors: dict[str, torch.Tensor | None], device: torch.device) -> None:
+    """Every named tensor is on ``device``, or an AssertionError (one line) naming the first that is not.
+
+    Args:
+        tensors: the tensors by name (None is skipped).
+        device: the step's device.
+    """
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != device:
+            raise AssertionError(f"objective: {name} is on {tensor.device}, the step runs on {device}")
 
 
 class Term(Protocol):
@@ -87,7 +107,7 @@ class Distillation:
         self.teachers, self.temperature = teachers, temperature
 
     def __call__(self, batch: GatheredBatch) -> torch.Tensor:
-        teacher_similarity = self.teachers(batch.pairs, batch.partners).to(batch.audio.device)
+        teacher_similarity = self.teachers(batch.pairs, batch.partners)
         return losses.distillation_loss(batch.audio @ batch.text.T / batch.temperature, teacher_similarity,
                                         self.temperature)
 
@@ -147,13 +167,29 @@ class Objective:
         Returns:
             Every term by name, and the total (terms of weight 0 carry no gradient and are not added).
         """
-        gathered = gather_batch(outputs, batch, temperature, self.world)
-        terms = {}
-        for weighted in self.terms:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and weighted.weight != 0):
-                terms[weighted.term.name] = weighted.term(gathered)
-        total = sum(weighted.weight * terms[weighted.term.name] for weighted in self.terms if weighted.weight != 0)
+        with torch.autocast(self.world.device.type, enabled=False):  # float32, also inside the model's autocast
+            gathered = gather_batch(outputs, batch, temperature, self.world)
+            check_devices({"temperature": gathered.temperature}, self.world.device)
+            terms = {}
+            for weighted in self.terms:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and weighted.weight != 0):
+                    terms[weighted.term.name] = weighted.term(gathered)
+            total = sum(weighted.weight * terms[weighted.term.name] for weighted in self.terms if weighted.weight != 0)
         return Losses(terms, total)
+
+    def backward_total(self, losses: Losses, accumulation: int) -> torch.Tensor:
+        """What a process back-propagates: the total times the world size (each process's loss is the whole
+        global batch's and DDP averages the processes' gradients, see ``distributed.gather``), divided by
+        the batches accumulated per optimizer step.
+
+        Args:
+            losses: the batch's losses.
+            accumulation: batches per optimizer step.
+
+        Returns:
+            The scalar to back-propagate (through the gradient scaler).
+        """
+        return losses.total * self.world.size / accumulation
 
 
 def build_objective(config: TrainConfig, world: World, teachers: TeacherSimilarity | None = None,
@@ -169,6 +205,8 @@ def build_objective(config: TrainConfig, world: World, teachers: TeacherSimilari
     Returns:
         The objective.
     """
+    check_devices({"cluster labels": cluster_labels, **(teachers.tensors() if teachers is not None else {})},
+                  world.device)
     terms = [WeightedTerm(Contrastive(), config.contrastive_weight)]
     if teachers is not None:
         terms.append(WeightedTerm(Distillation(teachers, config.distill_temperature), config.distill_weight))

@@ -75,6 +75,7 @@ from pathlib import Path
 from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json, write_json
+from dcase_t6.common.outputs import NAME_LIMIT, check_name
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split
 from dcase_t6.embedding.checkpoints import embed_run, split_tag
@@ -200,7 +201,8 @@ def load_pipeline(path: Path, overrides: dict) -> Pipeline:
     keys = {stage.key for stage in stages}
     stages = [_with_resolved_references(stage, keys) for stage in stages]
     ensembles = _ensembles(path, values.get("ensembles"), {stage.key: stage for stage in stages})
-    return Pipeline(path, str(values.get("name") or path.stem), _run_order(path, stages), ensembles)
+    name = _name(values["name"], f"{path}: name") if "name" in values else check_name(path.stem, f"{path}: file name")
+    return Pipeline(path, name, _run_order(path, stages), ensembles)
 
 
 def _system_stages(path: Path, index: int, system, defaults: dict, overrides: dict) -> list[Stage]:
@@ -278,6 +280,9 @@ def _ensemble(where: str, entry, stages: dict[str, Stage]) -> Ensemble:
     except UserError as error:
         raise UserError(f"{where}: {error}") from None
     first = from_dict(stages[members[0]].config, source=where)
+    if first.validation_split is None and not entry.get("validation_split"):
+        raise UserError(f"{where}: stage {members[0]} has no validation split (validation_split null) to search the "
+                        "weights on; give the ensemble a validation_split")
     return Ensemble(name=name, stages=members, options=options, data_root=first.data_root,
                     dataset=_text(entry.get("dataset"), f"{where}.dataset") or first.validation_source,
                     validation_split=(_text(entry.get("validation_split"), f"{where}.validation_split")
@@ -381,9 +386,9 @@ def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None =
     Raises:
         UserError: for a bad pipeline file, a reference to nothing, or a stage or ensemble that changed.
     """
-    world = world or init_world()
+    pipeline = load_pipeline(Path(path), overrides or {})  # checked before the registry is created
     registry = Registry(workdir)
-    pipeline = load_pipeline(Path(path), overrides or {})
+    world = world or init_world(max(from_dict(stage.config).dist_timeout_minutes for stage in pipeline.stages))
     _check_run_references(registry, pipeline)
     state = PipelineState(registry.workdir / "pipelines" / f"{pipeline.name}.json")
     summaries = []
@@ -525,16 +530,25 @@ def _ensemble_summary(ensemble: Ensemble, entry: dict, status: str) -> dict:
     return summary
 
 
-NOT_DIGESTED = {"log", "log_every"}  # where the run's curves go: a rerun may log elsewhere
+NOT_DIGESTED = {"log", "log_every",  # where the run's curves go: a rerun may log elsewhere
+                "compile",  # speed only: a rerun may compile or not
+                "workers",  # speed only: the batches are the same with any number of loader processes
+                "dist_timeout_minutes"}  # how long processes wait for each other: no effect on the result
 
 
 def config_digest(config: TrainConfig) -> str:
     """SHA-256 of the config keys whose values differ from the defaults (what decides whether a stage's run still
     matches the file). Keys at their default are left out, so a later version that adds a config key (with a
     default that keeps the old behaviour) does not turn every finished stage into a "changed" one."""
-    defaults = nested_to_dotted(TrainConfig().to_dict())
-    return _digest({key: value for key, value in nested_to_dotted(config.to_dict()).items()
+    defaults = _single_split_as_text(nested_to_dotted(TrainConfig().to_dict()))
+    return _digest({key: value for key, value in _single_split_as_text(nested_to_dotted(config.to_dict())).items()
                     if key not in NOT_DIGESTED and (key not in defaults or defaults[key] != value)})
+
+
+def _single_split_as_text(values: dict) -> dict:
+    """``train_split`` of one name as the string earlier versions stored (so their stages keep their digests)."""
+    split = values.get("train_split")
+    return {**values, "train_split": split[0]} if isinstance(split, list) and len(split) == 1 else values
 
 
 def _digest(values: dict) -> str:
@@ -584,8 +598,9 @@ def _check_keys(values: dict, allowed: set[str], where: str) -> None:
 
 
 def _name(value, where: str) -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise UserError(f"{where}: expected a name of letters, digits, '-' and '_', got {value!r}")
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or len(value) > NAME_LIMIT:
+        shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:40] + "...")
+        raise UserError(f"{where}: expected a name of 1 to {NAME_LIMIT} letters, digits, '-' and '_', got {shown}")
     return value
 
 

@@ -16,16 +16,21 @@ word is listed as ``interrupted``. ``train --resume`` continues any of them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.registry import Registry
 from dcase_t6.training.builder import build_training
 from dcase_t6.training.checkpointing import Position
 from dcase_t6.training.config import TrainConfig, from_dict
-from dcase_t6.training.distributed import World, init_world, share_from_main
+from dcase_t6.training.distributed import DEFAULT_TIMEOUT_MINUTES, World, init_world, share_from_main
 from dcase_t6.training.loop import TrainingLoop
 
 
@@ -55,7 +60,7 @@ def train_new(workdir: str | Path, config: TrainConfig, world: World | None = No
     Returns:
         The run's summary (see ``continue_run``).
     """
-    world = world or init_world()
+    world = world or init_world(config.dist_timeout_minutes)
     registry = Registry(workdir)
     run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
     return continue_run(registry, run_id, world, max_steps=config.max_steps)
@@ -76,10 +81,44 @@ def resume(workdir: str | Path, reference: str, max_steps: int | None = None, wo
     """
     registry = Registry(workdir)
     run_id = registry.resolve(reference)
-    if registry.run(run_id).status == "imported":
+    run = registry.run(run_id)
+    if run.status == "imported":
         raise UserError(f"run {run_id} was imported (`runs import`): it has weights but no training state to "
                         f"continue; train on from it with `dcase-t6 train --init-from {run_id} ...`")
-    return continue_run(registry, run_id, world or init_world(), max_steps)
+    return continue_run(registry, run_id, world or init_world(timeout_minutes(run.config)), max_steps)
+
+
+def timeout_minutes(values: dict) -> float:
+    """A stored config's ``dist_timeout_minutes`` (the default when the config does not check: ``continue_run``
+    then records why in the run's status)."""
+    try:
+        return from_dict(values).dist_timeout_minutes
+    except UserError:
+        return DEFAULT_TIMEOUT_MINUTES
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """With ``enabled`` (config key ``deterministic``): only deterministic algorithms while the block runs
+    (``torch.use_deterministic_algorithms``; an operation that has none fails), with cuBLAS's workspace set
+    for it (``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless already set, before the run's first CUDA kernel);
+    both are restored afterwards.
+
+    Args:
+        enabled: the config's ``deterministic``.
+    """
+    if not enabled:
+        yield
+        return
+    before, workspace = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def continue_run(registry: Registry, run_id: str, world: World, max_steps: int | None) -> dict:
@@ -96,20 +135,22 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
         max_steps: stop after this many optimizer steps in all (None: train all epochs).
 
     Returns:
-        ``run``, ``status`` (``finished`` or ``stopped``), ``epoch``, ``step`` and ``best_<monitor>``.
+        ``run``, ``status`` (``finished`` or ``stopped``), ``epoch``, ``step`` and ``best_<monitor>`` (without a
+        validation split: ``best``, the rule that chose the best checkpoint, the last epoch).
     """
     heartbeat = registry.claim(run_id) if world.is_main else None
     try:
         run = registry.run(run_id)
         config = dataclasses.replace(from_dict(run.config, source=f"run {run_id}"), max_steps=max_steps)
-        setup = build_training(config, registry, run_id, world)
-        if world.is_main and run.data_fingerprint is None:
-            registry.set_fingerprint(run_id, setup.data.pairs.fingerprint)
-        position = Position()
-        if any(record.kind == "checkpoint" and record.tag == "last" for record in run.files):
-            position = setup.checkpointer.restore(registry.file(run_id, "checkpoint", "last").path, setup.model,
-                                                  setup.optimizer, setup.scaler, world.device)
-        position = TrainingLoop(setup, position).run()
+        with deterministic_algorithms(config.deterministic):
+            setup = build_training(config, registry, run_id, world)
+            if world.is_main and run.data_fingerprint is None:
+                registry.set_fingerprint(run_id, setup.data.pairs.fingerprint)
+            position = Position()
+            if any(record.kind == "checkpoint" and record.tag == "last" for record in run.files):
+                position = setup.checkpointer.restore(registry.file(run_id, "checkpoint", "last").path, setup.model,
+                                                      setup.optimizer, setup.scaler, world.device)
+            position = TrainingLoop(setup, position).run()
     except BaseException as err:
         if heartbeat is not None:
             heartbeat.stop()
@@ -121,6 +162,9 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
     if heartbeat is not None:
         heartbeat.stop()
         registry.set_status(run_id, status)
+    if config.validation_split is None:
+        return {"run": run_id, "status": status, "epoch": position.epoch, "step": position.step,
+                "best": config.selection}
     return {"run": run_id, "status": status, "epoch": position.epoch, "step": position.step,
             f"best_{config.monitor}": position.best if position.best > -math.inf else None}
 

@@ -6,6 +6,10 @@ whose ``forward(waveforms, lengths)`` maps a zero-padded (batch, samples) float 
 lengths in samples to (batch, output_dim) clip embeddings. Every trainable parameter must reach that
 output (DDP requires it): drop classifier heads a checkpoint brings. ``build`` passes every backbone
 the model options it may use (``weights``, ``patchout_t``, ``patchout_f``); a backbone ignores the rest.
+A backbone may define ``compile_network(**options)``: ``torch.compile`` its network in place with
+``nn.Module.compile`` (transformer layers one by one, the front end left eager), so its parameters and
+state-dict keys stay those of the eager model; ``DualEncoder.compile_encoders`` calls it (config key
+``compile``), and compiles a backbone without it whole.
 """
 
 from __future__ import annotations

@@ -170,6 +170,12 @@ class BEATs(nn.Module):
         features = (tokens.float() * valid).sum(1) / valid.sum(1)
         return segments.mean_of_segments(features, owners, counts)
 
+    def compile_network(self, **options) -> None:
+        """``torch.compile`` each encoder layer in place (regional compilation: compiled once, reused by the
+        layers alike); the fbank front end, patch embedding and positional convolution stay eager."""
+        for layer in self.net.encoder.layers:
+            layer.compile(**options)
+
 
 def samples_for_patches(patches: int, patch: int = 16) -> int:
     """Fewest samples whose Kaldi frames fill ``patches`` time patches of ``patch`` frames.

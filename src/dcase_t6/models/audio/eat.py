@@ -128,6 +128,12 @@ class EAT(nn.Module):
             tokens = block(tokens)
         return tokens[:, 0]
 
+    def compile_network(self, **options) -> None:
+        """``torch.compile`` each transformer block in place (regional compilation: the block's code is compiled
+        once and reused by every block); the fbank front end and patch embedding stay eager."""
+        for block in self.blocks:
+            block.compile(**options)
+
     def _initialise(self) -> None:
         """Random start (used as is only with ``weights="random"``): the original's kinds of initialisation."""
         nn.init.xavier_uniform_(self.patch_embed.weight.view(DIM, -1))
@@ -269,7 +275,7 @@ def _read(source: Path) -> tuple[dict, Path]:
     if source.suffix == ".safetensors":
         _check_port_config(source.with_name("config.json"))
         return _read_safetensors(source), source
-    checkpoint = read_checkpoint(source)
+    checkpoint = weight_files.read_checkpoint(source, GET)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         return checkpoint["model"], source  # fairseq: {"model": state, "cfg": ..., ...}
     if isinstance(checkpoint, dict):
@@ -354,80 +360,3 @@ def _checked_positions(table: torch.Tensor, refuse) -> torch.Tensor:
     if not difference <= POSITION_TOLERANCE:
         raise refuse(f"position table is not EAT's fixed sin-cos table (differs by up to {difference:.3g})")
     return table[:, : TIME_PATCHES * FREQUENCY_PATCHES]
-
-
-# ------------------------------------------------------------------------------------ safe checkpoint reading
-
-
-class _Dropped:
-    """Stands in for a pickled object whose class or function is not allowed: made of nothing, runs nothing."""
-
-    name = "?"
-
-    def __new__(cls, *_args, **_kwargs):
-        return object.__new__(cls)
-
-    def __init__(self, *_args, **_kwargs):
-        pass
-
-    def __setstate__(self, _state) -> None:
-        pass
-
-
-def read_checkpoint(path: Path) -> object:
-    """A torch checkpoint as tensors and plain values, without running anything from the file.
-
-    First ``torch.load(weights_only=True)``. If the file holds pickled objects that torch does not allow
-    (fairseq's configuration: omegaconf, argparse, numpy scalars, ...), every such global found by torch's
-    static scan (``get_unsafe_globals_in_checkpoint``) is bound to an inert ``_Dropped`` placeholder and the
-    file is read again by the same ``weights_only`` unpickler; the placeholders are then removed, so only
-    tensors and plain values remain. Globals from modules torch blocks outright (``os``, ``sys``, ...) and
-    anything else torch's restricted unpickler refuses make the file unreadable.
-
-    Args:
-        path: the checkpoint file.
-
-    Returns:
-        The checkpoint's content, tensors and plain containers/values only.
-    """
-    import pickle
-
-    try:
-        return _plain(torch.load(path, map_location="cpu", weights_only=True))
-    except pickle.UnpicklingError:
-        pass
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise UserError(f"{path}: cannot be read as a torch checkpoint ({_first_line(err)}); {GET}") from None
-    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    if scan is None or not hasattr(torch.serialization, "safe_globals"):
-        raise UserError(f"{path}: holds pickled objects that reading safely needs torch 2.6 or newer for; "
-                        f"upgrade torch or use the Hugging Face port {HUB_ID}")
-    try:
-        names = scan(path)
-        placeholders = [(type("_Dropped", (_Dropped,), {"name": name}), name) for name in names]
-        with torch.serialization.safe_globals(placeholders):
-            return _plain(torch.load(path, map_location="cpu", weights_only=True))
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise UserError(f"{path}: cannot be read safely, refused ({_first_line(err)}); {GET}") from None
-
-
-def _plain(value: object) -> object:
-    """``value`` with placeholders (and anything else that is not a tensor or plain value) removed."""
-    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (str, bytes, bool, int, float)):
-        return value
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()
-                if isinstance(key, (str, int)) and _kept(item)}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(item) for item in value if _kept(item)) if type(value) in (list, tuple) \
-            else [_plain(item) for item in value if _kept(item)]
-    return None
-
-
-def _kept(value: object) -> bool:
-    return isinstance(value, (torch.Tensor, str, bytes, bool, int, float, dict, list, tuple)) or value is None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__

@@ -19,8 +19,12 @@ class LogMel(nn.Module):
                              persistent=False)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        spectrum = torch.stft(waveforms, self.n_fft, self.hop, window=self.window, return_complex=True).abs() ** 2
-        return (torch.log(self.filters @ spectrum + 1e-5) + 4.5) / 5.0
+        """In float32 with autocast disabled, as PaSST's front end: a full-scale tone's power spectrum (~6.6e4
+        for n_fft 1024) overflows fp16 in the mel product."""
+        with torch.autocast(waveforms.device.type, enabled=False):
+            spectrum = torch.stft(waveforms.float(), self.n_fft, self.hop, window=self.window,
+                                  return_complex=True).abs() ** 2
+            return (torch.log(self.filters @ spectrum + 1e-5) + 4.5) / 5.0
 
 
 def mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmax: float) -> torch.Tensor:

@@ -68,6 +68,12 @@ class PaSST(nn.Module):
         features = (cls_token + distillation_token) / 2
         return segments.mean_of_segments(features, owners, counts)
 
+    def compile_network(self, **options) -> None:
+        """``torch.compile`` each of the 12 transformer blocks in place (regional compilation: the block's code
+        is compiled once and reused by every block); the mel front end and the patchout stay eager."""
+        for block in self.net.blocks:
+            block.compile(**options)
+
 
 def segment_clips(waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PaSST's segments of a batch (three 10 s segments at 32 kHz; see ``segments.segment_clips``)."""

@@ -70,7 +70,12 @@ def mean_of_segments(features: torch.Tensor, owners: torch.Tensor, counts: torch
 
     Returns:
         (batch, dim) clip embeddings.
+
+    Deterministic on every device (no atomic adds, unlike ``index_add_`` on CUDA): the segments are placed
+    in a zero-padded (batch, most segments, dim) tensor, each at its own place, and summed over the segments.
     """
-    summed = torch.zeros(len(counts), features.shape[1], dtype=features.dtype, device=features.device)
-    summed.index_add_(0, owners, features)
-    return summed / counts.unsqueeze(1).to(features.dtype)
+    firsts = torch.cumsum(counts, 0) - counts  # each clip's first segment (``owners`` is sorted, see segment_clips)
+    places = torch.arange(len(owners), device=owners.device) - firsts[owners]
+    width = int(counts.max()) if len(counts) else 1
+    placed = features.new_zeros(len(counts), width, features.shape[1]).index_put((owners, places), features)
+    return placed.sum(dim=1) / counts.unsqueeze(1).to(features.dtype)

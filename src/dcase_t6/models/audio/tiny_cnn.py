@@ -37,6 +37,10 @@ class TinyCNN(nn.Module):
         peak = features.masked_fill(~valid, float("-inf")).amax(-1)
         return torch.cat([mean, peak], dim=1)
 
+    def compile_network(self, **options) -> None:
+        """``torch.compile`` the conv blocks in place; the log-mel front end stays eager."""
+        self.blocks.compile(**options)
+
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
