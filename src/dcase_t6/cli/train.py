@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import click
 from rich.markup import escape
@@ -17,6 +18,9 @@ _TRAIN_OVERRIDES = [
     ("--name", str, "Run name (the run id is NAME-<6 hex>)."),
     ("--data-root", str, "Prepared data root (see `dcase-t6 prepare`)."),
     ("--datasets", str, "Comma-separated datasets to train on, e.g. clotho,audiocaps,wavcaps."),
+    ("--train-split", str, "Comma-separated splits to train on (development-training); e.g. development-training,"
+                           "development-validation for a final system; DATASET/SPLIT for one dataset only "
+                           "(audiocaps/val). A dataset with none of them trains on its train split."),
     ("--backbone", str, "Audio backbone: passt (default, 32 kHz), beats or eat (16 kHz), tiny-cnn (tests)."),
     ("--text-model", str, "transformers encoder name or local folder; tiny-random; minilm."),
     ("--audio-weights", str, "Backbone weights: 'download' (default), a local file (EAT: also a folder or hub id) "
@@ -37,9 +41,14 @@ _TRAIN_OVERRIDES = [
     ("--distill-weight", float, "Weight lambda of the distillation loss (1.0)."),
     ("--contrastive-weight", float, "Weight of the contrastive loss (1.0; 0 with --distill-from: distillation alone)."),
     ("--precision", str, "fp16 (mixed, the baseline on GPU; fp32 on CPU), bf16 (GPU or CPU) or fp32."),
+    ("--monitor", click.Choice(["R@1", "R@5", "R@10", "mAP@10", "mAP@16"]),
+     "Validation metric that picks the best checkpoint (mAP@10, the baseline's; mAP@16 is the 2025 ranking metric)."),
     ("--log", click.Choice(["tensorboard", "wandb", "none"]),
      "Experiment logger (config key log): tensorboard (default; runs/RUN/tensorboard), wandb (WANDB_MODE=offline "
      "works without a server) or none. Per-step points every log_every (50) optimizer steps."),
+    ("--compile", click.Choice(["auto", "on", "off"]),
+     "torch.compile the audio network and the text transformer (config key compile): off (default), auto (CUDA "
+     "GPUs of compute capability >= 7, as the baseline) or on (also on a CPU). Speed only."),
 ]
 _MODEL_KEYS = {"backbone", "text_model", "embed_dim"}
 
@@ -61,9 +70,11 @@ def _train_options(function):
 @click.option("--pipeline", "pipeline_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Run the stages of a pipeline YAML in order (resumable per stage); the other options "
                    "override every stage's config, --max-steps stops the running stage.")
+@click.option("--no-validation", is_flag=True, help="No validation split (config validation_split: null), for a "
+              "final system trained on all the data: the best checkpoint is the last epoch's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_obj
-def train(obj, config_file, settings, resume_run, pipeline_file, as_json, **options):
+def train(obj, config_file, settings, resume_run, pipeline_file, as_json, no_validation, **options):
     """Train a dual encoder (audio backbone + text encoder, multi-positive InfoNCE).
 
     Defaults follow the DCASE 2025 baseline (PaSST + roberta-large, AdamW 2e-5, 1 warm-up epoch,
@@ -128,6 +139,8 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, **opti
     from dcase_t6.training.config import build_config
     from dcase_t6.training.sinks import check_logger
 
+    if no_validation:
+        settings = (*settings, "validation_split=null")
     if pipeline_file:
         _train_pipeline(obj["workdir"], pipeline_file, config_file, resume_run, settings, options, as_json)
         return
@@ -187,7 +200,8 @@ def _parse_settings(settings: tuple[str, ...]) -> dict:
         key, sep, value = setting.partition("=")
         if not sep or not key:
             raise UserError(f"--set {setting!r}: expected KEY=VALUE, e.g. --set warmup_epochs=0.5")
-        parsed[key.strip()] = yaml.safe_load(value)
+        loaded = yaml.safe_load(value)
+        parsed[key.strip()] = "null" if loaded is None else loaded  # kept: a None override would be dropped
     return parsed
 
 
@@ -243,6 +257,7 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
 
     if (run is None) == (model_source is None):
         raise UserError("embed: give either RUN (a registered run) or --model DIR|OWNER/NAME (an exported model)")
+    _check_embed_outputs(obj["workdir"], model_source, out_dir, data_root, dataset, csv_path)
     if model_source is not None:
         from click.core import ParameterSource
 
@@ -260,6 +275,25 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
         write_csv(read_matrix(summary["similarity"]), csv_path)
         summary["csv"] = csv_path
     _print_summary(summary, as_json)
+
+
+def _check_embed_outputs(workdir, model_source, out_dir, data_root, dataset, csv_path) -> None:
+    """--out and --csv may be written without harming an input (before anything is read)."""
+    from pathlib import Path
+
+    from dcase_t6.common.outputs import check_output_dir, check_output_file
+    from dcase_t6.data.layout import Layout
+
+    model = ("--model", model_source if model_source and Path(model_source).exists() else None)
+    if out_dir:
+        check_output_dir(out_dir, "--out", replaced=False, inputs=[model, ("--data-root", data_root)],
+                         protected=[("work directory", workdir)])
+    if csv_path:
+        layout = Layout.at(data_root)
+        check_output_file(csv_path, "--csv", [model, ("--data-root index", layout.index_file(dataset)),
+                                              ("--data-root queries", layout.queries_file(dataset)),
+                                              ("--data-root relevance", layout.relevance_file(dataset)),
+                                              ("--workdir registry", Path(workdir) / "registry.sqlite")])
 
 
 @main.group(cls=Group)
@@ -306,15 +340,18 @@ def runs_list(obj, as_json):
 @json_option
 @click.pass_obj
 def runs_show(obj, run, as_json):
-    """Show a run: config, per-epoch metrics and registered files (with SHA-256).
+    """Show a run: config, per-epoch metrics, registered files (with SHA-256) and how its best checkpoint is
+    chosen (best_checkpoint: by the validation monitor, or the last epoch for a run without validation).
 
     \b
     Example:
       dcase-t6 runs show small-3fa2c1
     """
     from dcase_t6.registry import Registry
+    from dcase_t6.training.config import selection_rule
 
     record = Registry(obj["workdir"]).run(run).as_json()
+    record["best_checkpoint"] = selection_rule(record["config"])
     if as_json:
         print_json(record)
         return
@@ -359,25 +396,66 @@ def runs_compare(obj, references, plot, data_root, as_json):
 
 
 @runs.command("import")
-@click.argument("source", metavar="DIR|OWNER/NAME")
+@click.argument("source", metavar="DIR|OWNER/NAME|FILE.ckpt|URL")
+@click.option("--format", "source_format", type=click.Choice(["dcase-t6", "baseline"]), default="dcase-t6",
+              show_default=True, help="dcase-t6: a folder of `dcase-t6 export` or a hub repo id. baseline: a "
+              "Lightning checkpoint of the DCASE 2025 baseline (CPJKU/dcase2025_task6_baseline), a file or a URL.")
 @click.option("--revision", help="With OWNER/NAME: the hub branch, tag or commit (default main).")
+@click.option("--text-model", metavar="NAME|DIR",
+              help="With --format baseline: where the text encoder's config and tokenizer come from (default the "
+                   "hub's roberta-large, or roberta-base if the checkpoint says so; offline: a local folder). Its "
+                   "weights are never read: they are the checkpoint's.")
+@click.option("--name", default="dcase2025-baseline", show_default=True,
+              help="With --format baseline: the run's name.")
 @json_option
 @click.pass_obj
-def runs_import(obj, source, revision, as_json):
-    """Register an exported model (a folder of `dcase-t6 export`, or a hub repo id) as a run.
+def runs_import(obj, source, source_format, revision, text_model, name, as_json):
+    """Register a model trained elsewhere as a run: an exported folder, a hub repo, or the baseline's checkpoint.
 
-    The weights are loaded strictly first; the folder is copied into runs/RUN/model/ and becomes the
+    The weights are loaded strictly first; the model is copied into runs/RUN/model/ and becomes the
     run's best checkpoint, so the run works with embed, RUN:DATASET/SPLIT references, --distill-from,
-    --init-from and runs compare (its exported epochs and dev-test scores come with it). Status:
-    imported. It keeps its original run id unless that is taken here.
+    --init-from, export and runs compare (an exported folder's epochs and dev-test scores come with it).
+    Status: imported. An exported run keeps its original run id unless that is taken here.
+
+    With --format baseline, every tensor of the baseline's AudioRetrievalModel is mapped onto PaSST +
+    RoBERTa + projections (PaSST's AudioSet heads and the text pooler are dropped by name; any other key
+    is an error naming it), with the baseline's input settings; the file is read without running any
+    code from it. The published checkpoint (Clotho + AudioCaps + WavCaps; dev-test mAP@16 40.59) is at
+    https://cloud.cp.jku.at/index.php/s/6ZTQ3mcwk9AAS4i/download.
 
     \b
     Example:
       dcase-t6 runs import exported/demo-seed0
       dcase-t6 runs import my-team/passt-clotho --revision v1
+      dcase-t6 runs import --format baseline ~/Downloads/baseline.ckpt --text-model ~/models/roberta-large
     """
+    if source_format == "baseline":
+        if revision:
+            raise UserError("runs import --format baseline: --revision only applies to a hub repo id")
+        from dcase_t6.sharing.baseline import import_baseline
+
+        imported = import_baseline(obj["workdir"], source, text_model, name)
+        if as_json:
+            print_json(imported.as_json())
+            return
+        console.print(f"imported the DCASE 2025 baseline checkpoint {escape(source)} as run "
+                      f"[bold]{imported.result.run_id}[/] (PaSST + {escape(imported.text_model)}: "
+                      f"{len(imported.mapped)} tensors mapped, {len(imported.dropped)} dropped by name); files in "
+                      f"{escape(str(imported.result.folder.parent))}", highlight=False, soft_wrap=True)
+        return
+    from click.core import ParameterSource
+
+    context = click.get_current_context()
+    for option in ("text_model", "name"):
+        if context.get_parameter_source(option) is ParameterSource.COMMANDLINE:
+            raise UserError(f"runs import: --{option.replace('_', '-')} only applies with --format baseline (an "
+                            "exported folder brings its own)")
     from dcase_t6.sharing.importing import import_model
 
+    path = Path(source).expanduser()
+    if path.is_file():
+        raise UserError(f"{source}: a file, not an exported folder; for the DCASE 2025 baseline's Lightning "
+                        "checkpoint pass --format baseline")
     result = import_model(obj["workdir"], source, revision)
     if as_json:
         print_json(result.as_json())

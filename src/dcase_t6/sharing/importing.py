@@ -22,6 +22,7 @@ import torch
 from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import replace_dir, staging_dir
+from dcase_t6.common.outputs import NAME_LIMIT, check_name
 from dcase_t6.registry import Registry
 from dcase_t6.sharing.folder import TEXT_DIR, TRAINING_NAME, WEIGHTS_NAME, load_exported, model_config, resolve_source
 from dcase_t6.sharing.history import IMPORT_KIND
@@ -60,9 +61,28 @@ def import_model(workdir: str | Path, source: str, revision: str | None = None) 
         UserError: the folder is incomplete, of another format, its weights do not fit its config, or its training
             config is not valid here.
     """
+    folder = resolve_source(source, revision)
+    return register_folder(workdir, folder, str(source), {"source": str(source), "revision": revision})
+
+
+def register_folder(workdir: str | Path, folder: Path, source: str, provenance: dict) -> ImportResult:
+    """Register the exported model in ``folder`` as a run (the folder is copied; see the module docstring).
+
+    Args:
+        workdir: the registry's folder.
+        folder: an exported model folder (``sharing.folder``).
+        source: where it came from, as the user named it (the run records it).
+        provenance: facts kept with the run's imported-model file (source, revision, format, ...).
+
+    Returns:
+        The new run and its files.
+
+    Raises:
+        UserError: the folder is incomplete, of another format, its weights do not fit its config, or its training
+            config is not valid here.
+    """
     from dcase_t6.training.config import from_dict
 
-    folder = resolve_source(source, revision)
     loaded = load_exported(folder)
     training = loaded.training
     config, run = training.get("config"), training.get("run") or {}
@@ -72,7 +92,8 @@ def import_model(workdir: str | Path, source: str, revision: str | None = None) 
         raise UserError(f"{folder / TRAINING_NAME}: no training config, or epochs without their 'epoch' number; "
                         "export the run again with `dcase-t6 export`")
     from_dict(config, source=str(folder / TRAINING_NAME))  # checked before anything is registered
-    name = str(run.get("name") or config.get("name") or "imported")
+    name = check_name(str(run.get("name") or config.get("name") or "imported"), f"{folder / TRAINING_NAME}: run name")
+    check_name(str(run.get("id") or name), f"{folder / TRAINING_NAME}: run id", limit=NAME_LIMIT + 7)
     registry = Registry(workdir)
     run_id = registry.import_run(str(run.get("id") or name), name, config, run.get("data_fingerprint"),
                                  run.get("seed"), run.get("code_version"), epochs)
@@ -95,18 +116,18 @@ def import_model(workdir: str | Path, source: str, revision: str | None = None) 
         with atomic_path(path) as tmp:
             torch.save({"model": loaded.model.state_dict(), "config": checkpoint_config, "position": position}, tmp)
         info = {"epoch": exported.get("epoch"), "step": exported.get("step"),
-                "parameters": loaded.model.parameter_count(), "imported_from": str(source)}
+                "parameters": loaded.model.parameter_count(), "imported_from": source}
         if best is not None:
             info.update({monitor: best_value, "metrics": {k: v for k, v in best.items() if k != "epoch"}})
         registry.add_file(run_id, "checkpoint", "best", path, info)
         registry.add_file(run_id, IMPORT_KIND, "model", copy / WEIGHTS_NAME,
-                          {"source": str(source), "revision": revision, "exported_checkpoint": exported.get("tag"),
+                          {**provenance, "exported_checkpoint": exported.get("tag"),
                            "dev_test": training.get("dev_test")})
     except BaseException:
         registry.remove(run_id, delete_files=True)
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return ImportResult(run_id, str(source), copy, path, len(epochs),
+    return ImportResult(run_id, source, copy, path, len(epochs),
                         None if best is None else int(best["epoch"]) + 1)
 
 
