@@ -39,28 +39,12 @@ def save_roberta_with_pooler(folder: Path, hidden: int = 32, layers: int = 2) ->
     """A RoBERTa saved with ``save_pretrained`` as the hub's roberta-large loads: ``RobertaModel`` with its
     pooler, a byte-level BPE ``RobertaTokenizerFast`` (trained here on a few captions), hub dropouts of 0.1.
     Only the sizes are small."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+    from dcase_t6.models.text import save_random_roberta
 
     captions = ["a dog barks in the distance", "rain falls on a metal roof", "a bell rings twice",
                 "wind blows through the trees", "people talk in a busy hall", "a car passes by quickly"] * 4
-    trainer = ByteLevelBPETokenizer()
-    trainer.train_from_iterator(captions, vocab_size=300, min_frequency=1,
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    folder.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(folder))
-    tokenizer = RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
-    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                           num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=66,
-                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                           eos_token_id=tokenizer.eos_token_id)
-    import torch
-
-    torch.manual_seed(0)
-    model = RobertaModel(config, add_pooling_layer=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_random_roberta(folder, captions, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                               intermediate_size=2 * hidden, max_position_embeddings=66)
 
 
 @pytest.fixture(scope="session")

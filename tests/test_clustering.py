@@ -47,6 +47,7 @@ def same_partition(labels: np.ndarray, truth: np.ndarray) -> bool:
     return len(set(zip(labels.tolist(), truth.tolist()))) == len(set(truth.tolist())) == len(set(labels.tolist()))
 
 
+@pytest.mark.slow  # about 15 s: UMAP + HDBSCAN
 def test_kmeans_and_hdbscan_find_separated_groups():
     vectors, truth = blobs()
     labels, info = cluster_vectors(vectors, Clusters(method="kmeans", count=3), seed=0)

@@ -131,7 +131,8 @@ class Slow(torch.utils.data.Dataset):
         time.sleep(0.05)
         return index
 
-stub = types.SimpleNamespace(source=lambda epoch, batches: Slow(), workers=2)
+stub = types.SimpleNamespace(source=lambda epoch, batches: Slow(), workers=2,
+                               world=types.SimpleNamespace(device=torch.device("cpu")))
 for item in TrainingData.loader(stub, 0, list(range(10000)), start=0):
     print(item, flush=True)
 """

@@ -161,3 +161,49 @@ def _tiny_random(dropout: float | None):
                            attention_probs_dropout_prob=0.1 if dropout is None else dropout)
     return tokenizer, RobertaModel(config, add_pooling_layer=False)
 
+
+
+# roberta-large's sizes (its config.json on the hub), for offline rehearsals of the real text encoder.
+ROBERTA_LARGE_SIZES = {"vocab_size": 50265, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                       "intermediate_size": 4096, "max_position_embeddings": 514, "type_vocab_size": 1,
+                       "layer_norm_eps": 1e-5}
+
+
+def save_random_roberta(folder, captions: list[str], tokenizer_vocabulary: int = 300, seed: int = 0, **sizes):
+    """A RoBERTa saved with ``save_pretrained`` in the layout of the hub's checkpoints (``RobertaModel`` with its
+    pooler, a byte-level BPE ``RobertaTokenizerFast`` with roberta's special tokens, trained on ``captions``), with
+    random weights: what tests and the GPU acceptance run load instead of a hub model they cannot download.
+
+    Args:
+        folder: where to write it (created).
+        captions: text the tokenizer is trained on.
+        tokenizer_vocabulary: the tokenizer's vocabulary size (at most).
+        seed: the weights' seed.
+        **sizes: ``RobertaConfig`` sizes (``hidden_size``, ``num_hidden_layers``, ...; e.g. ``ROBERTA_LARGE_SIZES``);
+            unset ones are transformers' defaults, and ``vocab_size`` defaults to the tokenizer's.
+
+    Returns:
+        The folder (loadable with ``--text-model FOLDER``).
+    """
+    from pathlib import Path
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    folder = Path(folder)
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(captions, vocab_size=tokenizer_vocabulary, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(folder))
+    # from the folder: transformers 5 ignores vocab_file/merges_file given to the constructor (a tokenizer of the
+    # special tokens alone, every caption "<s></s>")
+    tokenizer = RobertaTokenizerFast.from_pretrained(folder)
+    if len(tokenizer) <= 5:
+        raise RuntimeError(f"{folder}: the trained tokenizer did not load ({len(tokenizer)} tokens)")
+    config = RobertaConfig(**{"vocab_size": len(tokenizer), **sizes}, pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    RobertaModel(config, add_pooling_layer=True).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

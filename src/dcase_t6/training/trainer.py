@@ -162,6 +162,9 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
     if heartbeat is not None:
         heartbeat.stop()
         registry.set_status(run_id, status)
+    # No process returns before the main one has saved and registered the last checkpoint and the status: a caller
+    # that resumes the run next in the same processes (a pipeline, a script) must find them on every process.
+    world.barrier()
     if config.validation_split is None:
         return {"run": run_id, "status": status, "epoch": position.epoch, "step": position.step,
                 "best": config.selection}
