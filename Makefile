@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-work
 
-.PHONY: install lint test test-slow demo bench clean
+.PHONY: install lint test test-slow demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+# The GPU acceptance run (at most 8 minutes on a machine with one or more GPUs): writes
+# results/gpu-check.json and results/gpu-check.md. Without a GPU: GPU_CHECK_ARGS=--smoke.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
