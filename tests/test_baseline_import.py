@@ -351,3 +351,39 @@ def test_the_imported_run_is_an_ensemble_member_a_teacher_a_start_and_exports_an
     run_cli(workdir, "explore", "-p", f"{run}:synthetic/{VALIDATION}", "-c", captions, "--audio",
             Path(data) / "synthetic" / "audio" / "validation", "--html", site)
     assert (site / "index.html").is_file() and any((site / "query").glob("*.html"))
+
+
+def test_a_url_is_downloaded_once_into_the_weights_cache_also_as_a_zipped_share(tmp_path, monkeypatch):
+    """The published checkpoint is a share link: the file is fetched once into the cache (a local server on
+    127.0.0.1 stands in for cloud.cp.jku.at); a share that comes as a zip of a folder gives its one .ckpt."""
+    import functools
+    import http.server
+    import threading
+    import zipfile
+
+    from dcase_t6.sharing.baseline import checkpoint_file
+
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(lightning_checkpoint(small_state()), served / "last.ckpt")
+    with zipfile.ZipFile(served / "share.zip", "w") as archive:
+        archive.write(served / "last.ckpt", "baseline/epoch=13.ckpt")
+        archive.writestr("baseline/README.txt", "a shared folder")
+    monkeypatch.setenv("DCASE_T6_CACHE", str(tmp_path / "cache"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        path = checkpoint_file(f"{base}/last.ckpt")
+        assert path.parent == tmp_path / "cache" / "weights"
+        assert path.read_bytes() == (served / "last.ckpt").read_bytes()
+        inner = checkpoint_file(f"{base}/share.zip")
+        assert inner.read_bytes() == (served / "last.ckpt").read_bytes()
+        assert len(read_baseline_checkpoint(inner).mapped) == len(small_state()) - len(HEADS)
+        (served / "last.ckpt").unlink()
+        assert checkpoint_file(f"{base}/last.ckpt") == path  # cached: not fetched again
+        with pytest.raises(UserError, match="cannot download the DCASE 2025 baseline checkpoint"):
+            checkpoint_file(f"{base}/absent.ckpt")
+    finally:
+        server.shutdown()

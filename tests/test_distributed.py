@@ -154,7 +154,8 @@ def test_two_processes_equal_one_process_on_the_combined_batch():
 
 
 @pytest.mark.parametrize(("size", "batches"), [
-    (3, [[1, 4], [0, 1, 2, 3]]),  # shares 1,1,0 (a stand-in row); 2,1,1 (a ceil split gave 2,2,0)
+    pytest.param(3, [[1, 4], [0, 1, 2, 3]],  # shares 1,1,0 (a stand-in row); 2,1,1 (a ceil split gave 2,2,0)
+                 marks=pytest.mark.slow),  # three processes on two cores: about 10 s
     pytest.param(4, [[0, 1, 2, 3, 4], [2, 5, 0]],  # 2,1,1,1 (ceil: 2,2,1,0); 1,1,1,0 (a stand-in row)
                  marks=pytest.mark.slow),  # four processes on two cores: about 25 s
 ])

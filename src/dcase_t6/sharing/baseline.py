@@ -220,7 +220,7 @@ def checkpoint_file(source: str) -> Path:
             raise UserError(f"{path}: checkpoint file not found; download it from {CHECKPOINT_URL} "
                             f"(linked in {CHECKPOINT_PAGE}) and pass its path")
         return path
-    downloaded = weight_files.fetch(source, "DCASE 2025 baseline checkpoint", "a local FILE.ckpt",
+    downloaded = weight_files.fetch(source, "DCASE 2025 baseline checkpoint", "`runs import --format baseline`",
                                     name=CHECKPOINT_NAME if source == CHECKPOINT_URL else None, page=CHECKPOINT_PAGE)
     return _inner_checkpoint(downloaded)
 
