@@ -58,8 +58,9 @@ def parameter_counts() -> tuple[int, int, int, int]:
     from hear21passt.models.passt import get_model
     from transformers import RobertaConfig, RobertaModel
 
-    large = RobertaConfig(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                          intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)
+    from dcase_t6.models.text import ROBERTA_LARGE_SIZES
+
+    large = RobertaConfig(**ROBERTA_LARGE_SIZES, pad_token_id=1)
     with contextlib.redirect_stdout(io.StringIO()):  # hear21passt prints the whole model
         published = get_model(arch=passt.ARCH, pretrained=False, fstride=16, tstride=16, input_tdim=1000)
     with_heads = sum(p.numel() for p in published.parameters())

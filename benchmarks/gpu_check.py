@@ -81,8 +81,6 @@ from dcase_t6.models.text import ROBERTA_LARGE_SIZES, save_random_roberta
 
 STARTED = time.perf_counter()
 BACKBONES = ("passt", "beats", "eat")
-# roberta-large's sizes (its config.json on the hub); the weights here are random.
-ROBERTA_LARGE = ROBERTA_LARGE_SIZES
 CAPTIONS_PER_CLIP = 5  # Clotho's layout, which the synthetic dataset follows
 EMBED_BATCH = 32  # `dcase-t6 embed --batch-size`'s default
 # Shares of the time left that a measurement's cap gets: a compiled run also pays for compiling.
@@ -142,7 +140,7 @@ class Settings:
         processes = arguments.gpus or gpus
         return cls(smoke=False, batch_size=arguments.batch_size, warmup_steps=arguments.warmup,
                    compile_warmup_steps=arguments.compile_warmup, timed_steps=arguments.steps, min_clip_s=15.0,
-                   max_clip_s=30.0, text_layers=ROBERTA_LARGE["num_hidden_layers"], embed_clips=5 * EMBED_BATCH,
+                   max_clip_s=30.0, text_layers=ROBERTA_LARGE_SIZES["num_hidden_layers"], embed_clips=5 * EMBED_BATCH,
                    embed_batch=EMBED_BATCH, compile_backend=None, workers=max(2, min(6, cores // 2 - 1)),
                    processes=processes, distributed_backbones=backbones if processes >= 2 else (),
                    backbones=backbones, budget_s=arguments.budget_s or 450.0, min_cap_s=20.0, checks=checks,
@@ -293,7 +291,7 @@ def save_roberta_large_architecture(folder: Path, captions: list[str], layers: i
     hub checkpoint has it), with random weights and ``layers`` layers, and a byte-level BPE tokenizer with
     roberta's special tokens trained on ``captions`` (so a caption is about as many tokens as with roberta's)."""
     return save_random_roberta(folder, captions, tokenizer_vocabulary=4000,
-                               **{**ROBERTA_LARGE, "num_hidden_layers": layers})
+                               **{**ROBERTA_LARGE_SIZES, "num_hidden_layers": layers})
 
 
 def measurement_plan(settings: Settings) -> list[Measurement]:

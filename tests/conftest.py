@@ -52,6 +52,19 @@ def roberta_with_pooler(tmp_path_factory) -> Path:
     return save_roberta_with_pooler(tmp_path_factory.mktemp("roberta-with-pooler"))
 
 
+def cli_error(workdir: Path, *args) -> str:
+    """Run ``dcase-t6 --workdir WORKDIR ARGS...``; it must exit 2 with one ``error:`` line, which is returned."""
+    from click.testing import CliRunner
+
+    from dcase_t6.cli import main
+
+    result = CliRunner().invoke(main, ["--workdir", str(workdir), *[str(arg) for arg in args]])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for torch.distributed rendezvous in tests)."""
     with socket.socket() as probe:

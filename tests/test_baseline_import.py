@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import cli_error
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
 from dcase_t6.sharing.baseline import DROPPED, map_key, read_baseline_checkpoint
@@ -80,12 +81,6 @@ def small_state() -> dict[str, torch.Tensor]:
     return {**state, **{key: torch.randn(shape, generator=generator) for key, shape in HEADS.items()}}
 
 
-def one_line_error(workdir: Path, *args) -> str:
-    result = CliRunner().invoke(main, ["--workdir", str(workdir), *[str(arg) for arg in args]])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 def _trip(path: str) -> None:
@@ -155,7 +150,7 @@ def test_pickled_objects_in_the_file_are_never_run(tmp_path):
     assert len(checkpoint.mapped) == len(small_state()) - len(HEADS)
     torch.save(lightning_checkpoint(small_state(), {**HYPER_PARAMETERS, "trap": Blocked(marker)}),
                tmp_path / "blocked.ckpt")
-    line = one_line_error(tmp_path / "work", "runs", "import", "--format", "baseline", tmp_path / "blocked.ckpt")
+    line = cli_error(tmp_path / "work", "runs", "import", "--format", "baseline", tmp_path / "blocked.ckpt")
     assert "cannot be read safely, refused" in line and not marker.exists()
 
 
@@ -172,23 +167,23 @@ def test_pickled_objects_in_the_file_are_never_run(tmp_path):
 def test_a_file_that_is_not_the_baselines_is_one_line_naming_the_key(tmp_path, damage, expected):
     path = tmp_path / "damaged.ckpt"
     torch.save(lightning_checkpoint(damage(small_state())), path)
-    line = one_line_error(tmp_path / "work", "runs", "import", "--format", "baseline", path)
+    line = cli_error(tmp_path / "work", "runs", "import", "--format", "baseline", path)
     assert expected in line and str(path) in line
     assert not (tmp_path / "work" / "runs").exists() or not any((tmp_path / "work" / "runs").iterdir())
 
 
 def test_files_of_other_kinds_are_one_line(tmp_path):
     torch.save({"model": small_state()}, tmp_path / "plain.pt")
-    assert "no 'state_dict' in this file" in one_line_error(tmp_path, "runs", "import", "--format", "baseline",
+    assert "no 'state_dict' in this file" in cli_error(tmp_path, "runs", "import", "--format", "baseline",
                                                              tmp_path / "plain.pt")
     (tmp_path / "text.ckpt").write_text("hello")
-    assert "cannot be read as a torch checkpoint" in one_line_error(tmp_path, "runs", "import", "--format",
+    assert "cannot be read as a torch checkpoint" in cli_error(tmp_path, "runs", "import", "--format",
                                                                     "baseline", tmp_path / "text.ckpt")
-    assert "checkpoint file not found" in one_line_error(tmp_path, "runs", "import", "--format", "baseline",
+    assert "checkpoint file not found" in cli_error(tmp_path, "runs", "import", "--format", "baseline",
                                                          tmp_path / "absent.ckpt")
-    line = one_line_error(tmp_path, "runs", "import", tmp_path / "plain.pt")
+    line = cli_error(tmp_path, "runs", "import", tmp_path / "plain.pt")
     assert "a file, not an exported folder" in line and "--format baseline" in line
-    assert "--text-model only applies with --format baseline" in one_line_error(
+    assert "--text-model only applies with --format baseline" in cli_error(
         tmp_path, "runs", "import", tmp_path, "--text-model", "roberta-large")
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import cli_error
 from dcase_t6.cli import main
 from dcase_t6.common.outputs import MARKER
 from dcase_t6.embedding.checkpoints import embed_run
@@ -28,12 +29,6 @@ def cli(workdir: Path, *args) -> dict | str:
     return json.loads(result.output) if "--json" in args else result.output
 
 
-def fails(workdir: Path, *args) -> str:
-    result = CliRunner().invoke(main, ["--workdir", str(workdir), *[str(arg) for arg in args]])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +195,7 @@ def test_a_changed_weight_file_is_refused_by_its_hash(trained, tmp_path):
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (copy / "model.safetensors").write_bytes(bytes(data))
-    line = fails(tmp_path, "embed", "--model", copy, "--data-root", trained["data_root"], "--dataset", "synthetic",
+    line = cli_error(tmp_path, "embed", "--model", copy, "--data-root", trained["data_root"], "--dataset", "synthetic",
                  "--out", tmp_path / "emb")
     assert f"{copy / 'model.safetensors'}: SHA-256 differs from the one {copy / 'config.json'} records" in line
     assert not (tmp_path / "emb").exists()
@@ -218,7 +213,7 @@ def test_weights_that_do_not_fit_the_config_are_refused_by_name(trained, tmp_pat
     config = json.loads((copy / "config.json").read_text())
     config["sha256"]["model.safetensors"] = sha256_of(copy / "model.safetensors")
     (copy / "config.json").write_text(json.dumps(config))
-    line = fails(tmp_path, "runs", "import", copy)
+    line = cli_error(tmp_path, "runs", "import", copy)
     assert "its weights do not fit the model its config.json describes (parameter extra.weight: not in the model" \
         in line
     assert Registry(tmp_path).runs() == []
@@ -231,12 +226,12 @@ def test_weights_that_do_not_fit_the_config_are_refused_by_name(trained, tmp_pat
 def test_an_incomplete_folder_is_one_line(trained, tmp_path, damage, expected):
     copy = damaged_copy(trained["folder"], tmp_path)
     (copy / damage).unlink()
-    line = fails(tmp_path, "runs", "import", copy)
+    line = cli_error(tmp_path, "runs", "import", copy)
     assert expected in line and "dcase-t6 export" in line
 
 
 def test_not_a_folder_nor_a_repo_id(tmp_path, trained):
-    line = fails(tmp_path, "embed", "--model", tmp_path / "nowhere", "--data-root", trained["data_root"],
+    line = cli_error(tmp_path, "embed", "--model", tmp_path / "nowhere", "--data-root", trained["data_root"],
                  "--out", tmp_path / "emb")
     assert "no such folder, and not a hub repo id" in line
 
@@ -248,7 +243,7 @@ def test_not_a_folder_nor_a_repo_id(tmp_path, trained):
     (["embed", "--model", "m", "--data-root", "d", "--out", "o", "--checkpoint", "last"], "--checkpoint does not"),
 ])
 def test_embed_options_are_checked(tmp_path, args, expected):
-    assert expected in fails(tmp_path, *args)
+    assert expected in cli_error(tmp_path, *args)
 
 
 def test_export_never_overwrites_without_force(trained, tmp_path):
@@ -256,12 +251,12 @@ def test_export_never_overwrites_without_force(trained, tmp_path):
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
     for force in ((), ("--force",)):  # a folder dcase-t6 did not write is never replaced, --force or not
-        line = fails(trained["workdir"], "export", trained["run"], "--out", taken, *force)
+        line = cli_error(trained["workdir"], "export", trained["run"], "--out", taken, *force)
         assert "is not a model folder written by dcase-t6" in line
     assert [path.name for path in taken.iterdir()] == ["notes.txt"]
     out = tmp_path / "out"
     cli(trained["workdir"], "export", trained["run"], "--out", out)
-    line = fails(trained["workdir"], "export", trained["run"], "--out", out)
+    line = cli_error(trained["workdir"], "export", trained["run"], "--out", out)
     assert "already exists; choose another --out, or replace it with --force" in line
     cli(trained["workdir"], "export", trained["run"], "--out", out, "--force", "--checkpoint", "last")
     assert {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()} == {*FOLDER_FILES, MARKER}
@@ -283,5 +278,5 @@ def test_an_imported_run_still_loads_after_its_work_directory_moved(trained, tmp
 
 def test_an_imported_run_cannot_be_resumed_but_can_be_trained_from(trained, tmp_path):
     run = cli(tmp_path, "runs", "import", trained["folder"], "--json")["run"]
-    line = fails(tmp_path, "train", "--resume", run)
+    line = cli_error(tmp_path, "train", "--resume", run)
     assert f"run {run} was imported" in line and f"train --init-from {run}" in line
