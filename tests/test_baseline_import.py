@@ -81,8 +81,6 @@ def small_state() -> dict[str, torch.Tensor]:
     return {**state, **{key: torch.randn(shape, generator=generator) for key, shape in HEADS.items()}}
 
 
-
-
 def _trip(path: str) -> None:
     Path(path).write_text("ran")
 

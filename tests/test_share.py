@@ -29,8 +29,6 @@ def cli(workdir: Path, *args) -> dict | str:
     return json.loads(result.output) if "--json" in args else result.output
 
 
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_training, tmp_path_factory) -> dict:
     """A tiny run (2 epochs) that embedded dev-test and validation, and its export."""
