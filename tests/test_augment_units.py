@@ -2,6 +2,7 @@
 other settings), pivot languages and pair draws (seeded, stable as the plan grows, cluster exclusion)."""
 
 import json
+import re
 from collections import Counter
 
 import pandas as pd
@@ -148,3 +149,17 @@ def test_the_journal_is_json_lines_with_the_model_and_prompts_in_its_header(tmp_
     header, entry = (json.loads(line) for line in path.read_text().splitlines())
     assert header["kind"] == "back-translation" and header["generator"]["models"] == "x/{src}-{tgt}"
     assert entry["text"] == "Ein Hund" and entry["info"] == {"pivot": "de"}
+
+
+def test_a_device_the_machine_does_not_have_is_refused_before_any_model_loads():
+    import torch
+
+    from dcase_t6.captions.backtranslation import check_device
+    from dcase_t6.common.errors import UserError
+
+    check_device("cuda:1", torch.device("cuda:1"), gpus=2)
+    check_device("cpu", torch.device("cpu"), gpus=0)
+    for name, gpus, words in [("cuda:2", 2, "has 2 GPU(s), cuda:0 to cuda:1"), ("cuda:0", 0, "no CUDA GPU"),
+                              ("meta", 1, "not a device for translation models")]:
+        with pytest.raises(UserError, match=re.escape(words)):
+            check_device(name, torch.device(name), gpus=gpus)

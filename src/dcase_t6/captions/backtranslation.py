@@ -280,9 +280,20 @@ def _device(name: str):
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
+    check_device(name, device, torch.cuda.device_count() if torch.cuda.is_available() else 0)
     return device
+
+
+def check_device(name: str, device, gpus: int) -> None:
+    """Refuse a device that this machine does not have: a type other than cpu/cuda, CUDA without a GPU, or
+    ``cuda:N`` with N at or beyond the ``gpus`` visible ones (torch would only fail at the first model)."""
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: not a device for translation models; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and gpus == 0:
+        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= gpus:
+        raise UserError(f"--device {name}: this machine has {gpus} GPU(s), cuda:0 to cuda:{gpus - 1}; "
+                        "pick one of them (or check CUDA_VISIBLE_DEVICES)")
 
 
 def _check_models(backend: LocalTranslation, languages: list[str]) -> None:

@@ -33,7 +33,7 @@ from torch import nn
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.models import weights as weight_files
-from dcase_t6.models.audio import register, segments
+from dcase_t6.models.audio import fbank, register, segments
 
 HUB_ID = "worstchan/EAT-base_epoch30_pretrain"
 FAIRSEQ_FILE = "EAT-base_epoch30_pt.pt"
@@ -43,7 +43,6 @@ SAMPLE_RATE = 16000
 SEGMENT_SAMPLES = 10 * SAMPLE_RATE
 SEGMENTS = 3
 FRAMES, MEL_BINS = 1024, 128  # fbank frames of a 10 s segment (after padding) and mel bins
-WINDOW_SAMPLES = 400  # one 25 ms fbank window
 FBANK_MEAN, FBANK_STD = -4.268, 4.569  # the original's AudioSet normalisation: (x - mean) / (2 * std)
 PATCH = 16
 TIME_PATCHES, FREQUENCY_PATCHES = FRAMES // PATCH, MEL_BINS // PATCH  # 64 x 8
@@ -176,17 +175,16 @@ def fbank_input(cut: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         (segments, 1, 1024, 128): fbank of ``samples - mean`` (at most 1024 frames), zero frames after it,
         then ``(x + 4.268) / (2 * 4.569)``, as the original prepares a clip.
     """
-    from torchaudio.compliance import kaldi
-
+    frames = min(FRAMES, fbank.frame_count(cut.shape[-1]))
+    valid = torch.clamp(fbank.frame_count(lengths.to(cut.device)), max=FRAMES)  # frames of the true samples
+    positions = torch.arange(cut.shape[-1], device=cut.device)
+    true = positions < lengths.to(cut.device).unsqueeze(1)
+    means = (cut * true).sum(1, keepdim=True) / lengths.to(cut.device).clamp_min(1).unsqueeze(1)
+    # frames inside a segment's true samples only see those samples; the others are zeroed below
+    features = fbank.kaldi_fbank(cut[:, : max(0, frames - 1) * fbank.HOP_SAMPLES + fbank.FRAME_SAMPLES] - means,
+                                 MEL_BINS, window="hanning")[:, :frames]
     spectrograms = cut.new_zeros(len(cut), FRAMES, MEL_BINS)
-    for row, length in enumerate(lengths.tolist()):
-        if length < WINDOW_SAMPLES:  # not one complete 25 ms frame: all padding
-            continue
-        samples = cut[row, :length]
-        fbank = kaldi.fbank((samples - samples.mean()).unsqueeze(0), htk_compat=True, sample_frequency=SAMPLE_RATE,
-                            use_energy=False, window_type="hanning", num_mel_bins=MEL_BINS, dither=0.0,
-                            frame_shift=10)[:FRAMES]
-        spectrograms[row, : len(fbank)] = fbank
+    spectrograms[:, :frames] = features * (torch.arange(frames, device=cut.device) < valid.unsqueeze(1)).unsqueeze(-1)
     return ((spectrograms - FBANK_MEAN) / (2 * FBANK_STD)).unsqueeze(1)
 
 
