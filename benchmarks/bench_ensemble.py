@@ -127,7 +127,7 @@ def report(name: str, systems: list[SimilarityMatrix], relevance: Relevance) -> 
     table = grid.build_comparison_table(scored, alignment.relevant)
     build_s = time.perf_counter() - start
     start = time.perf_counter()
-    result = grid.grid_search(scored, alignment.relevant, divisions, None, name)
+    result = grid.grid_search(scored, alignment.relevant, divisions, label=name)
     search_s = time.perf_counter() - start
     command_s = time_command(systems, relevance)
     n_points = len(result.points)

@@ -118,7 +118,7 @@ def measure(layout: Layout, rate: int, repeat: int) -> dict:
     for mode in ("float32", "int16", "window"):
         directory = layout.cache_dir(rate)
         shutil.rmtree(directory, ignore_errors=True)
-        build_cache(layout, rate, request=StorageRequest({None: mode}, {}), say=False)
+        build_cache(layout, rate, request=StorageRequest({None: mode}, {}))
         cache = AudioCache(root, rate)
         samples = sum(cache.length(key) for key in keys)
         result[f"{mode}_bytes"] = (samples * {"float32": 4, "int16": 2}[mode] if mode != "window"

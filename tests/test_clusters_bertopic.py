@@ -43,6 +43,7 @@ def minilm_vectors(synthetic_captions) -> np.ndarray:
     return sentence_embeddings("minilm", "", synthetic_captions[0], torch.device("cpu"), 64)
 
 
+@pytest.mark.slow
 def test_bertopic_groups_captions_by_the_sound_they_name(synthetic_captions, minilm_vectors):
     captions, kinds = synthetic_captions
     labels, info = cluster_vectors(minilm_vectors, BERTOPIC, seed=0, documents=captions)

@@ -35,8 +35,8 @@ def test_yaml_reads_1e_4_as_a_string_and_it_still_becomes_a_float(tmp_path):
     ({"datasets": 3}, "config key 'datasets' = 3 is not a list of names"),
     ({"lr": "0"}, "config key 'lr' = 0.0 must be > 0"),
     ({"lr": "nan"}, "config key 'lr' = nan must be > 0"),
-    ({"epochs": "0"}, "config key 'epochs' = 0 must be >= 1"),
-    ({"batch_size": "1"}, "config key 'batch_size' = 1 must be >= 2"),
+    ({"epochs": "0"}, "config key 'epochs' = 0 must be between 1 and 10000"),
+    ({"batch_size": "1"}, "config key 'batch_size' = 1 must be between 2 and 65536"),
     ({"audio_mix.p": "1.5"}, "config key 'audio_mix.p' = 1.5 must be a probability in \\[0, 1\\]"),
     ({"model.text_dropout": "1"}, "config key 'model.text_dropout' = 1.0 must be in \\[0, 1\\)"),
     ({"precision": "fp8"}, "config key 'precision' = 'fp8' must be one of fp16, bf16, fp32"),
@@ -81,3 +81,19 @@ def test_set_epochs_abc_exits_2_with_one_line_before_a_run_is_registered(tmp_pat
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "'epochs'" in lines[0] and "'abc'" in lines[0] and "an integer" in lines[0]
     assert not (tmp_path / "work" / "registry.sqlite").exists()
+
+
+def test_numbers_in_exponent_form_become_whole_numbers_where_one_is_expected():
+    config = build_config(None, {"epochs": "1e2", "seed": "4294967295", "model.embed_dim": "2e3"})
+    assert (config.epochs, config.seed, config.model.embed_dim) == (100, 2**32 - 1, 2000)
+
+
+def test_the_example_pipelines_repeat_their_recipes_with_yaml_aliases_and_still_load():
+    from pathlib import Path
+
+    from dcase_t6.training.pipeline import load_pipeline
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    for name in ("aistat2025.yaml", "aistat2025-synthetic.yaml"):
+        assert "*recipe" in (examples / name).read_text(encoding="utf-8")
+        assert len(load_pipeline(examples / name, {}).stages) >= 8

@@ -135,6 +135,7 @@ def assert_equal_to_one_process(results: dict, batches: list[list[int]], kind: s
                                   atol=0), (rows, rank)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_on_the_combined_batch():
     """Also the trainable temperature, which every process uses whole: its gradient is not world-size times
     the single-process one."""
@@ -195,6 +196,7 @@ def test_every_process_gets_a_batch_it_can_encode_also_without_a_share(tiny_data
                                                               (4, 0): [1, 1, 0, 0], (4, 1): [2, 1, 1, 1]}[size, index]
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_processes_trains_and_registers_one_run(tiny_data_root, tmp_path):
     import json
     import subprocess

@@ -82,7 +82,7 @@ def random_case(rng: np.random.Generator, n_systems: int, n_queries: int, n_file
 # --- hand-computed ------------------------------------------------------------------------------
 def test_complementary_systems_are_best_mixed_half_and_half():
     scores = np.stack(complementary_systems())
-    result = grid.grid_search(scores, np.arange(4)[:, None], grid.grid_divisions(0.1), None, "test")
+    result = grid.grid_search(scores, np.arange(4)[:, None], grid.grid_divisions(0.1), label="test")
     expected = np.where(np.isclose(result.points[:, 0], 0.5), 1.0, (1 + 1 + 1 / 3 + 1 / 3) / 4)
     np.testing.assert_allclose(result.scores, expected, rtol=0, atol=1e-15)
     assert result.points[result.best(1)[0]].tolist() == [0.5, 0.5]
@@ -173,7 +173,7 @@ def test_search_equals_evaluate_on_every_applied_grid_point(max_relevant, intege
     rng = np.random.default_rng(max_relevant * 10 + integer_scores)
     scores, relevance, queries, files = random_case(rng, 3, 40, 45, max_relevant, integer_scores)
     alignment = align(SimilarityMatrix(queries, files, scores[0]), relevance)
-    result = grid.grid_search(scores, alignment.relevant, grid.grid_divisions(step), None, "test")
+    result = grid.grid_search(scores, alignment.relevant, grid.grid_divisions(step), label="test")
     expected = brute_force(scores, relevance, result.points, queries, files)
     np.testing.assert_allclose(result.scores, expected, rtol=0, atol=1e-12)
 
@@ -273,11 +273,11 @@ def test_two_stage_search_equals_searching_stage_by_stage():
     scores, relevance, queries, files = random_case(rng, 3, 40, 40, 3, False)
     relevant = align(SimilarityMatrix(queries, files, scores[0]), relevance).relevant
     groups = [grouping.Group("g", (0, 2)), grouping.Group("h", (1,))]
-    outcome = grouping.two_stage_search(scores, relevant, groups, 10, 2, None)
-    inner = grid.grid_search(scores[[0, 2]], relevant, 10, None, "g")
+    outcome = grouping.two_stage_search(scores, relevant, groups, 10, 2)
+    inner = grid.grid_search(scores[[0, 2]], relevant, 10, label="g")
     inner_best = inner.points[inner.best(1)[0]]
     outer = grid.grid_search(np.stack([named.weighted_sum(scores[[0, 2]], inner_best), scores[1]]),
-                                 relevant, 10, None, "groups")
+                                 relevant, 10, label="groups")
     outer_best = outer.points[outer.best(1)[0]]
     expected = [inner_best[0] * outer_best[0], outer_best[1], inner_best[1] * outer_best[0]]
     np.testing.assert_array_equal(outcome.candidates[0], expected)
@@ -366,7 +366,7 @@ def test_search_input_errors_exit_2_with_one_line(tmp_path, extra, message):
     (["-s", "a=a.csv"], "exactly one of --search"),
     (["--apply", "-s", "a=a.csv", "-w", "w.json", "--step", "0.1"], "--step belongs to --search"),
     (["--search", "-s", "a=a.csv", "-s", "b=a.csv", "-w", "w.json"], "--weights belongs to --apply"),
-    (["--search", "-s", "a=a.csv", "-s", "b=a.csv"], "exactly one of --captions"),
+    (["--search", "-s", "a=a.csv", "-s", "b=a.csv"], "exactly one of --relevance (multi-relevant) or --captions"),
     (["--apply", "-s", "a=a.csv"], "give --weights"),
 ])
 def test_cli_mode_errors(tmp_path, monkeypatch, args, message):

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import Recorder
 from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.audio_io import load_audio
 from dcase_t6.data.evalset import prepare_eval
@@ -224,11 +225,12 @@ def broken_root(tmp_path) -> Path:
     return root
 
 
-def test_training_leaves_out_clips_the_cache_skipped_and_resumes_bit_for_bit(broken_root, tmp_path, capfd):
+def test_training_leaves_out_clips_the_cache_skipped_and_resumes_bit_for_bit(broken_root, tmp_path):
     config = build_config(None, {**TINY, "data_root": str(broken_root), "name": "full"})
-    full = training.train_new(tmp_path / "a", config)
+    recorder = Recorder()
+    full = training.train_new(tmp_path / "a", config, reporter=recorder)
     assert full["status"] == "finished"
-    warnings = [line for line in capfd.readouterr().err.splitlines() if "left out" in line]
+    warnings = [text for kind, text in recorder.messages if kind == "warning" and "left out" in text]
     assert len(warnings) == 2 and all("skipped.csv" in line for line in warnings)
     assert "left out 5 caption pair(s) of synthetic development-training" in warnings[0]
     assert "left out 5 query(ies) of synthetic development-validation" in warnings[1]

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
-from dcase_t6.common.console import byte_progress
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import Recorder
 from dcase_t6.data import archive
 from dcase_t6.data.clotho import CLOTHO_MD5, prepare_clotho
 from dcase_t6.data.download import download
@@ -26,18 +26,24 @@ def py7zr_only(monkeypatch):
     monkeypatch.setattr(archive, "seven_zip_binary", lambda: None)
 
 
-def fetch(url, target, md5=DATA_MD5, **kwargs):
-    with byte_progress() as progress:
-        download(url, target, md5, progress, retry_wait_s=0, **kwargs)
+def fetch(url, target, md5=DATA_MD5, **kwargs) -> Recorder:
+    """Download through a recording reporter, returned (its tasks: each download and MD5 check, in bytes)."""
+    recorder = Recorder()
+    download(url, target, md5, recorder, retry_wait_s=0, **kwargs)
+    return recorder
 
 
 def test_interrupted_download_resumes_with_a_range_request(tmp_path):
     target = tmp_path / "big.7z"
     (tmp_path / "big.7z.part").write_bytes(DATA[:1_234_567])  # what an interrupted run left
     with serving({"big.7z": DATA}) as server:
-        fetch(server.url + "big.7z", target)
+        recorder = fetch(server.url + "big.7z", target)
     assert target.read_bytes() == DATA and not (tmp_path / "big.7z.part").exists()
     assert server.requests == [("big.7z", "bytes=1234567-")]
+    # the bar starts where the part file ended and reaches the size; then the MD5 check reads every byte
+    assert recorder.tasks == [
+        {"description": "downloading big.7z", "total": len(DATA), "unit": "bytes", "completed": len(DATA)},
+        {"description": "verifying big.7z.part", "total": len(DATA), "unit": "bytes", "completed": len(DATA)}]
 
 
 def test_dropped_connection_is_retried_from_where_it_stopped(tmp_path):

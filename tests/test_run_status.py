@@ -40,6 +40,7 @@ def test_a_run_that_fails_anywhere_ends_failed_with_its_reason(tmp_path, tiny_da
     assert shown["status"] == "failed" and reason in shown["reason"]
 
 
+@pytest.mark.slow
 def test_a_killed_process_shows_as_interrupted_and_resume_continues_it(tmp_path, tiny_data_root):
     command = [sys.executable, "-m", "dcase_t6", "--workdir", str(tmp_path), "train", "--datasets", "synthetic",
                "--data-root", str(tiny_data_root), "--backbone", "tiny-cnn", "--text-model", "tiny-random",

@@ -189,6 +189,7 @@ def cli_subprocess(workdir: Path, *args, env: dict) -> subprocess.CompletedProce
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
 
 
+@pytest.mark.slow
 def test_offline_mode_push_and_download_fail_with_one_line(run, tmp_path):
     workdir, run_id = run
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": "",
@@ -206,6 +207,7 @@ def test_offline_mode_push_and_download_fail_with_one_line(run, tmp_path):
     assert line.startswith("error: team/x: not a local folder, and downloading it from the Hugging Face hub failed")
 
 
+@pytest.mark.slow
 def test_without_a_token_the_hub_refuses_and_the_line_says_how_to_log_in(run, tmp_path, hub):
     workdir, run_id = run
     no_token = {"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": hub.endpoint}

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dcase_t6 import __version__
-from dcase_t6.common.errors import UserError
+from dcase_t6.common.errors import UserError, file_system_error
 from dcase_t6.common.jsonfile import write_json
 from dcase_t6.common.outputs import NAME_LIMIT, check_name
 
@@ -150,8 +151,11 @@ class Registry:
 
     def __init__(self, workdir: str | Path):
         self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = self.workdir / DATABASE_NAME
+        _make_workdir(self.workdir)
+        if self.path.is_dir():
+            raise UserError(f"{self.path}: a folder, not the run registry (an SQLite file); move the folder away, or "
+                            "use another --workdir")
         _refuse_lost_registry(self.workdir)
         self._initialise()
         self._write_missing_records()
@@ -165,7 +169,7 @@ class Registry:
             except sqlite3.DatabaseError as err:
                 if type(err) is sqlite3.DatabaseError:
                     raise _damaged(self.path, err) from None
-                raise
+                raise _unusable(self.path, err) or err from None
             try:
                 connection.execute("PRAGMA journal_mode=WAL")
                 problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
@@ -177,7 +181,7 @@ class Registry:
                 return
             except sqlite3.OperationalError as err:
                 if "locked" not in str(err) or attempt == attempts - 1:
-                    raise
+                    raise _unusable(self.path, err) or err from None
                 time.sleep(0.1)
             except sqlite3.DatabaseError as err:
                 raise _damaged(self.path, err) from None
@@ -212,14 +216,15 @@ class Registry:
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
-                    connection.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.OperationalError):  # a failed disk: closing discards it too
+                        connection.execute("ROLLBACK")
                 raise
             finally:
                 connection.close()
         except sqlite3.DatabaseError as err:
             if type(err) is sqlite3.DatabaseError:  # not a database, malformed: not locked, not a constraint
                 raise _damaged(self.path, err) from None
-            raise
+            raise _unusable(self.path, err) or err from None
 
     def _require_run(self, connection: sqlite3.Connection, run_id: str) -> sqlite3.Row:
         """The run's row; a UserError when it is no longer registered (removed while this process used it)."""
@@ -250,13 +255,19 @@ class Registry:
         folder name (see ``dcase_t6.common.outputs.check_name``)."""
         run_id = f"{check_name(name, 'run name')}-{secrets.token_hex(3)}"
         directory = self.workdir / "runs" / run_id
-        with self._connect() as connection:
-            connection.execute(
-                "INSERT INTO runs (id, name, status, created, config, data_fingerprint, code_version, seed, directory,"
-                " host, pid, heartbeat) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, name, _now(), json.dumps(config, sort_keys=True), data_fingerprint, code_version(),
-                 seed, str(directory), socket.gethostname(), os.getpid(), time.time()))
-            self._write_record(connection, run_id)
+        existed = os.path.lexists(directory)
+        try:
+            with self._connect() as connection:
+                connection.execute(
+                    "INSERT INTO runs (id, name, status, created, config, data_fingerprint, code_version, seed, "
+                    "directory, host, pid, heartbeat) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, name, _now(), json.dumps(config, sort_keys=True), data_fingerprint, code_version(),
+                     seed, str(directory), socket.gethostname(), os.getpid(), time.time()))
+                self._write_record(connection, run_id)
+        except BaseException:  # not registered: no half-made run folder either
+            if not existed:  # made just now for this new id: nothing else is in it
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
         return run_id
 
     def import_run(self, preferred_id: str, name: str, config: dict, data_fingerprint: str | None, seed: int | None,
@@ -293,12 +304,14 @@ class Registry:
             self._write_record(connection, run_id)
         return run_id
 
-    def set_status(self, run_id: str, status: str, reason: str | None = None) -> None:
-        """Set a run's status and the reason for it (cleared when None)."""
+    def set_status(self, run_id: str, status: str, reason: str | None = None, write_record: bool = True) -> None:
+        """Set a run's status and the reason for it (cleared when None); ``write_record`` False leaves its
+        ``run.json`` as it is (a run that failed on a full disk, where no file can be written)."""
         with self._connect() as connection:
             self._require_run(connection, run_id)
             connection.execute("UPDATE runs SET status = ?, reason = ? WHERE id = ?", (status, reason, run_id))
-            self._write_record(connection, run_id)
+            if write_record:
+                self._write_record(connection, run_id)
 
     def claim(self, run_id: str) -> "Heartbeat":
         """Mark a run ``running`` in this process (host, process id) and start beating its heartbeat; refused
@@ -545,6 +558,47 @@ def _live_user(connection: sqlite3.Connection, row: sqlite3.Row) -> str | None:
     return None
 
 
+def _make_workdir(workdir: Path) -> None:
+    """Create the work directory (and its parents); a UserError naming it when it cannot be a folder."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError) as err:
+        problem = file_system_error(err, workdir)
+        if problem is None:
+            raise
+        raise UserError(f"--workdir {workdir}: cannot be used as the work directory: {problem}") from None
+
+
+def _unusable(path: Path, err: sqlite3.Error) -> UserError | None:
+    """A UserError for a registry that SQLite cannot open or write (read-only, a full disk, a folder it may not
+    create its journal in); None for other errors."""
+    name = getattr(err, "sqlite_errorname", "") or ""
+    text = " ".join(str(err).split())
+    if _read_only_disk(path.parent) and not name.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+        fix = f"{path.parent} is on a read-only file system: use a --workdir on a writable disk"
+    elif name.startswith("SQLITE_READONLY") or "readonly" in text:
+        fix = (f"make it and its folder {path.parent} writable for this user (chmod u+w), or use a --workdir on a "
+               "writable disk")
+    elif name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        fix = (f"make {path.parent} a folder this user may read and write in (SQLite also writes "
+               f"{path.name}-wal and -shm there), or use another --workdir")
+    elif name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or "disk is full" in text or "disk I/O" in text:
+        fix = ("its disk is full, over the file-size limit (`ulimit -f`) or failing: free space there (or raise the "
+               "limit) and run the command again; nothing of it was recorded")
+    elif name.startswith("SQLITE_PERM"):
+        fix = "make it writable for this user, or use another --workdir"
+    else:
+        return None
+    return UserError(f"{path}: the run registry cannot be opened or written ({text}); {fix}")
+
+
+def _read_only_disk(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _damaged(path: Path, problem: object) -> UserError:
     return UserError(f"{path}: the run registry is damaged ({problem}); rebuild it from the run folders with "
                      f"`dcase-t6 --workdir {path.parent} runs rebuild` (the damaged file is kept beside it), or "
@@ -713,7 +767,7 @@ def _insert_record(connection: sqlite3.Connection, folder: Path, seen: set[str])
         epochs = [(run_id, int(epoch["epoch"]), json.dumps(epoch["metrics"])) for epoch in record.get("epochs", [])]
         files = [(item["kind"], item["tag"], item["path"], item["sha256"], item.get("info", {}), item.get("created"))
                  for item in record.get("files", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise UserError(f"{record_path}: not a run record ({type(err).__name__}: {err}); restore it from a "
                         "backup") from None
     if run_id in seen:

@@ -28,7 +28,6 @@ from dcase_t6.captions.engine import (
     ask_all,
     estimate_tokens,
     finish,
-    generation_progress,
     outcome_of,
 )
 from dcase_t6.captions.journal import FAILED, KEPT, REJECTED, Entry, Journal, request_key
@@ -36,6 +35,7 @@ from dcase_t6.captions.prompts import DEFAULT_LANGUAGES, PromptTemplate, languag
 from dcase_t6.captions.quality import Verdict, check_caption, check_translation
 from dcase_t6.captions.source import CaptionSource, SourceCaption, read_captions
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 
 KIND = "back-translation"
 COLUMNS = ["file_name", "caption", "dataset", "pivot"]
@@ -155,7 +155,7 @@ def plan(captions: list[SourceCaption], settings: BackTranslationSettings,
 
 
 def back_translate(source: CaptionSource, settings: BackTranslationSettings, backend: ApiTranslation | LocalTranslation,
-                   files: OutputFiles, limits: SpendLimits) -> AugmentReport:
+                   files: OutputFiles, limits: SpendLimits, reporter: Reporter = SILENT) -> AugmentReport:
     """Back-translate the captions of ``source`` (resuming the journal of ``files``), write the CSV and sidecar.
 
     Args:
@@ -164,6 +164,7 @@ def back_translate(source: CaptionSource, settings: BackTranslationSettings, bac
         backend: local models or a chat-completions endpoint with prompt templates.
         files: the output CSV, its journal and sidecar.
         limits: dry run, request cap, concurrency.
+        reporter: the progress bar.
 
     Returns:
         The report. A UserError (after the outputs are written) when the endpoint stopped the run.
@@ -178,9 +179,10 @@ def back_translate(source: CaptionSource, settings: BackTranslationSettings, bac
     stats = RunStats()
     with Journal(files.journal, KIND, backend.generator(), write=not limits.dry_run) as journal:
         if endpoint is not None:
-            ask_all(items, endpoint, journal, limits, f"back-translating ({backend.endpoint.model})", stats)
+            ask_all(items, endpoint, journal, limits, f"back-translating ({backend.endpoint.model})", stats,
+                    reporter)
         elif device is not None:
-            translate_locally(items, backend, device, journal, limits, stats)
+            translate_locally(items, backend, device, journal, limits, stats, reporter)
         metadata = _metadata(source, settings, backend, device)
         report = finish(KIND, items, journal, files, COLUMNS, metadata, stats, limits)
     if stats.error is not None:
@@ -211,15 +213,15 @@ def _metadata(source: CaptionSource, settings: BackTranslationSettings, backend:
 # --- local models ------------------------------------------------------------------------------------------------
 
 def translate_locally(items: list[BackTranslationItem], backend: LocalTranslation, device, journal: Journal,
-                      limits: SpendLimits, stats: RunStats) -> None:
+                      limits: SpendLimits, stats: RunStats, reporter: Reporter = SILENT) -> None:
     """Back-translate the unfinished items with local models on ``device``, one pivot language at a time (its two
     models loaded together), ``backend.batch_size`` captions at once; every batch is journaled before the next."""
     import torch
 
     todo = [item for item in items if item.outcome(journal).state in (PENDING, FAILED)]
     budget = Budget(limits.max_requests)
-    with generation_progress() as progress:
-        sink = ProgressSink(progress, f"back-translating ({device})", len(todo), stats)
+    with reporter.task(f"back-translating ({device})", len(todo)) as task:
+        sink = ProgressSink(task, f"back-translating ({device})", stats)
         try:
             for language in dict.fromkeys(item.language for item in todo):
                 group = [item for item in todo if item.language == language]

@@ -6,6 +6,9 @@ the ``openai`` client: its retries with exponential backoff (honouring ``Retry-A
 * a failed request (:class:`RequestFailed`: still 429/5xx/timeout after the retries, or another 4xx such as a
   content filter's 400): journaled as failed and asked again by the next run;
 * a fatal error (:class:`UserError`: the key is refused, the model or the URL does not exist): the run stops.
+
+``timeout`` is a deadline for each attempt as a whole (connect, send, wait, read), not for each network read:
+see :mod:`dcase_t6.captions.deadline`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from dcase_t6.captions.deadline import deadline_hook, end_attempt, last_attempt_expired
 from dcase_t6.common.errors import UserError
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -29,7 +33,8 @@ class EndpointSettings:
         api_key_env: the environment variable holding the key.
         temperature: sampling temperature (None: the server's default; not sent).
         max_tokens: most tokens of one answer.
-        timeout: seconds before one attempt is abandoned (and retried).
+        timeout: seconds one attempt may take in all, from sending the request to the last byte of the answer,
+            before it is abandoned (and retried); a server that keeps sending slowly is cut off too.
         retries: further attempts after the first on 408/409/429/5xx, timeouts and lost connections.
     """
 
@@ -85,8 +90,10 @@ class ChatEndpoint:
 
         self.settings = settings
         self._openai = openai
+        http_client = openai.DefaultHttpxClient(timeout=settings.timeout,
+                                                event_hooks={"request": [deadline_hook(settings.timeout)]})
         self.client = openai.OpenAI(base_url=settings.api_base, api_key=api_key(settings), timeout=settings.timeout,
-                                    max_retries=settings.retries)
+                                    max_retries=settings.retries, http_client=http_client)
 
     def ask(self, prompt: str) -> Reply:
         """Send ``prompt`` as the user message.
@@ -117,10 +124,14 @@ class ChatEndpoint:
             raise RequestFailed(f"HTTP {err.status_code}: {_message(err)}",
                                 settings.retries + 1 if retried else 1) from None
         except openai.APITimeoutError:
-            raise RequestFailed(f"no answer within {settings.timeout:g} s", settings.retries + 1) from None
+            raise RequestFailed(_late(settings), settings.retries + 1) from None
         except openai.APIConnectionError as err:
+            if last_attempt_expired():  # cut off by the deadline of the attempt (a server sending too slowly)
+                raise RequestFailed(_late(settings), settings.retries + 1) from None
             raise RequestFailed(f"cannot connect to {settings.api_base} ({_message(err)})",
                                 settings.retries + 1) from None
+        finally:
+            end_attempt()
         return _reply(raw, attempts)
 
 
@@ -136,6 +147,10 @@ def _reply(raw, attempts: int) -> Reply:
                      choice.finish_reason, attempts, getattr(message, "refusal", None))
     except Exception:  # whatever the body holds, it is not a usable answer
         return Reply(None, 0, 0, "malformed", attempts)
+
+
+def _late(settings: EndpointSettings) -> str:
+    return f"no complete answer within {settings.timeout:g} s (--timeout, the deadline of each attempt)"
 
 
 def _message(err: Exception) -> str:

@@ -24,15 +24,14 @@ from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dcase_t6.captions.endpoint import ChatEndpoint, Reply, RequestFailed
 from dcase_t6.captions.journal import FAILED, KEPT, REJECTED, Entry, Journal
 from dcase_t6.captions.quality import Verdict
 from dcase_t6.common.atomic import atomic_open
-from dcase_t6.common.console import stderr_console
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import write_json
+from dcase_t6.common.reporting import SILENT, Reporter, Task
 
 PENDING = "pending"
 CHARACTERS_PER_TOKEN = 4
@@ -179,20 +178,12 @@ class Budget:
         return self.left is not None and self.left <= 0
 
 
-def generation_progress() -> Progress:
-    """Progress bar of a generation run: items done, requests/s, kept/skipped/failed, time left."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]:.1f} req/s  kept {task.fields[kept]}  skipped "
-                               "{task.fields[skipped]}  failed {task.fields[failed]}"),
-                    TimeRemainingColumn(), console=stderr_console, transient=True)
-
-
 class ProgressSink:
-    """Advances a progress bar (and the run's counts) as items finish."""
+    """Advances a task's bar (and the run's counts) as items finish; the description shows the request rate and
+    the kept / skipped / failed counts."""
 
-    def __init__(self, progress: Progress, label: str, total: int, stats: RunStats):
-        self.progress, self.stats = progress, stats
-        self.task = progress.add_task(label, total=total, rate=0.0, kept=0, skipped=0, failed=0)
+    def __init__(self, task: Task, label: str, stats: RunStats):
+        self.task, self.label, self.stats = task, label, stats
 
     def done(self, outcome: Outcome) -> None:
         stats = self.stats
@@ -203,8 +194,10 @@ class ProgressSink:
                 stats.skipped += 1
             elif outcome.state == FAILED:
                 stats.failed += 1
-        self.progress.update(self.task, advance=0 if outcome.state == PENDING else 1, rate=stats.rate,
-                             kept=stats.kept, skipped=stats.skipped, failed=stats.failed)
+        if outcome.state != PENDING:
+            self.task.advance()
+        self.task.describe(f"{self.label}  {stats.rate:.1f} req/s  kept {stats.kept}  skipped {stats.skipped}  "
+                           f"failed {stats.failed}")
 
 
 def answer_verdict(reply: Reply, check: Callable[[str | None], Verdict]) -> Verdict:
@@ -221,7 +214,7 @@ def answer_verdict(reply: Reply, check: Callable[[str | None], Verdict]) -> Verd
 
 
 def ask_all(items: list[Item], endpoint: ChatEndpoint, journal: Journal, limits: SpendLimits, label: str,
-            stats: RunStats) -> None:
+            stats: RunStats, reporter: Reporter = SILENT) -> None:
     """Ask every request the unfinished ``items`` still need, ``limits.concurrency`` at a time, journaling each
     answer as it arrives. Stops early at the request cap, on Ctrl-C, on a fatal endpoint error or after
     ``limits.failures_in_a_row`` failed requests in a row; ``stats`` says which (the caller writes the outputs)."""
@@ -262,8 +255,8 @@ def ask_all(items: list[Item], endpoint: ChatEndpoint, journal: Journal, limits:
                 stats.error, stats.stopped = error, "error"
         stop.set()
 
-    with generation_progress() as progress, ThreadPoolExecutor(max(1, limits.concurrency)) as pool:
-        sink = ProgressSink(progress, label, len(todo), stats)
+    with reporter.task(label, len(todo)) as task, ThreadPoolExecutor(max(1, limits.concurrency)) as pool:
+        sink = ProgressSink(task, label, stats)
         queue, running = iter(todo), set()
         try:
             while True:

@@ -7,6 +7,11 @@ defines the request (seed, dataset, clip, caption index, pivot language or pair,
 second run over the same journal skips every request already answered (kept or rejected) and never pays
 twice; ``failed`` requests (no usable HTTP answer after the retries) are asked again.
 
+Only what a resume needs is stored: a kept answer whole (the quality check bounds its length), a rejected one
+as its reason and an excerpt of at most EXCERPT characters with the length of the whole (a misbehaving server's
+5 MB answer costs the journal about 300 bytes). A line that is not an entry of the expected types is refused
+with its line number.
+
 A process killed while writing leaves at most a torn last line: it is cut off when the journal is opened
 again. One process at a time writes a journal (an exclusive ``flock``; released by the kernel even after
 ``kill -9``).
@@ -19,14 +24,18 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import MISSING, file_problem, fix_of
 
 FORMAT = "dcase-t6 augment journal 1"
 KEPT, REJECTED, FAILED = "kept", "rejected", "failed"
+EXCERPT = 200  # characters of a rejected answer (or a failure's detail) kept in the journal
+_TEXT_FIELDS, _OPTIONAL_TEXT_FIELDS = ("key", "step", "text"), ("reason", "detail")
+_COUNT_FIELDS = ("prompt_tokens", "completion_tokens", "attempts")
 
 
 def request_key(*parts: object) -> str:
@@ -74,6 +83,9 @@ class Journal:
         self._lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
         self._handle = None
+        problem = file_problem(self.path)
+        if problem not in (None, MISSING):  # never opened: a pipe would block, a device never ends
+            raise UserError(f"{self.path}: {problem}; {fix_of(problem)}, or choose another --out (or --journal)")
         if not write:
             if self.path.is_file():
                 self._read(self.path.read_bytes())
@@ -107,28 +119,31 @@ class Journal:
         if header.get("format") != FORMAT or header.get("kind") != self.kind:
             raise UserError(f"{self.path}: not a {self.kind} journal of dcase-t6 augment; choose another --out "
                             "(or --journal)")
-        self._check_generator(header.get("generator") or {})
+        generator = header.get("generator") or {}
+        if not isinstance(generator, dict):
+            raise self._damaged(1, f"its generator is {_kind(generator)}, not an object")
+        self._check_generator(generator)
         for number, line in enumerate(lines[1:], start=2):
-            record = self._parse(line, number)
-            try:
-                entry = Entry(**record)
-            except TypeError:
-                raise self._damaged(number) from None
+            entry = _entry(self._parse(line, number), lambda problem, n=number: self._damaged(n, problem))
             if entry.answered or entry.key not in self.entries:
                 self.entries[entry.key] = entry
 
     def _parse(self, line: str, number: int) -> dict:
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            raise self._damaged(number) from None
+        except (json.JSONDecodeError, RecursionError):
+            raise self._damaged(number, "not JSON") from None
         if not isinstance(record, dict):
-            raise self._damaged(number)
+            raise self._damaged(number, f"{_kind(record)}, not a JSON object")
         return record
 
-    def _damaged(self, number: int) -> UserError:
-        return UserError(f"{self.path}: line {number} is not a journal entry (the file was edited or damaged); "
-                         "delete that line (its request is asked again) or the whole journal to start over")
+    def _damaged(self, number: int, problem: str) -> UserError:
+        if number == 1:
+            return UserError(f"{self.path}: line 1 is not the header of a journal ({problem}; the file was edited "
+                             "or damaged); the header cannot be rebuilt: move the journal away (or delete it) to "
+                             "start over, or choose another --out (or --journal)")
+        return UserError(f"{self.path}: line {number} is not a journal entry ({problem}; the file was edited or "
+                         "damaged); delete that line (its request is asked again) or the whole journal to start over")
 
     def _check_generator(self, stored: dict) -> None:
         for key in sorted(set(stored) | set(self.generator)):
@@ -148,6 +163,7 @@ class Journal:
 
     def extend(self, entries: list[Entry]) -> None:
         """Write several entries at the end (one flush to disk: a batch of a local model)."""
+        entries = [_bounded(entry) for entry in entries]
         with self._lock:
             self._write(*(asdict(entry) for entry in entries))
             for entry in entries:
@@ -169,6 +185,54 @@ class Journal:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _entry(record: dict, damaged) -> Entry:
+    """The Entry of a parsed journal line; ``damaged(problem)`` is raised for a field of the wrong type."""
+    unknown = sorted(set(record) - set(Entry.__dataclass_fields__))
+    if unknown:
+        raise damaged(f"unknown field {_short(unknown[0])}")
+    missing = [name for name in ("key", "step", "verdict") if name not in record]
+    if missing:
+        raise damaged(f"no {missing[0]}")
+    for name in _TEXT_FIELDS + _OPTIONAL_TEXT_FIELDS:
+        value = record.get(name, "")
+        if not isinstance(value, str) and not (value is None and name in _OPTIONAL_TEXT_FIELDS):
+            raise damaged(f"{name} is {_kind(value)}, not a text")
+    if record["verdict"] not in (KEPT, REJECTED, FAILED):
+        raise damaged(f"verdict is {_short(record['verdict'])}, none of {KEPT}, {REJECTED}, {FAILED}")
+    for name in _COUNT_FIELDS:
+        value = record.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise damaged(f"{name} is {_kind(value)}, not a whole number >= 0")
+    if not isinstance(record.get("info", {}), dict):
+        raise damaged(f"info is {_kind(record['info'])}, not an object")
+    return Entry(**record)
+
+
+def _bounded(entry: Entry) -> Entry:
+    """``entry`` as journaled: a rejected or failed answer's text and detail cut to EXCERPT characters (with the
+    length of the whole); a kept answer whole."""
+    text = entry.text if entry.verdict == KEPT else _excerpt(entry.text)
+    detail = None if entry.detail is None else _excerpt(entry.detail)
+    return entry if (text, detail) == (entry.text, entry.detail) else replace(entry, text=text, detail=detail)
+
+
+def _excerpt(text: str) -> str:
+    if len(text) <= EXCERPT + 40:
+        return text
+    return f"{text[:EXCERPT]} [... {len(text):,} characters in all, the rest not journaled]"
+
+
+def _kind(value: object) -> str:
+    """What a JSON value is, in words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return f"the number {_short(value)}"
+    return {str: "a text", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def _short(value: object) -> str:

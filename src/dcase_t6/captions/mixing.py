@@ -31,6 +31,7 @@ from dcase_t6.captions.prompts import PromptTemplate
 from dcase_t6.captions.quality import Verdict, check_caption
 from dcase_t6.captions.source import CaptionSource, SourceCaption, read_captions
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 
 KIND = "llm-mix"
 COLUMNS = ["file_name_1", "file_name_2", "caption", "dataset"]
@@ -144,7 +145,7 @@ class MixItem:
 
 
 def llm_mix(source: CaptionSource, settings: MixSettings, endpoint: EndpointSettings, template: PromptTemplate,
-            files: OutputFiles, limits: SpendLimits) -> AugmentReport:
+            files: OutputFiles, limits: SpendLimits, reporter: Reporter = SILENT) -> AugmentReport:
     """Merge the captions of ``settings.pairs`` clip pairs of ``source`` (resuming the journal of ``files``), write
     the CSV and sidecar.
 
@@ -155,6 +156,7 @@ def llm_mix(source: CaptionSource, settings: MixSettings, endpoint: EndpointSett
         template: the mix prompt template.
         files: the output CSV, its journal and sidecar.
         limits: dry run, request cap, concurrency.
+        reporter: the progress bar.
 
     Returns:
         The report. A UserError (after the outputs are written) when the endpoint stopped the run.
@@ -165,7 +167,7 @@ def llm_mix(source: CaptionSource, settings: MixSettings, endpoint: EndpointSett
     generator = {**endpoint.generator(), "prompts": {"mix": template.text}}
     with Journal(files.journal, KIND, generator, write=not limits.dry_run) as journal:
         if client is not None:
-            ask_all(items, client, journal, limits, f"merging captions ({endpoint.model})", stats)
+            ask_all(items, client, journal, limits, f"merging captions ({endpoint.model})", stats, reporter)
         report = finish(KIND, items, journal, files, COLUMNS, _metadata(source, settings, endpoint, template), stats,
                         limits)
     if stats.error is not None:

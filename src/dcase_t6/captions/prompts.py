@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import require_file
 
 DEFAULT_TEXTS = {
     "forward": "Translate this description of a sound recording into {language}. Answer with the translation "
@@ -66,7 +67,7 @@ def load_template(kind: str, path: str | Path | None = None) -> PromptTemplate:
     """
     if path is None:
         return PromptTemplate(kind, DEFAULT_TEXTS[kind])
-    path = Path(path)
+    path = require_file(path, "prompt template not found")
     try:
         text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:

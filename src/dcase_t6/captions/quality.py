@@ -1,5 +1,7 @@
 """What makes a generated caption usable: one English line of 5-30 plain ASCII words that is not a refusal and
-not the source caption again. Every rejection has a short reason that is counted and journaled."""
+not the source caption again, and no answer longer than MAX_CHARACTERS (a 30-word caption is about 200; a
+pivot-language translation of a caption a few hundred). Every rejection has a short reason that is counted and
+journaled."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from dataclasses import dataclass
 
 MIN_WORDS, MAX_WORDS = 5, 30
 WORD_COUNT = f"outside {MIN_WORDS}-{MAX_WORDS} words"
+MAX_CHARACTERS = 1000
+TOO_LONG = f"longer than {MAX_CHARACTERS:,} characters"
 # Typographic characters models like to use, and their plain ASCII spelling (kept, not rejected).
 _TYPOGRAPHIC = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
                               "\u2014": "-", "\u2026": "...", "\u00a0": " ", "\u2009": " ", "\u202f": " "})
@@ -58,13 +62,13 @@ def check_caption(answer: str | None, sources: list[str]) -> Verdict:
         sources: the caption(s) the answer was made from.
 
     Returns:
-        The cleaned text with the reason it is unusable (empty, refusal, identical to the source, several
+        The cleaned text with the reason it is unusable (empty, too long, refusal, identical to the source, several
         lines, non-ASCII characters, outside 5-30 words), or with no reason.
     """
     text = clean(answer)
     reason = _common_problem(text, sources)
     if reason is not None:
-        return Verdict(text, reason)
+        return Verdict(text, reason, _length(text, reason))
     if "\n" in text:
         return Verdict(text, "several lines", f"{text.count(chr(10)) + 1} lines")
     junk = sorted({char for char in text if not (char.isascii() and char.isprintable())})
@@ -78,14 +82,21 @@ def check_caption(answer: str | None, sources: list[str]) -> Verdict:
 
 def check_translation(answer: str | None, source: str) -> Verdict:
     """Whether ``answer`` can be the pivot-language step of a back-translation of ``source`` (any script: only
-    empty answers, refusals and an untranslated copy of the source are refused)."""
+    empty or over-long answers, refusals and an untranslated copy of the source are refused)."""
     text = clean(answer)
-    return Verdict(text, _common_problem(text, [source]))
+    reason = _common_problem(text, [source])
+    return Verdict(text, reason, _length(text, reason))
+
+
+def _length(text: str, reason: str | None) -> str | None:
+    return f"{len(text):,} characters" if reason == TOO_LONG else None
 
 
 def _common_problem(text: str, sources: list[str]) -> str | None:
     if not text:
         return "empty"
+    if len(text) > MAX_CHARACTERS:
+        return TOO_LONG
     if _REFUSAL.search(text):
         return "refusal"
     if any(same_text(text, source) for source in sources):

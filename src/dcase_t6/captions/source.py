@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import MISSING, file_problem, fix_of
 from dcase_t6.common.tables import read_table
 
 
@@ -66,7 +67,10 @@ def read_cluster_labels(reference: str, workdir: str | Path, dataset: str) -> di
         The labels; a UserError names the file or run and the fix when they cannot be read.
     """
     path = Path(reference)
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem not in (None, MISSING):
+        raise UserError(f"{path}: {problem}; {fix_of(problem)}")
+    if problem == MISSING:
         path = _registered_labels(reference, Path(workdir), dataset)
     frame = read_table(path, ["clip", "caption", "label"])
     try:

@@ -1,30 +1,42 @@
 """Command line: parses options, calls the library, renders its results. One module per command group:
-``prepare``, ``train`` (train, embed, runs), ``evaluate``, ``ensemble``, ``package``."""
+``prepare``, ``augment``, ``train`` (train, embed, runs), ``evaluate``, ``ensemble``, ``explore``, ``package``,
+``share`` (export); ``console`` holds the rich consoles and the Reporter every command passes to the library."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 from rich.markup import escape
 
 from dcase_t6 import __version__
-from dcase_t6.common.console import console, stderr_console
-from dcase_t6.common.errors import UserError
+from dcase_t6.cli.console import console, stderr_console
+from dcase_t6.common.errors import UserError, file_system_error
 
-__all__ = ["Group", "console", "main", "matrix_path", "print_json", "stderr_console", "system_paths"]
+__all__ = ["Group", "console", "main", "matrix_path", "print_json", "split_named", "stderr_console"]
 
 
 class Group(click.Group):
-    """Click group that turns a UserError into one red line on stderr and a non-zero exit code."""
+    """Click group that turns a UserError, or a file system's refusal (``file_system_error``), into one red line on
+    stderr and a non-zero exit code."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as err:
-            stderr_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-            sys.exit(err.exit_code)
+            _exit_with(err)
+        except (OSError, RuntimeError) as err:  # a full disk, a read-only file, a link loop...: one line too
+            translated = file_system_error(err)
+            if translated is None:
+                raise
+            _exit_with(translated)
+
+
+def _exit_with(err: UserError) -> None:
+    stderr_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    sys.exit(err.exit_code)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,13 +70,18 @@ def matrix_path(reference: str) -> str:
     return resolve_matrix(reference, click.get_current_context().obj["workdir"])
 
 
-def system_paths(systems: tuple[str, ...]) -> tuple[str, ...]:
-    """``NAME=REFERENCE`` options with each reference resolved to a matrix path."""
-    resolved = []
-    for option in systems:
-        name, separator, reference = option.partition("=")
-        resolved.append(f"{name}={matrix_path(reference)}" if separator and reference else option)
-    return tuple(resolved)
+def split_named(option: str, flag: str, example: str | None = None) -> tuple[str | None, str]:
+    """``NAME=REFERENCE`` as (NAME, REFERENCE): the one parser of named options (``--system``, ``--predictions``).
+
+    A value that is an existing file, or has no ``=`` with a name and a reference around it, has no name;
+    that is a UserError when ``example`` is given (the option requires a name), else (None, value).
+    """
+    name, separator, reference = option.partition("=")
+    if separator and name.strip() and reference.strip() and not Path(option).exists():
+        return name.strip(), reference.strip()
+    if example is not None:
+        raise UserError(f"{flag} {option!r}: expected NAME=PATH, e.g. {flag} {example}")
+    return None, option
 
 
 from dcase_t6.cli import augment, ensemble, evaluate, explore, package, prepare, share, train  # noqa: E402,F401  (registers the commands)

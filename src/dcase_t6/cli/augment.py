@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcase_t6.cli import Group, console, json_option, main, print_json, stderr_console
+from dcase_t6.cli.console import reporter
 from dcase_t6.common.errors import UserError
 
 if TYPE_CHECKING:
@@ -71,8 +72,9 @@ def _api_options(function):
                      "server's; not sent)."),
         click.option("--max-tokens", default=100, show_default=True, type=click.IntRange(1),
                      help="Most tokens of one answer (an answer cut off there is skipped)."),
-        click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0, min_open=True),
-                     help="Seconds before an attempt is abandoned and retried."),
+        click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0, 86400, min_open=True),
+                     help="Deadline of each attempt in seconds (connect, send, wait and read the whole answer): "
+                          "then it is abandoned and retried, however slowly the server is still sending."),
         click.option("--retries", default=5, show_default=True, type=click.IntRange(0),
                      help="Retries with exponential backoff on 408/409/429/5xx, timeouts and lost connections."),
         click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 256),
@@ -154,7 +156,7 @@ def back_translate(data_root, dataset, split, out, journal, seed, languages, loc
         backend = LocalTranslation(local_models, device, batch_size, beams, max_new_tokens)
     settings = BackTranslationSettings(parse_languages(languages), seed)
     report = run(CaptionSource(data_root, dataset, split), settings, backend, files,
-                 _limits(dry_run, max_requests, concurrency))
+                 _limits(dry_run, max_requests, concurrency), reporter)
     _render(report, as_json, (price_in, price_out))
 
 
@@ -199,7 +201,7 @@ def llm_mix(obj, data_root, dataset, split, out, journal, seed, pairs, clusters,
     endpoint = _endpoint(api_base, model, api_key_env, temperature, max_tokens, timeout, retries)
     labels = read_cluster_labels(clusters, obj["workdir"], dataset) if clusters else None
     report = run(CaptionSource(data_root, dataset, split), MixSettings(pairs, seed, labels, clusters), endpoint,
-                 load_template("mix", prompt), files, _limits(dry_run, max_requests, concurrency))
+                 load_template("mix", prompt), files, _limits(dry_run, max_requests, concurrency), reporter)
     _render(report, as_json, (price_in, price_out))
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dcase_t6.cli import main, print_json, system_paths
-from dcase_t6.common.console import console, stderr_console
+from dcase_t6.cli import main, matrix_path, print_json, split_named
+from dcase_t6.cli.console import console, reporter
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT
 
 if TYPE_CHECKING:
     from dcase_t6.ensemble.systems import System
@@ -81,11 +80,11 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
     from dcase_t6.common.outputs import check_output_file
     from dcase_t6.ensemble.search import SearchOptions, apply, plan_search, search
     from dcase_t6.ensemble.weights import read_weights, write_weights
-    from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
+    from dcase_t6.retrieval.ground_truth import check_ground_truth_options, read_ground_truth
     from dcase_t6.retrieval.matrices import write_matrix
 
     mode = _ensemble_mode(ctx, do_search, do_apply)
-    named_paths = parse_system_options(system_paths(systems))
+    named_paths = parse_system_options(systems, matrix_path)
     check_output_file(out, "--out", [*((f"--system {name}", path) for name, path in named_paths),
                                      ("--weights", weights), ("--captions", captions), ("--relevance", relevance)])
     if mode == "apply":
@@ -103,15 +102,12 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
                       f"normalize {result['normalize']}, weights {_weights_text(result['weights'])}",
                       highlight=False, soft_wrap=True)
         return
-    if (relevance is None) == (captions is None):
-        raise UserError("ensemble --search: give exactly one of --captions (single-relevant) or --relevance "
-                        "(multi-relevant) for the validation queries")
+    check_ground_truth_options("ensemble --search", relevance, captions)
     options = SearchOptions(normalize=normalize, step=step, groups=parse_group_options(groups), strategy=strategy,
                             top=top, allow_missing=allow_missing)
     plan_search([name for name, _ in named_paths], options)  # refuse a bad search before reading any matrix
-    truth = read_relevance_file(relevance) if relevance else read_captions_file(captions)
-    with search_progress(not as_json) as progress:
-        found = search(read_systems(named_paths), truth, options, progress)
+    truth = read_ground_truth("ensemble --search", relevance, captions)
+    found = search(read_systems(named_paths), truth, options, SILENT if as_json else reporter)
     write_weights(found.weights, out)
     if as_json:
         print_json(found.weights.as_json())
@@ -119,25 +115,21 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
     _print_ensemble_search(found.weights, out)
 
 
-def parse_system_options(options: Sequence[str]) -> list[tuple[str, str]]:
-    """(name, path) of every ``NAME=PATH`` option.
+def parse_system_options(options: Sequence[str], resolve=str) -> list[tuple[str, str]]:
+    """(name, path) of every ``NAME=REFERENCE`` option.
 
     Args:
-        options: the ``--system`` values, references already resolved to paths.
+        options: the ``--system`` values.
+        resolve: turns a reference (a path or RUN:DATASET/SPLIT) into a path; the CLI passes ``matrix_path``.
 
     Raises:
         UserError: for an option without ``=``, an empty part, or a name given twice.
     """
     from dcase_t6.ensemble.systems import reject_duplicates
 
-    parsed = []
-    for option in options:
-        name, separator, path = option.partition("=")
-        if not separator or not name.strip() or not path.strip():
-            raise UserError(f"--system {option!r}: expected NAME=PATH, e.g. --system passt/s1=passt_s1_val.csv")
-        parsed.append((name.strip(), path.strip()))
+    parsed = [split_named(option, "--system", "passt/s1=passt_s1_val.csv") for option in options]
     reject_duplicates([name for name, _ in parsed], "--system name")
-    return parsed
+    return [(name, resolve(reference)) for name, reference in parsed]
 
 
 def read_systems(named_paths: Sequence[tuple[str, str]]) -> list[System]:
@@ -164,17 +156,6 @@ def parse_group_options(options: Sequence[str]) -> dict[str, list[str]]:
             raise UserError(f"--group name {group_name.strip()!r} is given twice; use each name once")
         groups[group_name.strip()] = members
     return groups
-
-
-@contextlib.contextmanager
-def search_progress(enabled: bool) -> Iterator[Progress | None]:
-    """A rich progress bar on stderr over the grid points, or None when disabled."""
-    if not enabled:
-        yield None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=stderr_console, transient=True) as progress:
-        yield progress
 
 
 def _ensemble_mode(ctx: click.Context, do_search: bool, do_apply: bool) -> str:

@@ -7,8 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcase_t6.cli import main, matrix_path, print_json
-from dcase_t6.common.console import console, stderr_console
-from dcase_t6.common.errors import UserError
+from dcase_t6.cli.console import console, stderr_console
 
 
 @main.command()
@@ -36,16 +35,15 @@ def evaluate(predictions, relevance, captions, allow_missing, per_query, with_ci
     from dcase_t6.common.outputs import check_output_file
     from dcase_t6.retrieval.evaluation import evaluate as run_evaluation
     from dcase_t6.retrieval.evaluation import write_per_query
-    from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
+    from dcase_t6.retrieval.ground_truth import check_ground_truth_options, read_ground_truth
     from dcase_t6.retrieval.matrices import read_matrix
 
-    if (relevance is None) == (captions is None):
-        raise UserError("evaluate: give exactly one of --relevance (multi-relevant) or --captions (single-relevant)")
+    check_ground_truth_options("evaluate", relevance, captions)
     predictions_path = matrix_path(predictions)
     if per_query:
         check_output_file(per_query, "--per-query", [("--predictions", predictions_path), ("--relevance", relevance),
                                                      ("--captions", captions)])
-    truth = read_relevance_file(relevance) if relevance else read_captions_file(captions)
+    truth = read_ground_truth("evaluate", relevance, captions)
     result = run_evaluation(read_matrix(predictions_path), truth, allow_missing=allow_missing)
     if per_query:
         write_per_query(result, per_query)

@@ -9,8 +9,8 @@ import click
 from click.core import ParameterSource
 from rich.markup import escape
 
-from dcase_t6.cli import json_option, main, matrix_path, print_json
-from dcase_t6.common.console import console, stderr_console
+from dcase_t6.cli import json_option, main, matrix_path, print_json, split_named
+from dcase_t6.cli.console import console, stderr_console
 from dcase_t6.common.errors import UserError
 
 
@@ -62,12 +62,11 @@ def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, a
     from dcase_t6.explore.audio import scan_audio
     from dcase_t6.explore.pages import Site
     from dcase_t6.explore.site import check_target
-    from dcase_t6.retrieval.ground_truth import read_captions_file, read_relevance_file
+    from dcase_t6.retrieval.ground_truth import check_ground_truth_options, read_captions_file, read_ground_truth
     from dcase_t6.retrieval.matrices import read_matrix
 
     started = time.perf_counter()
-    if (relevance is None) == (captions is None):
-        raise UserError("explore: give exactly one of --relevance (multi-relevant) or --captions (single-relevant)")
+    check_ground_truth_options("explore", relevance, captions)
     if html_dir:
         server_options = [f"--{name}" for name in ("host", "port", "open")
                           if ctx.get_parameter_source(name if name != "open" else "open_browser")
@@ -81,7 +80,7 @@ def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, a
     if not audio.is_dir():
         raise UserError(f"--audio {audio_dir}: no such folder; pass the folder that holds the clips named in the "
                         "matrix, e.g. data/clotho/audio/evaluation")
-    named = [_split_name(option) for option in matrices]
+    named = [split_named(option, "--predictions") for option in matrices]
     paths = [matrix_path(reference) for _, reference in named]
     if html_dir:
         check_target(html_dir, [*(("--predictions", path) for path in paths), ("--relevance", relevance),
@@ -89,7 +88,7 @@ def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, a
                      protected=[("work directory", ctx.obj["workdir"])])
     sources = [SystemSource(name, read_matrix(path), reference)
                for name, path, (_, reference) in zip(_names(named), paths, named)]
-    truth = read_relevance_file(relevance) if relevance else read_captions_file(captions)
+    truth = read_ground_truth("explore", relevance, captions)
     shown_captions = {}
     if clip_captions:
         shown_captions = captions_by_clip(read_captions_file(clip_captions))
@@ -99,22 +98,16 @@ def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, a
     folder = scan_audio(audio, exploration.clips)
     if folder.missing:
         first = exploration.clips[folder.missing[0]]
+        links = (f"; {len(folder.outside)} of them are links leading out of the folder, which explore does not "
+                 "follow" if folder.outside else "")
         stderr_console.print(f"[yellow]warning:[/] {len(folder.missing)} of {len(exploration.clips)} clips have no "
-                             f"file in {escape(str(audio))} (first {escape(repr(first))}); their players are left "
-                             "out", highlight=False, soft_wrap=True)
+                             f"file in {escape(str(audio))} (first {escape(repr(first))}{links}); their players are "
+                             "left out", highlight=False, soft_wrap=True)
     site = Site(exploration, folder)
     if html_dir:
         _write(site, html_dir, as_json)
         return
     _serve(site, host, port, open_browser, as_json, time.perf_counter() - started)
-
-
-def _split_name(option: str) -> tuple[str | None, str]:
-    """``NAME=MATRIX`` as (NAME, MATRIX); an existing file or a value without ``=`` has no name."""
-    name, separator, reference = option.partition("=")
-    if Path(option).exists() or not separator or not name.strip() or not reference:
-        return None, option
-    return name.strip(), reference
 
 
 def _names(named: list[tuple[str | None, str]]) -> list[str]:

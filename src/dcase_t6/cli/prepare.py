@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcase_t6.cli import Group, json_option, main, print_json
-from dcase_t6.common.console import console, stderr_console
+from dcase_t6.cli.console import console, reporter, stderr_console
 from dcase_t6.common.errors import UserError
 
 if TYPE_CHECKING:
@@ -82,7 +82,8 @@ def prepare_synthetic(root, seed, n_train, n_val, n_test, min_duration, max_dura
 
     config = SyntheticConfig(seed=seed, development=n_train, validation=n_val, evaluation=n_test,
                              min_duration=min_duration, max_duration=max_duration)
-    _prepare_done(run(Layout.at(root), config, workers=workers, force=force), as_json, _print_synthetic)
+    _prepare_done(run(Layout.at(root), config, workers=workers, reporter=reporter, force=force), as_json,
+                  _print_synthetic)
 
 
 @prepare.command("clotho")
@@ -108,7 +109,8 @@ def prepare_clotho(root, archives, mirror, workers, as_json):
     from dcase_t6.data.clotho import prepare_clotho as run
     from dcase_t6.data.layout import Layout
 
-    _prepare_done(run(Layout.at(root), Path(archives) if archives else None, workers=workers, mirror=mirror), as_json)
+    _prepare_done(run(Layout.at(root), Path(archives) if archives else None, workers=workers, reporter=reporter,
+                      mirror=mirror), as_json)
 
 
 @prepare.command("relevance")
@@ -154,7 +156,7 @@ def prepare_eval(root, captions, audio, workers, as_json):
     from dcase_t6.data.evalset import prepare_eval as run
     from dcase_t6.data.layout import Layout
 
-    _prepare_done(run(Layout.at(root), Path(captions), Path(audio), workers=workers), as_json)
+    _prepare_done(run(Layout.at(root), Path(captions), Path(audio), workers=workers, reporter=reporter), as_json)
 
 
 @prepare.command("audiocaps")
@@ -175,7 +177,7 @@ def prepare_audiocaps(root, metadata, audio, workers, as_json):
     from dcase_t6.data.audiocaps import prepare_audiocaps as run
     from dcase_t6.data.layout import Layout
 
-    _prepare_done(run(Layout.at(root), Path(metadata), Path(audio), workers=workers), as_json)
+    _prepare_done(run(Layout.at(root), Path(metadata), Path(audio), workers=workers, reporter=reporter), as_json)
 
 
 @prepare.command("wavcaps")
@@ -201,7 +203,7 @@ def prepare_wavcaps(root, json_dir, audio, forbidden, workers, as_json):
     from dcase_t6.data.wavcaps import prepare_wavcaps as run
 
     report = run(Layout.at(root), Path(json_dir), Path(audio), Path(forbidden) if forbidden else DEFAULT_FORBIDDEN,
-                 workers=workers)
+                 workers=workers, reporter=reporter)
     _prepare_done(report, as_json)
 
 
@@ -237,7 +239,7 @@ def prepare_captions(root, name, csv_file, audio, split, forbidden, workers, as_
     from dcase_t6.data.layout import Layout
 
     report = run(Layout.at(root), name, Path(csv_file), Path(audio), split,
-                 Path(forbidden) if forbidden else DEFAULT_FORBIDDEN, workers=workers)
+                 Path(forbidden) if forbidden else DEFAULT_FORBIDDEN, workers=workers, reporter=reporter)
     _prepare_done(report, as_json)
 
 
@@ -316,7 +318,8 @@ def prepare_cache(root, rate, datasets, storage, max_seconds, force, workers, as
 
     request = StorageRequest(_per_dataset(storage, "--storage", str),
                              _per_dataset(max_seconds, "--max-seconds", float))
-    report = build_cache(Layout.at(root), rate, list(datasets) or None, workers=workers, request=request, force=force)
+    report = build_cache(Layout.at(root), rate, list(datasets) or None, workers=workers, request=request, force=force,
+                         reporter=reporter)
     _prepare_done(report, as_json, _print_cache)
 
 

@@ -4,7 +4,6 @@ registry."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -12,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcase_t6.cli import Group, console, json_option, main, print_json
+from dcase_t6.cli.console import reporter
 from dcase_t6.common.errors import UserError
 
 _TRAIN_OVERRIDES = [
@@ -148,18 +148,15 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, no_val
         from dcase_t6.registry import Registry
 
         check_logger(Registry(obj["workdir"]).run(resume_run).config.get("log", "tensorboard"))
-        summary = training.resume(obj["workdir"], resume_run, max_steps=options["max_steps"])
+        summary = training.resume(obj["workdir"], resume_run, max_steps=options["max_steps"], reporter=reporter)
     else:
         config = build_config(config_file, _train_overrides(options, settings))
         check_logger(config.log)
-        summary = training.train_new(obj["workdir"], config)
-    if _is_main_process():
+        summary = training.train_new(obj["workdir"], config, reporter=reporter)
+    from dcase_t6.training.distributed import launched_as_main
+
+    if launched_as_main():
         _print_summary(summary, as_json)
-
-
-def _is_main_process() -> bool:
-    """False in the non-zero ranks of a torchrun job, which train but print nothing."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _train_overrides(options: dict, settings: tuple[str, ...]) -> dict:
@@ -180,8 +177,11 @@ def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, o
         raise UserError(f"{conflicting[0]} does not combine with --pipeline (stages take their config, init_from "
                         "and distill_from from the pipeline file and are named SYSTEM-STAGE)")
     max_steps = options.pop("max_steps")
-    summaries = run_pipeline(workdir, pipeline_file, _train_overrides(options, settings), max_steps=max_steps)
-    if not _is_main_process():
+    summaries = run_pipeline(workdir, pipeline_file, _train_overrides(options, settings), max_steps=max_steps,
+                             reporter=reporter)
+    from dcase_t6.training.distributed import launched_as_main
+
+    if not launched_as_main():
         return
     if as_json:
         print_json(summaries)
@@ -193,14 +193,14 @@ def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, o
 
 
 def _parse_settings(settings: tuple[str, ...]) -> dict:
-    import yaml
+    from dcase_t6.common.yamlfile import load_yaml
 
     parsed = {}
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or not key:
             raise UserError(f"--set {setting!r}: expected KEY=VALUE, e.g. --set warmup_epochs=0.5")
-        loaded = yaml.safe_load(value)
+        loaded = load_yaml(value, f"--set {key.strip()}")  # aliases counted, nesting bounded
         parsed[key.strip()] = "null" if loaded is None else loaded  # kept: a None override would be dropped
     return parsed
 
@@ -252,9 +252,10 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
       dcase-t6 embed --model my-team/passt-clotho --data-root DATA --dataset eval --split evaluation \\
           --out emb/ --csv eval.csv
     """
-    from dcase_t6.embedding.checkpoints import embed_exported, embed_run
+    from dcase_t6.embedding.checkpoints import check_batch_size, embed_exported, embed_run
     from dcase_t6.retrieval.matrices import read_matrix, write_csv
 
+    check_batch_size(batch_size, "--batch-size")
     if (run is None) == (model_source is None):
         raise UserError("embed: give either RUN (a registered run) or --model DIR|OWNER/NAME (an exported model)")
     _check_embed_outputs(obj["workdir"], model_source, out_dir, data_root, dataset, csv_path)
@@ -265,12 +266,14 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
             raise UserError("embed --model: --checkpoint does not apply (an exported folder holds one checkpoint)")
         if not out_dir:
             raise UserError("embed --model: give --out FOLDER for the embeddings and similarity files")
-        summary = embed_exported(model_source, data_root, dataset, split_name, out_dir, batch_size, revision)
+        summary = embed_exported(model_source, data_root, dataset, split_name, out_dir, batch_size, revision,
+                                 reporter=reporter)
     else:
         if out_dir or revision:
             raise UserError("embed RUN: --out and --revision only apply with --model (a run's files are registered "
                             "in its run folder)")
-        summary = embed_run(obj["workdir"], run, data_root, dataset, split_name, checkpoint, batch_size)
+        summary = embed_run(obj["workdir"], run, data_root, dataset, split_name, checkpoint, batch_size,
+                            reporter=reporter)
     if csv_path:
         write_csv(read_matrix(summary["similarity"]), csv_path)
         summary["csv"] = csv_path
@@ -375,10 +378,13 @@ def runs_compare(obj, references, plot, data_root, as_json):
       dcase-t6 runs compare demo-seed0-3fa2c1 demo-seed1-9b01d2 --plot curves.png
       dcase-t6 runs compare demo-seed0 demo-seed1 --json
     """
-    from dcase_t6.registry import Registry
+    from dcase_t6.common.outputs import check_output_file
+    from dcase_t6.registry import DATABASE_NAME, Registry
     from dcase_t6.sharing.compare import compare_runs
     from dcase_t6.sharing.history import plot_curves
 
+    if plot:
+        check_output_file(plot, "--plot", [("--workdir registry", Path(obj["workdir"]) / DATABASE_NAME)])
     comparison = compare_runs(Registry(obj["workdir"]), list(references), data_root)
     if plot:
         plot_curves([summary.history for summary in comparison.runs], plot)

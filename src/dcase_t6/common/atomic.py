@@ -81,15 +81,27 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target.parent, f".{target.name}.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{owner_tag()}", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{owner_tag()}", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise _naming(err, target) from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes owner-only files; use the usual permissions
         os.replace(tmp_path, target)
+    except OSError as err:
+        if err.filename is None or os.fsdecode(err.filename) == tmp:
+            raise _naming(err, target) from err
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _naming(err: OSError, target: Path) -> OSError:
+    """``err`` (a write to the temporary file, a full disk...) naming ``target``, the file the user asked for."""
+    return OSError(err.errno, err.strerror or str(err), str(target)) if err.errno else err
 
 
 def _umask() -> int:

@@ -78,6 +78,9 @@ def _check_parent(path: Path, option: str) -> None:
         if not ancestor.is_dir():
             raise UserError(f"{option} {path}: {ancestor} is a file, not a folder; choose a path in a folder")
         if not os.access(ancestor, os.W_OK | os.X_OK):
+            if os.statvfs(ancestor).f_flag & os.ST_RDONLY:
+                raise UserError(f"{option} {path}: {ancestor} is on a read-only file system; choose a folder on a "
+                                "writable disk")
             raise UserError(f"{option} {path}: cannot write in {ancestor} (permission denied); choose a folder you "
                             "may write in")
         return
@@ -163,7 +166,7 @@ def foreign_entries(folder: Path, legacy_marker: str | None = None) -> list[str]
         return [] if legacy_marker and (folder / legacy_marker).is_file() else None
     try:
         listed = json.loads(marker.read_text(encoding="utf-8"))["entries"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     listed = set(listed) if isinstance(listed, list) else set()
     return [entry for entry in _entries(folder) if entry not in listed and entry != MARKER]

@@ -11,6 +11,7 @@ import pandas as pd
 from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.duplicates import duplicates
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import require_file
 
 UTF8 = "utf-8-sig"
 LATIN1 = "ISO-8859-1"
@@ -22,8 +23,7 @@ def read_table(path: Path, required: list[str], encoding: str = UTF8, fallback: 
 
     Blank lines are rows (so row numbers in messages are line numbers) unless ``skip_blank_lines``.
     """
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    require_file(path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding,
                             skip_blank_lines=skip_blank_lines)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import mmap
 import multiprocessing
 import os
 import time
@@ -42,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcase_t6.common.console import count_progress, stderr_console
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import read_table, write_table
-from dcase_t6.data.audio_io import AudioProblem, declared_frames, decode_mono, resample
+from dcase_t6.data.audio_io import AudioProblem, StreamFacts, declared_frames, stream_mono
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.parallel import die_with_parent, ordered_map
 from dcase_t6.data.reports import CacheReport
@@ -71,6 +70,7 @@ INTEGER_COLUMNS = ["size", "mtime_ns", "rate", "source_rate", "shard", "offset",
 SUFFIXES = {"float32": "f32", "int16": "i16"}
 DTYPES = {"float32": np.float32, "int16": np.int16}
 INT16_SCALE = 32768.0
+CRC_BLOCK = 4 << 20
 
 
 def shard_path(directory: Path, shard: int, mode: str = "float32") -> Path:
@@ -155,6 +155,12 @@ class ShardWriter:
         out.flush()
         return offset
 
+    def cut(self, offset: int, mode: str = "float32") -> None:
+        """Drop the mode's shard after ``offset`` samples: the part of a clip that failed to decode."""
+        out = self.files[mode]
+        out.truncate(offset * SAMPLE_BYTES[mode])
+        out.seek(0, os.SEEK_END)
+
     def close(self) -> None:
         """Close the shard files."""
         for out in self.files.values():
@@ -182,27 +188,54 @@ def run_job(job: Job, writer: ShardWriter) -> Outcome:
                        source_rate=source.source_rate, truncated=source.truncated,
                        length=kept_length(source.frames, source.source_rate, job.rate, cap))
     try:
-        samples, source_rate = decode_mono(job.path)
+        stream, offset, length = _store(job, cap, writer)
     except AudioProblem as problem:
         return Outcome(job.key, *facts, kind="problem", problem=str(problem))
-    declared, decoded = declared_frames(job.path), len(samples)
-    truncated = (f"truncated: the header says {declared} frames, {decoded} decode "
-                 f"({decoded / source_rate:.3f} of {declared / source_rate:.3f} s); cached at the shorter length"
+    rate, decoded, verb = stream.source_rate, stream.frames, "decode"
+    if not stream.to_end:  # stopped at the cap: the rest is not decoded, the frames are those the file holds
+        decoded, verb = max(decoded, stream.header_frames), "are in the file"
+    declared = declared_frames(job.path)
+    truncated = (f"truncated: the header says {declared} frames, {decoded} {verb} "
+                 f"({decoded / rate:.3f} of {declared / rate:.3f} s); cached at the shorter length"
                  if declared is not None and decoded < declared else None)
-    samples = resample(samples, source_rate, job.rate)
-    if cap:
-        samples = samples[:cap]
-    if job.storage.mode == "int16":
-        samples = to_int16(samples)
-    return Outcome(job.key, *facts, storage=job.storage.mode, max_samples=cap, frames=decoded,
-                   source_rate=source_rate, shard=writer.shard, offset=writer.append(samples, job.storage.mode),
-                   length=len(samples), truncated=truncated)
+    return Outcome(job.key, *facts, storage=job.storage.mode, max_samples=cap, frames=decoded, source_rate=rate,
+                   shard=writer.shard, offset=offset, length=length, truncated=truncated)
+
+
+def _store(job: Job, cap: int, writer: ShardWriter) -> tuple[StreamFacts, int, int]:
+    """Decode, resample and append a clip to the shard block by block (memory: a block, whatever its length).
+
+    Returns:
+        What decoding found, and the clip's offset and length in the shard, in samples.
+
+    Raises:
+        AudioProblem: the file fails to decode; what was appended of it is cut off again.
+    """
+    mode, stream = job.storage.mode, StreamFacts()
+    offset = length = None
+    try:
+        for piece in stream_mono(job.path, job.rate, cap, stream):
+            at = writer.append(to_int16(piece) if mode == "int16" else piece, mode)
+            offset, length = (at, 0) if offset is None else (offset, length)
+            length += len(piece)
+    except BaseException:
+        if offset is not None:
+            writer.cut(offset, mode)
+        raise
+    if offset is None:
+        raise AudioProblem("no audio samples (empty file)")
+    return stream, offset, length
 
 
 def file_crc32(path: Path) -> str:
-    """CRC-32 of a file (8 hex digits), read through a memory map: no copy, 3-4 GB/s."""
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        return f"{zlib.crc32(view):08x}"
+    """CRC-32 of a file (8 hex digits), read in 4 MiB blocks into one buffer: constant memory (a memory map would
+    count every page of a 10-hour source as resident), 2-3 GB/s."""
+    crc, buffer = 0, bytearray(CRC_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            crc = zlib.crc32(view[:count], crc)
+    return f"{crc:08x}"
 
 
 _worker_writer: ShardWriter | None = None
@@ -224,9 +257,10 @@ class AudioCache:
     """Read-only view of a built cache: ``clip(path, max_samples, offset)`` returns a span of a clip, ``read(path)``
     the whole clip, without decoding (stored modes) or decoding only the span (``window``)."""
 
-    def __init__(self, root: str | Path, rate: int):
+    def __init__(self, root: str | Path, rate: int, reporter: Reporter = SILENT):
         self.layout = Layout.at(root)
         self.rate = rate
+        self.reporter = reporter  # told when a source changed since the cache indexed it
         directory = self.layout.cache_dir(rate)
         entries = _read_entries(directory)
         if entries.empty:
@@ -315,9 +349,9 @@ class AudioCache:
             return known[2]
         facts = probe_source(source)
         self._changed[key] = (stat.st_size, stat.st_mtime_ns, facts)
-        stderr_console.print(f"[yellow]warning:[/] {source}: changed since the {self.rate} Hz audio cache indexed it; "
-                             f"reading it as it is now ({facts.frames / facts.source_rate:.1f} s); the next "
-                             "`dcase-t6 prepare cache` re-indexes it", highlight=False, soft_wrap=True)
+        self.reporter.warning(f"{source}: changed since the {self.rate} Hz audio cache indexed it; reading it as it "
+                              f"is now ({facts.frames / facts.source_rate:.1f} s); the next `dcase-t6 prepare cache` "
+                              "re-indexes it")
         return facts
 
     def _key(self, path: str | Path) -> str:
@@ -341,7 +375,8 @@ class Absent:
     rows: int
 
 
-def drop_absent(store: AudioCache, frame: pd.DataFrame, where: str, say: bool = True) -> tuple[pd.DataFrame, Absent]:
+def drop_absent(store: AudioCache, frame: pd.DataFrame, where: str,
+                reporter: Reporter = SILENT) -> tuple[pd.DataFrame, Absent]:
     """The rows (caption pairs) of ``frame`` (split index rows, absolute ``path``) whose clip the cache holds.
 
     Clips the cache skipped (unreadable when it was built) are left out with their rows: one warning line
@@ -351,7 +386,7 @@ def drop_absent(store: AudioCache, frame: pd.DataFrame, where: str, say: bool = 
         store: the audio cache.
         frame: split index rows.
         where: what the rows are part of, for the messages (``synthetic development-training``).
-        say: print the warning (the main process only).
+        reporter: told what was left out.
 
     Returns:
         The kept rows (index order, renumbered) and what was left out.
@@ -359,11 +394,12 @@ def drop_absent(store: AudioCache, frame: pd.DataFrame, where: str, say: bool = 
     cached = frame["path"].map(store.__contains__).astype(bool)
     absent = Absent(where, list(dict.fromkeys(frame.loc[~cached, "path"])), int((~cached).sum()))
     if absent.clips:
-        _left_out(store, absent.clips, where, f"{absent.rows} caption pair(s)", nothing_left=not cached.any(), say=say)
+        _left_out(store, absent.clips, where, f"{absent.rows} caption pair(s)", nothing_left=not cached.any(),
+                  reporter=reporter)
     return (frame[cached].reset_index(drop=True), absent) if absent.clips else (frame, absent)
 
 
-def cached_split(store: AudioCache, split: Split, say: bool = True) -> Split:
+def cached_split(store: AudioCache, split: Split, reporter: Reporter = SILENT) -> Split:
     """``split`` without the clips the cache skipped and without their queries (see :func:`drop_absent`).
 
     A split whose queries are not tied to clips (the evaluation set) needs every clip: a skipped one is an error.
@@ -375,9 +411,10 @@ def cached_split(store: AudioCache, split: Split, say: bool = True) -> Split:
     absent = [str(path) for path, cached in zip(split.paths, present) if not cached]
     where = f"{split.dataset} {split.split}"
     if any(name is None for name in split.query_files):
-        _left_out(store, absent, f"{where} (it needs every clip)", "", nothing_left=True, say=say)
+        _left_out(store, absent, f"{where} (it needs every clip)", "", nothing_left=True, reporter=reporter)
     keep = [name not in gone for name in split.query_files]
-    _left_out(store, absent, where, f"{len(keep) - sum(keep)} query(ies)", nothing_left=not any(keep), say=say)
+    _left_out(store, absent, where, f"{len(keep) - sum(keep)} query(ies)", nothing_left=not any(keep),
+              reporter=reporter)
     return Split(dataset=split.dataset, split=split.split,
                  files=[name for name, cached in zip(split.files, present) if cached],
                  paths=[path for path, cached in zip(split.paths, present) if cached],
@@ -385,21 +422,20 @@ def cached_split(store: AudioCache, split: Split, say: bool = True) -> Split:
                  query_files=[name for name, kept in zip(split.query_files, keep) if kept])
 
 
-def _left_out(store: AudioCache, absent: list[str], where: str, rows: str, nothing_left: bool, say: bool) -> None:
+def _left_out(store: AudioCache, absent: list[str], where: str, rows: str, nothing_left: bool,
+              reporter: Reporter) -> None:
     """Warn that ``rows`` of ``where`` are left out with their ``absent`` clips, or fail when nothing is left."""
     first = f"{absent[0]}: {store.reason(absent[0])}"
     if nothing_left:
         raise UserError(f"{store.skipped_file}: {len(absent)} clip(s) of {where} were skipped by the {store.rate} Hz "
                         f"audio cache, which leaves nothing to use (first {first}); {FIX_SKIPPED}")
-    if say:
-        stderr_console.print(f"[yellow]warning:[/] left out {rows} of {where}: their {len(absent)} clip(s) were "
-                             f"skipped by the {store.rate} Hz audio cache (listed in {store.skipped_file}; "
-                             f"first {first})", highlight=False, soft_wrap=True)
+    reporter.warning(f"left out {rows} of {where}: their {len(absent)} clip(s) were skipped by the {store.rate} Hz "
+                     f"audio cache (listed in {store.skipped_file}; first {first})")
 
 
 def build_cache(layout: Layout, rate: int, datasets: list[str] | None = None, workers: int = 1,
                 checkpoint_s: float = 5.0, request: StorageRequest | None = None, force: bool = False,
-                say: bool = True) -> CacheReport:
+                reporter: Reporter = SILENT) -> CacheReport:
     """Cache every clip of the given (default: all) indexed datasets at ``rate``, each in its storage.
 
     Args:
@@ -410,7 +446,7 @@ def build_cache(layout: Layout, rate: int, datasets: list[str] | None = None, wo
         checkpoint_s: seconds between index commits.
         request: storage modes / caps asked for (default: remembered, else the defaults of ``storage``).
         force: build even when the free space looks too small.
-        say: print the space line before the build starts.
+        reporter: the space line before the build starts, and the bar over the clips.
 
     Returns:
         A summary: counts, hours, size on disk, the space needed and free, and the storage of each dataset.
@@ -427,13 +463,13 @@ def build_cache(layout: Layout, rate: int, datasets: list[str] | None = None, wo
         needed = sum(stored_bytes(clips[job.key].n_samples, clips[job.key].sample_rate, rate, job.storage)
                      for job in jobs)
         space = check_space(directory, needed, len(jobs), force)
-        if jobs and say:
-            stderr_console.print(f"cache {directory}: {len(jobs)} clip(s) to cache need about {gigabytes(needed)} GB; "
-                                 f"{gigabytes(space.free)} GB free", highlight=False, soft_wrap=True)
+        if jobs:
+            reporter.info(f"cache {directory}: {len(jobs)} clip(s) to cache need about {gigabytes(needed)} GB; "
+                          f"{gigabytes(space.free)} GB free")
         remember(directory, chosen)
         book = _Book(directory, rate, entries)
         try:
-            _run(jobs, workers, directory, book, checkpoint_s)
+            _run(jobs, workers, directory, book, checkpoint_s, reporter)
         finally:
             book.commit()
             write_table(pd.DataFrame(book.skipped, columns=["path", "reason"]), directory / SKIPPED_FILE)
@@ -541,7 +577,7 @@ class _Book:
         write_table(pd.DataFrame(truncated, columns=["path", "reason"]), self.directory / TRUNCATED_FILE)
 
 
-def _run(jobs: list[Job], workers: int, directory: Path, book: _Book, checkpoint_s: float) -> None:
+def _run(jobs: list[Job], workers: int, directory: Path, book: _Book, checkpoint_s: float, reporter: Reporter) -> None:
     """Run the jobs in this process or in ``workers`` processes, committing every ``checkpoint_s``."""
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) > 1:
@@ -557,12 +593,11 @@ def _run(jobs: list[Job], workers: int, directory: Path, book: _Book, checkpoint
             writer = ShardWriter(directory, 0)
             stack.callback(writer.close)
             outcomes = (run_job(job, writer) for job in jobs)
-        progress = stack.enter_context(count_progress())
-        task = progress.add_task(f"caching audio at {book.rate} Hz", total=len(jobs))
+        task = stack.enter_context(reporter.task(f"caching audio at {book.rate} Hz", len(jobs)))
         last = time.monotonic()
         for outcome in outcomes:
             book.record(outcome)
-            progress.advance(task)
+            task.advance()
             if time.monotonic() - last > checkpoint_s:
                 book.commit()
                 last = time.monotonic()

@@ -14,6 +14,7 @@ import pandas as pd
 
 from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import read_table
 from dcase_t6.data.dataset_files import audio_files_by_stem, skip_empty_captions
 from dcase_t6.data.layout import Layout
@@ -24,7 +25,8 @@ AUDIOCAPS_SPLITS = ("train", "val", "test")
 AUDIOCAPS_COLUMNS = ["audiocap_id", "youtube_id", "start_time", "caption"]
 
 
-def prepare_audiocaps(layout: Layout, metadata: Path, audio: Path, workers: int = 1) -> IndexReport:
+def prepare_audiocaps(layout: Layout, metadata: Path, audio: Path, workers: int = 1,
+                      reporter: Reporter = SILENT) -> IndexReport:
     """Index AudioCaps from its CSVs and a local audio folder (no item is Freesound-derived)."""
     csvs = [metadata / f"{split}.csv" for split in AUDIOCAPS_SPLITS if (metadata / f"{split}.csv").is_file()]
     if not csvs:
@@ -37,7 +39,7 @@ def prepare_audiocaps(layout: Layout, metadata: Path, audio: Path, workers: int 
     tables = [_audiocaps_table(csv, _by_youtube_id(files), audio) for csv in csvs]
     table, empty = skip_empty_captions(pd.concat(tables, ignore_index=True), "AudioCaps")
     extra = {"excluded": {"audiocaps": 0}, "freesound_derived": [], "skipped_rows": empty}
-    return write_index(layout, "audiocaps", table, AudioPolicy(), workers, key, extra)
+    return write_index(layout, "audiocaps", table, AudioPolicy(), workers, key, extra, reporter)
 
 
 def _youtube_keys(stem: str) -> list[str]:

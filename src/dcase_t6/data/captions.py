@@ -20,6 +20,7 @@ import pandas as pd
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.outputs import check_name
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import read_table
 from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN, audio_files_by_stem, read_forbidden_ids, skip_empty_captions
 from dcase_t6.data.layout import Layout
@@ -32,7 +33,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def prepare_captions(layout: Layout, name: str, csv: Path, audio: Path, split: str = "train",
-                     forbidden: Path = DEFAULT_FORBIDDEN, workers: int = 1) -> IndexReport:
+                     forbidden: Path = DEFAULT_FORBIDDEN, workers: int = 1, reporter: Reporter = SILENT) -> IndexReport:
     """Index a captioned set named ``name`` from ``csv`` and the audio under ``audio``.
 
     Args:
@@ -44,6 +45,7 @@ def prepare_captions(layout: Layout, name: str, csv: Path, audio: Path, split: s
         split: the split of rows without a ``split`` value.
         forbidden: the forbidden Freesound ids CSV (used when the CSV has a Freesound id column).
         workers: threads checking the audio files.
+        reporter: shows the bar over the files checked.
 
     Returns:
         The index report: clips/captions/hours per split, skipped files and rows, excluded forbidden ids.
@@ -78,7 +80,8 @@ def prepare_captions(layout: Layout, name: str, csv: Path, audio: Path, split: s
     if table.empty:
         raise UserError(f"{csv}: no caption left (empty captions: {len(empty)}, forbidden ids: "
                         f"{extra['excluded'][name]}); check the caption columns")
-    return write_index(layout, name, table, AudioPolicy(), workers, key, {**extra, "skipped_rows": empty})
+    return write_index(layout, name, table, AudioPolicy(), workers, key, {**extra, "skipped_rows": empty},
+                       reporter)
 
 
 def _caption_table(frame: pd.DataFrame, csv: Path, name: str, split: str, caption_columns: list[str],

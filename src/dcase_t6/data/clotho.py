@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from dcase_t6.common.atomic import atomic_path
-from dcase_t6.common.console import byte_progress
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.data.archive import extract_7z
 from dcase_t6.data.clotho_layout import index_clotho_layout
 from dcase_t6.data.download import VerifiedFiles, download
@@ -36,26 +36,26 @@ CLOTHO_MD5 = {
 
 
 def prepare_clotho(layout: Layout, archives: Path | None = None, workers: int = 1, mirror: str | None = None,
-                   md5s: dict[str, str] = CLOTHO_MD5, retry_wait_s: float = 2.0) -> ClothoReport:
+                   md5s: dict[str, str] = CLOTHO_MD5, retry_wait_s: float = 2.0,
+                   reporter: Reporter = SILENT) -> ClothoReport:
     """Get (download or ``archives``), verify, extract and index Clotho v2.1; return the index report."""
     source = archives.expanduser().absolute() if archives else layout.dataset_dir(DATASET) / "archives"
     for part in CLOTHO_PARTS:  # before hours of downloading
         _check_part_target(layout, part)
     verified = VerifiedFiles(layout.dataset_dir(DATASET) / "verified.json")
-    with byte_progress() as progress:
-        if archives is None:
-            base = (mirror or ZENODO_URL).rstrip("/") + "/"
-            for name, md5 in md5s.items():
-                if not (source / name).is_file():
-                    download(base + name, source / name, md5, progress, retry_wait_s=retry_wait_s)
-        _require_present(source, md5s, archives is not None)
+    if archives is None:
+        base = (mirror or ZENODO_URL).rstrip("/") + "/"
         for name, md5 in md5s.items():
-            verified.check(source / name, md5, progress)
+            if not (source / name).is_file():
+                download(base + name, source / name, md5, reporter, retry_wait_s=retry_wait_s)
+    _require_present(source, md5s, archives is not None)
+    for name, md5 in md5s.items():
+        verified.check(source / name, md5, reporter)
     extracted = {part: _extract_part(layout, source, part, md5s) for part in CLOTHO_PARTS}
     for part in CLOTHO_PARTS:
         _copy_if_changed(source / f"clotho_captions_{part}.csv", layout.captions_csv(DATASET, part))
         _copy_if_changed(source / f"clotho_metadata_{part}.csv", layout.metadata_csv(DATASET, part))
-    report = index_clotho_layout(layout, DATASET, workers)
+    report = index_clotho_layout(layout, DATASET, workers, reporter)
     return report.extended(ClothoReport, source=str(source), extracted=extracted)
 
 

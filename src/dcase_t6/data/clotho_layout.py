@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import LATIN1, UTF8, check_non_empty, check_unique, read_table
 from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
 from dcase_t6.data.reports import IndexReport
@@ -64,7 +65,7 @@ def _part_table(layout: Layout, dataset: str, part: str) -> pd.DataFrame:
     })
 
 
-def index_clotho_layout(layout: Layout, dataset: str, workers: int) -> IndexReport:
+def index_clotho_layout(layout: Layout, dataset: str, workers: int, reporter: Reporter = SILENT) -> IndexReport:
     """Write the split index of a Clotho-layout dataset (no-op when its inputs did not change)."""
     inputs = [path for part in CLOTHO_PARTS
               for path in (layout.captions_csv(dataset, part), layout.metadata_csv(dataset, part)) if path.is_file()]
@@ -75,4 +76,5 @@ def index_clotho_layout(layout: Layout, dataset: str, workers: int) -> IndexRepo
     if report is not None:
         return report
     table = caption_table(layout, dataset)
-    return write_index(layout, dataset, table, AudioPolicy(sample_rate=CLOTHO_SAMPLE_RATE), workers, key)
+    return write_index(layout, dataset, table, AudioPolicy(sample_rate=CLOTHO_SAMPLE_RATE), workers, key,
+                       reporter=reporter)

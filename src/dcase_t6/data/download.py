@@ -1,4 +1,4 @@
-"""Resumable HTTP downloads with MD5 verification and rich progress.
+"""Resumable HTTP downloads with MD5 verification and progress through the caller's reporter.
 
 A download streams into ``<name>.part``; an interrupted transfer (dropped connection, Ctrl-C, a
 killed process) is resumed with an HTTP ``Range`` request on the next attempt or the next run. The
@@ -16,10 +16,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rich.progress import Progress
-
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json, write_json
+from dcase_t6.common.reporting import BYTES, SILENT, Reporter
 
 CHUNK = 1 << 20
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
@@ -29,14 +28,14 @@ class IncompleteTransfer(Exception):
     """The server closed the connection before sending every byte it announced."""
 
 
-def download(url: str, target: Path, md5: str, progress: Progress, attempts: int = 5,
+def download(url: str, target: Path, md5: str, reporter: Reporter = SILENT, attempts: int = 5,
              retry_wait_s: float = 2.0, timeout_s: float = 60.0) -> None:
     """Download ``url`` to ``target`` through ``target.part`` (resuming it), verify the MD5, then rename."""
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, attempts + 1):
         try:
-            _fetch(url, part, progress, timeout_s)
+            _fetch(url, part, reporter, timeout_s)
             break
         except (OSError, http.client.HTTPException, IncompleteTransfer) as err:
             if _fatal(err) or attempt == attempts:
@@ -44,7 +43,7 @@ def download(url: str, target: Path, md5: str, progress: Progress, attempts: int
                 raise UserError(f"{url}: download failed ({_describe(err)}) after {attempt} attempt(s); "
                                 f"{size} bytes kept in {part}: re-run to resume") from None
             time.sleep(retry_wait_s * 2 ** (attempt - 1))
-    actual = file_md5(part, progress)
+    actual = file_md5(part, reporter)
     if actual != md5:
         part.unlink()
         raise UserError(f"{target.name}: MD5 {actual} does not match the expected {md5}; the corrupt download "
@@ -52,7 +51,7 @@ def download(url: str, target: Path, md5: str, progress: Progress, attempts: int
     os.replace(part, target)
 
 
-def _fetch(url: str, part: Path, progress: Progress, timeout_s: float) -> None:
+def _fetch(url: str, part: Path, reporter: Reporter, timeout_s: float) -> None:
     """Stream ``url`` into ``part``, asking for the missing bytes only when ``part`` already has some."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "dcase-t6", **({"Range": f"bytes={offset}-"} if offset else {})}
@@ -66,14 +65,13 @@ def _fetch(url: str, part: Path, progress: Progress, timeout_s: float) -> None:
         resumed = offset > 0 and response.status == 206 and _range_start(response) == offset
         offset = offset if resumed else 0
         length = int(response.headers.get("Content-Length") or 0)
-        task = progress.add_task(f"downloading {part.name[:-5]}", total=(offset + length) or None, completed=offset)
         received = 0
-        with open(part, "ab" if resumed else "wb") as out:
+        with reporter.task(f"downloading {part.name[:-5]}", (offset + length) or None, BYTES, offset) as task, \
+                open(part, "ab" if resumed else "wb") as out:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
                 received += len(chunk)
-                progress.advance(task, len(chunk))
-        progress.remove_task(task)
+                task.advance(len(chunk))
     if length and received < length:
         raise IncompleteTransfer(f"received {received} of {length} bytes")
 
@@ -99,15 +97,13 @@ def _describe(err: Exception) -> str:
     return str(err) or type(err).__name__
 
 
-def file_md5(path: Path, progress: Progress) -> str:
+def file_md5(path: Path, reporter: Reporter = SILENT) -> str:
     """MD5 of a file, with a progress bar."""
     digest = hashlib.md5()
-    task = progress.add_task(f"verifying {path.name}", total=path.stat().st_size)
-    with open(path, "rb") as handle:
+    with reporter.task(f"verifying {path.name}", path.stat().st_size, BYTES) as task, open(path, "rb") as handle:
         while chunk := handle.read(8 * CHUNK):
             digest.update(chunk)
-            progress.advance(task, len(chunk))
-    progress.remove_task(task)
+            task.advance(len(chunk))
     return digest.hexdigest()
 
 
@@ -118,13 +114,13 @@ class VerifiedFiles:
         self.path = path
         self.entries: dict = read_json(path, "delete it; the files are verified again") if path.is_file() else {}
 
-    def check(self, file: Path, md5: str, progress: Progress) -> None:
+    def check(self, file: Path, md5: str, reporter: Reporter = SILENT) -> None:
         """Fail with the fix if ``file``'s MD5 is not ``md5``; hash only if it changed since the last check."""
         stat = file.stat()
         stamp = {"md5": md5, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if self.entries.get(str(file)) == stamp:
             return
-        actual = file_md5(file, progress)
+        actual = file_md5(file, reporter)
         if actual != md5:
             raise UserError(f"{file}: MD5 {actual} does not match the expected {md5}; the file is corrupt or "
                             "incomplete: delete it and re-run (without --archives it is downloaded again)")

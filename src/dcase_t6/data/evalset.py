@@ -12,6 +12,7 @@ import pandas as pd
 
 from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import check_non_empty, read_table, write_table
 from dcase_t6.data.audio_io import AUDIO_SUFFIXES
 from dcase_t6.data.layout import Layout
@@ -21,7 +22,8 @@ from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, 
 DATASET, SPLIT = "eval", "evaluation"
 
 
-def prepare_eval(layout: Layout, captions: Path, audio: Path, workers: int = 1) -> IndexReport:
+def prepare_eval(layout: Layout, captions: Path, audio: Path, workers: int = 1,
+                 reporter: Reporter = SILENT) -> IndexReport:
     """Index the evaluation audio and store the queries (column ``caption``) for embed and package."""
     queries = read_table(captions, ["caption"])
     check_non_empty(captions, queries, ["caption"])
@@ -34,7 +36,7 @@ def prepare_eval(layout: Layout, captions: Path, audio: Path, workers: int = 1) 
     table = pd.DataFrame({"dataset": DATASET, "split": SPLIT, "source": "eval", "file_name": [f.name for f in files],
                           "caption_index": "", "caption": "", "audio_path": files, "sound_id": ""})
     return write_index(layout, DATASET, table, AudioPolicy(keep_silent=True, strict=True), workers, key,
-                       {"queries": len(queries), "queries_file": str(layout.queries_file(DATASET))})
+                       {"queries": len(queries), "queries_file": str(layout.queries_file(DATASET))}, reporter)
 
 
 def audio_files(folder: Path) -> list[Path]:

@@ -12,8 +12,34 @@ from dcase_t6.common.atomic import atomic_open, atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.data.layout import DEV_TEST, Layout
 from dcase_t6.data.reports import RelevanceReport
-from dcase_t6.data.split_index import read_index
-from dcase_t6.retrieval.ground_truth import read_relevance_file
+from dcase_t6.data.split_index import load_split, read_index
+from dcase_t6.retrieval.ground_truth import Relevance, read_relevance_file, single_relevant
+
+
+def split_ground_truth(data_root: str | Path, dataset: str, split: str,
+                       present: set[str] | None = None) -> Relevance | None:
+    """The ground truth of a prepared split: its multi-relevance file (``prepare relevance``) when there is one,
+    else each caption -> its clip. The one place that decides it (dev-test in ``runs show``, pipelines).
+
+    Args:
+        data_root: the prepared data root.
+        dataset: the dataset.
+        split: the split (e.g. ``development-testing``).
+        present: clips the matrices hold; captions of other clips are left out (the relevance file is
+            used whole: ``evaluate`` decides about its missing clips).
+
+    Returns:
+        The ground truth, or None when the split has no relevance file and no caption of a present clip.
+
+    Raises:
+        UserError: the split index is missing or damaged (its message names the fix).
+    """
+    layout = Layout.at(data_root)
+    relevance_file = layout.relevance_file(dataset, split)
+    if relevance_file.is_file():
+        return read_relevance_file(relevance_file)
+    data = load_split(layout.root, dataset, split)
+    return single_relevant(data.queries, data.query_files, layout.index_file(dataset), present)
 
 
 def write_relevance_csv(path: Path, queries: list[str], relevant: list[list[str]]) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dcase_t6.common.console import count_progress
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json, write_json
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import read_table, write_table
 from dcase_t6.data.audio_io import AudioInfo, AudioProblem, inspect_audio
 from dcase_t6.data.layout import Layout
@@ -81,13 +81,13 @@ def current_report(layout: Layout, dataset: str, key: str) -> IndexReport | None
 
 
 def write_index(layout: Layout, dataset: str, table: pd.DataFrame, policy: AudioPolicy, workers: int,
-                key: str, extra: dict | None = None) -> IndexReport:
+                key: str, extra: dict | None = None, reporter: Reporter = SILENT) -> IndexReport:
     """Check the audio of ``table``, drop (and list) unusable files, write the index and its report.
 
     ``extra`` holds the dataset's optional :class:`IndexReport` fields (exclusions, skipped rows, queries).
     """
     paths = list(dict.fromkeys(table["audio_path"]))
-    infos, skipped = inspect_files(paths, workers, policy)
+    infos, skipped = inspect_files(paths, workers, policy, reporter)
     if policy.strict and skipped:
         first = skipped[0]
         raise UserError(f"{first['path']}: {first['reason']} ({len(skipped)} unusable file(s) in all); "
@@ -105,19 +105,19 @@ def write_index(layout: Layout, dataset: str, table: pd.DataFrame, policy: Audio
     return report
 
 
-def inspect_files(paths: list[Path], workers: int, policy: AudioPolicy) -> tuple[dict[Path, AudioInfo], list[dict]]:
+def inspect_files(paths: list[Path], workers: int, policy: AudioPolicy,
+                  reporter: Reporter = SILENT) -> tuple[dict[Path, AudioInfo], list[dict]]:
     """Check every file (in threads): usable ones map to their info, the others are listed with why."""
     infos: dict[Path, AudioInfo] = {}
     skipped: list[dict] = []
-    with ThreadPoolExecutor(max(1, workers)) as pool, count_progress() as progress:
-        task = progress.add_task("checking audio", total=len(paths))
+    with ThreadPoolExecutor(max(1, workers)) as pool, reporter.task("checking audio", len(paths)) as task:
         for path, outcome in zip(paths, ordered_map(pool, _inspect, paths, 64 * max(1, workers))):
             reason = outcome if isinstance(outcome, str) else policy.problem(outcome)
             if reason is None:
                 infos[path] = outcome
             else:
                 skipped.append({"path": str(path), "reason": reason})
-            progress.advance(task)
+            task.advance()
     return infos, skipped
 
 

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from dcase_t6.common.console import count_progress
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import replace_owned_dir, staging_dir
 from dcase_t6.common.jsonfile import read_json, write_json
 from dcase_t6.common.outputs import check_output_dir
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import LATIN1, write_table
 from dcase_t6.data.clotho_layout import CAPTION_FIELDS, METADATA_FIELDS, index_clotho_layout
 from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
@@ -283,16 +283,15 @@ def render_clip(rng: np.random.Generator, scene: tuple[Event, ...], duration: fl
     return (mix / max(1.0, np.abs(mix).max() / 0.98)).astype(np.float32), placed
 
 
-def generate(config: SyntheticConfig, folder: Path) -> None:
+def generate(config: SyntheticConfig, folder: Path, reporter: Reporter = SILENT) -> None:
     """Write the Clotho-layout files of ``config`` into ``folder`` (CSVs, audio/<part>/, events, relevance)."""
     counts = [config.development, config.validation, config.evaluation]
     events: list[tuple] = []
-    with count_progress() as progress:
-        task = progress.add_task("synthesising clips", total=sum(counts))
+    with reporter.task("synthesising clips", sum(counts)) as task:
         for part_number, count in enumerate(counts):
             first = sum(counts[:part_number])
             events += _generate_part(config, folder, part_number, range(first, first + count),
-                                     lambda: progress.advance(task))
+                                     task.advance)
     write_table(pd.DataFrame(events, columns=["part", "file_name", "order", "kind", "variant", "loudness",
                                               "onset_s", "duration_s"]), folder / "events.csv")
 
@@ -338,7 +337,7 @@ def _write_relevance(path: Path, names: list[str], scenes: list[tuple[Event, ...
 
 
 def prepare_synthetic(layout: Layout, config: SyntheticConfig, workers: int = 1,
-                      force: bool = False) -> SyntheticReport:
+                      force: bool = False, reporter: Reporter = SILENT) -> SyntheticReport:
     """Generate (unless already there with the same config), index, and attach the dev-test relevance."""
     config.check()
     folder = layout.dataset_dir(DATASET)
@@ -347,8 +346,8 @@ def prepare_synthetic(layout: Layout, config: SyntheticConfig, workers: int = 1,
     if generated:
         check_output_dir(folder, "prepare synthetic", what="a synthetic dataset", legacy_marker=STAMP_NAME,
                          remedy="move your files out of it, or choose another --root")
-        _generate_atomically(config, folder, stamp)
-    report = index_clotho_layout(layout, DATASET, workers)
+        _generate_atomically(config, folder, stamp, reporter)
+    report = index_clotho_layout(layout, DATASET, workers, reporter)
     relevance = attach_relevance(layout, DATASET, folder / RELEVANCE_NAME)
     return report.extended(SyntheticReport, generated=generated, folder=str(folder), relevance=relevance)
 
@@ -358,8 +357,8 @@ def _generated_with(path: Path, stamp: dict) -> bool:
     return path.is_file() and read_json(path, "delete it, or re-run with --force to generate the data again") == stamp
 
 
-def _generate_atomically(config: SyntheticConfig, folder: Path, stamp: dict) -> None:
+def _generate_atomically(config: SyntheticConfig, folder: Path, stamp: dict, reporter: Reporter) -> None:
     with staging_dir(folder) as tmp:
-        generate(config, tmp)
+        generate(config, tmp, reporter)
         write_json(stamp, tmp / STAMP_NAME)
         replace_owned_dir(tmp, folder, "prepare synthetic", legacy_marker=STAMP_NAME)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.data.audio_io import AUDIO_SUFFIXES
 from dcase_t6.data.dataset_files import (
     DEFAULT_FORBIDDEN,
@@ -33,7 +34,7 @@ _EXPECTED = 'expected {"data": [{"id": ..., "caption": ...}, ...]}'
 
 
 def prepare_wavcaps(layout: Layout, json_dir: Path, audio: Path, forbidden: Path = DEFAULT_FORBIDDEN,
-                    workers: int = 1) -> IndexReport:
+                    workers: int = 1, reporter: Reporter = SILENT) -> IndexReport:
     """Index WavCaps from its JSON files and local audio, without the forbidden Freesound ids."""
     json_files = sorted(json_dir.rglob("*.json")) if json_dir.is_dir() else []
     if not json_files:
@@ -55,7 +56,7 @@ def prepare_wavcaps(layout: Layout, json_dir: Path, audio: Path, forbidden: Path
     extra = {"excluded": excluded, "freesound_derived": sorted(FREESOUND_SOURCES & set(excluded)),
              "forbidden_ids": {"file": str(forbidden), "ids": len(forbidden_ids), "ignored_rows": ignored},
              "skipped_rows": empty}
-    return write_index(layout, "wavcaps", table, AudioPolicy(), workers, key, extra)
+    return write_index(layout, "wavcaps", table, AudioPolicy(), workers, key, extra, reporter)
 
 
 def _wavcaps_table(json_file: Path, source: str, audio: Path) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from dcase_t6.data.audio_io import AudioProblem, declared_frames, decode_mono, reason, resample
+from dcase_t6.data.audio_io import AudioProblem, StreamFacts, declared_frames, reason, resample, stream_mono
 
 MARGIN_SECONDS = 0.05
 
@@ -56,7 +56,10 @@ def probe_source(path: Path) -> SourceFacts:
     declared = declared_frames(path)
     if complete and (declared is None or declared <= frames):
         return SourceFacts(frames, rate)
-    decoded = len(decode_mono(path)[0])
+    counted = StreamFacts()
+    for _ in stream_mono(path, rate, facts=counted):  # counts the frames that decode, a block at a time
+        pass
+    decoded = counted.frames
     promised = max(frames, declared or 0)
     return SourceFacts(decoded, rate, f"truncated: the header says {promised} frames, {decoded} decode "
                                       f"({decoded / rate:.3f} of {promised / rate:.3f} s); read at the shorter length")

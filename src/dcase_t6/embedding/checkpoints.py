@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from dcase_t6.common.atomic import atomic_path
-from dcase_t6.common.console import count_progress
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.data.audio_cache import AudioCache, build_cache, cached_split
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import Split, load_split
@@ -26,6 +27,17 @@ from dcase_t6.models.checkpoint import load_weights
 from dcase_t6.registry import RegisteredFile, Registry
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
 from dcase_t6.training.config import TrainConfig, from_dict
+
+MAX_BATCH = 65_536  # clips or captions per forward pass; 32 is the default, a large GPU takes a few hundred
+
+
+def check_batch_size(value, where: str) -> int:
+    """``value`` when it is a whole number from 1 to MAX_BATCH; a UserError naming ``where`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise UserError(f"{where} {shown}: the batch size must be a whole number between 1 and {MAX_BATCH} (clips "
+                        "or captions per forward pass; 32 by default)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -88,26 +100,27 @@ def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
 
 
 def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",
-              batch_size: int = 32, with_similarity: bool = True) -> dict:
+              batch_size: int = 32, with_similarity: bool = True, reporter: Reporter = SILENT) -> dict:
     """Embed one split with a run's checkpoint (``best`` or ``last``) and the input settings of the run's
     config; writes and registers the embeddings and (unless ``with_similarity`` is False, as for a training
     split's distillation targets) the similarity matrix. Clips the audio cache skipped are left out with
     their queries (one warning line); the evaluation set, which needs every clip, fails instead. The run is
-    held with an "embed" lease meanwhile, so `runs rm` refuses it."""
+    held with an "embed" lease meanwhile, so `runs rm` refuses it. ``reporter`` shows the bars and the warning."""
+    check_batch_size(batch_size, "batch size")
     registry = Registry(workdir)
     with registry.using(run, "embed") as run_id:
-        return _embed(registry, run_id, data_root, dataset, split, tag, batch_size, with_similarity)
+        return _embed(registry, run_id, data_root, dataset, split, tag, batch_size, with_similarity, reporter)
 
 
 def _embed(registry: Registry, run: str, data_root: str | Path, dataset: str, split: str, tag: str, batch_size: int,
-           with_similarity: bool) -> dict:
+           with_similarity: bool, reporter: Reporter) -> dict:
     device = _device()
     loaded = load_model(registry, run, tag, str(device))
     model, checkpoint = loaded.model, loaded.checkpoint
-    data, store = _cached_split(data_root, dataset, split, model.sample_rate)
+    data, store = _cached_split(data_root, dataset, split, model.sample_rate, reporter)
     audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size,
-                              loaded.config.clip_samples(model.sample_rate))
-    text = _text_embeddings(model, data, device, batch_size)
+                              loaded.config.clip_samples(model.sample_rate), reporter)
+    text = embed_text(model, data.queries, batch_size, device, reporter, f"{split}: captions")
     directory = registry.workdir / "runs" / checkpoint.run_id / "outputs"
     embeddings_path = _save_npz(directory / f"{dataset}.{split}.embeddings.npz", checkpoint=checkpoint.sha256,
                                 files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
@@ -125,7 +138,7 @@ def _embed(registry: Registry, run: str, data_root: str | Path, dataset: str, sp
 
 
 def embed_exported(source: str | Path, data_root: str | Path, dataset: str, split: str, out: str | Path,
-                   batch_size: int = 32, revision: str | None = None) -> dict:
+                   batch_size: int = 32, revision: str | None = None, reporter: Reporter = SILENT) -> dict:
     """Embed one split with an exported model (a folder of `dcase-t6 export`, or a hub repo id), no registry.
 
     Writes ``<dataset>.<split>.embeddings.npz`` (the same arrays as a registered run's: ``files``, ``paths``,
@@ -141,6 +154,7 @@ def embed_exported(source: str | Path, data_root: str | Path, dataset: str, spli
         out: the folder to write to (created if missing).
         batch_size: clips or captions per forward pass.
         revision: with a repo id: branch, tag or commit.
+        reporter: the bars and the warning about left-out clips.
 
     Returns:
         ``model`` (its folder), ``dataset``, ``split``, ``audio_seconds``, ``queries``, ``files``, ``embeddings``
@@ -149,18 +163,17 @@ def embed_exported(source: str | Path, data_root: str | Path, dataset: str, spli
     from dcase_t6.embedding.encode import embed_audio
     from dcase_t6.sharing.folder import load_exported
 
+    check_batch_size(batch_size, "batch size")
     device = _device()
     loaded = load_exported(source, device, revision)
     model = loaded.model
-    data, store = _cached_split(data_root, dataset, split, model.sample_rate)
+    data, store = _cached_split(data_root, dataset, split, model.sample_rate, reporter)
     paths = list(dict.fromkeys(str(p) for p in data.paths))
-    with count_progress() as bar:
-        task = bar.add_task(f"{split}: audio", total=len(paths))
-        vectors = embed_audio(model, [Path(p) for p in paths], store.clip, loaded.max_samples, batch_size, device,
-                              lambda n: bar.advance(task, n))
+    vectors = embed_audio(model, [Path(p) for p in paths], store.clip, loaded.max_samples, batch_size, device,
+                          reporter, f"{split}: audio")
     by_path = dict(zip(paths, vectors))
     audio = np.stack([by_path[str(p)] for p in data.paths])
-    text = _text_embeddings(model, data, device, batch_size)
+    text = embed_text(model, data.queries, batch_size, device, reporter, f"{split}: captions")
     out = Path(out)
     embeddings_path = _save_npz(out / f"{dataset}.{split}.embeddings.npz", checkpoint=loaded.weights_sha256,
                                 files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
@@ -176,19 +189,14 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _cached_split(data_root: str | Path, dataset: str, split: str, sample_rate: int) -> tuple[Split, AudioCache]:
+def _cached_split(data_root: str | Path, dataset: str, split: str, sample_rate: int,
+                  reporter: Reporter) -> tuple[Split, AudioCache]:
     """The split without the clips the audio cache skipped (unreadable: left out with their queries), and the
     cache at ``sample_rate`` (built or updated first)."""
     data = load_split(data_root, dataset, split)
-    build_cache(Layout.at(data_root), sample_rate, [dataset])
-    store = AudioCache(data_root, sample_rate)
-    return cached_split(store, data), store
-
-
-def _text_embeddings(model: DualEncoder, data: Split, device: torch.device, batch_size: int) -> np.ndarray:
-    with count_progress() as bar:
-        task = bar.add_task(f"{data.split}: captions", total=len(data.queries))
-        return embed_text(model, data.queries, batch_size, device, lambda n: bar.advance(task, n))
+    build_cache(Layout.at(data_root), sample_rate, [dataset], reporter=reporter)
+    store = AudioCache(data_root, sample_rate, reporter)
+    return cached_split(store, data, reporter), store
 
 
 def split_tag(dataset: str, split: str) -> str:
@@ -197,16 +205,15 @@ def split_tag(dataset: str, split: str) -> str:
 
 
 def _audio_embeddings(registry: Registry, checkpoint: RegisteredFile, model: DualEncoder, data: Split,
-                      store: AudioCache, device: torch.device, batch_size: int, max_samples: int) -> np.ndarray:
+                      store: AudioCache, device: torch.device, batch_size: int, max_samples: int,
+                      reporter: Reporter) -> np.ndarray:
     """Embed the split's clips, reusing clips this checkpoint already embedded for any split."""
     known = _known_audio(registry.workdir / "runs" / checkpoint.run_id / "outputs", checkpoint.sha256)
     paths = [str(p) for p in data.paths]
     missing = [p for p in dict.fromkeys(paths) if p not in known]
     if missing:
-        with count_progress() as bar:
-            task = bar.add_task(f"{data.split}: audio", total=len(missing))
-            vectors = embed_audio(model, [Path(p) for p in missing], store.clip, max_samples, batch_size, device,
-                                  lambda n: bar.advance(task, n))
+        vectors = embed_audio(model, [Path(p) for p in missing], store.clip, max_samples, batch_size, device,
+                              reporter, f"{data.split}: audio")
         known.update(zip(missing, vectors))
     return np.stack([known[p] for p in paths])
 

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.models import DualEncoder
 
 ClipReader = Callable[[Path, int], np.ndarray]  # (path, max_samples) -> the first max_samples samples
@@ -24,30 +25,30 @@ def pad_batch(clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def embed_audio(model: DualEncoder, paths: Sequence[Path], read: ClipReader, max_samples: int,
-                batch_size: int, device: torch.device, advance: Callable[[int], None] | None = None) -> np.ndarray:
-    """Audio embeddings (clips, dim) of the first ``max_samples`` samples of each clip."""
+                batch_size: int, device: torch.device, reporter: Reporter = SILENT, label: str = "audio") -> np.ndarray:
+    """Audio embeddings (clips, dim) of the first ``max_samples`` samples of each clip (a bar over the clips)."""
     model.eval()
     outputs = []
-    for start in range(0, len(paths), batch_size):
-        clips = [read(path, max_samples) for path in paths[start:start + batch_size]]
-        waveforms, lengths = pad_batch(clips)
-        outputs.append(model.encode_audio(waveforms.to(device), lengths.to(device)).float().cpu())
-        if advance:
-            advance(len(clips))
+    with reporter.task(label, len(paths)) as task:
+        for start in range(0, len(paths), batch_size):
+            clips = [read(path, max_samples) for path in paths[start:start + batch_size]]
+            waveforms, lengths = pad_batch(clips)
+            outputs.append(model.encode_audio(waveforms.to(device), lengths.to(device)).float().cpu())
+            task.advance(len(clips))
     return torch.cat(outputs).numpy()
 
 
 @torch.no_grad()
 def embed_text(model: DualEncoder, captions: Sequence[str], batch_size: int, device: torch.device,
-               advance: Callable[[int], None] | None = None) -> np.ndarray:
-    """Caption embeddings (captions, dim)."""
+               reporter: Reporter = SILENT, label: str = "captions") -> np.ndarray:
+    """Caption embeddings (captions, dim) (a bar over the captions)."""
     model.eval()
     outputs = []
-    for start in range(0, len(captions), batch_size):
-        batch = list(captions[start:start + batch_size])
-        outputs.append(model.encode_text(batch).float().cpu())
-        if advance:
-            advance(len(batch))
+    with reporter.task(label, len(captions)) as task:
+        for start in range(0, len(captions), batch_size):
+            batch = list(captions[start:start + batch_size])
+            outputs.append(model.encode_text(batch).float().cpu())
+            task.advance(len(batch))
     return torch.cat(outputs).numpy()
 
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from rich.progress import Progress
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.ensemble.systems import weighted_sum
 from dcase_t6.retrieval import metrics
 
@@ -159,7 +159,7 @@ def map_at_k_for_weights(table: ComparisonTable, weights: np.ndarray) -> np.ndar
     return (table.fixed_ap_sum + ap.sum(axis=1)) / table.n_queries
 
 
-def grid_search(scores: np.ndarray, relevant: np.ndarray, divisions: int, progress: Progress | None = None,
+def grid_search(scores: np.ndarray, relevant: np.ndarray, divisions: int, reporter: Reporter = SILENT,
                 label: str = "grid search") -> GridResult:
     """Validation mAP@16 of every simplex grid point for the systems stacked in ``scores``.
 
@@ -167,8 +167,8 @@ def grid_search(scores: np.ndarray, relevant: np.ndarray, divisions: int, progre
         scores: (systems, queries, files) scores of the scored queries.
         relevant: (queries, R) relevant file columns per query, ``metrics.PADDING`` at padding.
         divisions: grid steps that make 1 (see :func:`grid_divisions`).
-        progress: a rich progress display to advance over the grid points, or None.
-        label: the progress task's description.
+        reporter: shows a bar over the grid points.
+        label: the bar's description.
 
     Returns:
         Every grid point and its mAP@16.
@@ -176,12 +176,11 @@ def grid_search(scores: np.ndarray, relevant: np.ndarray, divisions: int, progre
     table = build_comparison_table(scores, relevant)
     points = simplex_grid(len(scores), divisions)
     batch = max(1, _BATCH_ELEMENTS // max(1, table.differences.shape[1]))
-    task = progress.add_task(label, total=len(points)) if progress else None
     values = []
-    for start in range(0, len(points), batch):
-        values.append(map_at_k_for_weights(table, points[start:start + batch]))
-        if progress:
-            progress.advance(task, len(values[-1]))
+    with reporter.task(label, total=len(points)) as task:
+        for start in range(0, len(points), batch):
+            values.append(map_at_k_for_weights(table, points[start:start + batch]))
+            task.advance(len(values[-1]))
     return GridResult(points=points, scores=np.concatenate(values))
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
-from rich.progress import Progress
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.ensemble.grid import grid_search, grid_size
 from dcase_t6.ensemble.systems import take, weighted_sum
 
@@ -102,7 +102,7 @@ def planned_grid_points(groups: Sequence[Group], divisions: int) -> int:
 
 
 def two_stage_search(scores: np.ndarray, relevant: np.ndarray, groups: Sequence[Group], divisions: int,
-                     top: int, progress: Progress | None = None) -> SearchOutcome:
+                     top: int, reporter: Reporter = SILENT) -> SearchOutcome:
     """Search inside each group, then across the group matrices; flat weight = inner x group weight.
 
     Args:
@@ -111,31 +111,31 @@ def two_stage_search(scores: np.ndarray, relevant: np.ndarray, groups: Sequence[
         groups: the search groups (one group: a flat search).
         divisions: grid steps that make 1.
         top: how many best candidates to keep.
-        progress: a rich progress display to advance, or None.
+        reporter: shows a bar over each stage's grid points.
 
     Returns:
         The best flat weight vectors and each group's inner weights and weight.
     """
     if len(groups) == 1:
-        result = grid_search(take(scores, groups[0].members), relevant, divisions, progress, "grid search")
+        result = grid_search(take(scores, groups[0].members), relevant, divisions, reporter, "grid search")
         best = result.best(top)
         candidates = [_flatten(scores.shape[0], groups, [result.points[i]], np.ones(1)) for i in best]
         return SearchOutcome(candidates, [result.points[best[0]]], np.ones(1), len(result.points))
-    inner = [_best_inner_weights(scores, relevant, group, divisions, progress) for group in groups]
+    inner = [_best_inner_weights(scores, relevant, group, divisions, reporter) for group in groups]
     group_scores = np.stack([weighted_sum(take(scores, group.members), weights)
                              for group, weights in zip(groups, inner)])
-    outer = grid_search(group_scores, relevant, divisions, progress, "stage 2: across groups")
+    outer = grid_search(group_scores, relevant, divisions, reporter, "stage 2: across groups")
     best = outer.best(top)
     candidates = [_flatten(scores.shape[0], groups, inner, outer.points[i]) for i in best]
     return SearchOutcome(candidates, inner, outer.points[best[0]], planned_grid_points(groups, divisions))
 
 
 def _best_inner_weights(scores: np.ndarray, relevant: np.ndarray, group: Group, divisions: int,
-                        progress: Progress | None) -> np.ndarray:
+                        reporter: Reporter) -> np.ndarray:
     """Stage 1: the best weights inside one group (a single member gets weight 1)."""
     if len(group.members) == 1:
         return np.ones(1)
-    result = grid_search(take(scores, group.members), relevant, divisions, progress, f"stage 1: {group.name}")
+    result = grid_search(take(scores, group.members), relevant, divisions, reporter, f"stage 1: {group.name}")
     return result.points[result.best(1)[0]]
 
 

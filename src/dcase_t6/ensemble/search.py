@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
-from rich.progress import Progress
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.ensemble.grid import METRIC, METRIC_K, grid_divisions
 from dcase_t6.ensemble.groups import Group, planned_grid_points, resolve_groups, two_stage_search
 from dcase_t6.ensemble.systems import NORMALIZATIONS, System, align_systems, stacked_scores, take, weighted_sum
@@ -98,7 +98,7 @@ def plan_search(names: Sequence[str], options: SearchOptions) -> list[Group]:
 
 
 def search(systems: Sequence[System], relevance: Relevance, options: SearchOptions = SearchOptions(),
-           progress: Progress | None = None) -> SearchResult:
+           reporter: Reporter = SILENT) -> SearchResult:
     """Grid-search the ensemble weights that maximise validation mAP@16, then re-score the best exactly.
 
     The order of ``systems`` changes nothing: they are searched (and summed) in name order, aligned as
@@ -111,7 +111,7 @@ def search(systems: Sequence[System], relevance: Relevance, options: SearchOptio
             and files; the weights are listed in this order.
         relevance: the validation ground truth.
         options: normalisation, step, groups, candidates kept, missing queries allowed.
-        progress: a rich progress display to advance over the grid points, or None.
+        reporter: shows a bar over the grid points.
 
     Returns:
         The best weights with their search record, and the validation evaluation of their ensemble.
@@ -131,7 +131,7 @@ def search(systems: Sequence[System], relevance: Relevance, options: SearchOptio
     alignment = align(first, relevance, allow_missing=options.allow_missing, scores=scores)
     scored = take(scores, alignment.rows, axis=1)
     outcome = two_stage_search(scored, alignment.relevant, groups, grid_divisions(options.step), options.top,
-                               progress)
+                               reporter)
 
     rescore = _Rescorer(first, scores, alignment, relevance, options.allow_missing)
     evaluation = evaluate(rescore.applied(outcome.candidates[0]), relevance, allow_missing=options.allow_missing)
@@ -206,9 +206,28 @@ def apply(weights: EnsembleWeights, systems: Sequence[System]) -> SimilarityMatr
         raise UserError(f"{weights.source or 'the ensemble weights'}: every weight is 0, so the ensemble would be an "
                         "all-zero matrix; give at least one system a positive weight")
     names = sorted(weights.weights)  # summed in name order, as the search does: the same matrix whatever the order
-    combined = weighted_sum(stacked_scores([by_name[name] for name in names], weights.normalize),
-                            [weights.weights[name] for name in names])
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, naming its cause
+        scores = stacked_scores([by_name[name] for name in names], weights.normalize)
+        combined = weighted_sum(scores, [weights.weights[name] for name in names])
+    if not np.isfinite(combined).all():
+        raise _overflow(weights, [by_name[name] for name in names], scores, combined)
     return SimilarityMatrix(aligned[0].matrix.queries, aligned[0].matrix.files, combined)
+
+
+def _overflow(weights: EnsembleWeights, systems: Sequence[System], scores: np.ndarray,
+              combined: np.ndarray) -> UserError:
+    """The error for an ensemble sum that overflows float64: the weights entry (or normalised matrix) to blame."""
+    for system, system_scores in zip(systems, scores):
+        if not np.isfinite(system_scores).all():  # finite scores whose z-score overflows: the matrix is the cause
+            return UserError(f"{system.path or system.name}: its scores overflow float64 when normalised "
+                             f"(--normalize {weights.normalize}); rescale that matrix's scores")
+    row, column = (int(i) for i in np.argwhere(~np.isfinite(combined))[0])
+    terms = [abs(weights.weights[system.name] * float(cell)) for system, cell in zip(systems, scores[:, row, column])]
+    culprit = systems[int(np.argmax(terms))]
+    return UserError(f"{weights.source or 'the ensemble weights'}: \"weights\" entry {culprit.name!r} is "
+                     f"{weights.weights[culprit.name]:g}, which times the scores of {culprit.path or culprit.name} "
+                     f"overflows float64 (row {row + 2}, column {column + 2}); only the ratios of the weights "
+                     "matter: scale them all down, e.g. to sum to 1")
 
 
 def _check_same_names(weights: EnsembleWeights, given: Sequence[str]) -> None:

@@ -51,7 +51,8 @@ def write_site(site: Site, folder: str | Path) -> SiteReport:
             target.write_bytes(page.content)
         audio_files = 0
         (staging / "audio").mkdir()
-        for clip, source in enumerate(site.audio.paths):
+        for clip in range(len(site.audio.paths)):
+            source = site.audio.file(clip)  # checked again: a regular file inside --audio
             if source is not None:
                 _link_or_copy(source, staging / site.audio.url(clip))
                 audio_files += 1

@@ -7,6 +7,7 @@ import urllib.error
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import require_file
 
 
 def cache_dir() -> Path:
@@ -45,8 +46,7 @@ def fetch(url: str, what: str, option: str, name: str | None = None, page: str |
 def local_file(path: str | os.PathLike, what: str, option: str) -> Path:
     """Check that a user-given weights file exists."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"{path}: {what} weights file not found; fix the path given to {option}")
+    require_file(path, f"{what} weights file not found; fix the path given to {option}")
     return path
 
 

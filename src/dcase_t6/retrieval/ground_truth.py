@@ -70,6 +70,50 @@ def read_captions_file(path: str | Path) -> Relevance:
     return Relevance(queries=queries, relevant_files=relevant, source=path)
 
 
+def check_ground_truth_options(command: str, relevance: object, captions: object) -> None:
+    """A UserError unless exactly one of ``--relevance`` and ``--captions`` is given (checked before any work)."""
+    if (relevance is None) == (captions is None):
+        raise UserError(f"{command}: give exactly one of --relevance (multi-relevant) or --captions "
+                        "(single-relevant)")
+
+
+def read_ground_truth(command: str, relevance: str | Path | None = None,
+                      captions: str | Path | None = None) -> Relevance:
+    """The ground truth a command was given: exactly one of ``--relevance`` (multi-relevant) or ``--captions``.
+
+    Args:
+        command: the command's name, for the message.
+        relevance: a multi-relevance CSV, or None.
+        captions: a Clotho captions CSV, or None.
+
+    Raises:
+        UserError: both or neither given, or the file is not valid.
+    """
+    check_ground_truth_options(command, relevance, captions)
+    return read_relevance_file(relevance) if relevance is not None else read_captions_file(captions)
+
+
+def single_relevant(queries: list[str], files: list[str | None], source: str | Path,
+                    present: set[str] | None = None) -> Relevance | None:
+    """Each caption is a query whose one relevant file is its clip (the single-relevant setting).
+
+    Args:
+        queries: caption texts.
+        files: each caption's clip (None: a caption without a clip, left out).
+        source: what the pairs came from (a split index), for messages.
+        present: if given, only captions of these clips are kept (clips the audio cache skipped are absent
+            from the matrices).
+
+    Returns:
+        The ground truth, or None when no caption is left.
+    """
+    pairs = [(query, file) for query, file in zip(queries, files)
+             if file is not None and (present is None or file in present)]
+    if not pairs:
+        return None
+    return Relevance([query for query, _ in pairs], [[file] for _, file in pairs], Path(source))
+
+
 def align(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = False,
           scores: np.ndarray | None = None) -> Alignment:
     """Match relevance queries to matrix rows by exact text.

@@ -16,10 +16,22 @@ import pandas as pd
 from dcase_t6.common.atomic import atomic_open, atomic_path
 from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import require_file
 
 INDEX_HEADER = "index"
 # Longest query text or file name accepted (the csv module's default field limit): a longer cell is not a caption.
 FIELD_LIMIT = 131072
+# Largest matrix read, checked from the CSV header line (or the .npy headers) before any score is parsed, so memory
+# and time stay bounded by what retrieval needs. The official sets are ~1,000 clips x ~5,000 captions (Clotho
+# evaluation 1,045 x 5,225, AudioCaps test 975 x 4,875); 100,000 columns covers a WavCaps-scale held-out set, and
+# 100 million scores (800 MB as float64) Clotho development as a whole (3,839 x 19,195 = 73.7 million).
+MAX_FILES = 100_000
+MAX_QUERIES = 500_000
+MAX_SCORES = 100_000_000
+_HEADER_SCAN = 256 << 20  # bytes of header line looked at: 100,000 file names need at most ~50 MB
+_SIZE_FIX = (f"a similarity matrix has one column per clip and one row per caption of the retrieval set; this tool "
+             f"reads at most {MAX_FILES:,} audio files, {MAX_QUERIES:,} queries and {MAX_SCORES:,} scores "
+             "(score the evaluation split, e.g. Clotho's 1,045 clips x 5,225 captions)")
 NPZ_ARRAYS = ("scores", "queries", "files")
 _NPZ_FIX = "write it with numpy.savez(path, scores=<float matrix>, queries=<str array>, files=<str array>)"
 _MAX_DEFLATE_RATIO = 1032  # deflate never expands data more than this: a member claiming more is corrupt
@@ -49,8 +61,7 @@ class SimilarityMatrix:
 def read_matrix(path: str | Path) -> SimilarityMatrix:
     """Read a similarity matrix from a submission CSV or an ``.npz`` (scores, queries, files)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; pass an existing similarity matrix (.csv or .npz)")
+    require_file(path, "file not found; pass an existing similarity matrix (.csv or .npz)")
     if path.suffix == ".npz":
         return _read_npz(path)
     if path.suffix == ".npy":
@@ -94,10 +105,12 @@ def _csv_line(cells: list[str]) -> str:
 def read_csv(path: str | Path) -> SimilarityMatrix:
     """Read and validate a submission CSV; any problem raises a UserError naming row and column."""
     path = Path(path)
+    _check_width(path)
     files = _read_header(path)
+    most_rows = min(MAX_QUERIES, MAX_SCORES // len(files))
     try:
         frame = pd.read_csv(path, encoding="utf-8-sig", header=0, index_col=0, dtype={0: str},
-                            keep_default_na=False, na_values=[], **_ROUND_TRIP)
+                            keep_default_na=False, na_values=[], nrows=most_rows + 1, **_ROUND_TRIP)
     except pd.errors.ParserError as err:
         raise UserError(f"{path}: malformed CSV ({' '.join(str(err).split())}); every row needs 1 + {len(files)} "
                         "fields") from None
@@ -109,6 +122,9 @@ def read_csv(path: str | Path) -> SimilarityMatrix:
     if frame.shape[0] == 0:
         raise UserError(f"{path}: the header names {len(files)} audio files but no query rows follow; add one row "
                         "per query: '<caption>,<score 1>,<score 2>,...'")
+    if frame.shape[0] > most_rows:
+        raise UserError(f"{path}: more than {most_rows:,} query rows for {len(files):,} audio files (reading stopped "
+                        f"at row {most_rows + 2:,}); {_SIZE_FIX}")
     queries = [str(q) for q in frame.index]
     empty = next((row for row, query in enumerate(queries, start=2) if not query.strip()), None)
     if empty is not None:
@@ -118,6 +134,58 @@ def read_csv(path: str | Path) -> SimilarityMatrix:
     matrix = SimilarityMatrix(queries=queries, files=files, scores=scores)
     _check_finite(scores, path, matrix)
     return matrix
+
+
+def _check_width(path: Path) -> None:
+    """Refuse a header naming more than MAX_FILES audio files, counted in the raw header line before it is parsed."""
+    width, ended = _header_width(path)
+    if width > MAX_FILES:
+        count = f"{width:,}" if ended else f"more than {width:,}"
+        raise UserError(f"{path}: the header names {count} audio files (columns), more than {MAX_FILES:,}; {_SIZE_FIX}")
+    if not ended:
+        raise UserError(f"{path}: row 1 (the header) is longer than {_HEADER_SCAN >> 20} MiB, far more than "
+                        f"{MAX_FILES:,} audio file names need; expected 'index,<file 1>,<file 2>,...'")
+
+
+def _header_width(path: Path) -> tuple[int, bool]:
+    """Cells after the first in the header line and whether its end was reached, reading at most _HEADER_SCAN bytes.
+
+    Counts the commas outside quoted cells as the csv module splits them (a quote opens a quoted cell only at the
+    start of a cell; inside one, a quote closes it unless doubled), in 1 MiB binary reads: UTF-8 never uses the
+    bytes of ``,``, ``"``, CR or LF inside a character, so the text need not be decoded.
+    """
+    commas, quoted, cell_start, seen = 0, False, True, 0
+    with open(path, "rb") as handle:
+        if handle.read(3) != b"\xef\xbb\xbf":
+            handle.seek(0)
+        while True:
+            chunk = handle.read(1 << 20) if seen < _HEADER_SCAN else None
+            if not chunk:
+                return commas, chunk is not None  # the end of the file ends the header; None: the scan stopped
+            seen += len(chunk)
+            position, end = 0, -1
+            while position < len(chunk):
+                if quoted:
+                    close = chunk.find(b'"', position)
+                    if close < 0:
+                        break
+                    # a closing quote; a quote right after it is a doubled (escaped) one and reopens the cell
+                    quoted, cell_start, position = False, True, close + 1
+                    continue
+                quote = chunk.find(b'"', position)
+                if end < position:  # the first line break from here (found again only after one inside quotes)
+                    end = min((i for i in (chunk.find(b"\n", position), chunk.find(b"\r", position)) if i >= 0),
+                              default=len(chunk))
+                if end < len(chunk) and (quote < 0 or end < quote):
+                    return commas + chunk.count(b",", position, end), True
+                stop = len(chunk) if quote < 0 else quote
+                commas += chunk.count(b",", position, stop)
+                if stop > position:
+                    cell_start = chunk[stop - 1:stop] == b","
+                if quote >= 0:
+                    quoted, cell_start = cell_start, False
+                    stop += 1
+                position = stop
 
 
 def _read_header(path: Path) -> list[str]:
@@ -249,12 +317,32 @@ def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, na
             if size > info.file_size:
                 raise corrupt(f"declares shape {shape} of {dtype} ({size} bytes) but the member holds "
                               f"{info.file_size} bytes")
+            too_big = _too_big(name, shape)
+            if too_big:
+                raise UserError(f"{path}: array {name!r} has shape {shape}: {too_big}; {_SIZE_FIX}")
             buffer = bytearray(size)
             if handle.readinto(buffer) != size or handle.read(1):  # reading to the end checks the CRC
                 raise corrupt(f"does not hold exactly the {size} bytes of its shape {shape}")
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as err:
         raise corrupt(f"cannot be read ({' '.join(str(err).split())})") from None
     return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
+
+
+def _too_big(name: str, shape: tuple[int, ...]) -> str | None:
+    """Which bound an .npz array's header shape exceeds (MAX_FILES, MAX_QUERIES, MAX_SCORES), or None."""
+    if name == "scores" and len(shape) == 2:
+        rows, files = shape
+    elif name in ("queries", "files") and len(shape) == 1:
+        rows, files = (shape[0], 0) if name == "queries" else (0, shape[0])
+    else:
+        return None  # a wrong number of dimensions is reported once the arrays are read
+    if files > MAX_FILES:
+        return f"{files:,} audio files, more than {MAX_FILES:,}"
+    if rows > MAX_QUERIES:
+        return f"{rows:,} queries, more than {MAX_QUERIES:,}"
+    if rows * files > MAX_SCORES:
+        return f"{rows * files:,} scores, more than {MAX_SCORES:,}"
+    return None
 
 
 def _describe(array: np.ndarray) -> str:

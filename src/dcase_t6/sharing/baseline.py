@@ -46,6 +46,7 @@ import torch
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import staging_dir
+from dcase_t6.common.inputs import require_file
 from dcase_t6.sharing.importing import ImportResult, register_folder
 
 FORMAT = "baseline"
@@ -137,8 +138,7 @@ def read_baseline_checkpoint(path: str | Path) -> BaselineCheckpoint:
     from dcase_t6.models.weights import read_checkpoint
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint file not found; {_FIX}")
+    require_file(path, f"checkpoint file not found; {_FIX}")
     content = read_checkpoint(path, _FIX)
     state = content.get("state_dict") if isinstance(content, dict) else None
     if not isinstance(state, dict) or not state:
@@ -216,9 +216,8 @@ def checkpoint_file(source: str) -> Path:
 
     if not source.startswith(("http://", "https://")):
         path = Path(source).expanduser()
-        if not path.is_file():
-            raise UserError(f"{path}: checkpoint file not found; download it from {CHECKPOINT_URL} "
-                            f"(linked in {CHECKPOINT_PAGE}) and pass its path")
+        require_file(path, f"checkpoint file not found; download it from {CHECKPOINT_URL} (linked in "
+                           f"{CHECKPOINT_PAGE}) and pass its path")
         return path
     downloaded = weight_files.fetch(source, "DCASE 2025 baseline checkpoint", "`runs import --format baseline`",
                                     name=CHECKPOINT_NAME if source == CHECKPOINT_URL else None, page=CHECKPOINT_PAGE)

@@ -4,8 +4,9 @@ training data or the network, and without pickle.
 ::
 
     README.md             model card (architecture, data, recipe, metrics, how to load)
-    config.json           format, the model config (text_model: "text"), the input settings (sample rate,
-                          audio_seconds), the parameter count, the SHA-256 of both weight files
+    config.json           format, the model config (text_model: "text"), the text transformer's model_type,
+                          the input settings (sample rate, audio_seconds), the parameter count, the SHA-256 of
+                          both weight files
     model.safetensors     every weight except the text transformer's: audio backbone, projections, temperature,
                           cluster heads
     text/                 the text transformer as transformers saves one: config.json, model.safetensors,
@@ -15,7 +16,9 @@ training data or the network, and without pickle.
 
 ``load_exported`` builds a ``DualEncoder`` from ``config.json`` (the text encoder from ``text/``, the audio
 backbone untrained) and then loads both weight files into it strictly: every parameter must be there with its
-shape, and nothing else.
+shape, and nothing else. Every value of ``config.json`` is checked first (types and the training config's
+ranges, the hashes, ``text/config.json``'s model_type against the one recorded at export), so a damaged or
+edited folder is one line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +46,8 @@ TRAINING_NAME = "training.json"
 CARD_NAME = "README.md"
 TEXT_PREFIX = "text.model."  # the text transformer's parameters inside a DualEncoder
 _REEXPORT = "export it again with `dcase-t6 export RUN --out DIR` (this dcase-t6 reads format version 1)"
+_CHANGED = "the file was changed or damaged: download or export the folder again"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,8 @@ def write_model_folder(model: DualEncoder, folder: Path, config: dict, training:
     model.text.tokenizer.save_pretrained(text_dir)
     hashes = {WEIGHTS_NAME: sha256_of(folder / WEIGHTS_NAME),
               f"{TEXT_DIR}/{WEIGHTS_NAME}": sha256_of(text_dir / WEIGHTS_NAME)}
-    write_json({**config, "sha256": hashes}, folder / CONFIG_NAME)
+    write_json({**config, "text_model_type": model.text.model.config.model_type, "sha256": hashes},
+               folder / CONFIG_NAME)
     write_json(training, folder / TRAINING_NAME)
 
 
@@ -117,22 +124,64 @@ def read_folder_config(folder: Path) -> tuple[dict, dict]:
     for path in (folder / WEIGHTS_NAME, folder / TEXT_DIR / WEIGHTS_NAME):
         if not path.is_file():
             raise UserError(f"{path}: missing; {remedy}")
+    _check_values(folder, config, remedy)
     return config, training
+
+
+def _check_values(folder: Path, config: dict, remedy: str) -> None:
+    """The values of ``config.json`` that loading uses, checked before anything is built: the model config and
+    ``audio_seconds`` (types and the training config's ranges), the two SHA-256 hashes, and ``text/config.json``
+    (a transformers config whose model_type is the one recorded at export, when recorded)."""
+    from dcase_t6.training.config import checked_value, model_from_dict
+
+    where = folder / CONFIG_NAME
+    model_from_dict(_model_values(config, folder), str(where))
+    checked_value("audio_seconds", config.get("audio_seconds", 30.0), str(where))
+    hashes = config.get("sha256")
+    for name in (WEIGHTS_NAME, f"{TEXT_DIR}/{WEIGHTS_NAME}"):
+        value = hashes.get(name) if isinstance(hashes, dict) else None
+        if not isinstance(value, str) or not _SHA256.fullmatch(value):
+            found = "missing" if hashes is None else f"got {_short(value if isinstance(hashes, dict) else hashes)}"
+            raise UserError(f"{where}: key 'sha256' must map {name} to its SHA-256 (64 hex digits), {found}; "
+                            f"{_CHANGED}")
+    text_path = folder / TEXT_DIR / CONFIG_NAME
+    text = read_json(text_path, remedy)
+    model_type = text.get("model_type") if isinstance(text, dict) else None
+    if not isinstance(model_type, str):
+        raise UserError(f"{text_path}: key 'model_type' missing or not a string: not a transformers model config; "
+                        f"{_CHANGED}")
+    recorded = config.get("text_model_type")
+    if recorded is not None and model_type != recorded:
+        raise UserError(f"{text_path}: key 'model_type' is {_short(model_type)}, but {where} records "
+                        f"{_short(recorded)} (the architecture its text weights were trained as); {_CHANGED}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_values(config: dict, folder: Path) -> dict:
+    """The ``model`` mapping of ``config.json``; a UserError for keys this dcase-t6 does not know."""
+    values = config.get("model")
+    known = {item.name for item in dataclasses.fields(ModelConfig)}
+    if not isinstance(values, dict) or set(values) - known:
+        unknown = sorted(set(values) - known, key=str) if isinstance(values, dict) else ["(not a mapping)"]
+        raise UserError(f"{folder / CONFIG_NAME}: model config has unknown keys {_short(unknown)}; it was written by "
+                        "a newer dcase-t6: load it with that version")
+    return values
 
 
 def model_config(config: dict, folder: Path, text_model: str | None = None) -> ModelConfig:
     """The ModelConfig of ``config.json`` with ``text_model`` set to ``text_model`` (default: ``folder/text``).
 
     Raises:
-        UserError: unknown or missing keys.
+        UserError: unknown keys, or a value of the wrong type or out of range.
     """
-    values = config.get("model")
-    known = {item.name for item in dataclasses.fields(ModelConfig)}
-    if not isinstance(values, dict) or set(values) - known:
-        unknown = sorted(set(values) - known) if isinstance(values, dict) else ["(not a mapping)"]
-        raise UserError(f"{folder / CONFIG_NAME}: model config has unknown keys {unknown}; it was written by a newer "
-                        "dcase-t6: load it with that version")
-    return ModelConfig(**{**values, "text_model": text_model or str(folder / TEXT_DIR)})
+    from dcase_t6.training.config import model_from_dict
+
+    values = _model_values(config, folder)
+    return model_from_dict({**values, "text_model": text_model or str(folder / TEXT_DIR)}, str(folder / CONFIG_NAME))
 
 
 def read_weights(folder: Path, config: dict) -> dict[str, torch.Tensor]:
@@ -181,17 +230,25 @@ def load_exported(source: str | Path, device: str | torch.device = "cpu", revisi
         UserError: the folder is incomplete, not of this format, or its weights do not fit its config.
     """
     from dcase_t6.models.checkpoint import load_weights
-    from dcase_t6.training.config import TrainConfig
+    from dcase_t6.training.config import TrainConfig, checked_value
 
     folder = resolve_source(source, revision)
     config, training = read_folder_config(folder)
     model_settings = model_config(config, folder)
-    with quiet_transformers():
-        model = DualEncoder(model_settings, audio_weights="random")
+    with quiet_transformers():  # every weight is replaced by the folder's (strictly) right after
+        try:
+            model = DualEncoder(model_settings, audio_weights="random", text_pretrained=False)
+        except UserError:
+            raise
+        except Exception as err:  # transformers raises many kinds for a text/config.json it cannot build
+            reason = " ".join(str(err).split())[:200]
+            raise UserError(f"{folder / TEXT_DIR / CONFIG_NAME}: cannot build the text transformer it describes "
+                            f"({type(err).__name__}: {reason}); {_CHANGED}") from None
     load_weights(model, read_weights(folder, config), source=f"exported model {folder}", path=folder / WEIGHTS_NAME,
                  target=f"the model its {CONFIG_NAME} describes", fix=_REEXPORT)
     model.eval().to(device)
-    audio_seconds = float(config.get("audio_seconds", TrainConfig.audio_seconds))
+    audio_seconds = checked_value("audio_seconds", config.get("audio_seconds", TrainConfig.audio_seconds),
+                                  str(folder / CONFIG_NAME))
     max_samples = TrainConfig(model=model_settings, audio_seconds=audio_seconds).clip_samples(model.sample_rate)
     return ExportedModel(model, folder, config, training, max_samples)
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.data.layout import DEV_TEST, Layout
+from dcase_t6.data.relevance import split_ground_truth
 from dcase_t6.registry import Registry, Run
 
 CURVE_METRICS = ("train_loss", "mAP@10", "mAP@16")
@@ -172,19 +173,16 @@ def ground_truth(data_root: str | Path, dataset: str):
     Raises:
         UserError: neither is there.
     """
-    from dcase_t6.data.split_index import load_split
-    from dcase_t6.retrieval.ground_truth import Relevance, read_relevance_file
-
     layout = Layout.at(data_root)
-    relevance = layout.relevance_file(dataset)
-    if relevance.is_file():
-        return read_relevance_file(relevance)
-    if not layout.index_file(dataset).is_file():
+    relevance = layout.relevance_file(dataset, DEV_TEST)
+    if not relevance.is_file() and not layout.index_file(dataset).is_file():
         raise UserError(f"dev-test of {dataset}: no ground truth under {layout.root} (neither {relevance} nor the "
                         f"split index {layout.index_file(dataset)}); pass --data-root with the prepared data")
-    split = load_split(layout.root, dataset, DEV_TEST)
-    pairs = [(query, file) for query, file in zip(split.queries, split.query_files) if file is not None]
-    return Relevance([query for query, _ in pairs], [[file] for _, file in pairs], layout.index_file(dataset))
+    truth = split_ground_truth(layout.root, dataset, DEV_TEST)
+    if truth is None:
+        raise UserError(f"dev-test of {dataset}: {layout.index_file(dataset)} lists no caption of a clip in "
+                        f"{DEV_TEST}; prepare the dataset again")
+    return truth
 
 
 def plot_curves(histories: list[RunHistory], png: str | Path, metrics: tuple[str, ...] = CURVE_METRICS) -> Path:

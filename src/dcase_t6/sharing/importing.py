@@ -92,6 +92,7 @@ def register_folder(workdir: str | Path, folder: Path, source: str, provenance: 
         raise UserError(f"{folder / TRAINING_NAME}: no training config, or epochs without their 'epoch' number; "
                         "export the run again with `dcase-t6 export`")
     from_dict(config, source=str(folder / TRAINING_NAME))  # checked before anything is registered
+    _check_run_record(run, folder / TRAINING_NAME)
     name = check_name(str(run.get("name") or config.get("name") or "imported"), f"{folder / TRAINING_NAME}: run name")
     check_name(str(run.get("id") or name), f"{folder / TRAINING_NAME}: run id", limit=NAME_LIMIT + 7)
     registry = Registry(workdir)
@@ -129,6 +130,22 @@ def register_folder(workdir: str | Path, folder: Path, source: str, provenance: 
         raise
     return ImportResult(run_id, source, copy, path, len(epochs),
                         None if best is None else int(best["epoch"]) + 1)
+
+
+def _check_run_record(run, where: Path) -> None:
+    """``training.json``'s ``run`` entry holds what the registry stores: a seed in the config's range, texts."""
+    from dcase_t6.training.config import MAX_SEED
+
+    if not isinstance(run, dict):
+        raise UserError(f"{where}: key 'run' must be a mapping (id, name, seed, ...); export the run again")
+    seed = run.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise UserError(f"{where}: key 'run.seed' = {str(seed)[:40]} must be a whole number between 0 and {MAX_SEED}; "
+                        "export the run again")
+    for key in ("id", "name", "data_fingerprint", "code_version"):
+        if run.get(key) is not None and not isinstance(run[key], str):
+            raise UserError(f"{where}: key 'run.{key}' must be a text, got {type(run[key]).__name__}; export the run "
+                            "again")
 
 
 def _best_record(epochs: list[dict], monitor: str) -> dict | None:

@@ -2,6 +2,10 @@
 
 The JSON Schema ``submission/templates/meta_schema.json`` encodes the organisers' checks; a keyword's optional
 ``x-messages`` entry gives the error text printed for it (``{instance!r}`` is the offending value).
+
+Messages quote at most SHOWN characters of a value or key, then its length: a 200 KB value is named, not echoed.
+Keys must be texts: YAML reads ``1:``, ``true:``, ``yes:``, ``null:`` or ``2025-06-01:`` as a number, a boolean,
+null or a date, which is refused with its line (quote it).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import yaml
 
 from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import require_file
 from dcase_t6.common.jsonfile import read_json
 from dcase_t6.retrieval.metrics import METRIC_KEYS
 
@@ -31,6 +36,8 @@ SCHEMA_NAME = "meta_schema.json"
 LABEL_FORM = "<Lastname>_<INSTITUTE>_task6_<1-4>"
 MAX_META_BYTES = 256 << 10  # the template is 10 kB; parsing (pure-Python, to refuse aliases) takes ~2 s at the bound
 MAX_DEPTH = 32  # the template nests 5 levels
+SHOWN = 80  # characters of a value or key quoted in a message
+MAX_MESSAGE = 300  # characters of one problem line
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _UMLAUTS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue"})
 _LETTERS = str.maketrans({"ß": "ss", "ł": "l", "ø": "o", "æ": "ae", "œ": "oe", "đ": "d", "þ": "th", "ı": "i"})
@@ -87,18 +94,60 @@ _StrictLoader.add_constructor(None, _StrictLoader.construct_undefined)
 
 
 def _check_unique_keys(loader: _StrictLoader, node: yaml.MappingNode) -> None:
-    seen: dict = {}
+    """Every key of ``node`` a text (not a number, boolean, null or date YAML reads it as) and unique."""
+    seen: dict[str, yaml.Node] = {}
     for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+        line = key_node.start_mark.line + 1
+        if key_node.tag == _MERGE_TAG:
             continue
+        if not isinstance(key_node, yaml.ScalarNode):
+            what = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+            raise _Refused(f"line {line}: a key that is a {what}; metadata keys are texts: write `name: value`")
         key = loader.construct_object(key_node)
-        try:
-            first = seen.setdefault(key, key_node)
-        except TypeError:  # unhashable: SafeConstructor refuses it with its line
-            continue
+        if not isinstance(key, str):
+            raise _Refused(f"line {line}: key {_shown(key_node.value)} is read by YAML as {_kind(key)}, not a text; "
+                           f"metadata keys are texts: quote it (\"{_clip(key_node.value)}\":) or remove it")
+        first = seen.setdefault(key, key_node)
         if first is not key_node:
-            raise _Refused(f"line {key_node.start_mark.line + 1}: duplicate key {key_node.value!r} (first on line "
+            raise _Refused(f"line {line}: duplicate key {_shown(key_node.value)} (first on line "
                            f"{first.start_mark.line + 1}); keep one of them (YAML would silently keep the last)")
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {_clip(repr(value))}"
+    return f"a {type(value).__name__}"  # date, datetime, bytes (!!binary)
+
+
+def _clip(text: str, limit: int = SHOWN) -> str:
+    """``text``, or its first ``limit`` characters and its length."""
+    return text if len(text) <= limit + 20 else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` for a message: a text longer than SHOWN characters is cut, with its length."""
+    text = repr(value)
+    if len(text) <= SHOWN + 20:
+        return text
+    size = len(value) if isinstance(value, str) else len(text)
+    return f"{text[:SHOWN]}... ({size:,} characters)"
+
+
+class _Shown:
+    """A value in an ``x-messages`` text: ``{instance!r}`` and ``{instance}`` are cut like :func:`_shown`."""
+
+    def __init__(self, value: object):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return _shown(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return _clip(format(self.value, spec))
 
 
 def template_text() -> str:
@@ -166,14 +215,15 @@ def meta_problems(meta: dict, label: str) -> list[str]:
     """Every schema violation and non-finite number as ``path: message``, plus a mismatch of ``submission.label``
     with ``label``."""
     errors = sorted(_validator().iter_errors(meta), key=lambda e: [str(p) for p in e.absolute_path])
-    problems = [f"{_path(error.absolute_path)}: {_message(error)}" for error in errors if _finite(error.instance)]
+    problems = [_clip(f"{_path(error.absolute_path)}: {_message(error)}", MAX_MESSAGE) for error in errors
+                if _finite(error.instance)]
     problems += [f"{_path(path)}: {value} is not a finite number; write a number (results: a fraction in [0, 1])"
                  for path, value in _non_finite(meta)]
     submission = meta.get("submission")
     found = submission.get("label") if isinstance(submission, dict) else None
     if isinstance(found, str) and found != label:
-        problems.append(f"submission.label: {found!r} differs from the label {label!r} of the files and folder; "
-                        "they must be equal")
+        problems.append(f"submission.label: {_shown(found)} differs from the label {label!r} of the files and "
+                        "folder; they must be equal")
     return problems
 
 
@@ -198,10 +248,10 @@ def meta_warnings(meta: dict, label: str) -> list[str]:
     warnings = []
     if isinstance(lastname, str) and lastname.strip() and not _same_name(name, lastname):
         warnings.append(f"submission.label: {label!r} starts with {name!r}, not the corresponding author's lastname "
-                        f"{lastname!r}; the organisers' convention is <Lastname>_<INSTITUTE>_task6_<n>")
+                        f"{_shown(lastname)}; the organisers' convention is <Lastname>_<INSTITUTE>_task6_<n>")
     if isinstance(abbreviation, str) and abbreviation.strip() and _plain(institute) != _plain(abbreviation):
         warnings.append(f"submission.label: {label!r} names institute {institute!r}, not the corresponding author's "
-                        f"affiliation abbreviation {abbreviation!r}; the organisers' convention is "
+                        f"affiliation abbreviation {_shown(abbreviation)}; the organisers' convention is "
                         "<Lastname>_<INSTITUTE>_task6_<n>")
     return warnings
 
@@ -209,9 +259,7 @@ def meta_warnings(meta: dict, label: str) -> list[str]:
 def read_meta(path: str | Path, label: str) -> tuple[bytes, dict]:
     """Read and validate the metadata file of system ``label``; returns its raw bytes and parsed content."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; create it with "
-                        f"`dcase-t6 package --init-meta --label {label} --out {path}`")
+    require_file(path, f"file not found; create it with `dcase-t6 package --init-meta --label {label} --out {path}`")
     with open(path, "rb") as handle:
         raw = handle.read(MAX_META_BYTES + 1)
     meta = decode_meta(raw, str(path))
@@ -291,13 +339,16 @@ def _set_block(text: str, key: str, items: list[dict]) -> str:
 
 
 def _path(parts) -> str:
-    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts)
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{_clip(str(part))}" for part in parts)
     return text.lstrip(".") or "(top level)"
 
 
 def _message(error: jsonschema.ValidationError) -> str:
     custom = error.schema.get("x-messages", {}).get(error.validator) if isinstance(error.schema, dict) else None
-    return custom.format(instance=error.instance) if custom else error.message
+    if custom:
+        return custom.format(instance=_Shown(error.instance))
+    whole = repr(error.instance)  # jsonschema's own messages quote the value whole
+    return error.message.replace(whole, _shown(error.instance)) if len(whole) > SHOWN + 20 else error.message
 
 
 def _one_line(err: Exception) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import MISSING, file_problem, fix_of
 from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, read_matrix, write_csv
 from dcase_t6.submission.evalcheck import EvalSet, eval_set_problems
 from dcase_t6.submission.metadata import (
@@ -174,8 +175,10 @@ def check_package(path: str | Path, expected: Expected = Expected(), evalset: Ev
         Every problem found and a summary of each system folder.
     """
     path = Path(path)
-    if not path.is_file():
-        return CheckResult([f"{path}: file not found; pass the submission zip"])
+    problem = file_problem(path)
+    if problem is not None:
+        fix = "pass the submission zip" if problem == MISSING else fix_of(problem)
+        return CheckResult([f"{path}: {problem}; {fix}"])
     try:
         too_many = entry_count_problem(path)
         if too_many:

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import require_file
 from dcase_t6.ensemble.weights import EnsembleWeights, read_weights
 from dcase_t6.retrieval.metrics import METRIC_KEYS
 from dcase_t6.sharing.history import RunHistory, plot_curves
@@ -51,8 +52,7 @@ class DraftOptions:
 def check_pdf(path: str | Path) -> None:
     """Fail unless ``path`` is an existing file that starts with ``%PDF``."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: report not found; pass the technical report PDF or use --draft-report PATH")
+    require_file(path, "report not found; pass the technical report PDF or use --draft-report PATH")
     with open(path, "rb") as handle:
         if handle.read(len(PDF_MAGIC)) != PDF_MAGIC:
             raise UserError(f"{path}: not a PDF (it does not start with %PDF); export the technical report as PDF")
@@ -85,8 +85,7 @@ def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = Draf
 def recall_curve(path: str | Path, max_k: int = MAX_K) -> np.ndarray:
     """Mean R@K for K = 1..max_k from a ``dcase-t6 evaluate --per-query`` CSV (columns n_relevant, ranks)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; write it with `dcase-t6 evaluate ... --per-query {path}`")
+    require_file(path, f"file not found; write it with `dcase-t6 evaluate ... --per-query {path}`")
     try:
         table = pd.read_csv(path, dtype={"ranks": str}, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.inputs import require_file
 from dcase_t6.training.config import TrainConfig
 
 NO_PAIR = -1
@@ -188,8 +189,7 @@ def _matched(table: dict, path: str, key: str, config: TrainConfig) -> dict:
 
 
 def _read_csv(path: Path, columns: list[str], key: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (config key '{key}')")
+    require_file(path, f"file not found (config key '{key}')")
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     missing = [column for column in columns if column not in frame]
     if missing:
@@ -206,8 +206,7 @@ def load_synonyms(path: str | None, vocabulary: set[str]) -> dict[str, tuple[str
 
 def read_synonyms_file(path: Path) -> dict[str, tuple[str, ...]]:
     """A ``word<TAB>synonym1,synonym2`` table (keys lower-cased)."""
-    if not path.is_file():
-        raise UserError(f"{path}: synonyms file not found (config key 'caption_augmentation.synonyms_file')")
+    require_file(path, "synonyms file not found (config key 'caption_augmentation.synonyms_file')")
     table: dict[str, tuple[str, ...]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dcase_t6.common.console import stderr_console
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.data.audio_cache import AudioCache, build_cache, cached_split
 from dcase_t6.data.audit import test_overlaps
 from dcase_t6.data.layout import Layout
@@ -70,9 +70,11 @@ class TrainingSetup:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     autocast_dtype: torch.dtype | None
+    reporter: Reporter = SILENT  # this process's voice: the caller's on the main process, silent elsewhere
 
 
-def build_training(config: TrainConfig, registry: Registry, run_id: str, world: World) -> TrainingSetup:
+def build_training(config: TrainConfig, registry: Registry, run_id: str, world: World,
+                   reporter: Reporter = SILENT) -> TrainingSetup:
     """Assemble a registered run for training, in the order the module docstring gives.
 
     Args:
@@ -80,27 +82,29 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
         registry: the run's registry.
         run_id: the run.
         world: the processes.
+        reporter: progress and notes (only the main process speaks).
 
     Returns:
         The setup; its position is the start (``continue_run`` restores a ``last`` checkpoint into it).
     """
     autocast_dtype(config.precision, world.device)  # a card without bf16 fails here, before any work
+    reporter = reporter.for_rank(world.is_main)
     if not config.allow_test_overlap:
         _refuse_test_overlap(config)
     # 1. audio cache
     rate = audio_backbones.sample_rate(config.model.backbone)
     if world.is_main:  # one process builds the cache, the others wait and read it
         build_cache(Layout.at(config.data_root), rate, list(dict.fromkeys([*config.datasets, *validated(config)])),
-                    workers=max(1, loader_workers(config.workers, world)))
+                    workers=max(1, loader_workers(config.workers, world)), reporter=reporter)
     world.barrier()
-    store = AudioCache(config.data_root, rate)
+    store = AudioCache(config.data_root, rate, reporter)
     # 2. data (reads only), the clips the cache skipped left out
-    pairs = load_pairs(config, store, say=world.is_main)
+    pairs = load_pairs(config, store, reporter)
     validation = None if config.validation_split is None else cached_split(
-        store, load_split(config.data_root, config.validation_source, config.validation_split), say=world.is_main)
+        store, load_split(config.data_root, config.validation_source, config.validation_split), reporter)
     augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)
     # 3. teachers
-    teachers = (load_teachers(registry, config, pairs.captions, pairs.clip_ids, pairs.clip_names, world)
+    teachers = (load_teachers(registry, config, pairs.captions, pairs.clip_ids, pairs.clip_names, world, reporter)
                 if config.distill_from else None)
     # 4. cluster labels, and the config the model is built from
     labels = _cluster_labels(registry, run_id, config, pairs, world)
@@ -111,21 +115,19 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
     model = DualEncoder(config.model, audio_weights="random" if config.init_from else config.audio_weights)
     if config.init_from:
         initialise_from(model, registry, config.init_from)
-    elif world.is_main:
-        stderr_console.print(f"audio backbone {config.model.backbone}: {model.audio.weights_source}",
-                             highlight=False, soft_wrap=True)
+    else:
+        reporter.info(f"audio backbone {config.model.backbone}: {model.audio.weights_source}")
     model.to(world.device)
     if compiles(config.compile, world.device):
         model.compile_encoders()
-        if world.is_main:
-            stderr_console.print(f"torch.compile (compile {config.compile}): the audio network and the text "
-                                 "transformer, layer by layer; the first steps compile them", highlight=False)
+        reporter.info(f"torch.compile (compile {config.compile}): the audio network and the text transformer, "
+                      "layer by layer; the first steps compile them")
     max_samples = config.clip_samples(model.sample_rate)
     # 6. optimisation
     network = _wrap(model, world)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
-    dtype = autocast_dtype(config.precision, world.device, say=world.is_main)
+    dtype = autocast_dtype(config.precision, world.device, reporter)
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
     # 7. batches, objective, validation, checkpoints, sinks
     data = TrainingData(pairs, store, augmenter, max_samples, config.batch_size, config.seed,
@@ -138,8 +140,8 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
         validator=None if validation is None else Validator(validation, store, max_samples, config.batch_size,
                                                             world.device),
         checkpointer=Checkpointer(registry, run_id, directory, config, world.is_main),
-        sinks=run_sinks(registry, run_id, directory, config.epochs, world.is_main),
-        optimizer=optimizer, scaler=scaler, autocast_dtype=dtype)
+        sinks=run_sinks(registry, run_id, directory, config.epochs, world.is_main, reporter),
+        optimizer=optimizer, scaler=scaler, autocast_dtype=dtype, reporter=reporter)
 
 
 def validated(config: TrainConfig) -> list[str]:
@@ -196,7 +198,7 @@ def compiles(mode: str, device: torch.device) -> bool:
     return mode == "on"
 
 
-def autocast_dtype(precision: str, device: torch.device, say: bool = False) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device, reporter: Reporter = SILENT) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device``.
 
     fp16 mixed precision on a GPU (the baseline), bf16 on a GPU or CPU, None (fp32) for fp32 or for fp16
@@ -205,7 +207,7 @@ def autocast_dtype(precision: str, device: torch.device, say: bool = False) -> t
     Args:
         precision: ``fp16``, ``bf16`` or ``fp32``.
         device: the training device.
-        say: print a note when fp16 falls back to fp32.
+        reporter: told when fp16 falls back to fp32.
 
     Returns:
         The dtype, or None for fp32.
@@ -220,9 +222,8 @@ def autocast_dtype(precision: str, device: torch.device, say: bool = False) -> t
         return torch.bfloat16
     if precision == "fp16" and device.type == "cuda":
         return torch.float16
-    if precision == "fp16" and say:
-        stderr_console.print("precision fp16 needs a GPU: training in fp32 on the CPU (bf16 works on CPUs too)",
-                             highlight=False)
+    if precision == "fp16":
+        reporter.info("precision fp16 needs a GPU: training in fp32 on the CPU (bf16 works on CPUs too)")
     return None
 
 

@@ -99,8 +99,44 @@ class Checkpointer:
     def _save(self, state: dict, tag: str, info: dict) -> None:
         path = self.directory / f"{tag}.pt"
         with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+            save_state(state, tmp)
         self.registry.add_file(self.run_id, "checkpoint", tag, path, info)
+
+
+class _Writer:
+    """A binary file for ``torch.save`` that keeps the OSError of a failed write (torch replaces it by an
+    "unexpected pos" RuntimeError without the cause)."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def save_state(state: dict, path: Path) -> None:
+    """``torch.save(state, path)``; a write the file system refuses (a full disk, a file-size limit) raises its
+    OSError.
+
+    Args:
+        state: what to save.
+        path: the file (a temporary one of ``atomic_path``).
+    """
+    with open(path, "wb") as handle:
+        writer = _Writer(handle)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:

@@ -8,7 +8,9 @@ Besides the baseline keys, every stage-2/3 mechanism of the AISTAT 2025 recipe i
 
 Every value, from YAML or ``--set KEY=VALUE`` (always a string there), is converted to its field's
 type and checked against the field's range before anything is registered or loaded; a bad value is
-one ``UserError`` naming the key, the value and what is expected.
+one ``UserError`` naming the key, the value and what is expected. The ranges (``RANGES``) bound every size,
+duration, count and seed far beyond any real DCASE setting, so that no value can overflow, exhaust memory or
+fail deep inside a run; YAML is read by ``common.yamlfile`` (aliases counted, nesting bounded).
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.outputs import check_name
+from dcase_t6.common.yamlfile import read_yaml
 from dcase_t6.models import ModelConfig
 from dcase_t6.retrieval.metrics import METRIC_KEYS
 from dcase_t6.training.distributed import DEFAULT_TIMEOUT_MINUTES
@@ -178,7 +179,7 @@ def _section(values, schema, source: str, name: str):
     if values is None:
         return schema()
     if not isinstance(values, dict):
-        raise UserError(f"{source}: config key '{name}' must be a mapping of {name}.* keys, got {values!r}")
+        raise UserError(f"{source}: config key '{name}' must be a mapping of {name}.* keys, got {_shown(values)}")
     return schema(**_typed(values, schema, source, prefix=f"{name}."))
 
 
@@ -186,9 +187,9 @@ def _typed(values: dict, schema, source: str, prefix: str) -> dict:
     """``values`` converted to the types of ``schema``'s fields; unknown keys are refused by name."""
     hints = typing.get_type_hints(schema)
     known = [item.name for item in dataclasses.fields(schema) if item.name not in SECTIONS]
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(set(values) - set(known), key=lambda name: (not isinstance(name, str), str(name)))
     if unknown:
-        raise UserError(f"{source}: unknown config key '{prefix}{unknown[0]}'; known keys: "
+        raise UserError(f"{source}: unknown config key '{prefix}{_shown(unknown[0], quoted=False)}'; known keys: "
                         f"{', '.join(prefix + name for name in sorted(known))}")
     return {key: _convert(value, hints[key], f"{prefix}{key}", source) for key, value in values.items()}
 
@@ -208,7 +209,7 @@ def _convert(value: Any, hint, key: str, source: str):
     converted = _CONVERTERS[typing.get_origin(hint) or hint](value)
     if converted is _INVALID:
         expected = _EXPECTED[typing.get_origin(hint) or hint]
-        raise UserError(f"{source}: config key '{key}' = {value!r} is not {expected}; "
+        raise UserError(f"{source}: config key '{key}' = {_shown(value)} is not {expected}; "
                         f"e.g. --set {key}={_EXAMPLES[typing.get_origin(hint) or hint]}")
     return converted
 
@@ -217,17 +218,21 @@ _INVALID = object()
 
 
 def _to_number(value, kind: type):
-    """``value`` as ``kind`` (int or float): numbers (an int only from a whole float) and numeric strings."""
+    """``value`` as ``kind`` (int or float): numbers (an int only from a whole float) and numeric strings (``1e9``,
+    which YAML reads as a string, is the int 1000000000 as YAML's ``1.0e9`` is)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return _INVALID
     if isinstance(value, str):
         try:
-            value = float(value.strip()) if kind is float else int(value.strip())
+            value = int(value.strip()) if kind is int and value.strip().lstrip("+-").isdigit() else float(value.strip())
         except ValueError:
             return _INVALID
     if kind is int and isinstance(value, float):
         return int(value) if value.is_integer() else _INVALID
-    return kind(value)
+    try:
+        return kind(value)
+    except OverflowError:  # an int of more than 308 digits as a float: out of every range, said so by check()
+        return math.inf
 
 
 def _to_bool(value):
@@ -280,32 +285,63 @@ def _above(bound: float) -> tuple[Callable[[float], bool], str]:
     return (lambda value: value > bound), f"> {bound:g}"
 
 
+def _between(low: float, high: float, unit: str = "") -> tuple[Callable[[float], bool], str]:
+    return (lambda value: low <= value <= high), f"between {_number(low)} and {_number(high)}{unit}"
+
+
+def _number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
 def _one_of(*choices) -> tuple[Callable[[Any], bool], str]:
     return (lambda value: value in choices), f"one of {', '.join(str(choice) for choice in choices)}"
+
+
+def _shown(value, quoted: bool = True) -> str:
+    """A value for a message: its repr (``str`` unquoted), cut to 60 characters."""
+    text = repr(value) if quoted else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _CLUSTER_SOURCES = ("run", "model", "sentence", "e5")  # clusters.source KIND:NAME (see dcase_t6.training.clustering)
 _PROBABILITY = ((lambda value: 0.0 <= value <= 1.0), "a probability in [0, 1]")
 _DROPOUT = ((lambda value: 0.0 <= value < 1.0), "in [0, 1)")
+# Upper bounds no real setting reaches (DCASE clips are 10-30 s; embeddings of a few thousand dimensions; seeds are
+# what every library accepts: scikit-learn's and UMAP's random_state is at most 2**32 - 1), so that no value can
+# overflow, exhaust memory or fail deep inside a run. The README's "Typed configuration" lists them.
+MAX_AUDIO_SECONDS = 600
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_SEED = 2**32 - 1
+MAX_WORKERS = 256
+MAX_EMBED_DIM = 8192
+MAX_TEXT_TOKENS = 512  # the position limit of roberta-large, BERT and MiniLM
+MAX_CLASSES = 100_000
+MAX_DATASET_WEIGHT = 1000
 
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "audio_seconds": _above(0), "epochs": _at_least(1), "batch_size": _at_least(2), "lr": _above(0),
-    "min_lr": _at_least(0), "warmup_epochs": _at_least(0), "decay_epochs": _above(0), "weight_decay": _at_least(0),
-    "grad_accumulation": _at_least(1), "grad_clip": _above(0), "precision": _one_of(*PRECISIONS), "seed": _at_least(0),
-    "workers": _at_least(0), "monitor": _one_of(*MONITORED), "checkpoint_every": _at_least(0),
-    "max_steps": _at_least(1), "contrastive_weight": _at_least(0), "distill_weight": _at_least(0),
-    "distill_temperature": _above(0), "log": _one_of(*LOGGERS), "log_every": _at_least(1),
+    "audio_seconds": _between(1, MAX_AUDIO_SECONDS, " (seconds of audio per clip)"),
+    "epochs": _between(1, MAX_EPOCHS), "batch_size": _between(2, MAX_BATCH), "lr": _above(0),
+    "min_lr": _at_least(0), "warmup_epochs": _between(0, MAX_EPOCHS),
+    "decay_epochs": ((lambda value: 0 < value <= MAX_EPOCHS), f"in (0, {MAX_EPOCHS}]"), "weight_decay": _at_least(0),
+    "grad_accumulation": _between(1, MAX_BATCH), "grad_clip": _above(0), "precision": _one_of(*PRECISIONS),
+    "seed": _between(0, MAX_SEED), "workers": _between(0, MAX_WORKERS), "monitor": _one_of(*MONITORED),
+    "checkpoint_every": _at_least(0), "max_steps": _at_least(1), "contrastive_weight": _at_least(0),
+    "distill_weight": _at_least(0), "distill_temperature": _above(0), "log": _one_of(*LOGGERS),
+    "log_every": _at_least(1),
     "dist_timeout_minutes": ((lambda value: 0 < value <= 10080), "in (0, 10080] (minutes: at most a week)"),
     "compile": _one_of(*COMPILE_MODES),
-    "dataset_weights": ((lambda weights: all(math.isfinite(w) and w >= 0 for w in weights.values())),
-                        "a mapping of dataset names to finite weights >= 0"),
-    "model.embed_dim": _at_least(1), "model.temperature": _above(0), "model.text_max_length": _at_least(1),
-    "model.text_dropout": _DROPOUT, "model.patchout_t": _at_least(0), "model.patchout_f": _at_least(0),
-    "model.cluster_classes": _at_least(0),
+    "dataset_weights": ((lambda weights: all(math.isfinite(w) and 0 <= w <= MAX_DATASET_WEIGHT
+                                             for w in weights.values())),
+                        f"a mapping of dataset names to weights between 0 and {MAX_DATASET_WEIGHT}"),
+    "model.embed_dim": _between(1, MAX_EMBED_DIM), "model.temperature": _above(0),
+    "model.text_max_length": _between(1, MAX_TEXT_TOKENS, " (tokens)"),
+    "model.text_dropout": _DROPOUT, "model.patchout_t": _between(0, 1000), "model.patchout_f": _between(0, 1000),
+    "model.cluster_classes": _between(0, MAX_CLASSES),
     "caption_augmentation.deletion_p": _PROBABILITY, "caption_augmentation.synonym_p": _PROBABILITY,
     "caption_augmentation.extra_captions_p": _PROBABILITY, "audio_mix.p": _PROBABILITY,
-    "clusters.method": _one_of(None, "kmeans", "hdbscan", "bertopic"), "clusters.count": _at_least(2),
-    "clusters.min_cluster_size": _at_least(2), "clusters.weight": _at_least(0),
+    "clusters.method": _one_of(None, "kmeans", "hdbscan", "bertopic"), "clusters.count": _between(2, MAX_CLASSES),
+    "clusters.min_cluster_size": _between(2, 10**6), "clusters.weight": _at_least(0),
     "clusters.source": (lambda value: value in ("init", "e5") or (value.partition(":")[0] in _CLUSTER_SOURCES
                                                                    and bool(value.partition(":")[2])),
                         "init, run:RUN, model:NAME, sentence:NAME, e5 or e5:PATH"),
@@ -315,13 +351,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 def check(config: TrainConfig, source: str = "config") -> None:
     """Every range of ``RANGES`` and the rules that tie keys together, or a UserError naming the key."""
     check_name(config.name, f"{source}: config key 'name' (the run name)")
-    for key, (valid, expected) in RANGES.items():
+    for key in RANGES:
         section, _, name = key.rpartition(".")
-        value = getattr(getattr(config, section) if section else config, name)
-        if value is None and key != "clusters.method":
-            continue
-        if (isinstance(value, float) and not math.isfinite(value)) or not valid(value):
-            raise UserError(f"{source}: config key '{key}' = {value!r} must be {expected}")
+        _check_range(key, getattr(getattr(config, section) if section else config, name), source)
     if not config.datasets:
         raise UserError(f"{source}: config key 'datasets' is empty; name at least one prepared dataset, e.g. clotho")
     unknown = sorted(set(config.dataset_weights) - set(config.datasets))
@@ -354,6 +386,34 @@ def check(config: TrainConfig, source: str = "config") -> None:
                         f"{', '.join(audio_backbones.available())}")
 
 
+def _check_range(key: str, value, source: str) -> None:
+    valid, expected = RANGES[key]
+    if value is None and key != "clusters.method":
+        return
+    if (isinstance(value, float) and not math.isfinite(value)) or not valid(value):
+        raise UserError(f"{source}: config key '{key}' = {_shown(value)} must be {expected}")
+
+
+def checked_value(key: str, value, source: str):
+    """One top-level config key's value (e.g. ``audio_seconds`` of an exported model) converted to its field's
+    type and range-checked, as ``from_dict`` checks it; a UserError naming ``source`` and the key."""
+    converted = _convert(value, typing.get_type_hints(TrainConfig)[key], key, source)
+    if key in RANGES:
+        _check_range(key, converted, source)
+    return converted
+
+
+def model_from_dict(values, source: str) -> ModelConfig:
+    """A checked ModelConfig from a ``model`` mapping (e.g. an exported model's ``config.json``): unknown keys,
+    types and the ``model.*`` ranges, as ``from_dict`` checks them; a UserError naming ``source`` and the key."""
+    model = _section(values, ModelConfig, source, "model")
+    for key in RANGES:
+        section, _, name = key.rpartition(".")
+        if section == "model":
+            _check_range(key, getattr(model, name), source)
+    return model
+
+
 def split_names(value) -> list[str]:
     """A stored ``train_split`` (one name, as earlier versions stored it, or a list) as a list of names."""
     return [value] if isinstance(value, str) else list(value or ["development-training"])
@@ -369,13 +429,9 @@ def selection_rule(config: dict) -> str:
 
 
 def read_yaml_mapping(path: Path) -> dict:
-    """A YAML file whose top level is a mapping, or a UserError naming the file."""
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    """A YAML file whose top level is a mapping (read by ``common.yamlfile``: never a pipe or a device, aliases
+    counted, nesting and size bounded), or a UserError naming the file."""
+    values = read_yaml(path, "config file") or {}
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of config keys at the top level")
     return values

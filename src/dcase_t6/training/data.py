@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.data.audio_cache import AudioCache, drop_absent
 from dcase_t6.data.parallel import torch_worker_dies_with_parent
 from dcase_t6.data.split_index import read_index
@@ -53,14 +54,14 @@ class CaptionPairs:
         return [(np.flatnonzero(datasets == name), float(weights.get(name, 1.0))) for name in names]
 
 
-def load_pairs(config: TrainConfig, store: AudioCache | None = None, say: bool = False) -> CaptionPairs:
+def load_pairs(config: TrainConfig, store: AudioCache | None = None, reporter: Reporter = SILENT) -> CaptionPairs:
     """Read the training split of every configured dataset from the prepared split indexes.
 
     Args:
         config: the run's config (``data_root``, ``datasets``, ``train_split``).
         store: the audio cache; the pairs of clips it skipped (unreadable at prepare time) are left out, the
             same ones every time the cache is the same (see ``audio_cache.drop_absent``).
-        say: print the warning line about the pairs left out (the main process).
+        reporter: told about the pairs left out.
 
     Returns:
         The pairs in index order, with a SHA-256 fingerprint of their paths and captions (of the pairs kept).
@@ -69,7 +70,7 @@ def load_pairs(config: TrainConfig, store: AudioCache | None = None, say: bool =
     splits = training_splits(config, {dataset: sorted(set(index["split"])) for dataset, index in indexes.items()})
     frames = [_training_rows(indexes[dataset], splits[dataset]) for dataset in config.datasets]
     if store is not None:
-        frames = [drop_absent(store, frame, f"{dataset} {'+'.join(splits[dataset])}", say=say)[0]
+        frames = [drop_absent(store, frame, f"{dataset} {'+'.join(splits[dataset])}", reporter)[0]
                   for dataset, frame in zip(config.datasets, frames)]
     paths, captions, clip_keys = [], [], []
     for frame in frames:

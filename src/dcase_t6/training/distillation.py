@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.embedding.checkpoints import embed_run, split_tag
 from dcase_t6.registry import Registry
 from dcase_t6.training.config import TrainConfig
@@ -65,7 +66,7 @@ class TeacherSimilarity:
 
 
 def load_teachers(registry: Registry, config: TrainConfig, captions: list[str], clip_ids: np.ndarray,
-                  clip_names: np.ndarray, world: World) -> TeacherSimilarity:
+                  clip_names: np.ndarray, world: World, reporter: Reporter = SILENT) -> TeacherSimilarity:
     """The teachers of ``config.distill_from`` aligned to the training pairs (main process embeds missing ones),
     their tables on ``world.device``."""
     if world.is_main:
@@ -73,7 +74,7 @@ def load_teachers(registry: Registry, config: TrainConfig, captions: list[str], 
         for teacher in config.distill_from:
             for dataset in config.datasets:
                 for split in splits[dataset]:
-                    ensure_embeddings(registry, teacher, config, dataset, split)
+                    ensure_embeddings(registry, teacher, config, dataset, split, reporter)
     world.barrier()
     vectors = [teacher_vectors(registry, teacher, config, captions, clip_names) for teacher in config.distill_from]
     audio = torch.from_numpy(np.concatenate([a for a, _ in vectors], axis=1))
@@ -82,18 +83,18 @@ def load_teachers(registry: Registry, config: TrainConfig, captions: list[str], 
 
 
 def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, dataset: str,
-                      split: str | None = None) -> None:
+                      split: str | None = None, reporter: Reporter = SILENT) -> None:
     """Embed a training split of ``dataset`` (default: each one) with the teacher's best checkpoint unless already
     registered."""
     if split is None:
         for name in training_splits(config)[dataset]:
-            ensure_embeddings(registry, teacher, config, dataset, name)
+            ensure_embeddings(registry, teacher, config, dataset, name, reporter)
         return
     best = registry.file(teacher, "checkpoint", "best")
     if _registered_embeddings(registry, teacher, split_tag(dataset, split), best.sha256):
         return
     embed_run(registry.workdir, teacher, config.data_root, dataset, split, batch_size=config.batch_size,
-              with_similarity=False)  # with the teacher's own input settings, from its stored config
+              with_similarity=False, reporter=reporter)  # with the teacher's own input settings, from its stored config
 
 
 def _registered_embeddings(registry: Registry, teacher: str, tag: str, checkpoint_sha: str) -> Path | None:

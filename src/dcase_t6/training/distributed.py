@@ -70,6 +70,12 @@ class World:
 DEFAULT_TIMEOUT_MINUTES = 120.0  # the config key dist_timeout_minutes' default
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of its torchrun job (or runs alone), known before the group is joined:
+    the one process that prints the command's result."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def init_world(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
     """Join the process group that torchrun describes in the environment, or run alone.
 

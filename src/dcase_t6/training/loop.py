@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dcase_t6.common.console import count_progress
 from dcase_t6.training.builder import TrainingSetup
 from dcase_t6.training.checkpointing import Position
 from dcase_t6.training.config import TrainConfig
@@ -187,9 +186,8 @@ class TrainingLoop:
         steps_per_epoch = math.ceil(len(batches) / config.grad_accumulation)
         loader = data.loader(position.epoch, batches, start=position.batch)
         stats = _EpochStats.resumed(position.epoch_sums if position.batch else {})
-        with count_progress() as bar:
-            task = bar.add_task(f"epoch {position.epoch + 1}/{config.epochs}", total=len(batches),
-                                completed=position.batch)
+        with self.setup.reporter.task(f"epoch {position.epoch + 1}/{config.epochs}", len(batches),
+                                      completed=position.batch) as task:
             waited = time.perf_counter()
             for batch in loader:
                 wait_s = time.perf_counter() - waited
@@ -197,8 +195,8 @@ class TrainingLoop:
                 loss, terms = self._train_batch(batch, steps_per_epoch, len(batches))
                 stats.add(loss, terms)
                 self._log_step(loss, terms, wait_s, len(batches))
-                bar.update(task, advance=1, description=f"epoch {position.epoch + 1}/{config.epochs} "
-                           f"loss {stats.loss_sum / stats.batches:.4f}")
+                task.advance()
+                task.describe(f"epoch {position.epoch + 1}/{config.epochs} loss {stats.loss_sum / stats.batches:.4f}")
                 if self._at_step_boundary(len(batches)):
                     self._agree_on_stop()
                 if self._at_step_boundary(len(batches)) and self._checkpoint_due():

@@ -76,9 +76,9 @@ from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json, write_json
 from dcase_t6.common.outputs import NAME_LIMIT, check_name
-from dcase_t6.data.layout import Layout
-from dcase_t6.data.split_index import load_split
-from dcase_t6.embedding.checkpoints import embed_run, split_tag
+from dcase_t6.common.reporting import SILENT, Reporter
+from dcase_t6.data.relevance import split_ground_truth
+from dcase_t6.embedding.checkpoints import check_batch_size, embed_run, split_tag
 from dcase_t6.ensemble.grid import METRIC, grid_divisions
 from dcase_t6.ensemble.groups import STRATEGIES
 from dcase_t6.ensemble.search import SearchOptions, apply, plan_search, search
@@ -86,7 +86,7 @@ from dcase_t6.ensemble.systems import NORMALIZATIONS, System
 from dcase_t6.ensemble.weights import EnsembleWeights, write_weights
 from dcase_t6.registry import Registry
 from dcase_t6.retrieval.evaluation import evaluate
-from dcase_t6.retrieval.ground_truth import Relevance, read_relevance_file
+from dcase_t6.retrieval.ground_truth import Relevance
 from dcase_t6.retrieval.matrices import read_matrix, write_matrix
 from dcase_t6.training.config import (
     TrainConfig,
@@ -289,7 +289,7 @@ def _ensemble(where: str, entry, stages: dict[str, Stage]) -> Ensemble:
                                       or first.validation_split),
                     test_split=_text(entry.get("test_split"), f"{where}.test_split"),
                     checkpoint=_choice(entry.get("checkpoint", "best"), _CHECKPOINTS, f"{where}.checkpoint"),
-                    batch_size=_count(entry.get("batch_size", 32), f"{where}.batch_size"))
+                    batch_size=check_batch_size(entry.get("batch_size", 32), f"{where}.batch_size"))
 
 
 def _ensemble_stages(where: str, members, stages: dict[str, Stage]) -> tuple[str, ...]:
@@ -367,7 +367,8 @@ def _run_order(path: Path, stages: list[Stage]) -> list[Stage]:
 
 
 def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None = None,
-                 max_steps: int | None = None, world: World | None = None) -> list[dict]:
+                 max_steps: int | None = None, world: World | None = None,
+                 reporter: Reporter = SILENT) -> list[dict]:
     """Run (or continue) every stage of a pipeline file, then (on the main process) search its ensembles.
 
     Args:
@@ -376,6 +377,7 @@ def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None =
         overrides: config keys (``section.key`` allowed) put on top of every stage's config.
         max_steps: stop the running stage after this many optimizer steps (resumable).
         world: the torchrun processes (default: joined from the environment).
+        reporter: progress bars and notes (the main process's).
 
     Returns:
         One summary per stage looked at (``stage``, ``run``, ``status`` and the run's summary), up to the
@@ -393,11 +395,12 @@ def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None =
     state = PipelineState(registry.workdir / "pipelines" / f"{pipeline.name}.json")
     summaries = []
     for stage in pipeline.stages:
-        summaries.append(_run_stage(registry, pipeline, stage, state, world, max_steps))
+        summaries.append(_run_stage(registry, pipeline, stage, state, world, max_steps, reporter))
         if summaries[-1]["status"] not in ("finished", "skipped"):
             return summaries
     if world.is_main:  # embedding and searching need no other process
-        summaries += [_run_ensemble(registry, pipeline, ensemble, state) for ensemble in pipeline.ensembles]
+        summaries += [_run_ensemble(registry, pipeline, ensemble, state, reporter)
+                      for ensemble in pipeline.ensembles]
     return summaries
 
 
@@ -411,7 +414,7 @@ def _check_run_references(registry: Registry, pipeline: Pipeline) -> None:
 
 
 def _run_stage(registry: Registry, pipeline: Pipeline, stage: Stage, state: "PipelineState", world: World,
-               max_steps: int | None) -> dict:
+               max_steps: int | None, reporter: Reporter) -> dict:
     config = _stage_config(registry, pipeline, stage, state)
     digest = config_digest(config)
     entry = state.stages.get(stage.key)
@@ -426,7 +429,7 @@ def _run_stage(registry: Registry, pipeline: Pipeline, stage: Stage, state: "Pip
         state.record(stage.key, run_id, digest, save=world.is_main)
     else:
         run_id = run.id
-    return {"stage": stage.key, **continue_run(registry, run_id, world, max_steps)}
+    return {"stage": stage.key, **continue_run(registry, run_id, world, max_steps, reporter)}
 
 
 def _stage_config(registry: Registry, pipeline: Pipeline, stage: Stage, state: "PipelineState") -> TrainConfig:
@@ -440,7 +443,8 @@ def _stage_config(registry: Registry, pipeline: Pipeline, stage: Stage, state: "
     return from_dict({**stage.config, **references}, source=f"{pipeline.path}: {stage.key}")
 
 
-def _run_ensemble(registry: Registry, pipeline: Pipeline, ensemble: Ensemble, state: "PipelineState") -> dict:
+def _run_ensemble(registry: Registry, pipeline: Pipeline, ensemble: Ensemble, state: "PipelineState",
+                  reporter: Reporter) -> dict:
     """Search (or skip, when searched before with the same definition) one ensemble; its summary."""
     runs = {key: state.stages[key]["run"] for key in ensemble.stages}
     digest = _digest({**ensemble.definition(), "runs": runs})
@@ -452,12 +456,12 @@ def _run_ensemble(registry: Registry, pipeline: Pipeline, ensemble: Ensemble, st
         return _ensemble_summary(ensemble, entry, "skipped")
     folder = registry.workdir / "pipelines" / pipeline.name
     where = f"{pipeline.path}: ensemble {ensemble.name}"
-    validation = _split_systems(registry, ensemble, runs, ensemble.validation_split)
+    validation = _split_systems(registry, ensemble, runs, ensemble.validation_split, reporter)
     truth = _ground_truth(ensemble, ensemble.validation_split, validation[0].matrix.files)
     if truth is None:
         raise UserError(f"{where}: {ensemble.dataset}/{ensemble.validation_split} has no captions or relevance file "
                         "to search the weights on; set validation_split to a split with captions")
-    found = search(validation, truth, ensemble.options)
+    found = search(validation, truth, ensemble.options, reporter)
     weights_path = folder / f"{ensemble.name}.weights.json"
     members = {key: {"run": runs[key], "validation": evaluate(system.matrix, truth).scores}
                for key, system in zip(ensemble.stages, validation)}
@@ -465,16 +469,16 @@ def _run_ensemble(registry: Registry, pipeline: Pipeline, ensemble: Ensemble, st
              "stage_weights": found.weights.weights, "validation": found.weights.validation.scores,
              "test": None, "test_matrix": None, "members": members}
     if ensemble.test_split:
-        entry.update(_apply_to_test(registry, ensemble, runs, found.weights, folder, members))
+        entry.update(_apply_to_test(registry, ensemble, runs, found.weights, folder, members, reporter))
     write_weights(found.weights, weights_path)
     state.record_ensemble(ensemble.name, entry)
     return _ensemble_summary(ensemble, entry, "finished")
 
 
 def _apply_to_test(registry: Registry, ensemble: Ensemble, runs: dict[str, str], weights: EnsembleWeights,
-                   folder: Path, members: dict[str, dict]) -> dict:
+                   folder: Path, members: dict[str, dict], reporter: Reporter) -> dict:
     """Embed the test split, write the ensemble's matrix there and score it (and each stage) where it can."""
-    systems = _split_systems(registry, ensemble, runs, ensemble.test_split)
+    systems = _split_systems(registry, ensemble, runs, ensemble.test_split, reporter)
     combined = apply(weights, systems)
     matrix_path = folder / f"{ensemble.name}.{ensemble.dataset}.{ensemble.test_split}.npz"
     write_matrix(combined, matrix_path)
@@ -485,14 +489,15 @@ def _apply_to_test(registry: Registry, ensemble: Ensemble, runs: dict[str, str],
     return {"test_matrix": str(matrix_path), "test": evaluate(combined, truth).scores if truth else None}
 
 
-def _split_systems(registry: Registry, ensemble: Ensemble, runs: dict[str, str], split: str) -> list[System]:
+def _split_systems(registry: Registry, ensemble: Ensemble, runs: dict[str, str], split: str,
+                   reporter: Reporter) -> list[System]:
     """Each stage's similarity matrix of ``split`` (embedded now unless registered for this checkpoint)."""
     tag = split_tag(ensemble.dataset, split)
     systems = []
     for key in ensemble.stages:
         path = _registered_similarity(registry, runs[key], tag, ensemble.checkpoint) or Path(embed_run(
             registry.workdir, runs[key], ensemble.data_root, ensemble.dataset, split, ensemble.checkpoint,
-            ensemble.batch_size)["similarity"])
+            ensemble.batch_size, reporter=reporter)["similarity"])
         systems.append(System(key, read_matrix(path), str(path)))
     return systems
 
@@ -509,16 +514,7 @@ def _registered_similarity(registry: Registry, run: str, tag: str, checkpoint: s
 
 def _ground_truth(ensemble: Ensemble, split: str, files: list[str]) -> Relevance | None:
     """The split's relevance file (``prepare relevance``), else each caption -> its clip; None without captions."""
-    layout = Layout.at(ensemble.data_root)
-    relevance_file = layout.relevance_file(ensemble.dataset, split)
-    if relevance_file.is_file():
-        return read_relevance_file(relevance_file)
-    data = load_split(ensemble.data_root, ensemble.dataset, split)
-    present = set(files)  # clips the audio cache skipped are left out of the matrices with their captions
-    pairs = [(query, file) for query, file in zip(data.queries, data.query_files) if file in present]
-    if not pairs:
-        return None
-    return Relevance([query for query, _ in pairs], [[file] for _, file in pairs], layout.index_file(ensemble.dataset))
+    return split_ground_truth(ensemble.data_root, ensemble.dataset, split, present=set(files))
 
 
 def _ensemble_summary(ensemble: Ensemble, entry: dict, status: str) -> dict:
@@ -592,9 +588,9 @@ def _mapping(value, where: str) -> dict:
 
 
 def _check_keys(values: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(values) - allowed)
+    unknown = sorted(set(values) - allowed, key=lambda key: (not isinstance(key, str), str(key)))  # 1: and a: both
     if unknown:
-        raise UserError(f"{where}: unknown key '{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
+        raise UserError(f"{where}: unknown key '{str(unknown[0])[:60]}'; allowed: {', '.join(sorted(allowed))}")
 
 
 def _name(value, where: str) -> str:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 from dcase_t6.common.atomic import atomic_open
-from dcase_t6.common.console import stderr_console
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.registry import RECORD_NAME, Registry
 
 # logger -> (the module it imports, the pip command that installs it)
@@ -150,16 +150,16 @@ class WandbSink:
 
 
 class ConsoleSink:
-    """One line per epoch on stderr: loss, validation metrics, time, data-loader wait."""
+    """One line per epoch for the user: loss, validation metrics, time, data-loader wait."""
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
+    def __init__(self, epochs: int, reporter: Reporter):
+        self.epochs, self.reporter = epochs, reporter
 
     def write(self, epoch: int, record: dict, improved: bool) -> None:
         metrics = " ".join(f"{key} {record[key]:.4f}" for key in ("R@1", "R@10", "mAP@10") if key in record)
-        stderr_console.print(f"epoch {epoch + 1}/{self.epochs}  loss {record['train_loss']:.4f}  {metrics}  "
-                             f"{record['seconds']:.1f} s  data wait {100 * record['data_wait_fraction']:.1f}%"
-                             f"{'  [green]best[/]' if improved else ''}", highlight=False)
+        self.reporter.info(f"epoch {epoch + 1}/{self.epochs}  loss {record['train_loss']:.4f}  {metrics}  "
+                           f"{record['seconds']:.1f} s  data wait {100 * record['data_wait_fraction']:.1f}%"
+                           f"{'  best' if improved else ''}")
 
 
 def _numbers(record: dict) -> dict[str, float]:
@@ -210,7 +210,8 @@ def experiment_logger(log: str, registry: Registry, run_id: str, directory: Path
     return TensorBoardSink(directory / "tensorboard", info)
 
 
-def run_sinks(registry: Registry, run_id: str, directory: Path, epochs: int, is_main: bool) -> list[EpochSink]:
+def run_sinks(registry: Registry, run_id: str, directory: Path, epochs: int, is_main: bool,
+              reporter: Reporter = SILENT) -> list[EpochSink]:
     """A run's sinks, in the order they are written: console, registry, ``metrics.jsonl``, the experiment
     logger of the run's registered config (``log``: TensorBoard by default).
 
@@ -220,13 +221,14 @@ def run_sinks(registry: Registry, run_id: str, directory: Path, epochs: int, is_
         directory: the run's folder (``metrics.jsonl``, ``tensorboard/`` and ``wandb/`` go there).
         epochs: the configured number of epochs (for the console line).
         is_main: whether this is the main process; the others get no sinks.
+        reporter: where the console sink writes its line per epoch.
 
     Returns:
         The sinks.
     """
     if not is_main:
         return []
-    sinks: list[EpochSink] = [ConsoleSink(epochs), RegistrySink(registry, run_id),
+    sinks: list[EpochSink] = [ConsoleSink(epochs, reporter), RegistrySink(registry, run_id),
                               MetricsFileSink(registry, run_id, directory / "metrics.jsonl")]
     config = registry.run(run_id).config
     logger = experiment_logger(config.get("log", "tensorboard"), registry, run_id, directory, config)

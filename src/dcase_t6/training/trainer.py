@@ -20,12 +20,14 @@ import contextlib
 import dataclasses
 import math
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from dcase_t6.common.errors import UserError
+from dcase_t6.common.errors import UserError, file_system_error
+from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.registry import Registry
 from dcase_t6.training.builder import build_training
 from dcase_t6.training.checkpointing import Position
@@ -49,13 +51,15 @@ def register_run(registry: Registry, config: TrainConfig) -> str:
     return registry.create_run(config.name, config.to_dict(), data_fingerprint=None, seed=config.seed)
 
 
-def train_new(workdir: str | Path, config: TrainConfig, world: World | None = None) -> dict:
+def train_new(workdir: str | Path, config: TrainConfig, world: World | None = None,
+              reporter: Reporter = SILENT) -> dict:
     """Register and run a new training run.
 
     Args:
         workdir: the registry's folder.
         config: the run's config (its ``max_steps`` also limits this invocation).
         world: the processes (default: from the torchrun environment, or this process alone).
+        reporter: progress bars and notes (the main process's).
 
     Returns:
         The run's summary (see ``continue_run``).
@@ -63,10 +67,11 @@ def train_new(workdir: str | Path, config: TrainConfig, world: World | None = No
     world = world or init_world(config.dist_timeout_minutes)
     registry = Registry(workdir)
     run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
-    return continue_run(registry, run_id, world, max_steps=config.max_steps)
+    return continue_run(registry, run_id, world, max_steps=config.max_steps, reporter=reporter)
 
 
-def resume(workdir: str | Path, reference: str, max_steps: int | None = None, world: World | None = None) -> dict:
+def resume(workdir: str | Path, reference: str, max_steps: int | None = None, world: World | None = None,
+           reporter: Reporter = SILENT) -> dict:
     """Continue a run exactly where it stopped: from its ``last`` checkpoint, or from the start when it
     failed or died before writing one (optionally to a new step limit).
 
@@ -75,6 +80,7 @@ def resume(workdir: str | Path, reference: str, max_steps: int | None = None, wo
         reference: the run's id or a unique prefix of it.
         max_steps: stop after this many optimizer steps in all (None: train all epochs).
         world: the processes (default: from the torchrun environment, or this process alone).
+        reporter: progress bars and notes (the main process's).
 
     Returns:
         The run's summary (see ``continue_run``).
@@ -85,7 +91,7 @@ def resume(workdir: str | Path, reference: str, max_steps: int | None = None, wo
     if run.status == "imported":
         raise UserError(f"run {run_id} was imported (`runs import`): it has weights but no training state to "
                         f"continue; train on from it with `dcase-t6 train --init-from {run_id} ...`")
-    return continue_run(registry, run_id, world or init_world(timeout_minutes(run.config)), max_steps)
+    return continue_run(registry, run_id, world or init_world(timeout_minutes(run.config)), max_steps, reporter)
 
 
 def timeout_minutes(values: dict) -> float:
@@ -121,7 +127,8 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-def continue_run(registry: Registry, run_id: str, world: World, max_steps: int | None) -> dict:
+def continue_run(registry: Registry, run_id: str, world: World, max_steps: int | None,
+                 reporter: Reporter = SILENT) -> dict:
     """Train a registered run with its stored config: from its ``last`` checkpoint, or from the start without one.
 
     Whatever fails from here on (data, weights, the model, training itself) leaves the run ``failed`` with
@@ -133,6 +140,7 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
         run_id: the run's full id.
         world: the processes.
         max_steps: stop after this many optimizer steps in all (None: train all epochs).
+        reporter: progress bars and notes; only the main process speaks.
 
     Returns:
         ``run``, ``status`` (``finished`` or ``stopped``), ``epoch``, ``step`` and ``best_<monitor>`` (without a
@@ -143,7 +151,7 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
         run = registry.run(run_id)
         config = dataclasses.replace(from_dict(run.config, source=f"run {run_id}"), max_steps=max_steps)
         with deterministic_algorithms(config.deterministic):
-            setup = build_training(config, registry, run_id, world)
+            setup = build_training(config, registry, run_id, world, reporter)
             if world.is_main and run.data_fingerprint is None:
                 registry.set_fingerprint(run_id, setup.data.pairs.fingerprint)
             position = Position()
@@ -155,7 +163,10 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
         if heartbeat is not None:
             heartbeat.stop()
             status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-            registry.set_status(run_id, status, reason=failure_reason(err))
+            _record_end(registry, run_id, status, failure_reason(err))
+        translated = file_system_error(err)  # a full disk, a read-only folder...: one line, as the run records it
+        if translated is not None:
+            raise translated from err
         raise
     finished = position.epoch >= config.epochs
     status = "finished" if finished else "stopped"
@@ -172,8 +183,19 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
             f"best_{config.monitor}": position.best if position.best > -math.inf else None}
 
 
+def _record_end(registry: Registry, run_id: str, status: str, reason: str) -> None:
+    """Record how a run ended; on a full disk, where its ``run.json`` cannot be rewritten, in the registry alone
+    (the database has room for the change in its write-ahead log more often than a new file has)."""
+    try:
+        registry.set_status(run_id, status, reason=reason)
+    except (OSError, sqlite3.Error, UserError):
+        with contextlib.suppress(OSError, sqlite3.Error, UserError):
+            registry.set_status(run_id, status, reason=reason, write_record=False)
+
+
 def failure_reason(err: BaseException) -> str:
-    """One line saying why a run ended: a UserError's message, else the exception's type and first line.
+    """One line saying why a run ended: a UserError's message, the file and fix of a file system's refusal (a full
+    disk, see ``file_system_error``), else the exception's type and first line.
 
     Args:
         err: what ended the run.
@@ -183,5 +205,6 @@ def failure_reason(err: BaseException) -> str:
     """
     if isinstance(err, KeyboardInterrupt):
         return "interrupted by Ctrl-C; continue with `dcase-t6 train --resume RUN`"
+    err = file_system_error(err) or err
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return text if isinstance(err, UserError) else f"{type(err).__name__}: {text}".rstrip(": ")

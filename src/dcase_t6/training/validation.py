@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 
+from dcase_t6.common.errors import UserError
 from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.split_index import Split
 from dcase_t6.embedding.encode import embed_audio, embed_text, similarity
 from dcase_t6.models import DualEncoder
 from dcase_t6.retrieval.evaluation import evaluate
-from dcase_t6.retrieval.ground_truth import Relevance
+from dcase_t6.retrieval.ground_truth import single_relevant
 from dcase_t6.retrieval.matrices import SimilarityMatrix
 
 
@@ -40,5 +41,8 @@ class Validator:
         audio = embed_audio(model, paths, self.store.clip, self.max_samples, self.batch_size, self.device)
         text = embed_text(model, split.queries, self.batch_size, self.device)
         matrix = SimilarityMatrix(split.queries, split.files, similarity(text, audio))
-        truth = Relevance(split.queries, [[name] for name in split.query_files], Path(split.split))
+        truth = single_relevant(split.queries, split.query_files, split.split)
+        if truth is None:
+            raise UserError(f"validation split {split.split}: no caption of a cached clip to validate with; "
+                            "set validation_split to a split with captions, or null")
         return evaluate(matrix, truth).scores

@@ -297,7 +297,7 @@ def _check_port_config(path: Path) -> None:
         return
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested hundreds of levels deep
         raise UserError(f"{path}: cannot be read as JSON ({err}); {GET}") from None
     expected = {"model_type": "eat", "embed_dim": DIM, "depth": DEPTH, "num_heads": HEADS, "patch_size": PATCH,
                 "stride": PATCH, "in_chans": 1, "mel_bins": MEL_BINS, "max_length": PUBLISHED_TIME_PATCHES,
