@@ -40,8 +40,7 @@ def timed(function) -> float:
 def main() -> None:
     from dcase_t6.embedding.encode import embed_audio, embed_text, pad_batch
     from dcase_t6.models import DualEncoder, ModelConfig
-    from dcase_t6.models.text import ROBERTA_LARGE_SIZES, save_random_roberta
-    from dcase_t6.sharing.folder import quiet_transformers
+    from dcase_t6.models.text import ROBERTA_LARGE_SIZES, quiet_transformers, save_random_roberta
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=6, help="Clips embedded each way.")

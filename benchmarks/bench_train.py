@@ -23,9 +23,9 @@ from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
 from dcase_t6.embedding.encode import embed_audio
 from dcase_t6.models import DualEncoder
+from dcase_t6.runs.config import build_config
 from dcase_t6.training import losses
 from dcase_t6.training.augmentation import PairAugmenter
-from dcase_t6.training.config import build_config
 from dcase_t6.training.data import BatchSource, epoch_batches, load_pairs
 from dcase_t6.training.distributed import World
 

@@ -243,7 +243,7 @@ def _arguments() -> argparse.Namespace:
 
 def environment(gpus: int) -> dict:
     """Where the numbers come from: the cards, torch, CUDA, cuDNN, Python, CPU cores and the code version."""
-    from dcase_t6.registry import code_version
+    from dcase_t6.runs.records import code_version
 
     cards = []
     for index in range(gpus):
@@ -471,9 +471,9 @@ def worker(spec: dict) -> None:
     import torch.distributed as dist
 
     from dcase_t6.embedding.encode import embed_audio
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.config import from_dict
+    from dcase_t6.runs.registry import Registry
     from dcase_t6.training.builder import build_training
-    from dcase_t6.training.config import from_dict
     from dcase_t6.training.distributed import init_world, share_from_main
     from dcase_t6.training.loop import TrainingLoop
     from dcase_t6.training.trainer import register_run
@@ -592,7 +592,7 @@ class AugmentationCount:
 def _train_counted(spec: dict, world, recorder: Recorder, config) -> None:
     """Register ``config``'s run and train it through the builder and loop of `dcase-t6 train` with its loss terms,
     steps/s and augmented pairs recorded; it writes no checkpoint (it stops at max_steps)."""
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
     from dcase_t6.training.builder import build_training
     from dcase_t6.training.distributed import share_from_main
     from dcase_t6.training.loop import TrainingLoop
@@ -626,7 +626,7 @@ def _trained_problems(values: dict, steps: int, terms: tuple[str, ...]) -> list[
 def check_sid3(spec: dict, world, recorder: Recorder) -> list[str]:
     """SID 3: a teacher (one epoch of 1 step on the validation split's pairs, registered with its best checkpoint),
     then a student initialised from it and distilling from it, with audio mixing and caption augmentation."""
-    from dcase_t6.training.config import from_dict
+    from dcase_t6.runs.config import from_dict
     from dcase_t6.training.trainer import train_new
 
     base, start = spec["config"], time.perf_counter()
@@ -668,7 +668,7 @@ def write_merged_captions(data_root: Path, path: Path) -> Path:
 
 def check_sid4(spec: dict, world, recorder: Recorder) -> list[str]:
     """SID 4's cluster loss: kmeans clusters of the training captions (embedded by the text model), weight 0.05."""
-    from dcase_t6.training.config import from_dict
+    from dcase_t6.runs.config import from_dict
 
     base = spec["config"]
     clusters = {"method": "kmeans", "count": CHECK_CLUSTERS, "weight": 0.05, "source": f"model:{spec['text_model']}"}
@@ -681,7 +681,7 @@ def check_sid4(spec: dict, world, recorder: Recorder) -> list[str]:
 
 def _last_checkpoint(workdir: str, run: str) -> dict:
     """A run's ``last`` checkpoint, its tensors memory-mapped (read only where compared)."""
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
 
     path = Registry(workdir).file(run, "checkpoint", "last", verify=False).path
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -689,7 +689,7 @@ def _last_checkpoint(workdir: str, run: str) -> dict:
 
 def check_resume_cpu(spec: dict, world, recorder: Recorder) -> list[str]:
     """An fp16 run trained 1 step on the CPU (fp32 there), resumed on this process's device (the GPU) for 1 more."""
-    from dcase_t6.training.config import from_dict
+    from dcase_t6.runs.config import from_dict
     from dcase_t6.training.distributed import World
     from dcase_t6.training.trainer import resume, train_new
 
@@ -718,7 +718,7 @@ def check_resume_cpu(spec: dict, world, recorder: Recorder) -> list[str]:
 def check_deterministic_resume(spec: dict, world, recorder: Recorder) -> list[str]:
     """``deterministic: true``: DETERMINISTIC_STEPS steps uninterrupted against STOPPED_AT, stopped, and resumed to
     DETERMINISTIC_STEPS, on this job's processes; the final weights compared."""
-    from dcase_t6.training.config import from_dict
+    from dcase_t6.runs.config import from_dict
     from dcase_t6.training.trainer import resume, train_new
 
     base = {**spec["config"], "deterministic": True, "max_steps": DETERMINISTIC_STEPS}

@@ -1,17 +1,15 @@
-"""Shared fixtures: the real organiser files shipped as test data, tiny synthetic datasets."""
+"""Shared fixtures (the helpers several test files use are in ``tests/helpers``): the real organiser files shipped
+as test data, tiny synthetic datasets, a small RoBERTa with its pooler, the `explore` test case."""
 
-import socket
 from pathlib import Path
 
 import pytest
 
-TEST_DATA = Path(__file__).resolve().parent / "data"
-# The organisers' Clotho dev-test multi-relevance file (public; 1037 queries), as distributed.
-DEVTEST_RELEVANCE = TEST_DATA / "clotho-devtest-relevance-metadata_eval.csv"
-
 
 @pytest.fixture
 def devtest_relevance_file() -> Path:
+    from helpers.data import DEVTEST_RELEVANCE
+
     return DEVTEST_RELEVANCE
 
 
@@ -35,41 +33,20 @@ def tiny_training(tiny_data_root) -> dict:
             "audio_seconds": 2.0, "warmup_epochs": 0.5, "decay_epochs": 1.0}
 
 
-def save_roberta_with_pooler(folder: Path, hidden: int = 32, layers: int = 2) -> Path:
-    """A RoBERTa saved with ``save_pretrained`` as the hub's roberta-large loads: ``RobertaModel`` with its
-    pooler, a byte-level BPE ``RobertaTokenizerFast`` (trained here on a few captions), hub dropouts of 0.1.
-    Only the sizes are small."""
-    from dcase_t6.models.text import save_random_roberta
-
-    captions = ["a dog barks in the distance", "rain falls on a metal roof", "a bell rings twice",
-                "wind blows through the trees", "people talk in a busy hall", "a car passes by quickly"] * 4
-    return save_random_roberta(folder, captions, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                               intermediate_size=2 * hidden, max_position_embeddings=66)
-
-
 @pytest.fixture(scope="session")
 def roberta_with_pooler(tmp_path_factory) -> Path:
+    """A RoBERTa saved as the hub's roberta-large loads (with its pooler), small sizes."""
+    from helpers.models import save_roberta_with_pooler
+
     return save_roberta_with_pooler(tmp_path_factory.mktemp("roberta-with-pooler"))
 
 
-def cli_error(workdir: Path, *args) -> str:
-    """Run ``dcase-t6 --workdir WORKDIR ARGS...``; it must exit 2 with one ``error:`` line, which is returned."""
-    from click.testing import CliRunner
+@pytest.fixture
+def case(tmp_path) -> dict:
+    """The `explore` test case (``helpers.explore``): real WAVs, two matrices, relevance and captions."""
+    from helpers.explore import explore_case
 
-    from dcase_t6.cli import main
-
-    result = CliRunner().invoke(main, ["--workdir", str(workdir), *[str(arg) for arg in args]])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (for torch.distributed rendezvous in tests)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return explore_case(tmp_path)
 
 
 HOSTILE_PREFIX = "tests/test_hostile_"

@@ -22,11 +22,11 @@ from dcase_t6.data.audio_io import load_audio
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.storage import Storage, StorageRequest, choose, resampled_length
+from dcase_t6.runs.config import TrainConfig
 from dcase_t6.training.augmentation import PairAugmenter
-from dcase_t6.training.config import TrainConfig
 from dcase_t6.training.data import BatchSource, load_pairs
 from dcase_t6.training.distributed import World
-from test_prepare_cache import interrupt_at_job
+from helpers.data import interrupt_at_job
 
 RATE = 32000
 WINDOWS = (10 * RATE, 30 * RATE)
@@ -267,9 +267,9 @@ def test_training_on_window_storage_resumes_bit_for_bit_and_learns_like_the_stor
                                                                               tmp_path):
     import torch
 
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.config import build_config
+    from dcase_t6.runs.registry import Registry
     from dcase_t6.training import trainer as training
-    from dcase_t6.training.config import build_config
 
     finals = {}
     for mode in ("float32", "window", "int16"):

@@ -9,10 +9,8 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -22,101 +20,13 @@ from click.testing import CliRunner
 from dcase_t6.captions.mixing import MixSettings, sample_pairs
 from dcase_t6.captions.source import CaptionSource, read_captions
 from dcase_t6.cli import main
+from dcase_t6.runs.config import build_config
 from dcase_t6.training.augmentation import read_extra_captions, read_merged_captions
-from dcase_t6.training.config import build_config
+from helpers.servers import KEY, KEY_ENV, ChatServer, good_answer
 
-KEY_ENV, KEY = "DCASE_T6_TEST_KEY", "test-key-123"
 MIX_TEMPLATE = "MIX|{caption_1}|{caption_2}"
 FORWARD_TEMPLATE = "FWD|{code}|{caption}"
 BACK_TEMPLATE = "BACK|{code}|{text}"
-
-
-def good_answer(prompt: str) -> str:
-    """A deterministic usable answer to each test template."""
-    kind, *fields = prompt.split("|")
-    if kind == "MIX":
-        first, second = (" ".join(text.rstrip(".").split()[:4]).lower() for text in fields)
-        return f"{first.capitalize()} together with {second}."
-    if kind == "FWD":
-        return f"[{fields[0]}] {fields[1]}"
-    if kind == "BACK":
-        return "It sounds like " + fields[1].split("] ", 1)[1].lower()
-    return "A dog barks while a car passes by outside."
-
-
-class ChatServer:
-    """An OpenAI-compatible /v1/chat/completions server. The n-th request that arrives (retries included) gets
-    ``script[n]`` (then "good"): good, malformed (not JSON), no-choices, 429, 500, stall (answers after 3 s),
-    hang (answers only when released), or a fixed 200 answer ("text:..."). Every prompt received and answered is
-    recorded."""
-
-    def __init__(self, script: list[str] | None = None):
-        self.script, self.received, self.answered = list(script or []), [], []
-        self.release, self.lock = threading.Event(), threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path != "/v1/chat/completions" or self.headers.get("Authorization") != f"Bearer {KEY}":
-                    return self._send(401 if self.path == "/v1/chat/completions" else 404,
-                                      {"error": {"message": "wrong key or path"}})
-                if body.get("model") == "missing-model":
-                    return self._send(404, {"error": {"message": "The model does not exist"}})
-                prompt = body["messages"][-1]["content"]
-                with server.lock:
-                    server.received.append(prompt)
-                    action = server.script.pop(0) if server.script else "good"
-                if action in ("429", "500"):
-                    return self._send(int(action), {"error": {"message": f"scripted {action}"}},
-                                      {"retry-after-ms": "10"})
-                if action == "stall":  # past the client's timeout: it gives up and retries
-                    time.sleep(3)
-                    return None
-                if action == "hang":
-                    server.release.wait(60)
-                    return None
-                if action == "malformed":
-                    return self._raw(200, b"this is not JSON")
-                if action == "no-choices":
-                    return self._send(200, {"id": "x", "object": "chat.completion", "choices": []})
-                text = action[5:] if action.startswith("text:") else good_answer(prompt)
-                with server.lock:
-                    server.answered.append(prompt)
-                self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0,
-                                 "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": text}}],
-                                 "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
-                                           "total_tokens": len(prompt) // 4 + len(text) // 4}})
-
-            def _send(self, status, payload, headers=None):
-                self._raw(status, json.dumps(payload).encode(), headers)
-
-            def _raw(self, status, data, headers=None):
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in (headers or {}).items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (timeout, killed)
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

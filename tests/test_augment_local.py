@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from dcase_t6.captions.source import CaptionSource, read_captions
 from dcase_t6.cli import main
+from dcase_t6.runs.config import build_config
 from dcase_t6.training.augmentation import read_extra_captions
-from dcase_t6.training.config import build_config
 
 WORDS = ("a the dog cat bird loud quiet high low beep hiss chirp siren bell knock hum rumble click then and with "
          "after sound noise water rain wind car engine people talk far near soft").split()

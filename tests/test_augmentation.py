@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
 from dcase_t6.training.augmentation import NO_PAIR, PairAugmenter, WordEdits, load_synonyms, mix_clips, wordnet_synonyms
-from dcase_t6.training.config import build_config
 from dcase_t6.training.data import BatchSource, CaptionPairs, load_pairs
 from dcase_t6.training.distributed import World
 

@@ -9,9 +9,9 @@ import torch
 
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
-from dcase_t6.embedding.checkpoints import load_model
-from dcase_t6.registry import Registry
-from test_real_configuration import _cli
+from dcase_t6.runs.model import load_model
+from dcase_t6.runs.registry import Registry
+from helpers.cli import run_dcase_process
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,9 @@ def short_clips(tmp_path_factory):
 
 
 def _train(workdir, root, roberta, backbone, *extra, processes=0):
-    result = _cli(workdir, "train", "--data-root", str(root), "--datasets", "synthetic", "--backbone", backbone,
-                  "--audio-weights", "random", "--text-model", str(roberta), "--epochs", "1", "--batch-size", "4",
-                  "--json", *extra, processes=processes)
+    result = run_dcase_process(workdir, "train", "--data-root", str(root), "--datasets", "synthetic", "--backbone",
+                               backbone, "--audio-weights", "random", "--text-model", str(roberta), "--epochs", "1",
+                               "--batch-size", "4", "--json", *extra, processes=processes)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["status"] == "finished" and summary["step"] == 3  # 10 pairs: global batches of 4, 4 and 2
@@ -58,14 +58,14 @@ def _export_embeds_like_the_run(workdir, root, run, tmp_path):
     without any registry exactly as the registered run does."""
     import numpy as np
 
-    registered = _cli(workdir, "embed", run, "--data-root", str(root), "--dataset", "synthetic", "--json")
+    registered = run_dcase_process(workdir, "embed", run, "--data-root", str(root), "--dataset", "synthetic", "--json")
     assert registered.returncode == 0, registered.stderr[-3000:]
     folder = tmp_path / "exported"
-    exported = _cli(workdir, "export", run, "--out", str(folder), "--json")
+    exported = run_dcase_process(workdir, "export", run, "--out", str(folder), "--json")
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert not [path for path in folder.rglob("*") if path.suffix in (".pt", ".bin", ".pkl")]
-    embedded = _cli(tmp_path / "no-registry", "embed", "--model", str(folder), "--data-root", str(root), "--dataset",
-                    "synthetic", "--out", str(tmp_path / "embedded"), "--json")
+    embedded = run_dcase_process(tmp_path / "no-registry", "embed", "--model", str(folder), "--data-root", str(root),
+                                 "--dataset", "synthetic", "--out", str(tmp_path / "embedded"), "--json")
     assert embedded.returncode == 0, embedded.stderr[-3000:]
     with np.load(json.loads(registered.stdout)["embeddings"]) as expected, \
             np.load(json.loads(embedded.stdout)["embeddings"]) as actual:
@@ -84,10 +84,10 @@ def test_torchrun_trains_beats_then_embeds_and_evaluates(short_clips, roberta_wi
 
 
 def _embed_and_evaluate(workdir, root, run):
-    embedded = _cli(workdir, "embed", run, "--data-root", str(root), "--dataset", "synthetic", "--json")
+    embedded = run_dcase_process(workdir, "embed", run, "--data-root", str(root), "--dataset", "synthetic", "--json")
     assert embedded.returncode == 0, embedded.stderr[-3000:]
     relevance = Layout.at(root).relevance_file("synthetic")
-    evaluated = _cli(workdir, "evaluate", "-p", f"{run}:synthetic/development-testing", "-r", str(relevance),
-                     "--json")
+    evaluated = run_dcase_process(workdir, "evaluate", "-p", f"{run}:synthetic/development-testing", "-r",
+                                  str(relevance), "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert 0.0 < json.loads(evaluated.stdout)["mAP@16"] <= 1.0

@@ -17,10 +17,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import cli_error
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
 from dcase_t6.sharing.baseline import DROPPED, map_key, read_baseline_checkpoint
+from helpers.cli import cli_error
 
 HEADS = {"audio_embedding_model.model.model.head.0.weight": (768,),
          "audio_embedding_model.model.model.head.0.bias": (768,),
@@ -245,7 +245,8 @@ DEV_TEST, VALIDATION = "development-testing", "development-validation"
 
 @pytest.mark.slow
 def test_the_run_is_registered_with_the_baselines_settings(imported):
-    from dcase_t6.registry import Registry, sha256_of
+    from dcase_t6.runs.records import sha256_of
+    from dcase_t6.runs.registry import Registry
 
     result = imported["result"]
     assert result["format"] == "baseline" and result["text_model"] == "roberta-large"
@@ -273,7 +274,7 @@ def test_the_run_is_registered_with_the_baselines_settings(imported):
 
 @pytest.mark.slow
 def test_the_compiled_layout_imports_the_same_tensors(imported, tmp_path):
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
 
     other = tmp_path / "work"
     run = run_cli(other, "runs", "import", "--format", "baseline", imported["compiled"], "--text-model",
@@ -311,7 +312,7 @@ def test_embed_gives_the_vectors_of_our_model_built_from_the_same_tensors(import
 
 @pytest.mark.slow
 def test_the_imported_run_is_an_ensemble_member_a_teacher_a_start_and_exports_and_explores(imported, tmp_path):
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
 
     run, workdir, data = imported["result"]["run"], imported["workdir"], imported["data"]
     run_cli(workdir, "embed", run, "--data-root", data, "--dataset", "synthetic", "--split", VALIDATION,

@@ -9,12 +9,12 @@ import pandas
 import pytest
 import torch
 
-from conftest import DEVTEST_RELEVANCE
 from dcase_t6.models import DualEncoder, ModelConfig
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.audio import passt
 from dcase_t6.models.text import TextEncoder, normalise_caption
 from dcase_t6.training.losses import multi_positive_infonce
+from helpers.data import DEVTEST_RELEVANCE
 
 SECOND = passt.SAMPLE_RATE
 

@@ -9,13 +9,14 @@ import torch
 from torch.nn.functional import cross_entropy
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.embedding.checkpoints import embed_run, load_model
+from dcase_t6.embedding.checkpoints import embed_run
 from dcase_t6.models import DualEncoder, cluster_head
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import Clusters, build_config, from_dict
+from dcase_t6.runs.model import load_model
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
 from dcase_t6.training.builder import build_training, initialise_from
 from dcase_t6.training.clustering import assign_noise, cluster_vectors, read_labels
-from dcase_t6.training.config import Clusters, build_config, from_dict
 from dcase_t6.training.data import BatchSource, epoch_batches, load_pairs
 from dcase_t6.training.distributed import World
 from dcase_t6.training.losses import cluster_loss

@@ -10,7 +10,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.data.synthetic import clip_captions, draw_groups
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import Clusters, build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
 from dcase_t6.training.clustering import (
     E5_MODEL,
@@ -19,7 +20,6 @@ from dcase_t6.training.clustering import (
     sentence_embeddings,
     sentence_source,
 )
-from dcase_t6.training.config import Clusters, build_config
 from dcase_t6.training.data import load_pairs
 
 BERTOPIC = Clusters(method="bertopic", min_cluster_size=10)

@@ -13,9 +13,9 @@ from pypdf import PdfReader
 from dcase_t6.cli import main
 from dcase_t6.data.layout import Layout
 from dcase_t6.embedding.checkpoints import embed_run
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
-from dcase_t6.training.config import build_config
 
 DEV_TEST = "development-testing"
 
@@ -97,7 +97,7 @@ def test_a_missing_ground_truth_is_a_note_not_a_failure(two_runs, tmp_path):
 
 def test_the_draft_report_draws_the_runs_training_curves(two_runs, tmp_path):
     from dcase_t6.sharing.history import RunHistory
-    from test_packaging import make_system
+    from helpers.submission import make_system
 
     registry = Registry(two_runs["workdir"])
     histories = tuple(RunHistory.of(registry.run(run_id)) for run_id in two_runs["runs"])

@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.embedding.checkpoints import load_model
 from dcase_t6.models import DualEncoder
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.model import load_model
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training.builder import build_training, compiles
 from dcase_t6.training.checkpointing import Position
-from dcase_t6.training.config import build_config
 from dcase_t6.training.distributed import World
 from dcase_t6.training.loop import step_seed
 from dcase_t6.training.trainer import register_run

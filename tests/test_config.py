@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.training.config import build_config, from_dict
+from dcase_t6.runs.config import build_config, from_dict
 
 
 def test_set_values_arrive_as_strings_and_become_the_field_types():
@@ -91,7 +91,7 @@ def test_numbers_in_exponent_form_become_whole_numbers_where_one_is_expected():
 def test_the_example_pipelines_repeat_their_recipes_with_yaml_aliases_and_still_load():
     from pathlib import Path
 
-    from dcase_t6.training.pipeline import load_pipeline
+    from dcase_t6.pipeline.file import load_pipeline
 
     examples = Path(__file__).resolve().parent.parent / "examples"
     for name in ("aistat2025.yaml", "aistat2025-synthetic.yaml"):

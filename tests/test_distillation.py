@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
-from dcase_t6.training.config import build_config
 from dcase_t6.training.data import load_pairs
 from dcase_t6.training.distillation import TeacherSimilarity, ensure_embeddings, teacher_vectors
 from dcase_t6.training.losses import distillation_loss
@@ -153,7 +153,7 @@ def test_teacher_lookups_stay_on_the_tables_device_and_read_no_value():
 
 
 def test_the_objective_names_a_teacher_table_on_another_device():
-    from dcase_t6.training.config import TrainConfig
+    from dcase_t6.runs.config import TrainConfig
     from dcase_t6.training.distributed import World
     from dcase_t6.training.objective import build_objective
 

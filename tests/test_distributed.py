@@ -9,12 +9,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import free_port
 from dcase_t6.models import DualEncoder, ModelConfig
-from dcase_t6.training.config import TrainConfig
+from dcase_t6.runs.config import TrainConfig
 from dcase_t6.training.data import TrainingBatch
 from dcase_t6.training.distributed import World, accumulating, init_world
 from dcase_t6.training.objective import build_objective
+from helpers.cli import free_port
 
 CONFIG = ModelConfig(backbone="tiny-cnn", text_model="tiny-random", embed_dim=8, trainable_temperature=True)
 CAPTIONS = ["a dog barks", "rain falls", "a dog barks loudly", "a bell", "wind blows", "a bell rings"]
@@ -173,8 +173,8 @@ def test_every_process_gets_a_batch_it_can_encode_also_without_a_share(tiny_data
 
     from dcase_t6.data.audio_cache import AudioCache, build_cache
     from dcase_t6.data.layout import Layout
+    from dcase_t6.runs.config import build_config
     from dcase_t6.training.augmentation import PairAugmenter
-    from dcase_t6.training.config import build_config
     from dcase_t6.training.data import TrainingData, load_pairs
 
     build_cache(Layout.at(tiny_data_root), 16000, ["synthetic"])
@@ -211,15 +211,15 @@ def test_torchrun_with_two_processes_trains_and_registers_one_run(tiny_data_root
     assert finished.returncode == 0, finished.stderr[-2000:]
     summary = json.loads(finished.stdout)  # only rank 0 prints
     assert summary["status"] == "finished" and summary["step"] == 8  # 60 pairs in global batches of 8
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
 
     runs = Registry(tmp_path).runs()
     assert [run.id for run in runs] == [summary["run"]] and runs[0].status == "finished"
 
 
 def _training_worker(rank: int, port: int, workdir: str, overrides: dict, results):
+    from dcase_t6.runs.config import build_config
     from dcase_t6.training import trainer as training
-    from dcase_t6.training.config import build_config
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank))
@@ -233,7 +233,7 @@ def test_a_sigterm_to_one_process_stops_every_process_at_the_same_step_and_the_r
     import signal
     import time
 
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
     from dcase_t6.training import trainer as training
 
     overrides = {**tiny_training, "epochs": 40, "dist_timeout_minutes": 1.5, "log": "none"}
@@ -265,8 +265,8 @@ def test_batches_are_pinned_for_a_gpu_only(tiny_data_root):
     GPU)."""
     from dcase_t6.data.audio_cache import AudioCache, build_cache
     from dcase_t6.data.layout import Layout
+    from dcase_t6.runs.config import build_config
     from dcase_t6.training.augmentation import PairAugmenter
-    from dcase_t6.training.config import build_config
     from dcase_t6.training.data import TrainingData, load_pairs
 
     build_cache(Layout.at(tiny_data_root), 16000, ["synthetic"])
@@ -289,8 +289,8 @@ def test_batches_are_pinned_for_a_gpu_only(tiny_data_root):
 
 
 def test_loader_workers_default_to_0_on_a_cpu_and_to_the_free_cores_on_a_gpu(monkeypatch):
+    from dcase_t6.runs.config import build_config
     from dcase_t6.training.builder import loader_workers
-    from dcase_t6.training.config import build_config
 
     assert build_config(None, {}).workers is None
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)

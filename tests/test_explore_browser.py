@@ -25,7 +25,7 @@ from dcase_t6.cli import main
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
 from dcase_t6.retrieval.metrics import METRIC_KEYS
-from test_explore import start_server, started_json
+from helpers.servers import start_server, started_json
 
 CHROMIUM = Path(os.environ.get("DCASE_T6_CHROMIUM", "/usr/bin/chromium"))
 VIEWPORT = {"width": 1280, "height": 860}

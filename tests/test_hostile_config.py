@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import cli_error
 from dcase_t6.cli import main  # noqa: F401  (imported first: registers every command)
-from dcase_t6.registry import DATABASE_NAME, Registry
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_csv
+from dcase_t6.runs.config import build_config, dotted_to_nested
+from dcase_t6.runs.layout import DATABASE_NAME
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
-from dcase_t6.training.config import build_config, dotted_to_nested
+from helpers.cli import cli_error
 
 DEEP = 100_000  # nesting levels of the hostile JSON and YAML documents
 BOMB_SECONDS = 3.0  # an alias bomb is refused within this (it hung for more than 60 s)

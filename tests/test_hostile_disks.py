@@ -31,9 +31,12 @@ import pytest
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
-from dcase_t6.registry import DATABASE_NAME, Registry, sha256_of
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
-from test_hostile_outputs import refused, snapshot
+from dcase_t6.runs.layout import DATABASE_NAME
+from dcase_t6.runs.records import sha256_of
+from dcase_t6.runs.registry import Registry
+from helpers.cli import refused
+from helpers.data import snapshot
 
 _CAPABILITY_VERSION_3 = 0x20080522
 _FILE_PERMISSION_OVERRIDES = (1 << 1) | (1 << 2) | (1 << 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,9 @@ import yaml
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
-from test_augment_api import KEY, KEY_ENV, ChatServer
-from test_explore import FILES, case, start_server, started_json  # noqa: F401 (case: a fixture)
-from test_packaging import PDF, label, make_system
+from helpers.explore import FILES
+from helpers.servers import KEY, KEY_ENV, ChatServer, LocalServer, start_server, started_json
+from helpers.submission import PDF, label, make_system
 
 ANSWER = "A dog barks while a car passes by on a wet road."
 
@@ -54,7 +54,7 @@ def one_line_error(args: list, env: dict | None = None) -> str:
 # --- augment: a deadline per attempt -------------------------------------------------------------------------------
 
 
-class DripServer:
+class DripServer(LocalServer):
     """A chat-completions server that sends its (good) answer one byte every 50 ms: the body (headers at once) or
     the status line and headers themselves; 20 s in all, each read well within any per-read timeout."""
 
@@ -89,14 +89,7 @@ class DripServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def mix(root, out, base, *extra) -> list:
@@ -265,7 +258,7 @@ def test_check_of_a_pipe_names_it_without_opening_it(specials):
 # --- explore: only regular files inside --audio --------------------------------------------------------------------
 
 
-def _link_out(case) -> tuple[Path, Path]:  # noqa: F811 (the fixture)
+def _link_out(case) -> tuple[Path, Path]:
     """Replace a.wav in --audio with a link to a file outside it, and h.wav with a link to g.wav inside it."""
     outside = case["tmp"] / "private.wav"
     shutil.move(case["audio"] / "a.wav", outside)
@@ -275,7 +268,7 @@ def _link_out(case) -> tuple[Path, Path]:  # noqa: F811 (the fixture)
     return outside, case["audio"] / "g.wav"
 
 
-def test_explore_site_leaves_out_a_link_leading_out_of_audio(case, tmp_path):  # noqa: F811
+def test_explore_site_leaves_out_a_link_leading_out_of_audio(case, tmp_path):
     outside, inside = _link_out(case)
     site = tmp_path / "site"
     result = invoke(["explore", "-p", case["first"], "-r", case["relevance"], "--audio", case["audio"], "--html", site,
@@ -288,7 +281,7 @@ def test_explore_site_leaves_out_a_link_leading_out_of_audio(case, tmp_path):  #
     assert not (site / "audio" / "0.wav").exists() and (site / "audio" / f"{FILES.index('h.wav')}.wav").exists()
 
 
-def test_explore_server_answers_404_for_a_link_leading_out_of_audio(case):  # noqa: F811
+def test_explore_server_answers_404_for_a_link_leading_out_of_audio(case):
     _link_out(case)
     process = start_server([sys.executable, "-m", "dcase_t6", "explore", "-p", str(case["first"]), "-r",
                             str(case["relevance"]), "--audio", str(case["audio"]), "--json"])
@@ -304,7 +297,7 @@ def test_explore_server_answers_404_for_a_link_leading_out_of_audio(case):  # no
         process.wait(timeout=10)
 
 
-def test_explore_names_the_links_when_every_clip_leads_out_of_audio(case, tmp_path):  # noqa: F811
+def test_explore_names_the_links_when_every_clip_leads_out_of_audio(case, tmp_path):
     links = tmp_path / "links"
     links.mkdir()
     for name in FILES:

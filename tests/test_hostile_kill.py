@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
-from dcase_t6.registry import Registry
 from dcase_t6.retrieval.matrices import read_matrix
-from dcase_t6.training.config import build_config
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training.trainer import train_new
-from test_packaging import PDF, make_system
+from helpers.submission import PDF, make_system
 
 # Runs the CLI in a fresh interpreter whose os.replace kills the process (SIGKILL) at the first rename of a
 # file whose name ends with the given suffix: the moment an atomic write has finished writing.

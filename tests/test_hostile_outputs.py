@@ -20,43 +20,17 @@ from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import replace_owned_dir
 from dcase_t6.common.outputs import MARKER, mark_output
-from dcase_t6.registry import Registry
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
-from test_packaging import PDF, make_system
+from dcase_t6.runs.registry import Registry
+from helpers.cli import refused
+from helpers.data import snapshot
+from helpers.submission import PDF, make_system
 
 SYNTHETIC = ["--train", "6", "--val", "2", "--test", "2", "--min-duration", "2", "--max-duration", "2.5"]
 
 
 def run(*args):
     return CliRunner().invoke(main, [str(arg) for arg in args])
-
-
-def snapshot(folder: Path) -> dict:
-    """Every entry under ``folder``: file bytes, link targets, folders (to compare before and after)."""
-    entries = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = Path(root) / name
-            key = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                entries[key] = ("link", os.readlink(path))
-            elif path.is_dir():
-                entries[key] = ("dir",)
-            else:
-                entries[key] = ("file", path.read_bytes())
-    return entries
-
-
-def refused(result, *fragments: str) -> str:
-    """Exit 2 through SystemExit, one ``error:`` line holding every fragment, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def refused_intact(tmp_path: Path, args, *fragments: str) -> str:
@@ -293,7 +267,7 @@ def test_prepare_synthetic_force_keeps_a_users_file_added_later(tmp_path):
 def test_prepare_clotho_keeps_a_users_files_in_an_audio_folder_it_did_not_extract(tmp_path, monkeypatch):
     from dcase_t6.data import archive
     from dcase_t6.data.clotho import CLOTHO_MD5
-    from test_prepare_helpers import clotho_release
+    from helpers.data import clotho_release
 
     monkeypatch.setattr(archive, "seven_zip_binary", lambda: None)
     release = tmp_path / "release"

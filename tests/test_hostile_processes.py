@@ -30,9 +30,9 @@ from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import read_index
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
-from dcase_t6.training.config import build_config
 from dcase_t6.training.data import BatchSource, load_pairs, sha256_of_text
 
 RATE = 16000

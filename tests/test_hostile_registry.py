@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dcase_t6 import registry as registry_module
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.registry import DATABASE_NAME, Registry, sha256_of
+from dcase_t6.runs import leases
+from dcase_t6.runs.layout import DATABASE_NAME
+from dcase_t6.runs.records import sha256_of
+from dcase_t6.runs.registry import Registry
 
 
 def _cli(workdir: Path, *args: str):
@@ -254,7 +256,7 @@ def test_rm_is_refused_while_a_live_process_trains_the_run(tmp_path, tiny_data_r
 def test_rm_is_refused_while_another_process_embeds_the_run(tmp_path):
     ids = _populate(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom dcase_t6.registry import Registry\n"
+        [sys.executable, "-c", "import sys\nfrom dcase_t6.runs.registry import Registry\n"
          f"with Registry({str(tmp_path)!r}).using({ids['done']!r}, 'embed'):\n"
          "    print('held', flush=True)\n    sys.stdin.read()\n"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -272,7 +274,7 @@ def test_rm_is_refused_while_another_process_embeds_the_run(tmp_path):
 
 def test_a_dead_embed_lease_does_not_block_rm(tmp_path):
     ids = _populate(tmp_path)
-    holder = subprocess.run([sys.executable, "-c", "import os\nfrom dcase_t6.registry import Registry\n"
+    holder = subprocess.run([sys.executable, "-c", "import os\nfrom dcase_t6.runs.registry import Registry\n"
                              f"lease = Registry({str(tmp_path)!r}).using({ids['done']!r}, 'embed')\n"
                              "lease.__enter__()\n"
                              "os._exit(9)\n"])  # killed while holding the lease: it is never released
@@ -327,7 +329,7 @@ def test_training_whose_run_is_removed_from_another_host_stops_with_one_line(tmp
                                stderr=subprocess.PIPE, text=True)
     try:
         run_id = _first_epoch(process, Registry(tmp_path))
-        stale = time.time() - registry_module.STALE_SECONDS - 60
+        stale = time.time() - leases.STALE_SECONDS - 60
         with sqlite3.connect(tmp_path / DATABASE_NAME) as connection:  # it looks like a silent run on another host
             connection.execute("UPDATE runs SET host = 'another-host', heartbeat = ? WHERE id = ?", (stale, run_id))
         assert _cli(tmp_path, "runs", "rm", run_id).exit_code == 0

@@ -24,7 +24,7 @@ from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.audio_io import load_audio
 from dcase_t6.retrieval.matrices import MAX_FILES, MAX_QUERIES
 from dcase_t6.submission.package import CSV_KIND, build_package, member_name
-from test_packaging import PDF, label, make_system
+from helpers.submission import PDF, label, make_system
 
 RATE = 32000
 CLIP_SECONDS, CLIP_RATE = 600, 44100  # a 10-minute clip at 44.1 kHz: 106 MB decoded as float32

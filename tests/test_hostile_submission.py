@@ -22,7 +22,7 @@ from dcase_t6.cli import main
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_csv
 from dcase_t6.submission.package import CSV_KIND, META_KIND, REPORT_KIND, build_package, check_package, member_name
 from dcase_t6.submission.zipsafety import MemberError, csv_bound, read_member
-from test_packaging import PDF, label, make_system
+from helpers.submission import PDF, label, make_system
 
 LABEL = label(1)
 CSV, META, REPORT = (member_name(LABEL, kind) for kind in (CSV_KIND, META_KIND, REPORT_KIND))

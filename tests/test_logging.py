@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from dcase_t6.cli import main
-from dcase_t6.registry import Registry
+from dcase_t6.runs.registry import Registry
 
 # tiny_training: 12 clips x 5 captions = 60 pairs in batches of 8 -> 8 optimizer steps per epoch
 STEPS_PER_EPOCH = 8

@@ -8,8 +8,8 @@ import yaml
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.submission import metadata
+from helpers.submission import EVALUATE_JSON, LABEL, filled_meta
 
-LABEL = "Mueller-Luedenscheidt_CP-JKU_task6_1"
 SEED_TEMPLATE_FIELDS = {
     "submission": ["label", "name", "abbreviation", "authors"],
     "author": ["lastname", "firstname", "email", "corresponding", "affiliation"],
@@ -20,29 +20,6 @@ SEED_TEMPLATE_FIELDS = {
     "dataset": ["name", "purpose", "url", "data_types", "data_instances", "data_volume"],
     "results": ["R@1", "R@5", "R@10", "mAP@10", "mAP@16"],
 }
-EVALUATE_JSON = {"R@1": 0.2329, "R@5": 0.5217, "R@10": 0.6478, "mAP@10": 0.3523, "mAP@16": 0.40591234567,
-                 "n_queries": 1037}
-
-
-def filled_meta(label: str = LABEL, results: dict | None = None) -> dict:
-    """The template rendered for ``label`` with the submission names a user fills in (non-ASCII authors)."""
-    meta = yaml.safe_load(metadata.render_meta(label, results))
-    submission = meta["submission"]
-    submission.update(name="PaSST & RoBERTa ensemble", abbreviation="PaRoEns")
-    submission["authors"] = [
-        _author("Müller", "Zoë", "zoe.mueller@jku.at", corresponding=True),
-        _author("Łukasiewicz", "Ørjan", "o.l@example.org"),
-    ]
-    return meta
-
-
-def _author(lastname: str, firstname: str, email: str, corresponding: bool = False) -> dict:
-    author = {"lastname": lastname, "firstname": firstname, "email": email,
-              "affiliation": {"abbreviation": "CP-JKU", "institute": "Johannes Kepler Universität",
-                              "department": "Institute of Computational Perception", "location": "Linz, Austria"}}
-    if corresponding:
-        author["corresponding"] = True
-    return author
 
 
 def test_template_has_every_seed_field_its_comments_and_map16():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dcase_t6.training.config import TrainConfig
+from dcase_t6.runs.config import TrainConfig
 from dcase_t6.training.data import TrainingBatch
 from dcase_t6.training.distributed import World
 from dcase_t6.training.objective import build_objective

@@ -5,19 +5,11 @@ import json
 from pathlib import Path
 
 import yaml
-from click.testing import CliRunner
 
-from dcase_t6.cli import main
-from dcase_t6.registry import Registry
+from dcase_t6.runs.registry import Registry
 from dcase_t6.submission.metadata import meta_problems
-from test_packaging import make_system
-from test_report import pdf_text_and_images
-
-LABEL = "Mueller-Luedenscheidt_CP-JKU_task6_1"
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+from helpers.cli import run_dcase
+from helpers.submission import LABEL, make_system, pdf_text_and_images
 
 
 def _sidecars(folder: Path) -> tuple[Path, Path]:
@@ -67,8 +59,8 @@ def test_init_meta_fills_every_system_field_from_the_runs(tmp_path, tiny_data_ro
     weights = tmp_path / "weights.json"
     weights.write_text(json.dumps({"weights": {"passt-sid5": 0.65, "eat-sid5": 0.35}}), encoding="utf-8")
     out = tmp_path / "meta.yaml"
-    result = _run("--workdir", workdir, "package", "--init-meta", "--label", LABEL, "--runs", ",".join(members),
-                  "--weights", weights, "--out", out)
+    result = run_dcase("--workdir", workdir, "package", "--init-meta", "--label", LABEL, "--runs", ",".join(members),
+                       "--weights", weights, "--out", out)
     assert result.exit_code == 0, result.output
     text = out.read_text(encoding="utf-8")
     assert "# Audio input / sampling rate" in text  # the template's comments are kept
@@ -104,8 +96,8 @@ def test_draft_report_lists_the_external_resources(tmp_path, tiny_data_root):
     members = _registered(workdir, tiny_data_root, tmp_path)
     system = make_system(tmp_path, 1)
     draft = tmp_path / "draft.pdf"
-    result = _run("--workdir", workdir, "package", "-l", system.label, "-p", system.predictions, "-m", system.meta,
-                  "--draft-report", draft, "--runs", ",".join(members), "--out", tmp_path / "submission.zip")
+    result = run_dcase("--workdir", workdir, "package", "-l", system.label, "-p", system.predictions, "-m", system.meta,
+                       "--draft-report", draft, "--runs", ",".join(members), "--out", tmp_path / "submission.zip")
     assert result.exit_code == 0, result.output
     text, _ = pdf_text_and_images(draft.read_bytes())
     assert "External resources" in text

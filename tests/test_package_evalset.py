@@ -8,22 +8,16 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
-from click.testing import CliRunner
 
-from dcase_t6.cli import main
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_csv
 from dcase_t6.submission.package import SystemFiles, build_package
-from test_metadata import filled_meta
+from helpers.cli import run_dcase
+from helpers.submission import PDF, filled_meta
 
 LABEL = "Mueller_CP-JKU_task6_1"
 QUERIES = ["A bird sings, loudly.", 'Water "flows" fast', "Schön & laut: ça va", "cours d&#39;eau, it's wet",
            "  leading spaces and a dog barking"]
 FILES = ["Pensol - le Moulin cours d&#39;eau.wav", 'bird, in "rain".wav', "Ünïcødé – café.wav", "it's a dog.wav"]
-PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -85,8 +79,8 @@ CASES = {
 def test_check_names_the_first_mismatch(tmp_path, official, case):
     (queries, files), expected = CASES[case]
     captions, audio = official
-    result = _run("package", "--check", _zip(tmp_path, queries, files), "--eval-captions", captions,
-                  "--eval-audio", audio)
+    result = run_dcase("package", "--check", _zip(tmp_path, queries, files), "--eval-captions", captions,
+                       "--eval-audio", audio)
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
     for part in expected:
@@ -97,24 +91,24 @@ def test_check_names_the_first_mismatch(tmp_path, official, case):
 def test_correct_submission_passes_with_captions_and_with_prepared_eval(tmp_path, official):
     captions, audio = official
     good = _zip(tmp_path, list(QUERIES), list(reversed(FILES)))  # order of rows and columns is free
-    result = _run("package", "--check", good, "--eval-captions", captions, "--eval-audio", audio)
+    result = run_dcase("package", "--check", good, "--eval-captions", captions, "--eval-audio", audio)
     assert result.exit_code == 0, result.output
     assert "queries and files equal the evaluation set" in result.output
     data = tmp_path / "data"
-    prepared = _run("prepare", "eval", "--root", data, "--captions", captions, "--audio", audio)
+    prepared = run_dcase("prepare", "eval", "--root", data, "--captions", captions, "--audio", audio)
     assert prepared.exit_code == 0, prepared.output
-    as_json = _run("package", "--check", good, "--data-root", data, "--json")
+    as_json = run_dcase("package", "--check", good, "--data-root", data, "--json")
     payload = json.loads(as_json.output)
     assert as_json.exit_code == 0 and payload["ok"] is True
     assert payload["eval_set"] == {"source": f"--data-root {data}", "queries": 5, "files": 4}
     bad = _zip(tmp_path, list(QUERIES), FILES[:3], name="bad")
-    failed = _run("package", "--check", bad, "--data-root", data)
+    failed = run_dcase("package", "--check", bad, "--data-root", data)
     assert failed.exit_code == 1 and "no column for the evaluation audio file \"it's a dog.wav\"" in failed.output
 
 
 def test_captions_alone_check_the_queries_only(tmp_path, official):
     captions, _ = official
-    result = _run("package", "--check", _zip(tmp_path, list(QUERIES), FILES[:2]), "--eval-captions", captions)
+    result = run_dcase("package", "--check", _zip(tmp_path, list(QUERIES), FILES[:2]), "--eval-captions", captions)
     assert result.exit_code == 0, result.output
 
 
@@ -129,11 +123,11 @@ def test_build_refuses_a_matrix_that_is_not_the_evaluation_set(tmp_path, officia
     out = tmp_path / "submission.zip"
     args = ["package", "-l", LABEL, "-p", predictions, "-m", meta, "--report", report, "--out", out,
             "--eval-captions", captions, "--eval-audio", audio]
-    refused = _run(*args)
+    refused = run_dcase(*args)
     assert refused.exit_code == 2 and not out.exists()
     assert f"{predictions}: row 2: query 'a bird sings, loudly.'" in " ".join(refused.output.split())
     write_csv(SimilarityMatrix(list(QUERIES), FILES, np.zeros((5, 4))), predictions)
-    built = _run(*args)
+    built = run_dcase(*args)
     assert built.exit_code == 0, built.output
     assert "equal the evaluation set of --eval-captions" in " ".join(built.output.split())
 
@@ -144,17 +138,17 @@ def test_build_refuses_a_matrix_that_is_not_the_evaluation_set(tmp_path, officia
     (["--data-root", "nowhere"], "eval.queries.csv: not found; run `dcase-t6 prepare eval"),
 ])
 def test_bad_evaluation_set_options_exit_2(tmp_path, args, expected):
-    result = _run("package", "--check", tmp_path / "s.zip", *args)
+    result = run_dcase("package", "--check", tmp_path / "s.zip", *args)
     assert result.exit_code == 2 and expected in " ".join(result.output.split()), result.output
 
 
 def test_build_finds_the_evaluation_set_of_a_registered_eval_matrix(tmp_path, official):
     """-p RUN:eval/evaluation: the run's data_root, where `prepare eval` ran, is checked without any option."""
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
 
     captions, audio = official
     data, workdir = tmp_path / "data", tmp_path / "work"
-    assert _run("prepare", "eval", "--root", data, "--captions", captions, "--audio", audio).exit_code == 0
+    assert run_dcase("prepare", "eval", "--root", data, "--captions", captions, "--audio", audio).exit_code == 0
     registry = Registry(workdir)
     run = registry.create_run("passt", {"data_root": str(data)}, None, 0)
     matrix = tmp_path / "eval.similarity.csv"
@@ -164,8 +158,8 @@ def test_build_finds_the_evaluation_set_of_a_registered_eval_matrix(tmp_path, of
     meta.write_text(yaml.safe_dump(filled_meta(LABEL), allow_unicode=True), encoding="utf-8")
     report = tmp_path / "report.pdf"
     report.write_bytes(PDF)
-    result = _run("--workdir", workdir, "package", "-l", LABEL, "-p", f"{run}:eval/evaluation", "-m", meta,
-                  "--report", report, "--out", tmp_path / "submission.zip")
+    result = run_dcase("--workdir", workdir, "package", "-l", LABEL, "-p", f"{run}:eval/evaluation", "-m", meta,
+                       "--report", report, "--out", tmp_path / "submission.zip")
     assert result.exit_code == 2, result.output
     assert "no row for the official caption '  leading spaces and a dog barking'" in result.output
     assert f"(checked against --data-root {data})" in " ".join(result.output.split())

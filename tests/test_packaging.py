@@ -7,11 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, write_csv
+from dcase_t6.retrieval.matrices import read_csv
 from dcase_t6.submission.package import (
     CSV_KIND,
     META_KIND,
@@ -23,30 +21,8 @@ from dcase_t6.submission.package import (
     check_package,
     member_name,
 )
-from test_metadata import EVALUATE_JSON, filled_meta
-
-TEAM = "Mueller-Luedenscheidt_CP-JKU"
-FILES = ["Pensol - le Moulin cours d&#39;eau.wav", 'bird, in "rain".wav', "Ünïcødé – café.wav",
-         "  spaced  name .wav", "it's a dog.wav"]
-QUERIES = ["A bird sings, loudly.", 'Water "flows" fast', "Schön & laut: ça va", "cours d&#39;eau, it's wet"]
-PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
-
-
-def label(index: int) -> str:
-    return f"{TEAM}_task6_{index}"
-
-
-def write_yaml(path: Path, meta: dict) -> Path:
-    path.write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def make_system(folder: Path, index: int) -> SystemFiles:
-    """A real similarity CSV and a filled, valid metadata YAML for system ``index``."""
-    matrix = SimilarityMatrix(QUERIES, FILES, np.random.default_rng(index).standard_normal((len(QUERIES), len(FILES))))
-    predictions = folder / f"system{index}.csv"
-    write_csv(matrix, predictions)
-    return SystemFiles(label(index), predictions, write_yaml(folder / f"system{index}.yaml", filled_meta(label(index))))
+from helpers.cli import run_dcase
+from helpers.submission import EVALUATE_JSON, FILES, PDF, QUERIES, filled_meta, label, make_system, write_yaml
 
 
 @pytest.fixture
@@ -281,24 +257,20 @@ def test_build_checks_expected_shape_and_zip_suffix(tmp_path, systems, report):
     assert build_package(systems, tmp_path / "s.zip", report, expected=Expected(rows=4, files=5)).ok
 
 
-def _run(*args: str):
-    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
-
-
 def test_cli_build_check_and_json(tmp_path, systems, report):
     out = tmp_path / "submission.zip"
     args = [arg for system in systems for arg in ("-l", system.label, "-p", system.predictions, "-m", system.meta)]
-    built = _run("package", *args, "--report", report, "--out", out, "--expected-rows", 4)
+    built = run_dcase("package", *args, "--report", report, "--out", out, "--expected-rows", 4)
     assert built.exit_code == 0, built.output
     assert "all checks pass" in built.output and out.is_file()
-    checked = _run("package", "--check", out, "--expected-rows", 4)
+    checked = run_dcase("package", "--check", out, "--expected-rows", 4)
     assert checked.exit_code == 0 and checked.output.startswith("ok ")
-    as_json = _run("package", "--check", out, "--expected-rows", 5, "--json")
+    as_json = run_dcase("package", "--check", out, "--expected-rows", 5, "--json")
     payload = json.loads(as_json.output)
     assert as_json.exit_code == 1 and payload["ok"] is False and len(payload["problems"]) == 2
     assert [system["label"] for system in payload["systems"]] == [label(1), label(2)]
     broken = rewrite(out, edit_meta(1, lambda m: m["submission"].update(abbreviation="Eleven chrs")))
-    listed = _run("package", "--check", broken)
+    listed = run_dcase("package", "--check", broken)
     assert listed.exit_code == 1
     assert "1 problem(s)" in listed.output and "'Eleven chrs' has more than 10 characters" in listed.output
 
@@ -317,7 +289,7 @@ def test_cli_build_check_and_json(tmp_path, systems, report):
     (["--init-meta", "--out", "m.yaml"], "package --init-meta: give one --label and --out meta.yaml"),
 ])
 def test_cli_usage_errors_exit_2(args, expected):
-    result = _run("package", *args)
+    result = run_dcase("package", *args)
     assert result.exit_code == 2 and expected in result.output, result.output
 
 
@@ -325,15 +297,15 @@ def test_cli_init_meta_from_evaluate_json(tmp_path):
     evaluation = tmp_path / "eval.json"
     evaluation.write_text(json.dumps(EVALUATE_JSON), encoding="utf-8")
     out = tmp_path / "meta.yaml"
-    result = _run("package", "--init-meta", "--label", label(3), "--results", evaluation, "--out", out)
+    result = run_dcase("package", "--init-meta", "--label", label(3), "--results", evaluation, "--out", out)
     assert result.exit_code == 0, result.output
     meta = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert meta["submission"]["label"] == label(3)
     assert meta["results"]["development_testing"]["mAP@16"] == EVALUATE_JSON["mAP@16"]
-    again = _run("package", "--init-meta", "--label", label(3), "--out", out)
+    again = run_dcase("package", "--init-meta", "--label", label(3), "--out", out)
     assert again.exit_code == 2 and "already exists" in again.output
 
 
 def test_cli_help_has_an_example():
-    result = _run("package", "--help")
+    result = run_dcase("package", "--help")
     assert result.exit_code == 0 and "Example:" in result.output and "--check submission.zip" in result.output

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.registry import Registry
-from dcase_t6.training.pipeline import load_pipeline, run_pipeline
+from dcase_t6.pipeline.file import load_pipeline
+from dcase_t6.pipeline.run import run_pipeline
+from dcase_t6.runs.registry import Registry
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pipeline-synthetic.yaml"
 
@@ -116,8 +117,8 @@ def test_a_stage_digest_covers_only_the_keys_that_differ_from_the_defaults():
     import hashlib
     import json
 
-    from dcase_t6.training.config import TrainConfig
-    from dcase_t6.training.pipeline import config_digest
+    from dcase_t6.pipeline.run import config_digest
+    from dcase_t6.runs.config import TrainConfig
 
     def sha(values):
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()

@@ -13,12 +13,13 @@ from dcase_t6.ensemble.groups import resolve_groups
 from dcase_t6.ensemble.search import apply
 from dcase_t6.ensemble.systems import System
 from dcase_t6.ensemble.weights import read_weights
-from dcase_t6.registry import Registry
+from dcase_t6.pipeline.file import load_pipeline
+from dcase_t6.pipeline.run import run_pipeline
 from dcase_t6.retrieval.evaluation import evaluate
 from dcase_t6.retrieval.ground_truth import read_relevance_file
 from dcase_t6.retrieval.matrices import read_matrix
-from dcase_t6.training.config import from_dict
-from dcase_t6.training.pipeline import load_pipeline, run_pipeline
+from dcase_t6.runs.config import from_dict
+from dcase_t6.runs.registry import Registry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 REAL, SYNTHETIC = EXAMPLES / "aistat2025.yaml", EXAMPLES / "aistat2025-synthetic.yaml"

@@ -9,7 +9,7 @@ import pytest
 from dcase_t6.common.errors import UserError
 from dcase_t6.data import archive
 from dcase_t6.data.archive import extract_7z
-from test_prepare_helpers import seven_zip
+from helpers.data import seven_zip
 
 NOISE = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 

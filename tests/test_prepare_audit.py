@@ -5,15 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from dcase_t6.cli import main
 from dcase_t6.common.tables import write_table
 from dcase_t6.data.split_index import INDEX_COLUMNS
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+from helpers.cli import run_dcase
 
 
 def _index(root: Path, dataset: str, rows: list[tuple[str, str, str, str]], captions: int = 1) -> None:
@@ -50,7 +45,7 @@ def forbidden(tmp_path) -> Path:
 
 
 def test_audit_counts_and_lists_every_offending_id(data, forbidden):
-    result = _run("prepare", "audit", "--root", data, "--forbidden", forbidden, "--json")
+    result = run_dcase("prepare", "audit", "--root", data, "--forbidden", forbidden, "--json")
     assert result.exit_code == 1, result.output
     report = json.loads(result.output)
     assert report["ok"] is False and report["forbidden_ids"] == 2
@@ -73,7 +68,7 @@ def test_audit_counts_and_lists_every_offending_id(data, forbidden):
 
 
 def test_audit_table_names_sources_and_ids(data, forbidden):
-    result = _run("prepare", "audit", "--root", data, "--forbidden", forbidden)
+    result = run_dcase("prepare", "audit", "--root", data, "--forbidden", forbidden)
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
     assert "wavcaps/train/FreeSound holds forbidden 2 Freesound id(s): 11, 500" in text
@@ -87,18 +82,18 @@ def test_clean_root_passes_with_the_shipped_list(tmp_path):
     _index(root, "clotho", [("development-training", "development", "a.wav", "999999901"),
                             ("development-validation", "validation", "b.wav", "999999902")])
     _index(root, "wavcaps", [("train", "FreeSound", "999999903.flac", "999999903")])
-    result = _run("prepare", "audit", "--root", root)
+    result = run_dcase("prepare", "audit", "--root", root)
     assert result.exit_code == 0, result.output
     assert "ok: no training source shares a Freesound id" in " ".join(result.output.split())
-    payload = json.loads(_run("prepare", "audit", "--root", root, "--json").output)
+    payload = json.loads(run_dcase("prepare", "audit", "--root", root, "--json").output)
     assert payload["ok"] is True and payload["forbidden_ids"] > 3000
 
 
 def test_root_without_index_exits_2(tmp_path):
-    result = _run("prepare", "audit", "--root", tmp_path)
+    result = run_dcase("prepare", "audit", "--root", tmp_path)
     assert result.exit_code == 2 and "no split index; run `dcase-t6 prepare" in result.output
 
 
 def test_help_has_an_example():
-    result = _run("prepare", "audit", "--help")
+    result = run_dcase("prepare", "audit", "--help")
     assert result.exit_code == 0 and "Example:" in result.output and "prepare audit --root data" in result.output

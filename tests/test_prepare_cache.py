@@ -15,7 +15,7 @@ from dcase_t6.data.audio_cache import AudioCache, build_cache
 from dcase_t6.data.audio_io import load_audio
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
-from test_prepare_helpers import write_tone
+from helpers.data import interrupt_at_job, write_tone
 
 RATE = 32000
 
@@ -82,21 +82,6 @@ def test_changed_file_is_recached_and_touched_file_is_not_decoded(tmp_path):
     assert (summary.decoded, summary.unchanged_content, summary.up_to_date) == (1, 1, 4)
     np.testing.assert_array_equal(AudioCache(tmp_path, RATE).read(changed), load_audio(changed, RATE))
     assert build_cache(layout, RATE, workers=1).up_to_date == 6
-
-
-def interrupt_at_job(monkeypatch, number: int):
-    """Make the cache build's ``number``-th job raise KeyboardInterrupt (a Ctrl-C mid-build); return the real job
-    function, to put back."""
-    real_job, calls = audio_cache.run_job, []
-
-    def interrupted(job, writer):
-        calls.append(job.key)
-        if len(calls) == number:
-            raise KeyboardInterrupt
-        return real_job(job, writer)
-
-    monkeypatch.setattr(audio_cache, "run_job", interrupted)
-    return real_job
 
 
 def test_interrupted_run_resumes_and_drops_an_unindexed_tail(tmp_path, monkeypatch):

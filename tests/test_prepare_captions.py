@@ -14,11 +14,11 @@ from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN, read_forbidden_ids
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import read_index
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
-from dcase_t6.training.config import build_config
 from dcase_t6.training.data import epoch_batches, load_pairs
-from test_prepare_helpers import write_tone
+from helpers.data import write_tone
 
 
 def _prepare(root: Path, *arguments: str) -> tuple[int, str, str]:

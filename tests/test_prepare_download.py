@@ -15,7 +15,8 @@ from dcase_t6.data.clotho import CLOTHO_MD5, prepare_clotho
 from dcase_t6.data.download import download
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import read_index
-from test_prepare_helpers import clotho_release, serving
+from helpers.data import clotho_release
+from helpers.servers import serving
 
 DATA = np.random.default_rng(1).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
 DATA_MD5 = hashlib.md5(DATA).hexdigest()

@@ -15,7 +15,7 @@ from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN, read_forbidden_ids
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split, read_index
 from dcase_t6.data.wavcaps import prepare_wavcaps
-from test_prepare_helpers import write_tone
+from helpers.data import write_tone
 
 # SHA-256 of resources/dcase2025_task6_excluded_freesound_ids.csv as the organisers distribute it (baseline repository)
 ORGANISERS_FORBIDDEN_SHA256 = "243671ebaebad871615e6903d3e23643ea75f121aa873d7e0172a477d04caf20"

@@ -9,7 +9,7 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.data.clotho_layout import index_clotho_layout
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import INDEX_COLUMNS, load_split, read_index
-from test_prepare_helpers import write_tone
+from helpers.data import write_tone
 
 CAPTIONS = [f"caption_{i}" for i in range(1, 6)]
 

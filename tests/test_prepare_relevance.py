@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import DEVTEST_RELEVANCE
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.tables import write_table
@@ -13,6 +12,7 @@ from dcase_t6.data.layout import Layout
 from dcase_t6.data.relevance import attach_relevance, write_relevance_csv
 from dcase_t6.data.split_index import INDEX_COLUMNS
 from dcase_t6.retrieval.ground_truth import read_relevance_file
+from helpers.data import DEVTEST_RELEVANCE
 
 REAL = DEVTEST_RELEVANCE  # the organisers' file, shipped in tests/data: these tests always run
 

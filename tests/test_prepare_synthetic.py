@@ -12,7 +12,7 @@ from dcase_t6.data.split_index import load_split, read_index
 from dcase_t6.data.synthetic import KINDS, LOUDNESS, SyntheticConfig, generate, prepare_synthetic
 from dcase_t6.retrieval.ground_truth import read_relevance_file
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
-from test_prepare_helpers import SMALL, tree_digest
+from helpers.data import SMALL, tree_digest
 
 CONFIG = SyntheticConfig(seed=7, development=10, validation=4, evaluation=12, min_duration=2.0, max_duration=3.0)
 

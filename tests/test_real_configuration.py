@@ -3,28 +3,17 @@
 on clips of Clotho-like lengths (12-25 s: two or three 10 s segments); the run then embeds and evaluates."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas
 import pytest
 import torch
 
-from conftest import free_port
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
-from dcase_t6.embedding.checkpoints import load_model
 from dcase_t6.models import RETIRED_PARAMETERS
-from dcase_t6.registry import Registry
-
-
-def _cli(workdir, *arguments: str, processes: int = 0) -> subprocess.CompletedProcess:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-                 str(free_port()), "-m", "dcase_t6"] if processes else [sys.executable, "-m", "dcase_t6"])
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, "--workdir", str(workdir), *arguments], capture_output=True, text=True,
-                          timeout=900, env=environment)
+from dcase_t6.runs.model import load_model
+from dcase_t6.runs.registry import Registry
+from helpers.cli import run_dcase_process
 
 
 @pytest.mark.slow
@@ -33,9 +22,9 @@ def test_torchrun_trains_passt_with_roberta_that_has_a_pooler_then_embeds_and_ev
     root, workdir = tmp_path / "data", tmp_path / "work"
     prepare_synthetic(Layout.at(root), SyntheticConfig(development=3, validation=2, evaluation=2, min_duration=12.0,
                                                        max_duration=25.0))
-    trained = _cli(workdir, "train", "--data-root", str(root), "--datasets", "synthetic", "--backbone", "passt",
-                   "--audio-weights", "random", "--text-model", str(roberta_with_pooler), "--epochs", "1",
-                   "--batch-size", "4", "--json", processes=2)
+    trained = run_dcase_process(workdir, "train", "--data-root", str(root), "--datasets", "synthetic", "--backbone",
+                                "passt", "--audio-weights", "random", "--text-model", str(roberta_with_pooler),
+                                "--epochs", "1", "--batch-size", "4", "--json", processes=2)
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads(trained.stdout)
     assert summary["status"] == "finished" and summary["step"] == 4  # 15 pairs in global batches of 4
@@ -50,12 +39,13 @@ def test_torchrun_trains_passt_with_roberta_that_has_a_pooler_then_embeds_and_ev
     assert not [name for name, _ in model.named_parameters() if name.startswith(RETIRED_PARAMETERS)]
     assert best.info["parameters"] == model.parameter_count()
 
-    embedded = _cli(workdir, "embed", summary["run"], "--data-root", str(root), "--dataset", "synthetic", "--json")
+    embedded = run_dcase_process(workdir, "embed", summary["run"], "--data-root", str(root), "--dataset", "synthetic",
+                                 "--json")
     assert embedded.returncode == 0, embedded.stderr[-3000:]
     assert json.loads(embedded.stdout)["checkpoint"] == "best"
     relevance = Layout.at(root).relevance_file("synthetic")
-    evaluated = _cli(workdir, "evaluate", "-p", f"{summary['run']}:synthetic/development-testing", "-r",
-                     str(relevance), "--json")
+    evaluated = run_dcase_process(workdir, "evaluate", "-p", f"{summary['run']}:synthetic/development-testing", "-r",
+                                  str(relevance), "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     scores = json.loads(evaluated.stdout)
     assert scores["n_queries"] == len(pandas.read_csv(relevance)) and 0.0 < scores["mAP@16"] <= 1.0

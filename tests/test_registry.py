@@ -5,7 +5,7 @@ import multiprocessing
 import pytest
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.registry import Registry
+from dcase_t6.runs.registry import Registry
 
 
 def test_run_lifecycle_with_epochs_and_verified_files(tmp_path):

@@ -1,29 +1,21 @@
 """Draft technical report: a real PDF with the metadata, results, weights and a plot."""
 
-import io
 import json
 import zipfile
 
 import pandas as pd
 import pytest
 import yaml
-from pypdf import PdfReader
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.ensemble.weights import read_weights
 from dcase_t6.submission.package import REPORT_KIND, check_package, member_name
 from dcase_t6.submission.report import DraftOptions, check_pdf, recall_curve, weights_note, write_draft
-from test_metadata import filled_meta
-from test_packaging import FILES, QUERIES, TEAM, _run, label, make_system
+from helpers.cli import run_dcase
+from helpers.submission import FILES, QUERIES, TEAM, filled_meta, label, make_system, pdf_text_and_images
 
 WEIGHTS = {"format": "dcase-t6-ensemble-weights", "metric": "mAP@16", "normalize": "zscore",
            "weights": {"passt/s1": 0.35, "cnn/s1": 0.65}, "validation": {"mAP@16": 0.4321, "n_queries": 4}}
-
-
-def pdf_text_and_images(data: bytes) -> tuple[str, int]:
-    reader = PdfReader(io.BytesIO(data))
-    text = " ".join(" ".join(page.extract_text().split()) for page in reader.pages)
-    return text, sum(len(page.images) for page in reader.pages)
 
 
 def test_draft_report_from_cli_with_per_query_recall_curve_and_weights(tmp_path):
@@ -32,14 +24,14 @@ def test_draft_report_from_cli_with_per_query_recall_curve_and_weights(tmp_path)
     pd.DataFrame({"query": QUERIES, "audio_filenames": [str(FILES[i:i + 2]) for i in range(len(QUERIES))]}) \
         .to_csv(relevance, index=False)
     per_query = tmp_path / "per_query.csv"
-    evaluated = _run("evaluate", "-p", systems[0].predictions, "-r", relevance, "--per-query", per_query, "--json")
+    evaluated = run_dcase("evaluate", "-p", systems[0].predictions, "-r", relevance, "--per-query", per_query, "--json")
     assert evaluated.exit_code == 0, evaluated.output
     weights = tmp_path / "weights.json"
     weights.write_text(json.dumps(WEIGHTS), encoding="utf-8")
     draft, out = tmp_path / "draft.pdf", tmp_path / "submission.zip"
     args = [arg for system in systems for arg in ("-l", system.label, "-p", system.predictions, "-m", system.meta)]
-    built = _run("package", *args, "--draft-report", draft, "--per-query", per_query, "--weights", weights,
-                 "--out", out)
+    built = run_dcase("package", *args, "--draft-report", draft, "--per-query", per_query, "--weights", weights,
+                      "--out", out)
     assert built.exit_code == 0, built.output
     text, images = pdf_text_and_images(draft.read_bytes())
     assert f"{TEAM}: systems for DCASE 2025 Task 6" in text

@@ -12,10 +12,10 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from dcase_t6 import registry as registry_module
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.registry import Registry
+from dcase_t6.runs import leases
+from dcase_t6.runs.registry import Registry
 
 
 def _train(workdir, tiny_data_root, *extra: str):
@@ -97,7 +97,7 @@ def test_silent_runs_on_other_hosts_are_interrupted_and_live_ones_cannot_be_clai
         registry.claim(run_id)
     with sqlite3.connect(registry.path) as connection:
         connection.execute("UPDATE runs SET heartbeat = ? WHERE id = ?",
-                           (now - registry_module.STALE_SECONDS - 1, run_id))
+                           (now - leases.STALE_SECONDS - 1, run_id))
     assert registry.run(run_id).status == "interrupted"
     heartbeat = registry.claim(run_id)  # a silent run can be taken over
     heartbeat.stop()

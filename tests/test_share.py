@@ -10,13 +10,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import cli_error
 from dcase_t6.cli import main
 from dcase_t6.common.outputs import MARKER
 from dcase_t6.embedding.checkpoints import embed_run
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
-from dcase_t6.training.config import build_config
+from helpers.cli import cli_error
 
 FOLDER_FILES = {"README.md", "config.json", "model.safetensors", "text/config.json", "text/model.safetensors",
                 "text/tokenizer.json", "text/tokenizer_config.json", "training.json"}
@@ -62,7 +62,7 @@ def test_the_folder_holds_safetensors_config_tokenizer_card_and_no_pickle(traine
     assert config["format"] == "dcase-t6-model" and config["format_version"] == 1
     assert config["model"]["text_model"] == "text" and config["text_model_origin"] == "tiny-random"
     assert (config["sample_rate"], config["audio_seconds"], config["max_samples"]) == (16000, 2.0, 32000)
-    from dcase_t6.registry import sha256_of
+    from dcase_t6.runs.records import sha256_of
 
     assert config["sha256"] == {name: sha256_of(folder / name) for name in ("model.safetensors",
                                                                            "text/model.safetensors")}
@@ -167,7 +167,7 @@ def test_a_frozen_minilm_run_exports_its_tokenizer_and_embeds_identically(tmp_pa
 
 def test_weights_load_strictly_into_the_model_the_config_describes(trained):
     from dcase_t6.models import DualEncoder
-    from dcase_t6.sharing.folder import load_exported, model_config, read_folder_config, read_weights
+    from dcase_t6.runs.folder import load_exported, model_config, read_folder_config, read_weights
 
     folder = trained["folder"]
     config, _ = read_folder_config(folder)
@@ -202,7 +202,7 @@ def test_a_changed_weight_file_is_refused_by_its_hash(trained, tmp_path):
 def test_weights_that_do_not_fit_the_config_are_refused_by_name(trained, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from dcase_t6.registry import sha256_of
+    from dcase_t6.runs.records import sha256_of
 
     copy = damaged_copy(trained["folder"], tmp_path)
     state = load_file(copy / "model.safetensors")

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from dcase_t6.cli import main
 from dcase_t6.common.outputs import MARKER
 from dcase_t6.embedding.checkpoints import embed_run
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
-from dcase_t6.training.config import build_config
 
 TOKEN = "hf_local_test_token"
 COMMIT = "c" * 40

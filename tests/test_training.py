@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from dcase_t6.cli import main
 from dcase_t6.data.layout import Layout
 from dcase_t6.embedding.checkpoints import embed_run
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import build_config
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
 from dcase_t6.training.builder import autocast_dtype
-from dcase_t6.training.config import build_config
 
 SMALL = {"datasets": "synthetic", "model.backbone": "tiny-cnn", "model.text_model": "tiny-random",
          "model.embed_dim": 16, "batch_size": 8, "epochs": 2, "lr": 1e-3, "audio_seconds": 3.0,
@@ -92,7 +92,7 @@ def test_epoch_metrics_also_go_to_tensorboard(finished_run):
 
 def test_a_checkpoint_that_does_not_fit_its_config_is_a_clear_error(finished_run, tmp_path):
     from dcase_t6.common.errors import UserError
-    from dcase_t6.embedding.checkpoints import load_model
+    from dcase_t6.runs.model import load_model
 
     workdir, summary = finished_run
     registry = Registry(workdir)
@@ -115,7 +115,7 @@ def test_gradient_accumulation_takes_one_optimizer_step_per_group_of_batches(dat
 def test_init_meta_takes_the_parameter_count_from_the_registry(finished_run, tmp_path):
     import yaml
 
-    from dcase_t6.embedding.checkpoints import load_model
+    from dcase_t6.runs.model import load_model
 
     workdir, summary = finished_run
     out = tmp_path / "meta.yaml"
@@ -143,8 +143,8 @@ def test_embed_uses_the_runs_own_audio_seconds_as_its_validation_did(long_clip_r
 
     from dcase_t6.data.audio_cache import AudioCache
     from dcase_t6.data.split_index import load_split
-    from dcase_t6.embedding.checkpoints import load_model
     from dcase_t6.embedding.encode import embed_audio
+    from dcase_t6.runs.model import load_model
 
     settings = {**SMALL, "data_root": str(long_clip_root), "audio_seconds": 5.0, "epochs": 1, "name": "five"}
     summary = training.train_new(tmp_path, build_config(None, settings))
@@ -194,8 +194,8 @@ def test_a_scaler_state_moves_between_a_cpu_run_and_a_gpu_run(tmp_path):
     """fp16 on a CPU trains in fp32 with a disabled scaler, which saves {}; on a GPU the scaler is enabled and
     refuses {}. torch.amp.GradScaler("cpu", enabled=True) stands in for the GPU's: same state, same checks."""
     from dcase_t6.models import DualEncoder, ModelConfig
+    from dcase_t6.runs.config import TrainConfig
     from dcase_t6.training.checkpointing import Checkpointer, Position
-    from dcase_t6.training.config import TrainConfig
 
     config = TrainConfig(model=ModelConfig(backbone="tiny-cnn", text_model="tiny-random", embed_dim=8))
     registry = Registry(tmp_path)

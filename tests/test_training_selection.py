@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.registry import Registry
+from dcase_t6.pipeline.run import config_digest, run_pipeline
+from dcase_t6.runs.config import build_config, from_dict
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
-from dcase_t6.training.config import build_config, from_dict
 from dcase_t6.training.data import load_pairs, training_splits
-from dcase_t6.training.pipeline import config_digest, run_pipeline
 
 FINAL_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "final-system.yaml"
 

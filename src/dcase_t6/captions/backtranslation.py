@@ -9,6 +9,7 @@ reads (one row per kept back-translation), with its journal and sidecar beside i
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,6 +37,7 @@ from dcase_t6.captions.quality import Verdict, check_caption, check_translation
 from dcase_t6.captions.source import CaptionSource, SourceCaption, read_captions
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
+from dcase_t6.runs.records import code_version
 
 KIND = "back-translation"
 COLUMNS = ["file_name", "caption", "dataset", "pivot"]
@@ -192,7 +194,6 @@ def back_translate(source: CaptionSource, settings: BackTranslationSettings, bac
 
 def _metadata(source: CaptionSource, settings: BackTranslationSettings, backend: ApiTranslation | LocalTranslation,
               device) -> dict:
-    from dcase_t6.registry import code_version
 
     languages = ", ".join(f"{language_name(code)} ({code})" for code in settings.languages)
     if isinstance(backend, ApiTranslation):
@@ -300,7 +301,6 @@ def check_device(name: str, device, gpus: int) -> None:
 
 def _check_models(backend: LocalTranslation, languages: list[str]) -> None:
     """Fail before translating anything when a model of a pivot language in use cannot be found."""
-    import importlib.util
 
     from transformers import AutoConfig
 

@@ -32,6 +32,7 @@ from dcase_t6.captions.quality import Verdict, check_caption
 from dcase_t6.captions.source import CaptionSource, SourceCaption, read_captions
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
+from dcase_t6.runs.records import code_version
 
 KIND = "llm-mix"
 COLUMNS = ["file_name_1", "file_name_2", "caption", "dataset"]
@@ -177,7 +178,6 @@ def llm_mix(source: CaptionSource, settings: MixSettings, endpoint: EndpointSett
 
 def _metadata(source: CaptionSource, settings: MixSettings, endpoint: EndpointSettings,
               template: PromptTemplate) -> dict:
-    from dcase_t6.registry import code_version
 
     clusters = f", never two captions of the same cluster ({settings.clusters_origin})" if settings.clusters else ""
     return {"kind": KIND, "source": asdict(source), "seed": settings.seed, "pairs": settings.pairs,

@@ -8,6 +8,9 @@ from pathlib import Path
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.inputs import MISSING, file_problem, fix_of
 from dcase_t6.common.tables import read_table
+from dcase_t6.data.split_index import index_path, read_index
+from dcase_t6.runs.layout import WorkLayout
+from dcase_t6.runs.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,6 @@ def read_captions(source: CaptionSource) -> list[SourceCaption]:
     Returns:
         The captions; a UserError names the index and the fix when the split is missing or has no caption.
     """
-    from dcase_t6.data.split_index import index_path, read_index
 
     frame = read_index(source.data_root, source.dataset, source.split)
     frame = frame[frame["caption"].str.strip() != ""]
@@ -82,9 +84,8 @@ def read_cluster_labels(reference: str, workdir: str | Path, dataset: str) -> di
 
 
 def _registered_labels(reference: str, workdir: Path, dataset: str) -> Path:
-    from dcase_t6.registry import DATABASE_NAME, Registry
 
-    if not (workdir / DATABASE_NAME).is_file():
+    if not WorkLayout.at(workdir).database.is_file():
         raise UserError(f"--clusters {reference}: neither a file nor a run (no registry in {workdir}); pass the "
                         "clusters.csv of a run, or --workdir of the registry")
     registry = Registry(workdir)

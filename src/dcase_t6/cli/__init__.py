@@ -65,7 +65,7 @@ def print_json(payload) -> None:
 
 def matrix_path(reference: str) -> str:
     """A matrix file, or a registered run's output named RUN:DATASET/SPLIT, as a path."""
-    from dcase_t6.registry import resolve_matrix
+    from dcase_t6.runs.registry import resolve_matrix
 
     return resolve_matrix(reference, click.get_current_context().obj["workdir"])
 

@@ -170,14 +170,15 @@ def _eval_set(captions: str | None, audio: str | None, data_root: str | None):
 
 def _found_eval_root(predictions: Sequence[str]) -> str | None:
     """The data root of a ``-p RUN:eval/evaluation`` run (its config's data_root) when `prepare eval` ran there."""
-    from dcase_t6.registry import DATABASE_NAME, Registry
+    from dcase_t6.runs.layout import WorkLayout
+    from dcase_t6.runs.registry import Registry
     from dcase_t6.submission.evalcheck import EVAL_DATASET, EVAL_SPLIT, find_eval_root
 
     workdir = click.get_current_context().obj["workdir"]
     for reference in predictions:
         run, separator, tag = reference.partition(":")
         if not separator or tag != f"{EVAL_DATASET}/{EVAL_SPLIT}" or Path(reference).exists() \
-                or not (Path(workdir) / DATABASE_NAME).is_file():
+                or not WorkLayout.at(workdir).database.is_file():
             continue
         found = Registry(workdir).find(run)
         root = found.config.get("data_root") if found is not None else None
@@ -193,7 +194,7 @@ def _run_list(runs: str) -> list[str]:
 def _describe(runs: str, weights: str | None, count_parameters: bool = True):
     """The system description of the given registered runs (an ensemble's members), with their weights file."""
     from dcase_t6.ensemble.weights import read_weights
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
     from dcase_t6.submission.systems import describe_runs
 
     registry = Registry(click.get_current_context().obj["workdir"])
@@ -202,7 +203,7 @@ def _describe(runs: str, weights: str | None, count_parameters: bool = True):
 
 def _histories(runs: str) -> tuple:
     """The training histories of the given registered runs, for the draft report's curves."""
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
     from dcase_t6.sharing.history import RunHistory
 
     registry = Registry(click.get_current_context().obj["workdir"])

@@ -35,7 +35,7 @@ def export(obj, run, out, checkpoint, force, data_root, repo_id, private, as_jso
       text/               the text transformer (config, safetensors weights) and its tokenizer
       training.json       the run: id, code version, seed, data fingerprint, config, epochs, dev-test
     Load it with `dcase-t6 embed --model DIR`, register it with `dcase-t6 runs import DIR`, or in
-    Python with dcase_t6.sharing.folder.load_exported(DIR). The folder is written under a temporary
+    Python with dcase_t6.runs.folder.load_exported(DIR). The folder is written under a temporary
     name and renamed when complete; if the upload fails, the folder is still complete.
 
     \b

@@ -98,27 +98,9 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, no_val
                                      source (init|run:RUN|model:NAME|sentence:NAME|e5[:PATH]),
                                      weight (0.05)
 
-    \b
-    Pipeline file (--pipeline), e.g. examples/pipeline-synthetic.yaml:
-      name: demo                     # state: WORKDIR/pipelines/demo.json
-      defaults: {data_root: data, datasets: [clotho]}
-      systems:
-        - name: a
-          config: {seed: 1}
-          stages:
-            - {name: pretrain, config: {epochs: 20}}
-            - name: finetune
-              init_from: pretrain                  # STAGE, SYSTEM/STAGE or a run id
-              distill_from: [pretrain, b/pretrain]
-              config: {caption_augmentation: {synonym_p: 0.4}}
-            - {name: refinetune, init_from: finetune, config: {clusters: {method: kmeans}}}
-        - name: b
-          ...
-      ensembles:                     # optional, after every stage: weights searched on validation
-        - {name: e1, stages: [a/refinetune, b/refinetune], strategy: flat, test_split: development-testing}
-    Runs are named SYSTEM-STAGE; a stage waits for the stages it references. Running the file again
-    skips finished stages and searched ensembles, and continues a stopped stage from its last checkpoint.
-    The AISTAT 2025 system: examples/aistat2025.yaml.
+    Pipeline file (--pipeline): systems of stages (SYSTEM-STAGE runs; init_from / distill_from name other
+    stages) and ensembles searched over them; format in docs/pipelines.md, examples in
+    examples/pipeline-synthetic.yaml and examples/aistat2025.yaml (the AISTAT 2025 system).
 
     \b
     Logging (--log, config keys log and log_every): the registry and runs/RUN/metrics.jsonl always get
@@ -135,8 +117,8 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, no_val
       dcase-t6 train --config ft.yaml --init-from small-3fa2c1 --distill-from small-3fa2c1,other-9b01d2
       dcase-t6 train --pipeline examples/pipeline-synthetic.yaml --data-root DATA
     """
+    from dcase_t6.runs.config import build_config
     from dcase_t6.training import trainer as training
-    from dcase_t6.training.config import build_config
     from dcase_t6.training.sinks import check_logger
 
     if no_validation:
@@ -145,7 +127,7 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, no_val
         _train_pipeline(obj["workdir"], pipeline_file, config_file, resume_run, settings, options, as_json)
         return
     if resume_run:
-        from dcase_t6.registry import Registry
+        from dcase_t6.runs.registry import Registry
 
         check_logger(Registry(obj["workdir"]).run(resume_run).config.get("log", "tensorboard"))
         summary = training.resume(obj["workdir"], resume_run, max_steps=options["max_steps"], reporter=reporter)
@@ -168,7 +150,7 @@ def _train_overrides(options: dict, settings: tuple[str, ...]) -> dict:
 
 
 def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, options: dict, as_json) -> None:
-    from dcase_t6.training.pipeline import run_pipeline
+    from dcase_t6.pipeline.run import run_pipeline
 
     conflicting = [flag for flag, used in (("--config", config_file), ("--resume", resume_run),
                                            ("--name", options["name"]), ("--init-from", options["init_from"]),
@@ -286,6 +268,7 @@ def _check_embed_outputs(workdir, model_source, out_dir, data_root, dataset, csv
 
     from dcase_t6.common.outputs import check_output_dir, check_output_file
     from dcase_t6.data.layout import Layout
+    from dcase_t6.runs.layout import WorkLayout
 
     model = ("--model", model_source if model_source and Path(model_source).exists() else None)
     if out_dir:
@@ -296,7 +279,7 @@ def _check_embed_outputs(workdir, model_source, out_dir, data_root, dataset, csv
         check_output_file(csv_path, "--csv", [model, ("--data-root index", layout.index_file(dataset)),
                                               ("--data-root queries", layout.queries_file(dataset)),
                                               ("--data-root relevance", layout.relevance_file(dataset)),
-                                              ("--workdir registry", Path(workdir) / "registry.sqlite")])
+                                              ("--workdir registry", WorkLayout.at(workdir).database)])
 
 
 @main.group(cls=Group)
@@ -325,7 +308,7 @@ def runs_list(obj, as_json):
     Example:
       dcase-t6 runs list --json
     """
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
 
     listed = [{key: getattr(run, key) for key in ("id", "status", "reason", "created", "seed", "data_fingerprint")}
               for run in Registry(obj["workdir"]).runs()]
@@ -350,8 +333,8 @@ def runs_show(obj, run, as_json):
     Example:
       dcase-t6 runs show small-3fa2c1
     """
-    from dcase_t6.registry import Registry
-    from dcase_t6.training.config import selection_rule
+    from dcase_t6.runs.config import selection_rule
+    from dcase_t6.runs.registry import Registry
 
     record = Registry(obj["workdir"]).run(run).as_json()
     record["best_checkpoint"] = selection_rule(record["config"])
@@ -379,12 +362,13 @@ def runs_compare(obj, references, plot, data_root, as_json):
       dcase-t6 runs compare demo-seed0 demo-seed1 --json
     """
     from dcase_t6.common.outputs import check_output_file
-    from dcase_t6.registry import DATABASE_NAME, Registry
+    from dcase_t6.runs.layout import WorkLayout
+    from dcase_t6.runs.registry import Registry
     from dcase_t6.sharing.compare import compare_runs
     from dcase_t6.sharing.history import plot_curves
 
     if plot:
-        check_output_file(plot, "--plot", [("--workdir registry", Path(obj["workdir"]) / DATABASE_NAME)])
+        check_output_file(plot, "--plot", [("--workdir registry", WorkLayout.at(obj["workdir"]).database)])
     comparison = compare_runs(Registry(obj["workdir"]), list(references), data_root)
     if plot:
         plot_curves([summary.history for summary in comparison.runs], plot)
@@ -482,7 +466,7 @@ def runs_rm(obj, run, delete_files):
     Example:
       dcase-t6 runs rm small-3fa2c1 --delete-files
     """
-    from dcase_t6.registry import Registry
+    from dcase_t6.runs.registry import Registry
 
     console.print(f"removed {Registry(obj['workdir']).remove(run, delete_files=delete_files)}")
 
@@ -502,7 +486,7 @@ def runs_rebuild(obj, force, as_json):
     Example:
       dcase-t6 --workdir dcase-t6-work runs rebuild
     """
-    from dcase_t6.registry import rebuild
+    from dcase_t6.runs.rebuild import rebuild
 
     summary = rebuild(obj["workdir"], force=force)
     if as_json:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dcase_t6.common.atomic import owner_tag, remove_stale
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.outputs import MARKER, foreign_entries, mark_output
 
 
 @contextlib.contextmanager
@@ -58,8 +60,6 @@ def replace_owned_dir(source: Path, target: Path, command: str, legacy_marker: s
     """``replace_dir`` for an output folder: ``source`` gets the marker listing its entries (see
     ``dcase_t6.common.outputs``), and an existing ``target`` is replaced only if it is empty or holds the marker and
     nothing it does not list (checked again now, right before the swap); a UserError otherwise, nothing moved."""
-    from dcase_t6.common.errors import UserError
-    from dcase_t6.common.outputs import MARKER, foreign_entries, mark_output
 
     mark_output(source, command)
     if target.is_dir() and not target.is_symlink() and any(target.iterdir()):

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from dcase_t6 import __version__
 from dcase_t6.common.errors import UserError
 
 
@@ -175,7 +176,6 @@ def foreign_entries(folder: Path, legacy_marker: str | None = None) -> list[str]
 def mark_output(folder: Path, command: str) -> None:
     """Write the marker into ``folder`` (a finished output, before it is moved into place): the command and every
     entry it holds, so that only those are ever replaced."""
-    from dcase_t6 import __version__
 
     payload = {"written_by": f"dcase-t6 {__version__}", "command": command,
                "note": "dcase-t6 replaces this folder only while it holds nothing but the entries listed here",

@@ -8,8 +8,6 @@ any registry: the files go to a folder of your choice.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +21,11 @@ from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import Split, load_split
 from dcase_t6.embedding.encode import embed_audio, embed_text, similarity
 from dcase_t6.models import DualEncoder
-from dcase_t6.models.checkpoint import load_weights
-from dcase_t6.registry import RegisteredFile, Registry
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
-from dcase_t6.training.config import TrainConfig, from_dict
+from dcase_t6.runs.folder import load_exported
+from dcase_t6.runs.model import load_model
+from dcase_t6.runs.records import RegisteredFile
+from dcase_t6.runs.registry import Registry
 
 MAX_BATCH = 65_536  # clips or captions per forward pass; 32 is the default, a large GPU takes a few hundred
 
@@ -38,65 +37,6 @@ def check_batch_size(value, where: str) -> int:
         raise UserError(f"{where} {shown}: the batch size must be a whole number between 1 and {MAX_BATCH} (clips "
                         "or captions per forward pass; 32 by default)")
     return value
-
-
-@dataclass(frozen=True)
-class LoadedCheckpoint:
-    """A run's model rebuilt from one of its checkpoints, the registry record of that file and the run's config."""
-
-    model: DualEncoder
-    checkpoint: RegisteredFile
-    config: TrainConfig
-
-
-def load_model(registry: Registry, run: str, tag: str = "best", device: str = "cpu") -> LoadedCheckpoint:
-    """Rebuild a run's model from a checkpoint whose hash the registry verifies (no weight download).
-
-    The model is built from the config stored in the checkpoint (for a run with cluster heads: with its
-    class count), so it is the model that was trained.
-
-    Args:
-        registry: the registry of the run.
-        run: a run reference.
-        tag: the checkpoint, ``best`` or ``last``.
-        device: where to put the model.
-
-    Returns:
-        The model, the checkpoint's registry record and the stored config.
-
-    Raises:
-        UserError: the weights do not fit the model the stored config describes (see ``load_weights``).
-    """
-    from dcase_t6.sharing.folder import quiet_transformers
-
-    record = registry.file(run, "checkpoint", tag)
-    state = torch.load(record.path, map_location=device, weights_only=True)
-    config = _moved_text_model(from_dict(state["config"], source=str(record.path)), registry, record.run_id)
-    with quiet_transformers():  # every weight is replaced by the checkpoint's (strictly) right after
-        model = DualEncoder(config.model, audio_weights="random")
-    load_weights(model, state["model"], source=f"run {record.run_id} checkpoint {tag}", path=record.path,
-                 target="the model its config describes",
-                 fix=lambda: (f"it was written by another dcase-t6 version ({_code_version_of(registry, record)}): "
-                              "embed with that version or retrain"))
-    return LoadedCheckpoint(model.to(device), record, config)
-
-
-def _moved_text_model(config: TrainConfig, registry: Registry, run_id: str) -> TrainConfig:
-    """An imported run's config with its text model found again after the work directory moved: the checkpoint
-    names the copied ``runs/<run>/model/text`` by its absolute path (see ``sharing.importing``)."""
-    from dcase_t6.sharing.folder import TEXT_DIR
-    from dcase_t6.sharing.importing import MODEL_DIR
-
-    stored = Path(config.model.text_model)
-    here = registry.workdir / "runs" / run_id / MODEL_DIR / TEXT_DIR
-    if not stored.is_absolute() or stored.exists() or stored.parts[-3:] != here.parts[-3:] or not here.is_dir():
-        return config
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, text_model=str(here.absolute())))
-
-
-def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
-    """The code version recorded for the run that wrote ``record``."""
-    return registry.run(record.run_id).code_version
 
 
 def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",
@@ -121,7 +61,7 @@ def _embed(registry: Registry, run: str, data_root: str | Path, dataset: str, sp
     audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size,
                               loaded.config.clip_samples(model.sample_rate), reporter)
     text = embed_text(model, data.queries, batch_size, device, reporter, f"{split}: captions")
-    directory = registry.workdir / "runs" / checkpoint.run_id / "outputs"
+    directory = registry.layout.outputs(checkpoint.run_id)
     embeddings_path = _save_npz(directory / f"{dataset}.{split}.embeddings.npz", checkpoint=checkpoint.sha256,
                                 files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
                                 audio=audio, queries=np.array(data.queries), text=text)
@@ -160,8 +100,6 @@ def embed_exported(source: str | Path, data_root: str | Path, dataset: str, spli
         ``model`` (its folder), ``dataset``, ``split``, ``audio_seconds``, ``queries``, ``files``, ``embeddings``
         and ``similarity`` (the paths written).
     """
-    from dcase_t6.embedding.encode import embed_audio
-    from dcase_t6.sharing.folder import load_exported
 
     check_batch_size(batch_size, "batch size")
     device = _device()
@@ -208,7 +146,7 @@ def _audio_embeddings(registry: Registry, checkpoint: RegisteredFile, model: Dua
                       store: AudioCache, device: torch.device, batch_size: int, max_samples: int,
                       reporter: Reporter) -> np.ndarray:
     """Embed the split's clips, reusing clips this checkpoint already embedded for any split."""
-    known = _known_audio(registry.workdir / "runs" / checkpoint.run_id / "outputs", checkpoint.sha256)
+    known = _known_audio(registry.layout.outputs(checkpoint.run_id), checkpoint.sha256)
     paths = [str(p) for p in data.paths]
     missing = [p for p in dict.fromkeys(paths) if p not in known]
     if missing:

@@ -12,8 +12,11 @@ Special names:
 
 from __future__ import annotations
 
+import contextlib
 import string
 from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -185,7 +188,6 @@ def save_random_roberta(folder, captions: list[str], tokenizer_vocabulary: int =
     Returns:
         The folder (loadable with ``--text-model FOLDER``).
     """
-    from pathlib import Path
 
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
@@ -207,3 +209,17 @@ def save_random_roberta(folder, captions: list[str], tokenizer_vocabulary: int =
     RobertaModel(config, add_pooling_layer=True).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports for the block (the text model is loaded without the pooler that the
+    dual encoder drops anyway, and its weights are replaced by the folder's right after)."""
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous)

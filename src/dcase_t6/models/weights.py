@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import pickle
 import urllib.error
+import zipfile
 from pathlib import Path
+
+import torch
+import torch.hub
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.inputs import require_file
@@ -31,7 +36,6 @@ def fetch(url: str, what: str, option: str, name: str | None = None, page: str |
     target = cache_dir() / (name or url.split("?", 1)[0].rsplit("/", 1)[-1])
     if target.is_file():
         return target
-    import torch.hub
 
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -88,10 +92,7 @@ def read_checkpoint(path: Path, fix: str) -> object:
     Raises:
         UserError: the file is not a torch checkpoint, or cannot be read safely.
     """
-    import pickle
-    import zipfile
 
-    import torch
 
     # A zip checkpoint is memory-mapped: tensors the caller never touches (a Lightning file's optimizer moments,
     # three times the model's size) are never read into memory.
@@ -117,7 +118,6 @@ def read_checkpoint(path: Path, fix: str) -> object:
 
 def _plain(value: object) -> object:
     """``value`` with placeholders (and anything else that is not a tensor or plain value) removed."""
-    import torch
 
     if isinstance(value, torch.Tensor) or value is None or isinstance(value, (str, bytes, bool, int, float)):
         return value
@@ -131,7 +131,6 @@ def _plain(value: object) -> object:
 
 
 def _kept(value: object) -> bool:
-    import torch
 
     return isinstance(value, (torch.Tensor, str, bytes, bool, int, float, dict, list, tuple)) or value is None
 

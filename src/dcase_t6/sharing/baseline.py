@@ -44,9 +44,19 @@ from pathlib import Path
 
 import torch
 
+from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import staging_dir
 from dcase_t6.common.inputs import require_file
+from dcase_t6.models import DualEncoder
+from dcase_t6.models import weights as weight_files
+from dcase_t6.models.checkpoint import load_weights
+from dcase_t6.models.text import quiet_transformers
+from dcase_t6.models.weights import read_checkpoint
+from dcase_t6.runs.config import from_dict
+from dcase_t6.runs.folder import FORMAT as FOLDER_FORMAT
+from dcase_t6.runs.folder import FORMAT_VERSION, model_config_json, write_model_folder
+from dcase_t6.runs.records import code_version, sha256_of
 from dcase_t6.sharing.importing import ImportResult, register_folder
 
 FORMAT = "baseline"
@@ -135,7 +145,6 @@ def read_baseline_checkpoint(path: str | Path) -> BaselineCheckpoint:
         UserError: the file is missing, not a torch checkpoint, not readable safely, has no ``state_dict``, or holds
             a key that is neither mapped nor dropped (named), or a ``tau`` that is zero or not finite.
     """
-    from dcase_t6.models.weights import read_checkpoint
 
     path = Path(path).expanduser()
     require_file(path, f"checkpoint file not found; {_FIX}")
@@ -212,7 +221,6 @@ def checkpoint_file(source: str) -> Path:
         UserError: no such file, the download failed (the message names the URL and where to put the file), or
             the zip holds no ``.ckpt`` or several.
     """
-    from dcase_t6.models import weights as weight_files
 
     if not source.startswith(("http://", "https://")):
         path = Path(source).expanduser()
@@ -237,7 +245,6 @@ def _inner_checkpoint(path: Path) -> Path:
                             "checkpoint you want and pass its path")
         target = path.with_name(path.stem + ".inner.ckpt")
         if not target.is_file():
-            from dcase_t6.common.atomic import atomic_path
 
             with atomic_path(target) as tmp, archive.open(inner[0]) as source, open(tmp, "wb") as out:
                 while chunk := source.read(1 << 20):
@@ -263,12 +270,6 @@ def import_baseline(workdir: str | Path, source: str, text_model: str | None = N
         UserError: see ``read_baseline_checkpoint``; the text model cannot be loaded; the tensors do not fit the
             architecture (the first one is named).
     """
-    from dcase_t6.models import DualEncoder
-    from dcase_t6.models.checkpoint import load_weights
-    from dcase_t6.registry import code_version, sha256_of
-    from dcase_t6.sharing.folder import FORMAT as FOLDER_FORMAT
-    from dcase_t6.sharing.folder import FORMAT_VERSION, model_config_json, quiet_transformers, write_model_folder
-    from dcase_t6.training.config import from_dict
 
     path = checkpoint_file(source)
     checkpoint = read_baseline_checkpoint(path)

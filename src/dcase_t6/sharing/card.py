@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dcase_t6.runs.config import selection_rule
 from dcase_t6.sharing.history import DevTest, RunHistory
-from dcase_t6.training.config import selection_rule
 
 _TAGS = ("audio", "text-to-audio-retrieval", "language-based-audio-retrieval", "dcase", "dcase-t6")
 _EPOCH_COLUMNS = ("train_loss", "R@1", "R@10", "mAP@10", "mAP@16")
@@ -160,7 +160,7 @@ In Python:
 
 ```python
 import torch
-from dcase_t6.sharing.folder import load_exported
+from dcase_t6.runs.folder import load_exported
 
 loaded = load_exported("{where}")  # a folder or a hub repo id; weights loaded strictly, eval mode
 model = loaded.model

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import nested_to_dotted
+from dcase_t6.runs.registry import Registry
 from dcase_t6.sharing.history import RunSummary, summarize_run
-from dcase_t6.training.config import nested_to_dotted
 
 VALIDATION_ROWS = ("R@1", "mAP@10", "mAP@16")
 DEV_TEST_ROWS = ("R@1", "mAP@10", "mAP@16")

@@ -13,15 +13,18 @@ from pathlib import Path
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import replace_owned_dir, staging_dir
 from dcase_t6.common.outputs import MARKER, check_output_dir
-from dcase_t6.registry import Registry, code_version, sha256_of
-from dcase_t6.sharing.card import CardFacts, render_card
-from dcase_t6.sharing.folder import (
+from dcase_t6.runs.folder import (
     CARD_NAME,
     FORMAT,
     FORMAT_VERSION,
     model_config_json,
     write_model_folder,
 )
+from dcase_t6.runs.hub import looks_like_repo_id, push_folder
+from dcase_t6.runs.model import load_model
+from dcase_t6.runs.records import code_version, sha256_of
+from dcase_t6.runs.registry import Registry
+from dcase_t6.sharing.card import CardFacts, render_card
 from dcase_t6.sharing.history import summarize_run
 
 
@@ -74,8 +77,6 @@ def export_run(workdir: str | Path, reference: str, out: str | Path, tag: str = 
             holds the work directory, the data root or the run's folder; the run or its checkpoint is missing or
             damaged, or the upload failed (the folder is complete then).
     """
-    from dcase_t6.embedding.checkpoints import load_model
-    from dcase_t6.sharing.hub import looks_like_repo_id, push_folder
 
     out = Path(out).absolute()
     check_output_dir(out, "--out", replaced=False, protected=[("work directory", workdir), ("data root", data_root)])
@@ -85,7 +86,7 @@ def export_run(workdir: str | Path, reference: str, out: str | Path, tag: str = 
     found = registry.run(reference)  # read only: the output is checked before the run is leased
     check_output_dir(out, "--out", force=force, force_option="--force", what="a model folder",
                      protected=[("work directory", workdir), ("data root", data_root),
-                                ("run folder", registry.workdir / "runs" / found.id),
+                                ("run folder", registry.layout.run(found.id)),
                                 ("data root", found.config.get("data_root"))])
     with registry.using(found.id, "export") as run_id:
         run = registry.run(run_id)

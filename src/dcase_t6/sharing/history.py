@@ -19,7 +19,10 @@ from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.data.layout import DEV_TEST, Layout
 from dcase_t6.data.relevance import split_ground_truth
-from dcase_t6.registry import Registry, Run
+from dcase_t6.retrieval.evaluation import evaluate
+from dcase_t6.retrieval.matrices import read_matrix
+from dcase_t6.runs.records import Run
+from dcase_t6.runs.registry import Registry
 
 CURVE_METRICS = ("train_loss", "mAP@10", "mAP@16")
 SCORE_KEYS = ("R@1", "R@10", "mAP@10", "mAP@16")
@@ -141,8 +144,6 @@ def dev_test_scores(registry: Registry, run: Run, data_root: str | Path | None =
     Raises:
         UserError: the matrix or the ground truth cannot be read or do not match.
     """
-    from dcase_t6.retrieval.evaluation import evaluate
-    from dcase_t6.retrieval.matrices import read_matrix
 
     matrices = {record.tag.partition("/")[0]: record for record in run.files or []
                 if record.kind == "similarity" and record.tag.endswith(f"/{DEV_TEST}")}

@@ -23,11 +23,11 @@ from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import replace_dir, staging_dir
 from dcase_t6.common.outputs import NAME_LIMIT, check_name
-from dcase_t6.registry import Registry
-from dcase_t6.sharing.folder import TEXT_DIR, TRAINING_NAME, WEIGHTS_NAME, load_exported, model_config, resolve_source
+from dcase_t6.runs.config import MAX_SEED, from_dict
+from dcase_t6.runs.folder import TRAINING_NAME, WEIGHTS_NAME, load_exported, model_config, resolve_source
+from dcase_t6.runs.layout import MODEL_DIR, TEXT_DIR
+from dcase_t6.runs.registry import Registry
 from dcase_t6.sharing.history import IMPORT_KIND
-
-MODEL_DIR = "model"  # the copy of the folder inside the run's folder
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,6 @@ def register_folder(workdir: str | Path, folder: Path, source: str, provenance: 
         UserError: the folder is incomplete, of another format, its weights do not fit its config, or its training
             config is not valid here.
     """
-    from dcase_t6.training.config import from_dict
 
     loaded = load_exported(folder)
     training = loaded.training
@@ -98,7 +97,7 @@ def register_folder(workdir: str | Path, folder: Path, source: str, provenance: 
     registry = Registry(workdir)
     run_id = registry.import_run(str(run.get("id") or name), name, config, run.get("data_fingerprint"),
                                  run.get("seed"), run.get("code_version"), epochs)
-    directory = registry.workdir / "runs" / run_id
+    directory = registry.layout.run(run_id)
     try:
         copy = directory / MODEL_DIR
         with staging_dir(copy) as staging:
@@ -134,7 +133,6 @@ def register_folder(workdir: str | Path, folder: Path, source: str, provenance: 
 
 def _check_run_record(run, where: Path) -> None:
     """``training.json``'s ``run`` entry holds what the registry stores: a seed in the config's range, texts."""
-    from dcase_t6.training.config import MAX_SEED
 
     if not isinstance(run, dict):
         raise UserError(f"{where}: key 'run' must be a mapping (id, name, seed, ...); export the run again")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.tables import read_table
+from dcase_t6.data.evalset import audio_files
 from dcase_t6.data.layout import Layout
+from dcase_t6.data.split_index import read_index
 
 EVAL_DATASET, EVAL_SPLIT = "eval", "evaluation"
 _SHOWN = 70
@@ -55,7 +57,6 @@ def read_eval_set(captions: str | Path | None = None, audio: str | Path | None =
     Raises:
         UserError: when neither or both sources are given, or a file is missing or malformed.
     """
-    from dcase_t6.data.evalset import audio_files
 
     if (captions is None) == (data_root is None):
         raise UserError("give the evaluation set once: --eval-captions retrieval_captions.csv [--eval-audio DIR], "
@@ -67,7 +68,6 @@ def read_eval_set(captions: str | Path | None = None, audio: str | Path | None =
     if audio is not None:
         raise UserError("--eval-audio goes with --eval-captions; with --data-root the prepared eval index lists the "
                         "clips")
-    from dcase_t6.data.split_index import read_index
 
     layout = Layout.at(data_root)
     queries_file = layout.queries_file(EVAL_DATASET)

@@ -16,7 +16,11 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json
 from dcase_t6.common.tables import read_table
 from dcase_t6.data.layout import CLOTHO_PARTS, Layout
-from dcase_t6.registry import Registry, Run
+from dcase_t6.models.audio import sample_rate
+from dcase_t6.runs.config import from_dict, split_names
+from dcase_t6.runs.records import Run
+from dcase_t6.runs.registry import Registry
+from dcase_t6.training.data import training_splits
 
 # dataset -> (display name, public address); Clotho's name carries its part (Clotho-development, ...).
 DATASETS = {
@@ -171,7 +175,6 @@ def _ancestors(registry: Registry, runs: list[Run]) -> list[Run]:
 
 
 def _rates(backbones: list[str]) -> str:
-    from dcase_t6.models.audio import sample_rate
 
     by_rate: dict[int, list[str]] = {}
     for name in backbones:
@@ -286,8 +289,6 @@ def _training_datasets(runs: list[Run], ancestors: list[Run]) -> list[dict]:
 def _trained_splits(config: dict) -> list[tuple[str, str]]:
     """(dataset, split) of every split a run trained on: resolved from its data root's split indexes when they are
     there (``training.data.training_splits``), else the names of its ``train_split``."""
-    from dcase_t6.training.config import from_dict, split_names
-    from dcase_t6.training.data import training_splits
 
     datasets = config.get("datasets") or ["clotho"]
     try:

@@ -39,7 +39,7 @@ import pandas as pd
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.inputs import require_file
-from dcase_t6.training.config import TrainConfig
+from dcase_t6.runs.config import TrainConfig
 
 NO_PAIR = -1
 _DRAWS = 10  # uniform numbers drawn per pair and batch, whatever is switched on (keeps draws aligned)

@@ -36,11 +36,11 @@ from dcase_t6.data.split_index import load_split
 from dcase_t6.models import CLUSTER_HEADS, DualEncoder
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.checkpoint import load_weights
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import TrainConfig
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training.augmentation import PairAugmenter
 from dcase_t6.training.checkpointing import Checkpointer
 from dcase_t6.training.clustering import caption_labels
-from dcase_t6.training.config import TrainConfig
 from dcase_t6.training.data import CaptionPairs, TrainingData, load_pairs, training_splits
 from dcase_t6.training.distillation import load_teachers
 from dcase_t6.training.distributed import World
@@ -133,7 +133,7 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
     data = TrainingData(pairs, store, augmenter, max_samples, config.batch_size, config.seed,
                         loader_workers(config.workers, world), world,
                         config.data_root, config.dataset_weights)
-    directory = registry.workdir / "runs" / run_id
+    directory = registry.layout.run(run_id)
     return TrainingSetup(
         config=config, world=world, data=data, model=model, network=network,
         objective=build_objective(config, world, teachers, labels),

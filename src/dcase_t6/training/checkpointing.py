@@ -17,8 +17,8 @@ import torch
 from dcase_t6.common.atomic import atomic_path
 from dcase_t6.models import DualEncoder
 from dcase_t6.models.checkpoint import load_weights
-from dcase_t6.registry import Registry
-from dcase_t6.training.config import TrainConfig
+from dcase_t6.runs.config import TrainConfig
+from dcase_t6.runs.registry import Registry
 
 
 @dataclass

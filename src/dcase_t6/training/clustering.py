@@ -33,10 +33,10 @@ import torch
 
 from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.errors import UserError
-from dcase_t6.embedding.checkpoints import load_model
-from dcase_t6.models.text import TextEncoder
-from dcase_t6.registry import Registry
-from dcase_t6.training.config import Clusters, TrainConfig
+from dcase_t6.models.text import TextEncoder, _minilm_path
+from dcase_t6.runs.config import Clusters, TrainConfig
+from dcase_t6.runs.model import load_model
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training.distributed import World
 
 _REDUCED_DIMENSIONS = 5
@@ -58,7 +58,7 @@ def caption_labels(registry: Registry, run_id: str, config: TrainConfig, caption
         unique, inverse = np.unique(np.array(captions, dtype=object), return_inverse=True)
         vectors = caption_embeddings(registry, config, unique.tolist(), world.device)
         labels, info = cluster_vectors(vectors, config.clusters, config.seed, documents=unique.tolist())
-        path = registry.workdir / "runs" / run_id / "clusters.csv"
+        path = registry.layout.run(run_id) / "clusters.csv"
         write_labels(path, pair_clips, captions, labels[inverse])
         registry.add_file(run_id, "clusters", tag, path, {**info, "source": config.clusters.source,
                                                           "captions": len(captions)})
@@ -117,8 +117,6 @@ def sentence_embeddings(name: str, prefix: str, captions: list[str], device: tor
         raise UserError(f"clusters.source {name!r} needs the package sentence-transformers (bertopic brings it): "
                         "pip install 'bertopic>=0.16'") from None
     from transformers.utils import logging as transformers_logging
-
-    from dcase_t6.models.text import _minilm_path
 
     transformers_logging.disable_progress_bar()
     path = _minilm_path() if name == "minilm" else name

@@ -22,8 +22,8 @@ from dcase_t6.data.audio_cache import AudioCache, drop_absent
 from dcase_t6.data.parallel import torch_worker_dies_with_parent
 from dcase_t6.data.split_index import read_index
 from dcase_t6.embedding.encode import pad_batch
+from dcase_t6.runs.config import TrainConfig
 from dcase_t6.training.augmentation import NO_PAIR, PairAugmenter, mix_clips
-from dcase_t6.training.config import TrainConfig
 from dcase_t6.training.distributed import World
 
 EXTERNAL_TRAIN_SPLIT = "train"

@@ -26,8 +26,8 @@ import torch
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.embedding.checkpoints import embed_run, split_tag
-from dcase_t6.registry import Registry
-from dcase_t6.training.config import TrainConfig
+from dcase_t6.runs.config import TrainConfig
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training.data import training_splits
 from dcase_t6.training.distributed import World
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dcase_t6.runs.config import DEFAULT_TIMEOUT_MINUTES
+
 
 @dataclass(frozen=True)
 class Share:
@@ -67,7 +69,6 @@ class World:
             dist.barrier()
 
 
-DEFAULT_TIMEOUT_MINUTES = 120.0  # the config key dist_timeout_minutes' default
 
 
 def launched_as_main() -> bool:

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dcase_t6.runs.config import TrainConfig
 from dcase_t6.training.builder import TrainingSetup
 from dcase_t6.training.checkpointing import Position
-from dcase_t6.training.config import TrainConfig
 from dcase_t6.training.data import TrainingBatch
 from dcase_t6.training.distributed import accumulating
 from dcase_t6.training.sinks import close_sinks, write_step

@@ -24,8 +24,8 @@ from typing import Protocol
 
 import torch
 
+from dcase_t6.runs.config import TrainConfig
 from dcase_t6.training import losses
-from dcase_t6.training.config import TrainConfig
 from dcase_t6.training.data import TrainingBatch
 from dcase_t6.training.distillation import TeacherSimilarity
 from dcase_t6.training.distributed import World, gather, replicated

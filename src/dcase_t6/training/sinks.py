@@ -24,7 +24,7 @@ from typing import Protocol
 from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
-from dcase_t6.registry import RECORD_NAME, Registry
+from dcase_t6.runs.registry import Registry
 
 # logger -> (the module it imports, the pip command that installs it)
 LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "pip install tensorboard"),
@@ -81,7 +81,7 @@ class RunInfo:
     def __init__(self, registry: Registry, run_id: str, config: dict):
         self.run_id, self.config = run_id, config
         self.registry = str(registry.path.resolve())
-        self.record = str((registry.workdir / "runs" / run_id / RECORD_NAME).resolve())
+        self.record = str(registry.layout.record(run_id).resolve())
         self.show = f"dcase-t6 --workdir {registry.workdir.resolve()} runs show {run_id}"
 
     def as_dict(self) -> dict:

@@ -28,11 +28,11 @@ import torch
 
 from dcase_t6.common.errors import UserError, file_system_error
 from dcase_t6.common.reporting import SILENT, Reporter
-from dcase_t6.registry import Registry
+from dcase_t6.runs.config import DEFAULT_TIMEOUT_MINUTES, TrainConfig, from_dict
+from dcase_t6.runs.registry import Registry
 from dcase_t6.training.builder import build_training
 from dcase_t6.training.checkpointing import Position
-from dcase_t6.training.config import TrainConfig, from_dict
-from dcase_t6.training.distributed import DEFAULT_TIMEOUT_MINUTES, World, init_world, share_from_main
+from dcase_t6.training.distributed import World, init_world, share_from_main
 from dcase_t6.training.loop import TrainingLoop
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from dcase_t6.common.errors import UserError
@@ -282,8 +284,6 @@ def _read(source: Path) -> tuple[dict, Path]:
 
 
 def _read_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
         return load_file(str(path), device="cpu")

@@ -27,8 +27,8 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.outputs import check_name
 from dcase_t6.common.yamlfile import read_yaml
 from dcase_t6.models import ModelConfig
+from dcase_t6.models import audio as audio_backbones
 from dcase_t6.retrieval.metrics import METRIC_KEYS
-from dcase_t6.training.distributed import DEFAULT_TIMEOUT_MINUTES
 
 PRECISIONS = ("fp16", "bf16", "fp32")
 LOGGERS = ("tensorboard", "wandb", "none")
@@ -38,6 +38,8 @@ COMPILE_MODES = ("auto", "on", "off")
 # Every metric `evaluate` reports (and validation computes); the default, mAP@10, is the DCASE 2025 baseline's
 # model-selection metric, mAP@16 the 2025 ranking metric.
 MONITORED = METRIC_KEYS
+
+DEFAULT_TIMEOUT_MINUTES = 120.0  # dist_timeout_minutes' default: how long a collective waits (NCCL's own is 10)
 
 
 @dataclass
@@ -379,7 +381,6 @@ def check(config: TrainConfig, source: str = "config") -> None:
         raise UserError(f"{source}: every loss term has weight 0 (contrastive_weight {weights[0]:g}, distillation "
                         f"{weights[1]:g}, cluster {weights[2]:g}); set contrastive_weight > 0, or distill_from with "
                         "distill_weight > 0 (distillation alone: salsa's stage 2)")
-    from dcase_t6.models import audio as audio_backbones
 
     if config.model.backbone not in audio_backbones.available():
         raise UserError(f"{source}: config key 'model.backbone' = {config.model.backbone!r} must be one of "

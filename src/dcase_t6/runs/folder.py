@@ -23,25 +23,30 @@ edited folder is one line naming the file and the key.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json, write_json
 from dcase_t6.models import DualEncoder, ModelConfig
+from dcase_t6.models.checkpoint import load_weights
+from dcase_t6.models.text import quiet_transformers
+from dcase_t6.runs.config import TrainConfig, checked_value, model_from_dict
+from dcase_t6.runs.hub import download, looks_like_repo_id
+from dcase_t6.runs.layout import TEXT_DIR
+from dcase_t6.runs.records import sha256_of
 
 FORMAT = "dcase-t6-model"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-TEXT_DIR = "text"
 TRAINING_NAME = "training.json"
 CARD_NAME = "README.md"
 TEXT_PREFIX = "text.model."  # the text transformer's parameters inside a DualEncoder
@@ -77,9 +82,6 @@ def write_model_folder(model: DualEncoder, folder: Path, config: dict, training:
         config: ``config.json`` without the weight hashes (added here), with ``model`` (the ModelConfig as a dict).
         training: ``training.json``.
     """
-    from safetensors.torch import save_file
-
-    from dcase_t6.registry import sha256_of
 
     state = _unshared(model.state_dict())
     text_state = {key[len(TEXT_PREFIX):]: value for key, value in state.items() if key.startswith(TEXT_PREFIX)}
@@ -132,7 +134,6 @@ def _check_values(folder: Path, config: dict, remedy: str) -> None:
     """The values of ``config.json`` that loading uses, checked before anything is built: the model config and
     ``audio_seconds`` (types and the training config's ranges), the two SHA-256 hashes, and ``text/config.json``
     (a transformers config whose model_type is the one recorded at export, when recorded)."""
-    from dcase_t6.training.config import checked_value, model_from_dict
 
     where = folder / CONFIG_NAME
     model_from_dict(_model_values(config, folder), str(where))
@@ -178,7 +179,6 @@ def model_config(config: dict, folder: Path, text_model: str | None = None) -> M
     Raises:
         UserError: unknown keys, or a value of the wrong type or out of range.
     """
-    from dcase_t6.training.config import model_from_dict
 
     values = _model_values(config, folder)
     return model_from_dict({**values, "text_model": text_model or str(folder / TEXT_DIR)}, str(folder / CONFIG_NAME))
@@ -194,10 +194,6 @@ def read_weights(folder: Path, config: dict) -> dict[str, torch.Tensor]:
     Raises:
         UserError: a file is not safetensors, or its hash differs from the one ``config.json`` records.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from dcase_t6.registry import sha256_of
 
     recorded = config.get("sha256") or {}
     state = {}
@@ -229,8 +225,6 @@ def load_exported(source: str | Path, device: str | torch.device = "cpu", revisi
     Raises:
         UserError: the folder is incomplete, not of this format, or its weights do not fit its config.
     """
-    from dcase_t6.models.checkpoint import load_weights
-    from dcase_t6.training.config import TrainConfig, checked_value
 
     folder = resolve_source(source, revision)
     config, training = read_folder_config(folder)
@@ -259,7 +253,6 @@ def resolve_source(source: str | Path, revision: str | None = None) -> Path:
     Raises:
         UserError: neither a folder nor a repo id, or the download failed.
     """
-    from dcase_t6.sharing.hub import download, looks_like_repo_id
 
     path = Path(source).expanduser()
     if path.exists():
@@ -268,20 +261,6 @@ def resolve_source(source: str | Path, revision: str | None = None) -> Path:
         return download(str(source), revision)
     raise UserError(f"{source}: no such folder, and not a hub repo id (OWNER/NAME); pass a folder written by "
                     "`dcase-t6 export`")
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports for the block (the text model is loaded without the pooler that the
-    dual encoder drops anyway, and its weights are replaced by the folder's right after)."""
-    from transformers.utils import logging as transformers_logging
-
-    previous = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(previous)
 
 
 def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

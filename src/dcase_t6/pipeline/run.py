@@ -1,0 +1,244 @@
+"""Running a pipeline file (``pipeline.file``; its format and what running it again does are described there):
+each stage is a registered run trained in order, then (on the main process) each ensemble is embedded,
+searched on validation and scored on its test split. ``<workdir>/pipelines/<name>.json`` holds the state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from dcase_t6.common.errors import UserError
+from dcase_t6.common.jsonfile import read_json, write_json
+from dcase_t6.common.reporting import SILENT, Reporter
+from dcase_t6.data.relevance import split_ground_truth
+from dcase_t6.embedding.checkpoints import embed_run, split_tag
+from dcase_t6.ensemble.grid import METRIC
+from dcase_t6.ensemble.search import apply, search
+from dcase_t6.ensemble.systems import System
+from dcase_t6.ensemble.weights import EnsembleWeights, write_weights
+from dcase_t6.pipeline.file import Ensemble, Pipeline, Stage, load_pipeline
+from dcase_t6.retrieval.evaluation import evaluate
+from dcase_t6.retrieval.ground_truth import Relevance
+from dcase_t6.retrieval.matrices import read_matrix, write_matrix
+from dcase_t6.runs.config import (
+    TrainConfig,
+    from_dict,
+    nested_to_dotted,
+)
+from dcase_t6.runs.registry import Registry
+from dcase_t6.training.distributed import World, init_world, share_from_main
+from dcase_t6.training.trainer import continue_run, register_run
+
+
+def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None = None,
+                 max_steps: int | None = None, world: World | None = None,
+                 reporter: Reporter = SILENT) -> list[dict]:
+    """Run (or continue) every stage of a pipeline file, then (on the main process) search its ensembles.
+
+    Args:
+        workdir: the registry's work directory.
+        path: the pipeline YAML.
+        overrides: config keys (``section.key`` allowed) put on top of every stage's config.
+        max_steps: stop the running stage after this many optimizer steps (resumable).
+        world: the torchrun processes (default: joined from the environment).
+        reporter: progress bars and notes (the main process's).
+
+    Returns:
+        One summary per stage looked at (``stage``, ``run``, ``status`` and the run's summary), up to the
+        first stage that did not finish; when every stage finished, one per ensemble (``stage``
+        ``ensembles/NAME``, ``run`` its weights file, ``status`` finished or skipped, ``validation_mAP@16``
+        and, with a test split that has ground truth, ``test_mAP@16``).
+
+    Raises:
+        UserError: for a bad pipeline file, a reference to nothing, or a stage or ensemble that changed.
+    """
+    pipeline = load_pipeline(Path(path), overrides or {})  # checked before the registry is created
+    registry = Registry(workdir)
+    world = world or init_world(max(from_dict(stage.config).dist_timeout_minutes for stage in pipeline.stages))
+    _check_run_references(registry, pipeline)
+    state = PipelineState(registry.layout.pipeline_state(pipeline.name))
+    summaries = []
+    for stage in pipeline.stages:
+        summaries.append(_run_stage(registry, pipeline, stage, state, world, max_steps, reporter))
+        if summaries[-1]["status"] not in ("finished", "skipped"):
+            return summaries
+    if world.is_main:  # embedding and searching need no other process
+        summaries += [_run_ensemble(registry, pipeline, ensemble, state, reporter)
+                      for ensemble in pipeline.ensembles]
+    return summaries
+
+
+def _check_run_references(registry: Registry, pipeline: Pipeline) -> None:
+    keys = {stage.key for stage in pipeline.stages}
+    for stage in pipeline.stages:
+        for reference in stage.references:
+            if reference not in keys and registry.find(reference) is None:
+                raise UserError(f"{pipeline.path}: stage {stage.key} references '{reference}', neither a stage of "
+                                f"this pipeline nor a registered run (see `dcase-t6 runs list`)")
+
+
+def _run_stage(registry: Registry, pipeline: Pipeline, stage: Stage, state: "PipelineState", world: World,
+               max_steps: int | None, reporter: Reporter) -> dict:
+    config = _stage_config(registry, pipeline, stage, state)
+    digest = config_digest(config)
+    entry = state.stages.get(stage.key)
+    run = registry.find(entry["run"]) if entry else None
+    if run is not None and entry["config"] != digest:
+        raise UserError(f"{pipeline.path}: stage {stage.key} changed since its run {run.id} started; "
+                        f"`dcase-t6 runs rm {run.id}` to train it anew with the new config")
+    if run is not None and run.status == "finished":
+        return {"stage": stage.key, "run": run.id, "status": "skipped"}
+    if run is None:
+        run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
+        state.record(stage.key, run_id, digest, save=world.is_main)
+    else:
+        run_id = run.id
+    return {"stage": stage.key, **continue_run(registry, run_id, world, max_steps, reporter)}
+
+
+def _stage_config(registry: Registry, pipeline: Pipeline, stage: Stage, state: "PipelineState") -> TrainConfig:
+    """The stage's config with its references as full run ids (referenced stages have run by now)."""
+    def run_of(reference: str) -> str:
+        entry = state.stages.get(reference)
+        return entry["run"] if entry else registry.resolve(reference)
+
+    references = {"init_from": run_of(stage.init_from) if stage.init_from else None,
+                  "distill_from": [run_of(reference) for reference in stage.distill_from]}
+    return from_dict({**stage.config, **references}, source=f"{pipeline.path}: {stage.key}")
+
+
+def _run_ensemble(registry: Registry, pipeline: Pipeline, ensemble: Ensemble, state: "PipelineState",
+                  reporter: Reporter) -> dict:
+    """Search (or skip, when searched before with the same definition) one ensemble; its summary."""
+    runs = {key: state.stages[key]["run"] for key in ensemble.stages}
+    digest = _digest({**ensemble.definition(), "runs": runs})
+    entry = state.ensembles.get(ensemble.name)
+    if entry is not None and Path(entry["weights"]).is_file():
+        if entry["definition"] != digest:
+            raise UserError(f"{pipeline.path}: ensemble {ensemble.name} (or the runs of its stages) changed since its "
+                            f"weights were searched; delete {entry['weights']} to search it anew")
+        return _ensemble_summary(ensemble, entry, "skipped")
+    folder = registry.layout.pipeline_folder(pipeline.name)
+    where = f"{pipeline.path}: ensemble {ensemble.name}"
+    validation = _split_systems(registry, ensemble, runs, ensemble.validation_split, reporter)
+    truth = _ground_truth(ensemble, ensemble.validation_split, validation[0].matrix.files)
+    if truth is None:
+        raise UserError(f"{where}: {ensemble.dataset}/{ensemble.validation_split} has no captions or relevance file "
+                        "to search the weights on; set validation_split to a split with captions")
+    found = search(validation, truth, ensemble.options, reporter)
+    weights_path = folder / f"{ensemble.name}.weights.json"
+    members = {key: {"run": runs[key], "validation": evaluate(system.matrix, truth).scores}
+               for key, system in zip(ensemble.stages, validation)}
+    entry = {"definition": digest, "weights": str(weights_path), "strategy": found.weights.strategy,
+             "stage_weights": found.weights.weights, "validation": found.weights.validation.scores,
+             "test": None, "test_matrix": None, "members": members}
+    if ensemble.test_split:
+        entry.update(_apply_to_test(registry, ensemble, runs, found.weights, folder, members, reporter))
+    write_weights(found.weights, weights_path)
+    state.record_ensemble(ensemble.name, entry)
+    return _ensemble_summary(ensemble, entry, "finished")
+
+
+def _apply_to_test(registry: Registry, ensemble: Ensemble, runs: dict[str, str], weights: EnsembleWeights,
+                   folder: Path, members: dict[str, dict], reporter: Reporter) -> dict:
+    """Embed the test split, write the ensemble's matrix there and score it (and each stage) where it can."""
+    systems = _split_systems(registry, ensemble, runs, ensemble.test_split, reporter)
+    combined = apply(weights, systems)
+    matrix_path = folder / f"{ensemble.name}.{ensemble.dataset}.{ensemble.test_split}.npz"
+    write_matrix(combined, matrix_path)
+    truth = _ground_truth(ensemble, ensemble.test_split, combined.files)
+    if truth is not None:
+        for key, system in zip(ensemble.stages, systems):
+            members[key]["test"] = evaluate(system.matrix, truth).scores
+    return {"test_matrix": str(matrix_path), "test": evaluate(combined, truth).scores if truth else None}
+
+
+def _split_systems(registry: Registry, ensemble: Ensemble, runs: dict[str, str], split: str,
+                   reporter: Reporter) -> list[System]:
+    """Each stage's similarity matrix of ``split`` (embedded now unless registered for this checkpoint)."""
+    tag = split_tag(ensemble.dataset, split)
+    systems = []
+    for key in ensemble.stages:
+        path = _registered_similarity(registry, runs[key], tag, ensemble.checkpoint) or Path(embed_run(
+            registry.workdir, runs[key], ensemble.data_root, ensemble.dataset, split, ensemble.checkpoint,
+            ensemble.batch_size, reporter=reporter)["similarity"])
+        systems.append(System(key, read_matrix(path), str(path)))
+    return systems
+
+
+def _registered_similarity(registry: Registry, run: str, tag: str, checkpoint: str) -> Path | None:
+    """The run's intact similarity matrix of ``tag`` if its current ``checkpoint`` wrote it, else None."""
+    if not registry.has_file(run, "similarity", tag):
+        return None
+    record = registry.file(run, "similarity", tag, verify=False)
+    epoch = registry.file(run, "checkpoint", checkpoint, verify=False).info.get("epoch")
+    fresh = record.info.get("checkpoint") == checkpoint and record.info.get("checkpoint_epoch") == epoch
+    return record.path if fresh and record.problem() is None else None
+
+
+def _ground_truth(ensemble: Ensemble, split: str, files: list[str]) -> Relevance | None:
+    """The split's relevance file (``prepare relevance``), else each caption -> its clip; None without captions."""
+    return split_ground_truth(ensemble.data_root, ensemble.dataset, split, present=set(files))
+
+
+def _ensemble_summary(ensemble: Ensemble, entry: dict, status: str) -> dict:
+    """One line of the pipeline's summary: ``stage`` ensembles/NAME, ``run`` its weights file."""
+    summary = {"stage": f"ensembles/{ensemble.name}", "run": entry["weights"], "status": status,
+               f"validation_{METRIC}": round(entry["validation"][METRIC], 4)}
+    if entry.get("test"):
+        summary[f"test_{METRIC}"] = round(entry["test"][METRIC], 4)
+    return summary
+
+
+NOT_DIGESTED = {"log", "log_every",  # where the run's curves go: a rerun may log elsewhere
+                "compile",  # speed only: a rerun may compile or not
+                "workers",  # speed only: the batches are the same with any number of loader processes
+                "dist_timeout_minutes"}  # how long processes wait for each other: no effect on the result
+
+
+def config_digest(config: TrainConfig) -> str:
+    """SHA-256 of the config keys whose values differ from the defaults (what decides whether a stage's run still
+    matches the file). Keys at their default are left out, so a later version that adds a config key (with a
+    default that keeps the old behaviour) does not turn every finished stage into a "changed" one."""
+    defaults = _single_split_as_text(nested_to_dotted(TrainConfig().to_dict()))
+    return _digest({key: value for key, value in _single_split_as_text(nested_to_dotted(config.to_dict())).items()
+                    if key not in NOT_DIGESTED and (key not in defaults or defaults[key] != value)})
+
+
+def _single_split_as_text(values: dict) -> dict:
+    """``train_split`` of one name as the string earlier versions stored (so their stages keep their digests)."""
+    split = values.get("train_split")
+    return {**values, "train_split": split[0]} if isinstance(split, list) and len(split) == 1 else values
+
+
+def _digest(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+class PipelineState:
+    """``SYSTEM/STAGE`` -> {run, config digest} and ensemble name -> its result, of one pipeline, in a JSON file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        document = read_json(path, "delete it to run every stage of the pipeline anew") if path.is_file() else {}
+        if not isinstance(document, dict) or not isinstance(document.get("stages", {}), dict) \
+                or not isinstance(document.get("ensembles", {}), dict):
+            raise UserError(f"{path}: not a pipeline state file; delete it to run every stage of the pipeline anew")
+        self.stages: dict[str, dict] = document.get("stages", {})
+        self.ensembles: dict[str, dict] = document.get("ensembles", {})
+
+    def record(self, key: str, run_id: str, digest: str, save: bool) -> None:
+        """Remember the run of a stage; ``save`` writes the file at once, so an interrupted pipeline finds it."""
+        self.stages[key] = {"run": run_id, "config": digest}
+        if save:
+            self._save()
+
+    def record_ensemble(self, name: str, entry: dict) -> None:
+        """Remember a searched ensemble (definition digest, weights file, scores) and write the file."""
+        self.ensembles[name] = entry
+        self._save()
+
+    def _save(self) -> None:
+        document = {"stages": self.stages, **({"ensembles": self.ensembles} if self.ensembles else {})}
+        write_json(document, self.path, sort_keys=True)
