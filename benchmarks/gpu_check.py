@@ -634,15 +634,15 @@ def check_sid3(spec: dict, world, recorder: Recorder) -> list[str]:
                       "validation_split": None, "max_steps": None,
                       "batch_size": CAPTIONS_PER_CLIP * VALIDATION_CLIPS}
     teacher = train_new(spec["workdir"], from_dict(teacher_config, source="gpu_check"), world)
-    recorder.update(teacher_status=teacher["status"], teacher_steps=teacher["step"],
+    recorder.update(teacher_status=teacher.status, teacher_steps=teacher.step,
                     teacher_s=round(time.perf_counter() - start, 2))
     merged = write_merged_captions(Path(base["data_root"]), Path(spec["workdir"]) / "merged-captions.csv")
-    student = {**base, "name": "gpu-check-sid3", "init_from": teacher["run"], "distill_from": [teacher["run"]],
+    student = {**base, "name": "gpu-check-sid3", "init_from": teacher.run, "distill_from": [teacher.run],
                "audio_mix": {"p": 0.5, "merged_captions_file": str(merged)},
                "caption_augmentation": {"deletion_p": 0.5, "synonym_p": 0.5}}
     _train_counted(spec, world, recorder, from_dict(student, source="gpu_check"))
     values = recorder.values
-    problems = [] if teacher["status"] == "finished" else [f"teacher {teacher['status']} at step {teacher['step']}"]
+    problems = [] if teacher.status == "finished" else [f"teacher {teacher['status']} at step {teacher['step']}"]
     problems += _trained_problems(values, base["max_steps"], ("contrastive", "distillation"))
     wanted = {"mixed_pairs": "no pair mixed", "edited_captions": "no caption edited"}
     problems += [problem for key, problem in wanted.items() if not values.get(key)]
@@ -696,20 +696,20 @@ def check_resume_cpu(spec: dict, world, recorder: Recorder) -> list[str]:
     base, start = spec["config"], time.perf_counter()
     first = train_new(spec["workdir"], from_dict({**base, "max_steps": 1}, source="gpu_check"),
                       World(device=torch.device("cpu")))
-    saved = _last_checkpoint(spec["workdir"], first["run"])
-    recorder.update(batch_size=base["batch_size"], cpu_status=first["status"], cpu_steps=first["step"],
+    saved = _last_checkpoint(spec["workdir"], first.run)
+    recorder.update(batch_size=base["batch_size"], cpu_status=first.status, cpu_steps=first.step,
                     cpu_s=round(time.perf_counter() - start, 2), cpu_scaler_state=saved["scaler"])
     start = time.perf_counter()
-    resumed = resume(spec["workdir"], first["run"], max_steps=2, world=world)
-    after = _last_checkpoint(spec["workdir"], first["run"])
+    resumed = resume(spec["workdir"], first.run, max_steps=2, world=world)
+    after = _last_checkpoint(spec["workdir"], first.run)
     sums = after["position"]["epoch_sums"]
     mean_loss = sums["loss_sum"] / max(1, sums["batches"])
-    recorder.update(resumed_status=resumed["status"], resumed_steps=resumed["step"], resumed_device=str(world.device),
+    recorder.update(resumed_status=resumed.status, resumed_steps=resumed.step, resumed_device=str(world.device),
                     resume_s=round(time.perf_counter() - start, 2), resumed_scaler_state=after["scaler"],
                     epoch_batches=sums["batches"], mean_loss=round(mean_loss, 5))
-    problems = [] if (first["status"], first["step"]) == ("stopped", 1) else [f"the CPU run {first['status']} at "
+    problems = [] if (first.status, first.step) == ("stopped", 1) else [f"the CPU run {first['status']} at "
                                                                               f"step {first['step']}"]
-    problems += [] if (resumed["status"], resumed["step"]) == ("stopped", 2) else [
+    problems += [] if (resumed.status, resumed.step) == ("stopped", 2) else [
         f"the resumed run {resumed['status']} at step {resumed['step']}"]
     return problems + ([] if math.isfinite(mean_loss) and sums["batches"] == 2 else
                        [f"epoch sums after the resume: {sums['batches']} batches, mean loss {mean_loss}"])
@@ -730,20 +730,20 @@ def check_deterministic_resume(spec: dict, world, recorder: Recorder) -> list[st
     stopped = train_new(workdir, from_dict({**base, "name": "gpu-check-stopped", "max_steps": STOPPED_AT},
                                            source="gpu_check"), world)
     times.append(time.perf_counter())
-    resumed = resume(workdir, stopped["run"], max_steps=DETERMINISTIC_STEPS, world=world)
+    resumed = resume(workdir, stopped.run, max_steps=DETERMINISTIC_STEPS, world=world)
     times.append(time.perf_counter())
     recorder.update(batch_size=base["batch_size"], steps=DETERMINISTIC_STEPS,
-                    stopped_at=stopped["step"], resumed_steps=resumed["step"], uninterrupted_steps=whole["step"],
+                    stopped_at=stopped.step, resumed_steps=resumed.step, uninterrupted_steps=whole.step,
                     **{f"{name}_s": round(b - a, 2) for name, a, b in zip(("uninterrupted", "stopped", "resume"),
                                                                          times, times[1:])})
-    problems = [f"{name} run {summary['status']} at step {summary['step']}, not {steps}"
+    problems = [f"{name} run {summary.status} at step {summary.step}, not {steps}"
                 for name, summary, steps in (("uninterrupted", whole, DETERMINISTIC_STEPS),
                                              ("stopped", stopped, STOPPED_AT),
                                              ("resumed", resumed, DETERMINISTIC_STEPS))
-                if (summary["status"], summary["step"]) != ("stopped", steps)]
+                if (summary.status, summary.step) != ("stopped", steps)]
     if world.is_main:
-        problems += _compare_final(recorder, _last_checkpoint(workdir, whole["run"]),
-                                   _last_checkpoint(workdir, stopped["run"]))
+        problems += _compare_final(recorder, _last_checkpoint(workdir, whole.run),
+                                   _last_checkpoint(workdir, stopped.run))
     world.barrier()
     return problems
 

@@ -279,17 +279,17 @@ def test_training_on_window_storage_resumes_bit_for_bit_and_learns_like_the_stor
         build_cache(Layout.at(root), rate, request=as_mode(mode))
         settings = {**tiny_training, "data_root": str(root), "audio_seconds": 1.0, "epochs": 2}  # 1 s of 2-3 s clips
         full = training.train_new(tmp_path / mode / "a", build_config(None, settings))
-        assert full["status"] == "finished"
+        assert full.status == "finished"
         first = load_pairs(build_config(None, settings)).paths[0]
         assert AudioCache(root, rate).clip(first, rate, 0.5).shape == (rate,)
-        finals[mode] = Registry(tmp_path / mode / "a").run(full["run"]).epochs[-1]["train_loss"]
+        finals[mode] = Registry(tmp_path / mode / "a").run(full.run).epochs[-1]["train_loss"]
         if mode == "window":
             stopped = training.train_new(tmp_path / mode / "b", build_config(None, {**settings, "max_steps": 1}))
-            resumed = training.resume(tmp_path / mode / "b", stopped["run"])
-            assert resumed["status"] == "finished" and resumed["step"] == full["step"]
+            resumed = training.resume(tmp_path / mode / "b", stopped.run)
+            assert resumed.status == "finished" and resumed.step == full.step
             expected, actual = (torch.load(Registry(tmp_path / mode / name).file(run, "checkpoint", "last").path,
                                            weights_only=True)["model"]
-                                for name, run in (("a", full["run"]), ("b", stopped["run"])))
+                                for name, run in (("a", full.run), ("b", stopped.run)))
             assert all(torch.equal(expected[key], actual[key]) for key in expected)
     # the same windows (to 1e-7, int16 to 2^-16) through a log-mel front end, whose log amplifies differences in
     # near-silent frames: the losses agree to about 1e-3, not to the last digit

@@ -124,8 +124,8 @@ def test_training_with_every_augmentation_is_reproducible(tiny_training, tmp_pat
     settings = {**tiny_training, "caption_augmentation.deletion_p": 0.5, "caption_augmentation.synonym_p": 0.5,
                 "caption_augmentation.extra_captions_file": str(extra), "caption_augmentation.extra_captions_p": 0.3,
                 "audio_mix.p": 0.3, "audio_mix.merged_captions_file": str(merged)}
-    runs = [training.train_new(tmp_path / name, build_config(None, settings))["run"] for name in ("one", "two")]
+    runs = [training.train_new(tmp_path / name, build_config(None, settings)).run for name in ("one", "two")]
     epochs = [Registry(tmp_path / name).run(run).epochs[0] for name, run in zip(("one", "two"), runs)]
     assert epochs[0]["train_loss"] == epochs[1]["train_loss"] > 0
-    plain = training.train_new(tmp_path / "plain", build_config(None, tiny_training))["run"]
+    plain = training.train_new(tmp_path / "plain", build_config(None, tiny_training)).run
     assert Registry(tmp_path / "plain").run(plain).epochs[0]["train_loss"] != epochs[0]["train_loss"]

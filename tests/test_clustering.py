@@ -9,7 +9,7 @@ import torch
 from torch.nn.functional import cross_entropy
 
 from dcase_t6.common.errors import UserError
-from dcase_t6.embedding.checkpoints import embed_run
+from dcase_t6.embedding.checkpoints import SplitRequest, embed_run
 from dcase_t6.models import DualEncoder, cluster_head
 from dcase_t6.runs.config import Clusters, build_config, from_dict
 from dcase_t6.runs.model import load_model
@@ -70,10 +70,10 @@ def test_noise_points_join_the_cluster_with_the_nearest_centroid():
 @pytest.fixture(scope="module")
 def refinetuned(tmp_path_factory, tiny_training):
     workdir = tmp_path_factory.mktemp("work")
-    base = training.train_new(workdir, build_config(None, {**tiny_training, "name": "base"}))["run"]
+    base = training.train_new(workdir, build_config(None, {**tiny_training, "name": "base"})).run
     settings = {**tiny_training, "name": "clusters", "init_from": base, "clusters.method": "kmeans",
                 "clusters.count": 4}
-    run = training.train_new(workdir, build_config(None, settings))["run"]
+    run = training.train_new(workdir, build_config(None, settings)).run
     return workdir, base, run, build_config(None, settings)
 
 
@@ -125,8 +125,8 @@ def test_heads_are_saved_with_the_finetuned_weights_and_embed_loads_both_kinds(r
     without_heads = load_model(registry, base).model
     assert with_heads.config.cluster_classes == 4 and with_heads.audio_cluster_head[2].out_features == 4
     assert not hasattr(without_heads, "audio_cluster_head")
-    written = embed_run(workdir, run, tiny_data_root, "synthetic", "development-testing", batch_size=4)
-    assert written["files"] == 4
+    written = embed_run(workdir, run, SplitRequest(tiny_data_root, "synthetic", "development-testing", batch_size=4))
+    assert written.files == 4
 
 
 def test_init_from_a_run_with_another_architecture_is_refused(refinetuned, tiny_training):

@@ -105,7 +105,7 @@ def test_a_training_run_registers_bertopic_labels_per_training_caption(tmp_path,
     settings = {**tiny_training, "name": "topics", "clusters.method": "bertopic", "clusters.source": "sentence:minilm",
                 "clusters.min_cluster_size": 5}
     config = build_config(None, settings)
-    run = training.train_new(tmp_path, config)["run"]
+    run = training.train_new(tmp_path, config).run
     record = Registry(tmp_path).file(run, "clusters", "synthetic/development-training")
     assert record.info["method"] == "umap+bertopic" and record.info["source"] == "sentence:minilm"
     assert record.info["clusters"] >= 2 and len(record.info["topic_words"]) == record.info["clusters"]

@@ -12,7 +12,7 @@ from pypdf import PdfReader
 
 from dcase_t6.cli import main
 from dcase_t6.data.layout import Layout
-from dcase_t6.embedding.checkpoints import embed_run
+from dcase_t6.embedding.checkpoints import SplitRequest, embed_run
 from dcase_t6.runs.config import build_config
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
@@ -24,10 +24,10 @@ DEV_TEST = "development-testing"
 def two_runs(tiny_training, tmp_path_factory) -> dict:
     """Two runs that differ in seed and lr; only the first embedded dev-test."""
     workdir = tmp_path_factory.mktemp("compare")
-    first = training.train_new(workdir, build_config(None, {**tiny_training, "epochs": 2, "name": "a"}))["run"]
+    first = training.train_new(workdir, build_config(None, {**tiny_training, "epochs": 2, "name": "a"})).run
     second = training.train_new(workdir, build_config(None, {**tiny_training, "epochs": 2, "name": "b", "seed": 1,
-                                                             "lr": 5e-4}))["run"]
-    embed_run(workdir, first, tiny_training["data_root"], "synthetic", DEV_TEST, batch_size=4)
+                                                             "lr": 5e-4})).run
+    embed_run(workdir, first, SplitRequest(tiny_training["data_root"], "synthetic", DEV_TEST, batch_size=4))
     return {"workdir": workdir, "runs": [first, second], "data_root": tiny_training["data_root"]}
 
 

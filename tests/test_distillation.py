@@ -72,9 +72,9 @@ def teacher_and_student(tmp_path_factory, tiny_training):
     overrides = tiny_training
     workdir = tmp_path_factory.mktemp("work")
     teacher = training.train_new(workdir, build_config(None, {**overrides, "name": "teacher"}))
-    student_settings = {**overrides, "name": "student", "distill_weight": 0.5, "distill_from": teacher["run"][:9]}
+    student_settings = {**overrides, "name": "student", "distill_weight": 0.5, "distill_from": teacher.run[:9]}
     student = training.train_new(workdir, build_config(None, student_settings))
-    return workdir, teacher["run"], student["run"], build_config(None, overrides)
+    return workdir, teacher.run, student.run, build_config(None, overrides)
 
 
 def test_student_run_records_teacher_ids_and_the_weighted_loss(teacher_and_student):
@@ -126,7 +126,7 @@ def test_contrastive_weight_0_trains_on_distillation_alone(teacher_and_student, 
     workdir, teacher, _, _ = teacher_and_student
     settings = {**tiny_training, "name": "alone", "contrastive_weight": 0, "distill_weight": 2.0,
                 "distill_from": teacher}
-    run = Registry(workdir).run(training.train_new(workdir, build_config(None, settings))["run"])
+    run = Registry(workdir).run(training.train_new(workdir, build_config(None, settings)).run)
     epoch = run.epochs[0]
     assert epoch["train_contrastive"] > 0 and epoch["train_distillation"] > 0
     assert epoch["train_loss"] == pytest.approx(2.0 * epoch["train_distillation"], rel=1e-6)
@@ -135,7 +135,7 @@ def test_contrastive_weight_0_trains_on_distillation_alone(teacher_and_student, 
 def test_a_teacher_is_embedded_with_its_own_input_settings(tmp_path, tiny_training):
     """The teacher saw 1.5 s of audio; the student takes 2 s: the teacher's targets use 1.5 s."""
     teacher = training.train_new(tmp_path, build_config(None, {**tiny_training, "name": "short",
-                                                                  "audio_seconds": 1.5}))["run"]
+                                                                  "audio_seconds": 1.5})).run
     training.train_new(tmp_path, build_config(None, {**tiny_training, "name": "student", "distill_from": teacher}))
     record = Registry(tmp_path).file(teacher, "embeddings", "synthetic/development-training")
     assert record.info["audio_seconds"] == 1.5

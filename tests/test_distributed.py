@@ -251,12 +251,12 @@ def test_a_sigterm_to_one_process_stops_every_process_at_the_same_step_and_the_r
                     process.kill()
                 pytest.fail("the processes did not stop together within the deadline")
         results = dict(results)
-    assert results[0]["status"] == results[1]["status"] == "stopped"
-    assert results[0]["step"] == results[1]["step"] and 0 < results[0]["step"] < 40 * 8
-    run = Registry(tmp_path).run(results[0]["run"])
+    assert results[0].status == results[1].status == "stopped"
+    assert results[0].step == results[1].step and 0 < results[0].step < 40 * 8
+    run = Registry(tmp_path).run(results[0].run)
     assert run.status == "stopped" and any(f.tag == "last" for f in run.files)
-    resumed = training.resume(tmp_path, results[0]["run"], max_steps=results[0]["step"] + 2, world=World())
-    assert resumed["status"] == "stopped" and resumed["step"] == results[0]["step"] + 2
+    resumed = training.resume(tmp_path, results[0].run, max_steps=results[0].step + 2, world=World())
+    assert resumed.status == "stopped" and resumed.step == results[0].step + 2
 
 
 def test_batches_are_pinned_for_a_gpu_only(tiny_data_root):

@@ -162,7 +162,7 @@ def exported(tiny_training, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("hostile-config")
     workdir = root / "work"
     run = training.train_new(workdir, build_config(None, {**tiny_training, "name": "tiny",
-                                                          "validation_split": "null"}))["run"]
+                                                          "validation_split": "null"})).run
     result = CliRunner().invoke(main, ["--workdir", str(workdir), "export", run, "--out", str(root / "exported")])
     assert result.exit_code == 0, result.output
     return {"workdir": workdir, "run": run, "folder": root / "exported", "data_root": tiny_training["data_root"]}

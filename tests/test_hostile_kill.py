@@ -60,7 +60,7 @@ def test_kill_9_of_package_just_before_the_zip_is_renamed(tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tiny_data_root, tiny_training, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("work")
-    return workdir, train_new(workdir, build_config(None, {**tiny_training, "name": "killed"}))["run"]
+    return workdir, train_new(workdir, build_config(None, {**tiny_training, "name": "killed"})).run
 
 
 def test_kill_9_of_embed_just_before_the_similarity_matrix_is_renamed(trained_run, tiny_data_root):

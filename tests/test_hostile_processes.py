@@ -229,7 +229,7 @@ def test_training_leaves_out_clips_the_cache_skipped_and_resumes_bit_for_bit(bro
     config = build_config(None, {**TINY, "data_root": str(broken_root), "name": "full"})
     recorder = Recorder()
     full = training.train_new(tmp_path / "a", config, reporter=recorder)
-    assert full["status"] == "finished"
+    assert full.status == "finished"
     warnings = [text for kind, text in recorder.messages if kind == "warning" and "left out" in text]
     assert len(warnings) == 2 and all("skipped.csv" in line for line in warnings)
     assert "left out 5 caption pair(s) of synthetic development-training" in warnings[0]
@@ -237,18 +237,18 @@ def test_training_leaves_out_clips_the_cache_skipped_and_resumes_bit_for_bit(bro
     store = AudioCache(broken_root, 16000)
     pairs = load_pairs(config, store)
     assert len(pairs.captions) == 25 and all(path in store for path in pairs.paths)
-    run = Registry(tmp_path / "a").run(full["run"])
+    run = Registry(tmp_path / "a").run(full.run)
     assert run.data_fingerprint == pairs.fingerprint == load_pairs(config, store).fingerprint
     assert run.data_fingerprint == sha256_of_text("\n".join(f"{p}\t{c}" for p, c in zip(pairs.paths, pairs.captions)))
     assert run.data_fingerprint != load_pairs(config).fingerprint
     stopped = training.train_new(tmp_path / "b", build_config(None, {**TINY, "data_root": str(broken_root),
                                                                      "name": "stopped", "max_steps": 1}))
-    resumed = training.resume(tmp_path / "b", stopped["run"])
-    assert resumed["status"] == "finished" and resumed["step"] == full["step"] == 3  # 25 pairs: 3 batches of 8
-    expected = torch.load(Registry(tmp_path / "a").file(full["run"], "checkpoint", "last").path, weights_only=True)
-    actual = torch.load(Registry(tmp_path / "b").file(stopped["run"], "checkpoint", "last").path, weights_only=True)
+    resumed = training.resume(tmp_path / "b", stopped.run)
+    assert resumed.status == "finished" and resumed.step == full.step == 3  # 25 pairs: 3 batches of 8
+    expected = torch.load(Registry(tmp_path / "a").file(full.run, "checkpoint", "last").path, weights_only=True)
+    actual = torch.load(Registry(tmp_path / "b").file(stopped.run, "checkpoint", "last").path, weights_only=True)
     assert all(torch.equal(expected["model"][key], actual["model"][key]) for key in expected["model"])
-    assert Registry(tmp_path / "b").run(stopped["run"]).data_fingerprint == run.data_fingerprint
+    assert Registry(tmp_path / "b").run(stopped.run).data_fingerprint == run.data_fingerprint
 
 
 def test_training_on_a_cache_that_skipped_every_clip_says_which_files_and_how_to_fix(broken_root, tmp_path):
@@ -305,7 +305,7 @@ def small_root(tmp_path_factory) -> Path:
 def test_resumed_epoch_record_covers_the_whole_epoch(small_root, tmp_path, monkeypatch):
     overrides = {**TINY, "data_root": str(small_root)}
     whole = training.train_new(tmp_path / "whole", build_config(None, {**overrides, "name": "whole"}))
-    expected = Registry(tmp_path / "whole").run(whole["run"]).epochs[0]
+    expected = Registry(tmp_path / "whole").run(whole.run).epochs[0]
     real = BatchSource.__getitem__
     spent = {"part2": 0.0}
 
@@ -316,8 +316,8 @@ def test_resumed_epoch_record_covers_the_whole_epoch(small_root, tmp_path, monke
     monkeypatch.setattr(BatchSource, "__getitem__", slow)
     stopped = training.train_new(tmp_path / "split", build_config(None, {**overrides, "name": "split",
                                                                          "max_steps": 2}))
-    assert stopped["status"] == "stopped" and stopped["step"] == 2
-    last = Registry(tmp_path / "split").file(stopped["run"], "checkpoint", "last").path
+    assert stopped.status == "stopped" and stopped.step == 2
+    last = Registry(tmp_path / "split").file(stopped.run, "checkpoint", "last").path
     part1 = torch.load(last, weights_only=True)["position"]["epoch_sums"]["seconds"]
     assert part1 >= 1.2
 
@@ -330,10 +330,10 @@ def test_resumed_epoch_record_covers_the_whole_epoch(small_root, tmp_path, monke
 
     monkeypatch.setattr(BatchSource, "__getitem__", timed)
     started = time.perf_counter()
-    resumed = training.resume(tmp_path / "split", stopped["run"])
+    resumed = training.resume(tmp_path / "split", stopped.run)
     part2_wall = time.perf_counter() - started
-    assert resumed["step"] == whole["step"] == 4
-    record = Registry(tmp_path / "split").run(stopped["run"]).epochs[0]
+    assert resumed.step == whole.step == 4
+    record = Registry(tmp_path / "split").run(stopped.run).epochs[0]
     assert record["train_loss"] == expected["train_loss"]
     assert {k: v for k, v in record.items() if k.startswith("train_")} == \
         {k: v for k, v in expected.items() if k.startswith("train_")}

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
+from dcase_t6.embedding.checkpoints import SplitRequest
 from dcase_t6.runs import leases
 from dcase_t6.runs.layout import DATABASE_NAME
 from dcase_t6.runs.records import sha256_of
@@ -297,7 +298,8 @@ def test_embed_holds_an_in_use_lease_while_it_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoints, "load_model", load_model)
     with pytest.raises(UserError, match="stop here"):
-        checkpoints.embed_run(tmp_path, ids["done"][:6], tmp_path / "data", "clotho", "development-testing")
+        checkpoints.embed_run(tmp_path, ids["done"][:6],
+                              SplitRequest(tmp_path / "data", "clotho", "development-testing"))
     assert seen == [(ids["done"], "embed", os.getpid())]
     with sqlite3.connect(tmp_path / DATABASE_NAME) as connection:
         assert connection.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0  # released

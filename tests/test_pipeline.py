@@ -81,8 +81,8 @@ def example_run(tmp_path_factory, tiny_training):
 
 def test_a_stopped_stage_ends_the_pipeline_and_continues_in_the_same_run(example_run):
     _, _, stopped, finished = example_run
-    assert [(s["stage"], s["status"], s["step"]) for s in stopped] == [("a/pretrain", "stopped", 2)]
-    assert finished[0]["stage"] == "a/pretrain" and finished[0]["run"] == stopped[0]["run"]
+    assert [(s.stage, s.status, s.training.step) for s in stopped] == [("a/pretrain", "stopped", 2)]
+    assert finished[0]["stage"] == "a/pretrain" and finished[0]["run"] == stopped[0].run
     assert [s["status"] for s in finished] == ["finished"] * 6
 
 
@@ -105,7 +105,7 @@ def test_every_stage_is_a_registered_run_wired_to_its_references(example_run):
 def test_running_again_skips_finished_stages_and_refuses_changed_ones(example_run):
     workdir, overrides, _, finished = example_run
     again = run_pipeline(workdir, EXAMPLE, overrides)
-    assert [(s["run"], s["status"]) for s in again] == [(s["run"], "skipped") for s in finished]
+    assert [(s.run, s.status) for s in again] == [(s["run"], "skipped") for s in finished]
     with pytest.raises(UserError, match=r"stage a/pretrain changed since its run a-pretrain-\w+ started"):
         run_pipeline(workdir, EXAMPLE, {**overrides, "lr": 0.5})
 

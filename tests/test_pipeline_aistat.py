@@ -1,6 +1,7 @@
 """The AISTAT 2025 recipe as a pipeline: the real file parses and checks, the synthetic file has its structure and
 runs end to end with both ensembles, and the ``ensembles`` section is searched once, skipped, refused when changed."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -166,12 +167,12 @@ def small_ensemble(tmp_path_factory, tiny_training):
 
 def test_an_ensemble_is_searched_on_validation_and_scored_on_the_test_split(small_ensemble, tiny_data_root):
     workdir, _, _, summaries = small_ensemble
-    assert [(s["stage"], s["status"]) for s in summaries] == [("a/x", "finished"), ("b/x", "finished"),
+    assert [(s.stage, s.status) for s in summaries] == [("a/x", "finished"), ("b/x", "finished"),
                                                                ("ensembles/ab", "finished")]
     state = json.loads((workdir / "pipelines" / "small.json").read_text())
     entry = state["ensembles"]["ab"]
     weights = read_weights(entry["weights"])
-    assert summaries[-1]["run"] == entry["weights"] == str(workdir / "pipelines" / "small" / "ab.weights.json")
+    assert summaries[-1].run == entry["weights"] == str(workdir / "pipelines" / "small" / "ab.weights.json")
     assert sum(weights.weights.values()) == pytest.approx(1.0) and set(weights.weights) == {"a/x", "b/x"}
     assert all(round(w * 10, 9).is_integer() for w in weights.weights.values())  # step 0.1
     # The recorded scores are what the weights file and the stages' registered matrices give.
@@ -184,7 +185,7 @@ def test_an_ensemble_is_searched_on_validation_and_scored_on_the_test_split(smal
     combined = apply(weights, test)
     assert evaluate(combined, truth).scores == entry["test"]
     assert np.array_equal(read_matrix(entry["test_matrix"]).scores, combined.scores)
-    assert summaries[-1]["test_mAP@16"] == round(entry["test"]["mAP@16"], 4)
+    assert summaries[-1].test == round(entry["test"]["mAP@16"], 4)
     assert entry["validation"]["mAP@16"] == weights.validation.scores["mAP@16"]
     assert weights.validation.n_queries == 20  # 4 validation clips x 5 captions, each its clip's query
     for key, system in zip(runs, test):
@@ -194,21 +195,22 @@ def test_an_ensemble_is_searched_on_validation_and_scored_on_the_test_split(smal
 def test_a_searched_ensemble_is_skipped_refused_when_changed_and_searched_anew_without_its_weights(small_ensemble):
     workdir, path, overrides, summaries = small_ensemble
     again = run_pipeline(workdir, path, overrides)
-    assert [s["status"] for s in again] == ["skipped"] * 3 and again[-1] == {**summaries[-1], "status": "skipped"}
+    assert [s.status for s in again] == ["skipped"] * 3
+    assert again[-1] == dataclasses.replace(summaries[-1], status="skipped")
     changed = yaml.safe_load(path.read_text())
     changed["ensembles"][0]["normalize"] = "zscore"
     path.write_text(yaml.safe_dump(changed), encoding="utf-8")
-    weights_file = Path(summaries[-1]["run"])
+    weights_file = Path(summaries[-1].run)
     with pytest.raises(UserError, match=f"ensemble ab \\(or the runs of its stages\\) changed since its weights were "
                                         f"searched; delete {weights_file} to search it anew"):
         run_pipeline(workdir, path, overrides)
     registry = Registry(workdir)
-    matrices = [registry.file(s["run"], "similarity", split).path for s in summaries[:2]
+    matrices = [registry.file(s.run, "similarity", split).path for s in summaries[:2]
                 for split in ("synthetic/development-validation", "synthetic/development-testing")]
     written = [(matrix.stat().st_ino, matrix.stat().st_mtime_ns) for matrix in matrices]
     weights_file.unlink()
     anew = run_pipeline(workdir, path, overrides)[-1]
-    assert anew["status"] == "finished" and read_weights(weights_file).normalize == "zscore"
+    assert anew.status == "finished" and read_weights(weights_file).normalize == "zscore"
     # The stages' matrices were reused, not embedded and written again.
     assert [(matrix.stat().st_ino, matrix.stat().st_mtime_ns) for matrix in matrices] == written
 
@@ -222,7 +224,7 @@ def test_the_synthetic_recipe_runs_every_system_and_both_ensembles_then_skips_ev
     workdir = tmp_path / "work"
     summaries = run_pipeline(workdir, SYNTHETIC, overrides)
     stages = [stage.key for stage in load_pipeline(SYNTHETIC, {}).stages]
-    assert [(s["stage"], s["status"]) for s in summaries] == [(key, "finished") for key in stages] + [
+    assert [(s.stage, s.status) for s in summaries] == [(key, "finished") for key in stages] + [
         ("ensembles/system-first", "finished"), ("ensembles/model-first", "finished")]
     state = json.loads((workdir / "pipelines" / "aistat2025-synthetic.json").read_text())
     registry = Registry(workdir)
@@ -243,4 +245,4 @@ def test_the_synthetic_recipe_runs_every_system_and_both_ensembles_then_skips_ev
         assert set(entry["members"]) == set(SYSTEMS_2_TO_5) and 0 < entry["test"]["mAP@16"] <= 1
         assert Path(entry["test_matrix"]).is_file()
     again = run_pipeline(workdir, SYNTHETIC, overrides)
-    assert [s["status"] for s in again] == ["skipped"] * (len(stages) + 2)
+    assert [s.status for s in again] == ["skipped"] * (len(stages) + 2)

@@ -150,11 +150,11 @@ def test_weighted_training_resumes_bit_for_bit(two_sets, tmp_path):
                 "decay_epochs": 2.0}
     whole = training.train_new(tmp_path / "whole", build_config(None, settings))
     stopped = training.train_new(tmp_path / "parts", build_config(None, {**settings, "max_steps": 4}))
-    resumed = training.resume(tmp_path / "parts", stopped["run"])
-    assert stopped["step"] == 4 and resumed["step"] == whole["step"] == 2 * 10  # 78 pairs: 10 batches of 8
-    expected = torch.load(Registry(tmp_path / "whole").file(whole["run"], "checkpoint", "last").path,
+    resumed = training.resume(tmp_path / "parts", stopped.run)
+    assert stopped.step == 4 and resumed.step == whole.step == 2 * 10  # 78 pairs: 10 batches of 8
+    expected = torch.load(Registry(tmp_path / "whole").file(whole.run, "checkpoint", "last").path,
                           weights_only=True)
-    actual = torch.load(Registry(tmp_path / "parts").file(stopped["run"], "checkpoint", "last").path,
+    actual = torch.load(Registry(tmp_path / "parts").file(stopped.run, "checkpoint", "last").path,
                         weights_only=True)
     assert all(torch.equal(expected["model"][key], actual["model"][key]) for key in expected["model"])
     assert expected["position"] == actual["position"]

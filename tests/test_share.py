@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.outputs import MARKER
-from dcase_t6.embedding.checkpoints import embed_run
+from dcase_t6.embedding.checkpoints import SplitRequest, embed_run
 from dcase_t6.runs.config import build_config
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
@@ -35,9 +35,9 @@ def trained(tiny_training, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("share")
     workdir = root / "work"
     config = build_config(None, {**tiny_training, "epochs": 2, "name": "tiny"})
-    run = training.train_new(workdir, config)["run"]
+    run = training.train_new(workdir, config).run
     for split in (DEV_TEST, VALIDATION):
-        embed_run(workdir, run, tiny_training["data_root"], "synthetic", split, batch_size=4)
+        embed_run(workdir, run, SplitRequest(tiny_training["data_root"], "synthetic", split, batch_size=4))
     exported = cli(workdir, "export", run, "--out", root / "exported", "--json")
     return {"root": root, "workdir": workdir, "run": run, "folder": root / "exported", "exported": exported,
             "data_root": tiny_training["data_root"]}
@@ -122,7 +122,7 @@ def test_export_embed_model_and_import_give_identical_vectors(trained, tmp_path)
     record = registry.run(run)
     assert record.status == "imported" and record.epochs == Registry(workdir).run(run).epochs
     assert record.config == Registry(workdir).run(run).config
-    embed_run(other, run, data_root, "synthetic", DEV_TEST, batch_size=4)
+    embed_run(other, run, SplitRequest(data_root, "synthetic", DEV_TEST, batch_size=4))
     again = npz(other / "runs" / run / "outputs" / f"synthetic.{DEV_TEST}.embeddings.npz")
     assert np.array_equal(again["audio"], registered["audio"]) and np.array_equal(again["text"], registered["text"])
     # a second import of the same folder is a new run, and the original id stays with the first
@@ -135,11 +135,11 @@ def test_an_imported_run_is_a_teacher_and_an_ensemble_member(trained, tmp_path, 
     teacher = cli(other, "runs", "import", trained["folder"], "--json")["run"]
     config = build_config(None, {**tiny_training, "name": "student", "distill_from": teacher, "max_steps": 2})
     student = training.train_new(other, config)
-    assert student["status"] == "stopped" and student["step"] == 2
+    assert student.status == "stopped" and student.step == 2
     registry = Registry(other)
     assert registry.has_file(teacher, "embeddings", "synthetic/development-training")
     for split in (VALIDATION, DEV_TEST):
-        embed_run(other, teacher, tiny_training["data_root"], "synthetic", split, batch_size=4)
+        embed_run(other, teacher, SplitRequest(tiny_training["data_root"], "synthetic", split, batch_size=4))
     captions = Path(tiny_training["data_root"]) / "synthetic" / "clotho_captions_validation.csv"
     weights = tmp_path / "weights.json"
     cli(other, "ensemble", "--search", "-s", f"a={teacher}:synthetic/{VALIDATION}",
@@ -151,8 +151,8 @@ def test_an_imported_run_is_a_teacher_and_an_ensemble_member(trained, tmp_path, 
 def test_a_frozen_minilm_run_exports_its_tokenizer_and_embeds_identically(tmp_path, tiny_training):
     config = build_config(None, {**tiny_training, "name": "minilm", "model.text_model": "minilm",
                                  "model.freeze_text": True, "model.text_dropout": None})
-    run = training.train_new(tmp_path / "work", config)["run"]
-    embed_run(tmp_path / "work", run, tiny_training["data_root"], "synthetic", VALIDATION, batch_size=4)
+    run = training.train_new(tmp_path / "work", config).run
+    embed_run(tmp_path / "work", run, SplitRequest(tiny_training["data_root"], "synthetic", VALIDATION, batch_size=4))
     folder = tmp_path / "minilm-export"
     cli(tmp_path / "work", "export", run, "--out", folder)
     tokenizer = json.loads((folder / "text" / "tokenizer.json").read_text())
@@ -268,7 +268,7 @@ def test_an_imported_run_still_loads_after_its_work_directory_moved(trained, tmp
     moved = tmp_path / "moved"
     first.rename(moved)
     cli(moved, "runs", "rebuild", "--force")
-    embed_run(moved, run, trained["data_root"], "synthetic", DEV_TEST, batch_size=4)
+    embed_run(moved, run, SplitRequest(trained["data_root"], "synthetic", DEV_TEST, batch_size=4))
     again = npz(moved / "runs" / run / "outputs" / f"synthetic.{DEV_TEST}.embeddings.npz")
     registered = npz(trained["workdir"] / "runs" / run / "outputs" / f"synthetic.{DEV_TEST}.embeddings.npz")
     assert np.array_equal(again["text"], registered["text"]) and np.array_equal(again["audio"], registered["audio"])

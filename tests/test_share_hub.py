@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.outputs import MARKER
-from dcase_t6.embedding.checkpoints import embed_run
+from dcase_t6.embedding.checkpoints import SplitRequest, embed_run
 from dcase_t6.runs.config import build_config
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
@@ -129,8 +129,8 @@ def hub(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def run(tiny_training, tmp_path_factory) -> tuple[Path, str]:
     workdir = tmp_path_factory.mktemp("hub-work")
-    run_id = training.train_new(workdir, build_config(None, {**tiny_training, "name": "hubbed"}))["run"]
-    embed_run(workdir, run_id, tiny_training["data_root"], "synthetic", DEV_TEST, batch_size=4)
+    run_id = training.train_new(workdir, build_config(None, {**tiny_training, "name": "hubbed"})).run
+    embed_run(workdir, run_id, SplitRequest(tiny_training["data_root"], "synthetic", DEV_TEST, batch_size=4))
     return workdir, run_id
 
 

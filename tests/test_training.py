@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.data.layout import Layout
-from dcase_t6.embedding.checkpoints import embed_run
+from dcase_t6.embedding.checkpoints import SplitRequest, embed_run
 from dcase_t6.runs.config import build_config
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
@@ -34,13 +34,13 @@ def finished_run(data_root, tmp_path_factory):
 
 def test_a_run_is_registered_with_epochs_and_hashed_checkpoints(finished_run):
     workdir, summary = finished_run
-    assert summary["status"] == "finished" and summary["epoch"] == 2
-    run = Registry(workdir).run(summary["run"])
+    assert summary.status == "finished" and summary.epoch == 2
+    run = Registry(workdir).run(summary.run)
     assert run.status == "finished" and run.seed == 0 and len(run.data_fingerprint) == 64
     assert [epoch["epoch"] for epoch in run.epochs] == [0, 1]
     assert all(0.0 <= epoch["mAP@10"] <= 1.0 and epoch["train_loss"] > 0 for epoch in run.epochs)
     assert {(f.kind, f.tag) for f in run.files} == {("checkpoint", "best"), ("checkpoint", "last")}
-    log = (workdir / "runs" / summary["run"] / "metrics.jsonl").read_text().splitlines()
+    log = (workdir / "runs" / summary.run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [0, 1]
 
 
@@ -48,11 +48,11 @@ def test_resume_after_a_stop_continues_bit_for_bit(finished_run, data_root, tmp_
     workdir, summary = finished_run
     config = build_config(None, {**SMALL, "data_root": str(data_root), "name": "stopped", "max_steps": 3})
     stopped = training.train_new(tmp_path, config)
-    assert stopped["status"] == "stopped" and stopped["step"] == 3
-    resumed = training.resume(tmp_path, stopped["run"])
-    assert resumed["status"] == "finished" and resumed["step"] == summary["step"]
-    expected = torch.load(Registry(workdir).file(summary["run"], "checkpoint", "last").path, weights_only=True)
-    actual = torch.load(Registry(tmp_path).file(stopped["run"], "checkpoint", "last").path, weights_only=True)
+    assert stopped.status == "stopped" and stopped.step == 3
+    resumed = training.resume(tmp_path, stopped.run)
+    assert resumed.status == "finished" and resumed.step == summary.step
+    expected = torch.load(Registry(workdir).file(summary.run, "checkpoint", "last").path, weights_only=True)
+    actual = torch.load(Registry(tmp_path).file(stopped.run, "checkpoint", "last").path, weights_only=True)
     assert expected["model"].keys() == actual["model"].keys()
     assert all(torch.equal(expected["model"][key], actual["model"][key]) for key in expected["model"])
     assert expected["position"] == actual["position"]
@@ -60,15 +60,16 @@ def test_resume_after_a_stop_continues_bit_for_bit(finished_run, data_root, tmp_
 
 def test_embed_registers_outputs_usable_as_run_references(finished_run, data_root):
     workdir, summary = finished_run
-    written = embed_run(workdir, summary["run"], data_root, "synthetic", "development-testing", batch_size=4)
-    assert (written["queries"], written["files"]) == (20, 4)
+    written = embed_run(workdir, summary.run,
+                        SplitRequest(data_root, "synthetic", "development-testing", batch_size=4))
+    assert (written.queries, written.files) == (20, 4)
     relevance = Layout.at(data_root).relevance_file("synthetic")
-    reference = f"{summary['run']}:synthetic/development-testing"
+    reference = f"{summary.run}:synthetic/development-testing"
     result = CliRunner().invoke(main, ["--workdir", str(workdir), "evaluate", "-p", reference, "-r", str(relevance),
                                        "--json"])
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.output)) == {"R@1", "R@5", "R@10", "mAP@10", "mAP@16", "n_queries"}
-    missing = CliRunner().invoke(main, ["--workdir", str(workdir), "evaluate", "-p", f"{summary['run']}:x/y",
+    missing = CliRunner().invoke(main, ["--workdir", str(workdir), "evaluate", "-p", f"{summary.run}:x/y",
                                         "-r", str(relevance)])
     assert missing.exit_code == 2 and "has no similarity 'x/y'" in missing.output
 
@@ -84,7 +85,7 @@ def test_epoch_metrics_also_go_to_tensorboard(finished_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     workdir, summary = finished_run
-    events = EventAccumulator(str(workdir / "runs" / summary["run"] / "tensorboard"))
+    events = EventAccumulator(str(workdir / "runs" / summary.run / "tensorboard"))
     events.Reload()
     assert {"train_loss", "mAP@10", "R@1"} <= set(events.Tags()["scalars"])
     assert [event.step for event in events.Scalars("train_loss")] == [0, 1]
@@ -96,20 +97,20 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_a_clear_error(finished_run
 
     workdir, summary = finished_run
     registry = Registry(workdir)
-    state = torch.load(registry.file(summary["run"], "checkpoint", "best").path, weights_only=True)
+    state = torch.load(registry.file(summary.run, "checkpoint", "best").path, weights_only=True)
     state["config"]["model"]["embed_dim"] = 24  # the saved weights project to 16 dimensions
     edited = tmp_path / "edited.pt"
     torch.save(state, edited)
-    registry.add_file(summary["run"], "checkpoint", "edited", edited)
+    registry.add_file(summary.run, "checkpoint", "edited", edited)
     with pytest.raises(UserError, match="do not fit the model its config describes .*size mismatch"):
-        load_model(registry, summary["run"], "edited")
+        load_model(registry, summary.run, "edited")
 
 
 def test_gradient_accumulation_takes_one_optimizer_step_per_group_of_batches(data_root, tmp_path):
     config = build_config(None, {**SMALL, "data_root": str(data_root), "epochs": 1, "grad_accumulation": 3,
                                  "grad_clip": 1.0})
     # 12 clips x 5 captions = 60 pairs in batches of 8: 8 batches -> optimizer steps after batches 3, 6 and 8
-    assert training.train_new(tmp_path, config)["step"] == 3
+    assert training.train_new(tmp_path, config).step == 3
 
 
 def test_init_meta_takes_the_parameter_count_from_the_registry(finished_run, tmp_path):
@@ -120,9 +121,9 @@ def test_init_meta_takes_the_parameter_count_from_the_registry(finished_run, tmp
     workdir, summary = finished_run
     out = tmp_path / "meta.yaml"
     result = CliRunner().invoke(main, ["--workdir", str(workdir), "package", "--init-meta", "--label",
-                                       "Doe_LAB_task6_1", "--runs", summary["run"], "--out", str(out)])
+                                       "Doe_LAB_task6_1", "--runs", summary.run, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    model = load_model(Registry(workdir), summary["run"]).model
+    model = load_model(Registry(workdir), summary.run).model
     meta = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert meta["system"]["complexity"]["total_parameters"] == model.parameter_count() > 0
 
@@ -148,31 +149,31 @@ def test_embed_uses_the_runs_own_audio_seconds_as_its_validation_did(long_clip_r
 
     settings = {**SMALL, "data_root": str(long_clip_root), "audio_seconds": 5.0, "epochs": 1, "name": "five"}
     summary = training.train_new(tmp_path, build_config(None, settings))
-    written = embed_run(tmp_path, summary["run"], long_clip_root, "synthetic", "development-validation")
-    assert written["audio_seconds"] == 5.0 and written["checkpoint"] == "best"
+    written = embed_run(tmp_path, summary.run, SplitRequest(long_clip_root, "synthetic", "development-validation"))
+    assert written.audio_seconds == 5.0 and written.checkpoint == "best"
 
     split = load_split(long_clip_root, "synthetic", "development-validation")
-    model = load_model(Registry(tmp_path), summary["run"]).model
+    model = load_model(Registry(tmp_path), summary.run).model
     store = AudioCache(long_clip_root, model.sample_rate)
-    with np.load(written["embeddings"]) as data:
+    with np.load(written.embeddings) as data:
         stored = data["audio"]
     five_seconds = embed_audio(model, split.paths, store.clip, 5 * model.sample_rate, 4, torch.device("cpu"))
     whole = embed_audio(model, split.paths, store.clip, 30 * model.sample_rate, 4, torch.device("cpu"))
     assert np.allclose(stored, five_seconds, atol=1e-6) and not np.allclose(stored, whole, atol=1e-3)
     # and the registered matrix scores exactly what validation recorded for the best epoch
     result = CliRunner().invoke(main, ["--workdir", str(tmp_path), "evaluate", "-p",
-                                       f"{summary['run']}:synthetic/development-validation", "-c",
+                                       f"{summary.run}:synthetic/development-validation", "-c",
                                        str(Layout.at(long_clip_root).captions_csv("synthetic",
                                                                                   "validation")),
                                        "--json"])
     assert result.exit_code == 0, result.output
-    scores, best = json.loads(result.stdout), Registry(tmp_path).run(summary["run"]).epochs[0]
+    scores, best = json.loads(result.stdout), Registry(tmp_path).run(summary.run).epochs[0]
     assert all(scores[key] == pytest.approx(best[key], abs=1e-12) for key in ("R@1", "R@5", "R@10", "mAP@10"))
 
 
 def test_embed_checkpoint_last_is_said_in_the_output(finished_run, data_root):
     workdir, summary = finished_run
-    result = CliRunner().invoke(main, ["--workdir", str(workdir), "embed", summary["run"], "--data-root",
+    result = CliRunner().invoke(main, ["--workdir", str(workdir), "embed", summary.run, "--data-root",
                                        str(data_root), "--dataset", "synthetic", "--checkpoint", "last", "--json"])
     assert result.exit_code == 0, result.output
     written = json.loads(result.stdout)
@@ -182,8 +183,8 @@ def test_embed_checkpoint_last_is_said_in_the_output(finished_run, data_root):
 def test_bf16_autocast_trains_on_cpu(data_root, tmp_path):
     config = build_config(None, {**SMALL, "data_root": str(data_root), "epochs": 1, "precision": "bf16"})
     summary = training.train_new(tmp_path, config)
-    run = Registry(tmp_path).run(summary["run"])
-    assert summary["status"] == "finished" and run.config["precision"] == "bf16"
+    run = Registry(tmp_path).run(summary.run)
+    assert summary.status == "finished" and run.config["precision"] == "bf16"
     assert 0 < run.epochs[0]["train_loss"] < 10
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert autocast_dtype("fp16", torch.device("cpu")) is None  # no fp16 training kernels on CPU
@@ -247,7 +248,7 @@ def test_deterministic_runs_with_deterministic_algorithms_only_and_restores_the_
     assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     config = build_config(None, {**SMALL, "data_root": str(data_root), "max_steps": 1, "deterministic": True})
     summary = training.train_new(tmp_path, config)
-    assert summary["status"] == "stopped" and Registry(tmp_path).run(summary["run"]).config["deterministic"] is True
+    assert summary.status == "stopped" and Registry(tmp_path).run(summary.run).config["deterministic"] is True
     assert not torch.are_deterministic_algorithms_enabled()
 
 

@@ -127,13 +127,13 @@ def test_a_run_without_validation_resumes_bit_for_bit(tiny_training, tmp_path):
               "validation_split": "null"}
     whole = training.train_new(tmp_path / "whole", build_config(None, config))
     stopped = training.train_new(tmp_path / "parts", build_config(None, {**config, "max_steps": 3}))
-    assert stopped["status"] == "stopped"
-    resumed = training.resume(tmp_path / "parts", stopped["run"])
-    assert resumed["step"] == whole["step"] == 2 * 10  # 80 pairs in batches of 8, 2 epochs
+    assert stopped.status == "stopped"
+    resumed = training.resume(tmp_path / "parts", stopped.run)
+    assert resumed.step == whole.step == 2 * 10  # 80 pairs in batches of 8, 2 epochs
     for tag in ("last", "best"):
-        expected = torch.load(Registry(tmp_path / "whole").file(whole["run"], "checkpoint", tag).path,
+        expected = torch.load(Registry(tmp_path / "whole").file(whole.run, "checkpoint", tag).path,
                               weights_only=True)
-        actual = torch.load(Registry(tmp_path / "parts").file(stopped["run"], "checkpoint", tag).path,
+        actual = torch.load(Registry(tmp_path / "parts").file(stopped.run, "checkpoint", tag).path,
                             weights_only=True)
         assert all(torch.equal(expected["model"][key], actual["model"][key]) for key in expected["model"])
 
@@ -141,9 +141,9 @@ def test_a_run_without_validation_resumes_bit_for_bit(tiny_training, tmp_path):
 def test_the_final_system_example_ends_with_a_stage_on_development_and_validation(tiny_training, tmp_path):
     overrides = {key: value for key, value in tiny_training.items()}
     summaries = run_pipeline(tmp_path, FINAL_EXAMPLE, overrides)
-    assert [(summary["stage"], summary["status"]) for summary in summaries] == [("baseline/select", "finished"),
+    assert [(summary.stage, summary.status) for summary in summaries] == [("baseline/select", "finished"),
                                                                                  ("baseline/final", "finished")]
-    assert summaries[1]["best"] == "the last epoch (no validation split: best = last)"
-    final = Registry(tmp_path).run(summaries[1]["run"])
+    assert summaries[1].training.selection == "the last epoch (no validation split: best = last)"
+    final = Registry(tmp_path).run(summaries[1].run)
     assert final.config["train_split"] == ["development-training", "development-validation"]
     assert final.config["validation_split"] is None

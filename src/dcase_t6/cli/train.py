@@ -138,7 +138,7 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, no_val
     from dcase_t6.training.distributed import launched_as_main
 
     if launched_as_main():
-        _print_summary(summary, as_json)
+        _print_summary(summary.as_json(), as_json)
 
 
 def _train_overrides(options: dict, settings: tuple[str, ...]) -> dict:
@@ -166,9 +166,9 @@ def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, o
     if not launched_as_main():
         return
     if as_json:
-        print_json(summaries)
+        print_json([summary.as_json() for summary in summaries])
         return
-    for summary in summaries:
+    for summary in (step.as_json() for step in summaries):
         details = ", ".join(f"{key} {value}" for key, value in summary.items() if key not in ("stage", "run", "status"))
         console.print(f"[bold]{summary['stage']}[/]: {summary['run']} {summary['status']}"
                       f"{' (' + details + ')' if details else ''}", highlight=False)
@@ -234,7 +234,7 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
       dcase-t6 embed --model my-team/passt-clotho --data-root DATA --dataset eval --split evaluation \\
           --out emb/ --csv eval.csv
     """
-    from dcase_t6.embedding.checkpoints import check_batch_size, embed_exported, embed_run
+    from dcase_t6.embedding.checkpoints import SplitRequest, check_batch_size, embed_exported, embed_run
     from dcase_t6.retrieval.matrices import read_matrix, write_csv
 
     check_batch_size(batch_size, "--batch-size")
@@ -248,16 +248,17 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
             raise UserError("embed --model: --checkpoint does not apply (an exported folder holds one checkpoint)")
         if not out_dir:
             raise UserError("embed --model: give --out FOLDER for the embeddings and similarity files")
-        summary = embed_exported(model_source, data_root, dataset, split_name, out_dir, batch_size, revision,
-                                 reporter=reporter)
+        outcome = embed_exported(model_source, SplitRequest(data_root, dataset, split_name, batch_size=batch_size),
+                                 out_dir, revision, reporter=reporter)
     else:
         if out_dir or revision:
             raise UserError("embed RUN: --out and --revision only apply with --model (a run's files are registered "
                             "in its run folder)")
-        summary = embed_run(obj["workdir"], run, data_root, dataset, split_name, checkpoint, batch_size,
+        outcome = embed_run(obj["workdir"], run, SplitRequest(data_root, dataset, split_name, checkpoint, batch_size),
                             reporter=reporter)
+    summary = outcome.as_json()
     if csv_path:
-        write_csv(read_matrix(summary["similarity"]), csv_path)
+        write_csv(read_matrix(outcome.similarity), csv_path)
         summary["csv"] = csv_path
     _print_summary(summary, as_json)
 
@@ -488,21 +489,21 @@ def runs_rebuild(obj, force, as_json):
     """
     from dcase_t6.runs.rebuild import rebuild
 
-    summary = rebuild(obj["workdir"], force=force)
+    outcome = rebuild(obj["workdir"], force=force)
     if as_json:
-        print_json(summary)
+        print_json(outcome.as_json())
         return
-    console.print(f"rebuilt {escape(summary['registry'])}: {len(summary['runs'])} run(s) recovered, "
-                  f"{len(summary['skipped'])} folder(s) skipped", highlight=False, soft_wrap=True)
-    for run in summary["runs"]:
-        state = "all verified" if not run["problems"] else f"{len(run['problems'])} missing or changed"
-        console.print(f"  {run['id']}  {run['status']}  {run['epochs']} epoch(s)  {run['files']} file(s) ({state})",
+    console.print(f"rebuilt {escape(str(outcome.registry))}: {len(outcome.runs)} run(s) recovered, "
+                  f"{len(outcome.skipped)} folder(s) skipped", highlight=False, soft_wrap=True)
+    for run in outcome.runs:
+        state = "all verified" if not run.problems else f"{len(run.problems)} missing or changed"
+        console.print(f"  {run.id}  {run.status}  {run.epochs} epoch(s)  {run.files} file(s) ({state})",
                       highlight=False, soft_wrap=True)
-        for problem in run["problems"]:
+        for problem in run.problems:
             console.print(f"    {escape(problem)}", highlight=False, soft_wrap=True)
-    for folder in summary["skipped"]:
-        console.print(f"  skipped {escape(folder['folder'])}: {escape(folder['reason'])}", highlight=False,
+    for folder in outcome.skipped:
+        console.print(f"  skipped {escape(str(folder.folder))}: {escape(folder.reason)}", highlight=False,
                       soft_wrap=True)
-    if summary["previous"]:
-        console.print(f"the previous registry is kept as {escape(summary['previous'])}", highlight=False,
+    if outcome.previous:
+        console.print(f"the previous registry is kept as {escape(str(outcome.previous))}", highlight=False,
                       soft_wrap=True)

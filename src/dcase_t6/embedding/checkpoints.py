@@ -8,6 +8,8 @@ any registry: the files go to a folder of your choice.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,25 +41,77 @@ def check_batch_size(value, where: str) -> int:
     return value
 
 
-def embed_run(workdir: str | Path, run: str, data_root: str | Path, dataset: str, split: str, tag: str = "best",
-              batch_size: int = 32, with_similarity: bool = True, reporter: Reporter = SILENT) -> dict:
-    """Embed one split with a run's checkpoint (``best`` or ``last``) and the input settings of the run's
-    config; writes and registers the embeddings and (unless ``with_similarity`` is False, as for a training
-    split's distillation targets) the similarity matrix. Clips the audio cache skipped are left out with
-    their queries (one warning line); the evaluation set, which needs every clip, fails instead. The run is
-    held with an "embed" lease meanwhile, so `runs rm` refuses it. ``reporter`` shows the bars and the warning."""
-    check_batch_size(batch_size, "batch size")
+@dataclass(frozen=True)
+class SplitRequest:
+    """What to embed: a split of a prepared data root, with which checkpoint of a run (``best`` or ``last``;
+    an exported model has one) and how many clips or captions per forward pass."""
+
+    data_root: str | Path
+    dataset: str
+    split: str
+    checkpoint: str = "best"
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class EmbedOutcome:
+    """What ``embed_run`` / ``embed_exported`` wrote: the embeddings file and (unless not asked for) the similarity
+    matrix of a split, with the run and checkpoint (or the exported model folder) that made them."""
+
+    dataset: str
+    split: str
+    queries: int
+    files: int
+    audio_seconds: float | None
+    embeddings: Path
+    similarity: Path | None
+    run: str | None = None  # a registered run's id
+    checkpoint: str | None = None  # its checkpoint tag, and the epoch that checkpoint holds
+    checkpoint_epoch: int | None = None
+    model: str | None = None  # an exported model's folder
+
+    def as_json(self) -> dict:
+        """What ``embed --json`` prints (paths as text; the keys of the run or of the exported model)."""
+        source = ({"model": self.model} if self.run is None else
+                  {"run": self.run, "dataset": self.dataset, "split": self.split, "checkpoint": self.checkpoint,
+                   "checkpoint_epoch": self.checkpoint_epoch})
+        written = {**source, "dataset": self.dataset, "split": self.split, "audio_seconds": self.audio_seconds,
+                   "queries": self.queries, "files": self.files, "embeddings": str(self.embeddings)}
+        return written if self.similarity is None else {**written, "similarity": str(self.similarity)}
+
+
+def embed_run(workdir: str | Path, run: str, request: SplitRequest, with_similarity: bool = True,
+              reporter: Reporter = SILENT) -> EmbedOutcome:
+    """Embed one split with a run's checkpoint and the input settings of the run's config.
+
+    Writes and registers the embeddings and (unless ``with_similarity`` is False, as for a training split's
+    distillation targets) the similarity matrix. Clips the audio cache skipped are left out with their queries
+    (one warning); the evaluation set, which needs every clip, fails instead. The run is held with an "embed"
+    lease meanwhile, so `runs rm` refuses it.
+
+    Args:
+        workdir: the registry's work directory.
+        run: a run reference (id or unique prefix).
+        request: the split, the checkpoint and the batch size.
+        with_similarity: also write and register the similarity matrix.
+        reporter: the bars and the warning about left-out clips.
+
+    Returns:
+        What was written.
+    """
+    check_batch_size(request.batch_size, "batch size")
     registry = Registry(workdir)
     with registry.using(run, "embed") as run_id:
-        return _embed(registry, run_id, data_root, dataset, split, tag, batch_size, with_similarity, reporter)
+        return _embed(registry, run_id, request, with_similarity, reporter)
 
 
-def _embed(registry: Registry, run: str, data_root: str | Path, dataset: str, split: str, tag: str, batch_size: int,
-           with_similarity: bool, reporter: Reporter) -> dict:
+def _embed(registry: Registry, run: str, request: SplitRequest, with_similarity: bool,
+           reporter: Reporter) -> EmbedOutcome:
+    dataset, split, batch_size = request.dataset, request.split, request.batch_size
     device = _device()
-    loaded = load_model(registry, run, tag, str(device))
+    loaded = load_model(registry, run, request.checkpoint, str(device))
     model, checkpoint = loaded.model, loaded.checkpoint
-    data, store = _cached_split(data_root, dataset, split, model.sample_rate, reporter)
+    data, store = _cached_split(request.data_root, dataset, split, model.sample_rate, reporter)
     audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size,
                               loaded.config.clip_samples(model.sample_rate), reporter)
     text = embed_text(model, data.queries, batch_size, device, reporter, f"{split}: captions")
@@ -65,20 +119,23 @@ def _embed(registry: Registry, run: str, data_root: str | Path, dataset: str, sp
     embeddings_path = _save_npz(directory / f"{dataset}.{split}.embeddings.npz", checkpoint=checkpoint.sha256,
                                 files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
                                 audio=audio, queries=np.array(data.queries), text=text)
-    info = {"dataset": dataset, "split": split, "checkpoint": tag, "checkpoint_epoch": checkpoint.info.get("epoch"),
-            "audio_seconds": loaded.config.audio_seconds, "queries": len(data.queries), "files": len(data.files)}
+    outcome = EmbedOutcome(dataset, split, len(data.queries), len(data.files), loaded.config.audio_seconds,
+                           embeddings_path, None, run=checkpoint.run_id, checkpoint=request.checkpoint,
+                           checkpoint_epoch=checkpoint.info.get("epoch"))
+    info = {"dataset": dataset, "split": split, "checkpoint": request.checkpoint,
+            "checkpoint_epoch": outcome.checkpoint_epoch, "audio_seconds": outcome.audio_seconds,
+            "queries": outcome.queries, "files": outcome.files}
     registry.add_file(checkpoint.run_id, "embeddings", split_tag(dataset, split), embeddings_path, info)
-    written = {"run": checkpoint.run_id, **info, "embeddings": str(embeddings_path)}
-    if with_similarity:
-        matrix_path = directory / f"{dataset}.{split}.similarity.npz"
-        write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
-        registry.add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
-        written["similarity"] = str(matrix_path)
-    return written
+    if not with_similarity:
+        return outcome
+    matrix_path = directory / f"{dataset}.{split}.similarity.npz"
+    write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
+    registry.add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
+    return dataclasses.replace(outcome, similarity=matrix_path)
 
 
-def embed_exported(source: str | Path, data_root: str | Path, dataset: str, split: str, out: str | Path,
-                   batch_size: int = 32, revision: str | None = None, reporter: Reporter = SILENT) -> dict:
+def embed_exported(source: str | Path, request: SplitRequest, out: str | Path, revision: str | None = None,
+                   reporter: Reporter = SILENT) -> EmbedOutcome:
     """Embed one split with an exported model (a folder of `dcase-t6 export`, or a hub repo id), no registry.
 
     Writes ``<dataset>.<split>.embeddings.npz`` (the same arrays as a registered run's: ``files``, ``paths``,
@@ -88,24 +145,20 @@ def embed_exported(source: str | Path, data_root: str | Path, dataset: str, spli
 
     Args:
         source: the exported folder or hub repo id.
-        data_root: the prepared data root.
-        dataset: the dataset of the split.
-        split: the split.
+        request: the split and the batch size (an exported model has one checkpoint).
         out: the folder to write to (created if missing).
-        batch_size: clips or captions per forward pass.
         revision: with a repo id: branch, tag or commit.
         reporter: the bars and the warning about left-out clips.
 
     Returns:
-        ``model`` (its folder), ``dataset``, ``split``, ``audio_seconds``, ``queries``, ``files``, ``embeddings``
-        and ``similarity`` (the paths written).
+        What was written, with the model's folder.
     """
-
+    dataset, split, batch_size = request.dataset, request.split, request.batch_size
     check_batch_size(batch_size, "batch size")
     device = _device()
     loaded = load_exported(source, device, revision)
     model = loaded.model
-    data, store = _cached_split(data_root, dataset, split, model.sample_rate, reporter)
+    data, store = _cached_split(request.data_root, dataset, split, model.sample_rate, reporter)
     paths = list(dict.fromkeys(str(p) for p in data.paths))
     vectors = embed_audio(model, [Path(p) for p in paths], store.clip, loaded.max_samples, batch_size, device,
                           reporter, f"{split}: audio")
@@ -118,9 +171,8 @@ def embed_exported(source: str | Path, data_root: str | Path, dataset: str, spli
                                 audio=audio, queries=np.array(data.queries), text=text)
     matrix_path = out / f"{dataset}.{split}.similarity.npz"
     write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
-    return {"model": str(loaded.folder), "dataset": dataset, "split": split,
-            "audio_seconds": loaded.config.get("audio_seconds"), "queries": len(data.queries),
-            "files": len(data.files), "embeddings": str(embeddings_path), "similarity": str(matrix_path)}
+    return EmbedOutcome(dataset, split, len(data.queries), len(data.files), loaded.config.get("audio_seconds"),
+                        embeddings_path, matrix_path, model=str(loaded.folder))
 
 
 def _device() -> torch.device:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json, write_json
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.data.relevance import split_ground_truth
-from dcase_t6.embedding.checkpoints import embed_run, split_tag
+from dcase_t6.embedding.checkpoints import SplitRequest, embed_run, split_tag
 from dcase_t6.ensemble.grid import METRIC
 from dcase_t6.ensemble.search import apply, search
 from dcase_t6.ensemble.systems import System
@@ -28,12 +29,36 @@ from dcase_t6.runs.config import (
 )
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training.distributed import World, init_world, share_from_main
-from dcase_t6.training.trainer import continue_run, register_run
+from dcase_t6.training.trainer import TrainOutcome, continue_run, register_run
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One step of a pipeline run: a stage (``SYSTEM/STAGE``, its run, how its training ended) or an ensemble
+    (``ensembles/NAME``, its weights file, its validation and test mAP@16)."""
+
+    stage: str
+    run: str
+    status: str  # finished, stopped, skipped (finished before, or an ensemble already searched)
+    training: TrainOutcome | None = None  # a stage trained now
+    validation: float | None = None  # an ensemble's validation mAP@16
+    test: float | None = None  # an ensemble's test mAP@16, with a test split that has ground truth
+
+    def as_json(self) -> dict:
+        """``stage``, ``run``, ``status`` and the rest (epoch, step, best value; validation / test mAP@16)."""
+        summary = {"stage": self.stage, "run": self.run, "status": self.status}
+        if self.training is not None:
+            summary.update({key: value for key, value in self.training.as_json().items() if key not in summary})
+        if self.validation is not None:
+            summary[f"validation_{METRIC}"] = self.validation
+        if self.test is not None:
+            summary[f"test_{METRIC}"] = self.test
+        return summary
 
 
 def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None = None,
                  max_steps: int | None = None, world: World | None = None,
-                 reporter: Reporter = SILENT) -> list[dict]:
+                 reporter: Reporter = SILENT) -> list[StepOutcome]:
     """Run (or continue) every stage of a pipeline file, then (on the main process) search its ensembles.
 
     Args:
@@ -45,10 +70,9 @@ def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None =
         reporter: progress bars and notes (the main process's).
 
     Returns:
-        One summary per stage looked at (``stage``, ``run``, ``status`` and the run's summary), up to the
-        first stage that did not finish; when every stage finished, one per ensemble (``stage``
-        ``ensembles/NAME``, ``run`` its weights file, ``status`` finished or skipped, ``validation_mAP@16``
-        and, with a test split that has ground truth, ``test_mAP@16``).
+        One :class:`StepOutcome` per stage looked at, up to the first stage that did not finish; when every
+        stage finished, one per ensemble (``ensembles/NAME``, its weights file, finished or skipped, its
+        validation mAP@16 and, with a test split that has ground truth, its test mAP@16).
 
     Raises:
         UserError: for a bad pipeline file, a reference to nothing, or a stage or ensemble that changed.
@@ -61,7 +85,7 @@ def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None =
     summaries = []
     for stage in pipeline.stages:
         summaries.append(_run_stage(registry, pipeline, stage, state, world, max_steps, reporter))
-        if summaries[-1]["status"] not in ("finished", "skipped"):
+        if summaries[-1].status not in ("finished", "skipped"):
             return summaries
     if world.is_main:  # embedding and searching need no other process
         summaries += [_run_ensemble(registry, pipeline, ensemble, state, reporter)
@@ -79,7 +103,7 @@ def _check_run_references(registry: Registry, pipeline: Pipeline) -> None:
 
 
 def _run_stage(registry: Registry, pipeline: Pipeline, stage: Stage, state: "PipelineState", world: World,
-               max_steps: int | None, reporter: Reporter) -> dict:
+               max_steps: int | None, reporter: Reporter) -> StepOutcome:
     config = _stage_config(registry, pipeline, stage, state)
     digest = config_digest(config)
     entry = state.stages.get(stage.key)
@@ -88,13 +112,14 @@ def _run_stage(registry: Registry, pipeline: Pipeline, stage: Stage, state: "Pip
         raise UserError(f"{pipeline.path}: stage {stage.key} changed since its run {run.id} started; "
                         f"`dcase-t6 runs rm {run.id}` to train it anew with the new config")
     if run is not None and run.status == "finished":
-        return {"stage": stage.key, "run": run.id, "status": "skipped"}
+        return StepOutcome(stage.key, run.id, "skipped")
     if run is None:
         run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
         state.record(stage.key, run_id, digest, save=world.is_main)
     else:
         run_id = run.id
-    return {"stage": stage.key, **continue_run(registry, run_id, world, max_steps, reporter)}
+    outcome = continue_run(registry, run_id, world, max_steps, reporter)
+    return StepOutcome(stage.key, outcome.run, outcome.status, training=outcome)
 
 
 def _stage_config(registry: Registry, pipeline: Pipeline, stage: Stage, state: "PipelineState") -> TrainConfig:
@@ -109,7 +134,7 @@ def _stage_config(registry: Registry, pipeline: Pipeline, stage: Stage, state: "
 
 
 def _run_ensemble(registry: Registry, pipeline: Pipeline, ensemble: Ensemble, state: "PipelineState",
-                  reporter: Reporter) -> dict:
+                  reporter: Reporter) -> StepOutcome:
     """Search (or skip, when searched before with the same definition) one ensemble; its summary."""
     runs = {key: state.stages[key]["run"] for key in ensemble.stages}
     digest = _digest({**ensemble.definition(), "runs": runs})
@@ -160,9 +185,10 @@ def _split_systems(registry: Registry, ensemble: Ensemble, runs: dict[str, str],
     tag = split_tag(ensemble.dataset, split)
     systems = []
     for key in ensemble.stages:
-        path = _registered_similarity(registry, runs[key], tag, ensemble.checkpoint) or Path(embed_run(
-            registry.workdir, runs[key], ensemble.data_root, ensemble.dataset, split, ensemble.checkpoint,
-            ensemble.batch_size, reporter=reporter)["similarity"])
+        path = _registered_similarity(registry, runs[key], tag, ensemble.checkpoint) or embed_run(
+            registry.workdir, runs[key],
+            SplitRequest(ensemble.data_root, ensemble.dataset, split, ensemble.checkpoint, ensemble.batch_size),
+            reporter=reporter).similarity
         systems.append(System(key, read_matrix(path), str(path)))
     return systems
 
@@ -182,13 +208,11 @@ def _ground_truth(ensemble: Ensemble, split: str, files: list[str]) -> Relevance
     return split_ground_truth(ensemble.data_root, ensemble.dataset, split, present=set(files))
 
 
-def _ensemble_summary(ensemble: Ensemble, entry: dict, status: str) -> dict:
-    """One line of the pipeline's summary: ``stage`` ensembles/NAME, ``run`` its weights file."""
-    summary = {"stage": f"ensembles/{ensemble.name}", "run": entry["weights"], "status": status,
-               f"validation_{METRIC}": round(entry["validation"][METRIC], 4)}
-    if entry.get("test"):
-        summary[f"test_{METRIC}"] = round(entry["test"][METRIC], 4)
-    return summary
+def _ensemble_summary(ensemble: Ensemble, entry: dict, status: str) -> StepOutcome:
+    """The ensemble's step: ``stage`` ensembles/NAME, ``run`` its weights file, its scores (4 decimals)."""
+    test = round(entry["test"][METRIC], 4) if entry.get("test") else None
+    return StepOutcome(f"ensembles/{ensemble.name}", entry["weights"], status,
+                       validation=round(entry["validation"][METRIC], 4), test=test)
 
 
 NOT_DIGESTED = {"log", "log_every",  # where the run's curves go: a rerun may log elsewhere

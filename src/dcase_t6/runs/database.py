@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dcase_t6.common.errors import UserError, file_system_error
-from dcase_t6.runs.layout import DATABASE_NAME, RECORD_NAME, REMOVED_RECORD_NAME, WorkLayout
+from dcase_t6.runs.layout import RECORD_NAME, REMOVED_RECORD_NAME, WorkLayout
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -108,14 +108,15 @@ def run_folders(workdir: str | Path) -> list[Path]:
 def refuse_lost_registry(workdir: Path) -> None:
     """A UserError when the registry is missing or empty (0 bytes) while run folders exist: creating an empty
     one would hide every run."""
-    path = workdir / DATABASE_NAME
+    path = WorkLayout.at(workdir).database
     if path.exists() and (path.is_dir() or path.stat().st_size > 0):
         return
     folders = run_folders(workdir)
     if folders:
         names = ", ".join(folder.name for folder in folders[:3]) + (", ..." if len(folders) > 3 else "")
         state = "is empty (0 bytes)" if path.exists() else "does not exist"
-        raise UserError(f"{path} {state}, but {workdir / 'runs'} holds {len(folders)} run folder(s) ({names}) that "
+        runs = WorkLayout.at(workdir).runs
+        raise UserError(f"{path} {state}, but {runs} holds {len(folders)} run folder(s) ({names}) that "
                         f"an empty registry would hide; rebuild it from them with `dcase-t6 --workdir {workdir} runs "
                         "rebuild`, or restore registry.sqlite from a backup")
 

@@ -8,16 +8,57 @@ import json
 import os
 import secrets
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.runs.database import SCHEMA, add_columns, registered_runs, run_folders
-from dcase_t6.runs.layout import DATABASE_NAME, RECORD_NAME
+from dcase_t6.runs.layout import DATABASE_NAME, RECORD_NAME, WorkLayout
 from dcase_t6.runs.records import RegisteredFile, now
 from dcase_t6.runs.registry import Registry
 
 
-def rebuild(workdir: str | Path, force: bool = False) -> dict:
+@dataclass
+class RecoveredRun:
+    """A run registered again from its folder: its epochs and files, and the files missing or changed since."""
+
+    id: str
+    folder: Path
+    epochs: int
+    files: int
+    problems: list[str]
+    status: str = ""  # the effective status, read back from the rebuilt registry
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "folder": str(self.folder), "epochs": self.epochs, "files": self.files,
+                "problems": self.problems, "status": self.status}
+
+
+@dataclass(frozen=True)
+class SkippedFolder:
+    """A run folder that could not be registered, and why (one line with the fix)."""
+
+    folder: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class RebuildOutcome:
+    """The rebuilt registry, where the previous file went (None: there was none), what was recovered, skipped."""
+
+    registry: Path
+    previous: Path | None
+    runs: list[RecoveredRun]
+    skipped: list[SkippedFolder]
+
+    def as_json(self) -> dict:
+        """What ``runs rebuild --json`` prints."""
+        return {"registry": str(self.registry), "previous": str(self.previous) if self.previous else None,
+                "runs": [run.as_json() for run in self.runs],
+                "skipped": [{"folder": str(item.folder), "reason": item.reason} for item in self.skipped]}
+
+
+def rebuild(workdir: str | Path, force: bool = False) -> RebuildOutcome:
     """Recreate the registry from the run folders' ``run.json`` records, re-hashing every recorded file.
 
     A damaged, empty or missing registry is replaced (a damaged one is kept as ``registry.sqlite.damaged-<time>``);
@@ -29,12 +70,11 @@ def rebuild(workdir: str | Path, force: bool = False) -> dict:
         force: replace an intact registry too.
 
     Returns:
-        ``registry``, ``previous`` (where the old file was moved, or None), ``runs`` (per recovered run: id, status,
-        epochs, files, problems: files missing or changed since they were registered) and ``skipped`` (folder,
-        reason).
+        The new registry, where the old file was moved (or None), each recovered run (epochs, files, and the
+        files missing or changed since they were registered) and each folder skipped with why.
     """
     workdir = Path(workdir)
-    path = workdir / DATABASE_NAME
+    path = WorkLayout.at(workdir).database
     registered = registered_runs(path)
     if registered and not force:
         raise UserError(f"{path} is intact and holds {registered} run(s); `dcase-t6 --workdir {workdir} runs "
@@ -49,9 +89,9 @@ def rebuild(workdir: str | Path, force: bool = False) -> dict:
         connection.execute("BEGIN")
         for folder in run_folders(workdir):
             try:
-                recovered.append(_insert_record(connection, folder, {run["id"] for run in recovered}))
+                recovered.append(_insert_record(connection, folder, {run.id for run in recovered}))
             except UserError as err:
-                skipped.append({"folder": str(folder), "reason": str(err)})
+                skipped.append(SkippedFolder(folder, str(err)))
         connection.execute("COMMIT")
     except BaseException:
         connection.close()
@@ -68,12 +108,11 @@ def rebuild(workdir: str | Path, force: bool = False) -> dict:
     os.replace(temporary, path)
     registry = Registry(workdir)
     for run in recovered:
-        run["status"] = registry.run(run["id"]).status
-    return {"registry": str(path), "previous": str(previous) if previous else None, "runs": recovered,
-            "skipped": skipped}
+        run.status = registry.run(run.id).status
+    return RebuildOutcome(path, previous, recovered, skipped)
 
 
-def _insert_record(connection: sqlite3.Connection, folder: Path, seen: set[str]) -> dict:
+def _insert_record(connection: sqlite3.Connection, folder: Path, seen: set[str]) -> RecoveredRun:
     """Register the run recorded in ``folder/run.json`` (rows as they were, files re-hashed and their problems
     listed); a UserError saying why the folder cannot be registered."""
     record_path = folder / RECORD_NAME
@@ -106,4 +145,4 @@ def _insert_record(connection: sqlite3.Connection, folder: Path, seen: set[str])
             problems.append(problem)
         connection.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (run_id, kind, tag, str(path.resolve()), sha256, json.dumps(info), created or now()))
-    return {"id": run_id, "folder": str(folder), "epochs": len(epochs), "files": len(files), "problems": problems}
+    return RecoveredRun(run_id, folder, len(epochs), len(files), problems)

@@ -32,7 +32,7 @@ from pathlib import Path
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.outputs import NAME_LIMIT, check_name
 from dcase_t6.runs.database import Database
-from dcase_t6.runs.layout import DATABASE_NAME, RECORD_NAME, REMOVED_RECORD_NAME
+from dcase_t6.runs.layout import RECORD_NAME, REMOVED_RECORD_NAME, WorkLayout
 from dcase_t6.runs.leases import RunLeases, effective_status, live_user
 from dcase_t6.runs.records import (
     RegisteredFile,
@@ -260,7 +260,7 @@ def resolve_matrix(reference: str, workdir: str | Path) -> str:
     run, separator, tag = reference.partition(":")
     if Path(reference).exists() or not separator:
         return reference
-    if not (Path(workdir) / DATABASE_NAME).is_file():
+    if not WorkLayout.at(workdir).database.is_file():
         raise UserError(f"{reference}: no such file, and no run registry in {workdir} to look up RUN:DATASET/SPLIT; "
                         "pass --workdir or a matrix file (.csv/.npz)")
     return str(Registry(workdir).file(run, "similarity", tag).path)

@@ -25,7 +25,7 @@ import torch
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
-from dcase_t6.embedding.checkpoints import embed_run, split_tag
+from dcase_t6.embedding.checkpoints import SplitRequest, embed_run, split_tag
 from dcase_t6.runs.config import TrainConfig
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training.data import training_splits
@@ -93,8 +93,9 @@ def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, dat
     best = registry.file(teacher, "checkpoint", "best")
     if _registered_embeddings(registry, teacher, split_tag(dataset, split), best.sha256):
         return
-    embed_run(registry.workdir, teacher, config.data_root, dataset, split, batch_size=config.batch_size,
-              with_similarity=False, reporter=reporter)  # with the teacher's own input settings, from its stored config
+    # with the teacher's own input settings (audio_seconds), from its stored config
+    embed_run(registry.workdir, teacher, SplitRequest(config.data_root, dataset, split, batch_size=config.batch_size),
+              with_similarity=False, reporter=reporter)
 
 
 def _registered_embeddings(registry: Registry, teacher: str, tag: str, checkpoint_sha: str) -> Path | None:

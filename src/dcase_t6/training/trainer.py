@@ -22,6 +22,7 @@ import math
 import os
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +35,31 @@ from dcase_t6.training.builder import build_training
 from dcase_t6.training.checkpointing import Position
 from dcase_t6.training.distributed import World, init_world, share_from_main
 from dcase_t6.training.loop import TrainingLoop
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """How a ``train_new`` / ``resume`` / ``continue_run`` call ended.
+
+    ``monitor`` is the validation metric that chose the best checkpoint and ``best`` its best value (None before
+    the first validation); a run without a validation split has no monitor, and ``selection`` says which rule
+    chose its best checkpoint (the last epoch).
+    """
+
+    run: str
+    status: str  # finished (every epoch) or stopped (max_steps, a graceful stop): resumable
+    epoch: int
+    step: int
+    monitor: str | None = None
+    best: float | None = None
+    selection: str | None = None
+
+    def as_json(self) -> dict:
+        """The summary ``train --json`` prints: run, status, epoch, step and ``best_<monitor>`` (or ``best``)."""
+        summary = {"run": self.run, "status": self.status, "epoch": self.epoch, "step": self.step}
+        if self.monitor is None:
+            return {**summary, "best": self.selection}
+        return {**summary, f"best_{self.monitor}": self.best}
 
 
 def register_run(registry: Registry, config: TrainConfig) -> str:
@@ -52,7 +78,7 @@ def register_run(registry: Registry, config: TrainConfig) -> str:
 
 
 def train_new(workdir: str | Path, config: TrainConfig, world: World | None = None,
-              reporter: Reporter = SILENT) -> dict:
+              reporter: Reporter = SILENT) -> TrainOutcome:
     """Register and run a new training run.
 
     Args:
@@ -62,7 +88,7 @@ def train_new(workdir: str | Path, config: TrainConfig, world: World | None = No
         reporter: progress bars and notes (the main process's).
 
     Returns:
-        The run's summary (see ``continue_run``).
+        How the run ended (a :class:`TrainOutcome`).
     """
     world = world or init_world(config.dist_timeout_minutes)
     registry = Registry(workdir)
@@ -71,7 +97,7 @@ def train_new(workdir: str | Path, config: TrainConfig, world: World | None = No
 
 
 def resume(workdir: str | Path, reference: str, max_steps: int | None = None, world: World | None = None,
-           reporter: Reporter = SILENT) -> dict:
+           reporter: Reporter = SILENT) -> TrainOutcome:
     """Continue a run exactly where it stopped: from its ``last`` checkpoint, or from the start when it
     failed or died before writing one (optionally to a new step limit).
 
@@ -83,7 +109,7 @@ def resume(workdir: str | Path, reference: str, max_steps: int | None = None, wo
         reporter: progress bars and notes (the main process's).
 
     Returns:
-        The run's summary (see ``continue_run``).
+        How the run ended (a :class:`TrainOutcome`).
     """
     registry = Registry(workdir)
     run_id = registry.resolve(reference)
@@ -128,7 +154,7 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 
 def continue_run(registry: Registry, run_id: str, world: World, max_steps: int | None,
-                 reporter: Reporter = SILENT) -> dict:
+                 reporter: Reporter = SILENT) -> TrainOutcome:
     """Train a registered run with its stored config: from its ``last`` checkpoint, or from the start without one.
 
     Whatever fails from here on (data, weights, the model, training itself) leaves the run ``failed`` with
@@ -143,8 +169,8 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
         reporter: progress bars and notes; only the main process speaks.
 
     Returns:
-        ``run``, ``status`` (``finished`` or ``stopped``), ``epoch``, ``step`` and ``best_<monitor>`` (without a
-        validation split: ``best``, the rule that chose the best checkpoint, the last epoch).
+        How the run ended (a :class:`TrainOutcome`: ``finished`` or ``stopped``, epoch, step, the best value of
+        the monitored metric, or without a validation split the rule that chose the best checkpoint).
     """
     heartbeat = registry.claim(run_id) if world.is_main else None
     try:
@@ -177,10 +203,9 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
     # that resumes the run next in the same processes (a pipeline, a script) must find them on every process.
     world.barrier()
     if config.validation_split is None:
-        return {"run": run_id, "status": status, "epoch": position.epoch, "step": position.step,
-                "best": config.selection}
-    return {"run": run_id, "status": status, "epoch": position.epoch, "step": position.step,
-            f"best_{config.monitor}": position.best if position.best > -math.inf else None}
+        return TrainOutcome(run_id, status, position.epoch, position.step, selection=config.selection)
+    return TrainOutcome(run_id, status, position.epoch, position.step, monitor=config.monitor,
+                        best=position.best if position.best > -math.inf else None)
 
 
 def _record_end(registry: Registry, run_id: str, status: str, reason: str) -> None:
