@@ -44,8 +44,7 @@ OPTIONAL_HEAVY = {
 
 MAX_MODULE_LINES, MAX_BACKBONE_LINES, MAX_CLASS_LINES = 400, 500, 200
 # Modules still over the bound, at most as long as they are now: the redesign splits them (issue 22); none may grow.
-OVERSIZED = {"data/audio_cache.py": 650, "cli/train.py": 526, "runs/config.py": 472,
-             "cli/prepare.py": 423}
+OVERSIZED = {"data/audio_cache.py": 650, "runs/config.py": 472}
 OVERSIZED_CLASSES: dict[str, int] = {}
 
 

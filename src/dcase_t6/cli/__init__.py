@@ -1,5 +1,5 @@
 """Command line: parses options, calls the library, renders its results. One module per command group:
-``prepare``, ``augment``, ``train`` (train, embed, runs), ``evaluate``, ``ensemble``, ``explore``, ``package``,
+``prepare``, ``augment``, ``train``, ``embed``, ``runs``, ``evaluate``, ``ensemble``, ``explore``, ``package``,
 ``share`` (export); ``console`` holds the rich consoles and the Reporter every command passes to the library."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dcase_t6 import __version__
 from dcase_t6.cli.console import console, stderr_console
 from dcase_t6.common.errors import UserError, file_system_error
 
-__all__ = ["Group", "console", "main", "matrix_path", "print_json", "split_named", "stderr_console"]
+__all__ = ["Group", "console", "main", "matrix_path", "print_json", "print_summary", "split_named", "stderr_console"]
 
 
 class Group(click.Group):
@@ -63,6 +63,15 @@ def print_json(payload) -> None:
     click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
 
 
+def print_summary(summary: dict, as_json: bool) -> None:
+    """A command's summary: one JSON object with ``--json``, else one ``key: value`` line per entry."""
+    if as_json:
+        print_json(summary)
+        return
+    for key, value in summary.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
 def matrix_path(reference: str) -> str:
     """A matrix file, or a registered run's output named RUN:DATASET/SPLIT, as a path."""
     from dcase_t6.runs.registry import resolve_matrix
@@ -84,4 +93,15 @@ def split_named(option: str, flag: str, example: str | None = None) -> tuple[str
     return None, option
 
 
-from dcase_t6.cli import augment, ensemble, evaluate, explore, package, prepare, share, train  # noqa: E402,F401  (registers the commands)
+from dcase_t6.cli import (  # noqa: E402,F401  (registers the commands)
+    augment,
+    embed,
+    ensemble,
+    evaluate,
+    explore,
+    package,
+    prepare,
+    runs,
+    share,
+    train,
+)

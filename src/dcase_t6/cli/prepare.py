@@ -5,16 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from dcase_t6.cli import Group, json_option, main, print_json
-from dcase_t6.cli.console import console, reporter, stderr_console
+from dcase_t6.cli.console import reporter
+from dcase_t6.cli.prepare_render import (
+    prepare_done,
+    print_audit,
+    print_cache,
+    print_relevance,
+    print_synthetic,
+)
 from dcase_t6.common.errors import UserError
 
 if TYPE_CHECKING:
-    from dcase_t6.data.audit import AuditReport
-    from dcase_t6.data.reports import CacheReport, IndexReport, RelevanceReport, SyntheticReport
+    pass
 
 
 @main.group(cls=Group)
@@ -82,8 +86,8 @@ def prepare_synthetic(root, seed, n_train, n_val, n_test, min_duration, max_dura
 
     config = SyntheticConfig(seed=seed, development=n_train, validation=n_val, evaluation=n_test,
                              min_duration=min_duration, max_duration=max_duration)
-    _prepare_done(run(Layout.at(root), config, workers=workers, reporter=reporter, force=force), as_json,
-                  _print_synthetic)
+    prepare_done(run(Layout.at(root), config, workers=workers, reporter=reporter, force=force), as_json,
+                  print_synthetic)
 
 
 @prepare.command("clotho")
@@ -109,7 +113,7 @@ def prepare_clotho(root, archives, mirror, workers, as_json):
     from dcase_t6.data.clotho import prepare_clotho as run
     from dcase_t6.data.layout import Layout
 
-    _prepare_done(run(Layout.at(root), Path(archives) if archives else None, workers=workers, reporter=reporter,
+    prepare_done(run(Layout.at(root), Path(archives) if archives else None, workers=workers, reporter=reporter,
                       mirror=mirror), as_json)
 
 
@@ -135,7 +139,7 @@ def prepare_relevance(root, source, dataset, as_json):
     from dcase_t6.data.layout import Layout
     from dcase_t6.data.relevance import attach_relevance
 
-    _prepare_done(attach_relevance(Layout.at(root), dataset, Path(source)), as_json, _print_relevance)
+    prepare_done(attach_relevance(Layout.at(root), dataset, Path(source)), as_json, print_relevance)
 
 
 @prepare.command("eval")
@@ -156,7 +160,7 @@ def prepare_eval(root, captions, audio, workers, as_json):
     from dcase_t6.data.evalset import prepare_eval as run
     from dcase_t6.data.layout import Layout
 
-    _prepare_done(run(Layout.at(root), Path(captions), Path(audio), workers=workers, reporter=reporter), as_json)
+    prepare_done(run(Layout.at(root), Path(captions), Path(audio), workers=workers, reporter=reporter), as_json)
 
 
 @prepare.command("audiocaps")
@@ -177,7 +181,7 @@ def prepare_audiocaps(root, metadata, audio, workers, as_json):
     from dcase_t6.data.audiocaps import prepare_audiocaps as run
     from dcase_t6.data.layout import Layout
 
-    _prepare_done(run(Layout.at(root), Path(metadata), Path(audio), workers=workers, reporter=reporter), as_json)
+    prepare_done(run(Layout.at(root), Path(metadata), Path(audio), workers=workers, reporter=reporter), as_json)
 
 
 @prepare.command("wavcaps")
@@ -204,7 +208,7 @@ def prepare_wavcaps(root, json_dir, audio, forbidden, workers, as_json):
 
     report = run(Layout.at(root), Path(json_dir), Path(audio), Path(forbidden) if forbidden else DEFAULT_FORBIDDEN,
                  workers=workers, reporter=reporter)
-    _prepare_done(report, as_json)
+    prepare_done(report, as_json)
 
 
 @prepare.command("captions")
@@ -240,7 +244,7 @@ def prepare_captions(root, name, csv_file, audio, split, forbidden, workers, as_
 
     report = run(Layout.at(root), name, Path(csv_file), Path(audio), split,
                  Path(forbidden) if forbidden else DEFAULT_FORBIDDEN, workers=workers, reporter=reporter)
-    _prepare_done(report, as_json)
+    prepare_done(report, as_json)
 
 
 @prepare.command("audit")
@@ -276,7 +280,7 @@ def prepare_audit(root, forbidden, as_json):
     if as_json:
         print_json(report.as_json())
     else:
-        _print_audit(report)
+        print_audit(report)
     if not report.ok:
         sys.exit(1)
 
@@ -320,7 +324,7 @@ def prepare_cache(root, rate, datasets, storage, max_seconds, force, workers, as
                              _per_dataset(max_seconds, "--max-seconds", float))
     report = build_cache(Layout.at(root), rate, list(datasets) or None, workers=workers, request=request, force=force,
                          reporter=reporter)
-    _prepare_done(report, as_json, _print_cache)
+    prepare_done(report, as_json, print_cache)
 
 
 def _per_dataset(values: tuple[str, ...], option: str, kind: type) -> dict:
@@ -334,90 +338,3 @@ def _per_dataset(values: tuple[str, ...], option: str, kind: type) -> dict:
             raise UserError(f"{option} {value!r}: expected [DATASET=]{kind.__name__.upper()}, e.g. "
                             f"{option} wavcaps={'window' if kind is str else '120'}") from None
     return chosen
-
-
-def _prepare_done(report: IndexReport | RelevanceReport | CacheReport, as_json: bool, printer=None) -> None:
-    """Print a prepare report (a dataclass of ``dcase_t6.data.reports``) as JSON or with ``printer`` (default:
-    the split-index summary)."""
-    if as_json:
-        print_json(report.as_json())
-    else:
-        (printer or _print_index_summary)(report)
-
-
-def _print_index_summary(report: IndexReport) -> None:
-    table = Table(title=f"{report.dataset}: {report.index}" + (" (up to date)" if report.up_to_date else ""),
-                  title_justify="left")
-    for column in ("split", "clips", "captions", "hours"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for split, counts in report.splits.items():
-        table.add_row(split, str(counts["clips"]), str(counts["captions"]), f"{counts['hours']:.2f}")
-    console.print(table)
-    for source, count in (report.excluded or {}).items():
-        console.print(f"excluded {count} forbidden Freesound item(s) from {source}")
-    if report.queries is not None:
-        console.print(f"queries: {report.queries} -> {report.queries_file}")
-    _warn_skipped(report.all_skipped(), report.report)
-
-
-def _print_synthetic(report: SyntheticReport) -> None:
-    _print_index_summary(report)
-    _print_relevance(report.relevance)
-
-
-def _print_relevance(report: RelevanceReport) -> None:
-    per_query = report.relevant_per_query
-    console.print(f"relevance: {report.queries} queries, {per_query['min']}-{per_query['max']} relevant files "
-                  f"each (mean {per_query['mean']}) -> {report.relevance}")
-
-
-def _print_audit(report: AuditReport, shown: int = 20) -> None:
-    table = Table(title=f"Freesound-id audit of {escape(report.root)} ({report.forbidden_ids} forbidden ids: "
-                  f"{escape(report.forbidden_file)})", title_justify="left")
-    names = [item.name for item in report.protected]
-    for column in ("training source", "clips", "with id", *(f"in {name}" for name in names), "forbidden"):
-        table.add_column(escape(column), justify="left" if column == "training source" else "right")
-    for source in report.sources:
-        table.add_row(escape(source.name), str(source.clips), str(source.with_ids),
-                      *(str(len(source.overlaps.get(name, []))) for name in names), str(len(source.forbidden)))
-    console.print(table)
-    for item in report.protected:
-        if not item.with_ids:
-            console.print(f"{escape(item.name)}: {item.clips} clips without Freesound ids; only the forbidden list "
-                          "guards it")
-    for source in report.sources:
-        for what, ids in [*((f"shares with {name}", ids) for name, ids in source.overlaps.items()),
-                          ("holds forbidden", source.forbidden)]:
-            if ids:
-                more = f" ... ({len(ids)} in all; --json lists every one)" if len(ids) > shown else ""
-                console.print(f"[red]{escape(source.name)}[/] {what} {len(ids)} Freesound id(s): "
-                              f"{', '.join(ids[:shown])}{more}", highlight=False, soft_wrap=True)
-    if report.ok:
-        console.print("[green]ok[/]: no training source shares a Freesound id with a protected set or holds a "
-                      "forbidden id")
-    else:
-        console.print("[bold red]audit failed[/]: remove these clips from training (`prepare wavcaps --forbidden "
-                      "FILE` leaves out the ids FILE lists; leave any other source out of the config's datasets)")
-
-
-def _print_cache(report: CacheReport) -> None:
-    console.print(f"cache {report.cache}: {report.clips} clips ({report.hours} h, {report.size_gb} GB of samples); "
-                  f"{report.decoded} cached now, {report.up_to_date} up to date, "
-                  f"{report.unchanged_content} touched but unchanged")
-    for name, entry in report.storage.items():
-        cap = f", first {entry['max_seconds']:g} s of each clip" if entry["max_seconds"] else ""
-        console.print(f"  {name}: {entry['mode']}{cap} ({entry['clips']} clips, {entry['hours']} h)")
-    if report.stale_gb >= 1:
-        console.print(f"  {report.stale_gb} GB of replaced samples remain in the shards; to reclaim them, delete "
-                      f"{report.cache} and run this command again")
-    _warn_skipped(report.skipped, report.skipped_file)
-    _warn_skipped(report.truncated, report.truncated_file,
-                  "{count} truncated file(s) (the header promises more audio than the file holds) cached at the "
-                  "length that decodes")
-
-
-def _warn_skipped(skipped: list[dict], listing: str, what: str = "skipped {count} item(s)") -> None:
-    if skipped:
-        first = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped[:3])
-        stderr_console.print(f"[yellow]warning:[/] {what.format(count=len(skipped))}, all listed in "
-                             f"{escape(listing)}; first: {escape(first)}", highlight=False, soft_wrap=True)
