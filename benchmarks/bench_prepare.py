@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dcase_t6.data.audio_cache import AudioCache, build_cache, worker_context
+from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.audio_io import load_audio
+from dcase_t6.data.cache_build import build_cache, worker_context
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import read_index
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic

@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from dcase_t6.data.audio_cache import AudioCache, build_cache, crop_span
+from dcase_t6.data.audio_cache import AudioCache, crop_span
 from dcase_t6.data.audio_io import load_audio
+from dcase_t6.data.cache_build import build_cache
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.storage import StorageRequest

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcase_t6.data.audio_cache import AudioCache, build_cache
+from dcase_t6.data.audio_cache import AudioCache
+from dcase_t6.data.cache_build import build_cache
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
 from dcase_t6.embedding.encode import embed_audio

@@ -261,7 +261,7 @@ def prepare(workdir: Path, settings: Settings) -> tuple[Path, Path, Path]:
     """The generated dataset with its audio caches at 32 and 16 kHz, and the roberta-large architecture in a
     local folder (random weights, the hub model's pooler, a tokenizer trained on the dataset's captions), and with
     the checks' number of layers in another (the same folder when the numbers agree)."""
-    from dcase_t6.data.audio_cache import build_cache
+    from dcase_t6.data.cache_build import build_cache
     from dcase_t6.data.layout import Layout
     from dcase_t6.data.split_index import read_index
     from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic

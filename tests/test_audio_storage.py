@@ -16,9 +16,10 @@ from click.testing import CliRunner
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import Recorder
-from dcase_t6.data import audio_cache, storage
-from dcase_t6.data.audio_cache import AudioCache, build_cache, crop_span
+from dcase_t6.data import audio_cache, cache_build, storage
+from dcase_t6.data.audio_cache import AudioCache, crop_span
 from dcase_t6.data.audio_io import load_audio
+from dcase_t6.data.cache_build import build_cache
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.storage import Storage, StorageRequest, choose, resampled_length
@@ -307,7 +308,7 @@ def test_an_interrupted_int16_build_resumes_and_cuts_the_unindexed_tail(tmp_path
     shard = audio_cache.shard_path(layout.cache_dir(RATE), 0, "int16")
     with open(shard, "ab") as handle:  # samples a killed build wrote but never indexed
         handle.write(b"\x01" * 1000)
-    monkeypatch.setattr(audio_cache, "run_job", real_job)
+    monkeypatch.setattr(cache_build, "run_job", real_job)
     report = build_cache(layout, RATE)  # int16 is remembered
     assert (report.up_to_date, report.decoded, report.storage["eval"]["mode"]) == (2, 1, "int16")
     cache = AudioCache(tmp_path, RATE)

@@ -171,7 +171,8 @@ def test_every_process_gets_a_batch_it_can_encode_also_without_a_share(tiny_data
     and caption without pair ids where the batch has fewer pairs than there are processes."""
     import numpy as np
 
-    from dcase_t6.data.audio_cache import AudioCache, build_cache
+    from dcase_t6.data.audio_cache import AudioCache
+    from dcase_t6.data.cache_build import build_cache
     from dcase_t6.data.layout import Layout
     from dcase_t6.runs.config import build_config
     from dcase_t6.training.augmentation import PairAugmenter
@@ -263,7 +264,8 @@ def test_batches_are_pinned_for_a_gpu_only(tiny_data_root):
     """A loader for a CUDA process asks for page-locked batches (copied with non_blocking while the step runs); on
     a CPU it does not. A batch pins every tensor it holds (only where pinning is available: a CUDA build with a
     GPU)."""
-    from dcase_t6.data.audio_cache import AudioCache, build_cache
+    from dcase_t6.data.audio_cache import AudioCache
+    from dcase_t6.data.cache_build import build_cache
     from dcase_t6.data.layout import Layout
     from dcase_t6.runs.config import build_config
     from dcase_t6.training.augmentation import PairAugmenter

@@ -24,8 +24,9 @@ from click.testing import CliRunner
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import Recorder
-from dcase_t6.data.audio_cache import AudioCache, build_cache
+from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.audio_io import load_audio
+from dcase_t6.data.cache_build import build_cache
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import read_index

@@ -5,8 +5,6 @@ and classes stay small."""
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dcase_t6"
 
 # Lowest first; a sub-package may import only from lower layers (and from itself).
@@ -43,9 +41,6 @@ OPTIONAL_HEAVY = {
 }
 
 MAX_MODULE_LINES, MAX_BACKBONE_LINES, MAX_CLASS_LINES = 400, 500, 200
-# Modules still over the bound, at most as long as they are now: the redesign splits them (issue 22); none may grow.
-OVERSIZED = {"data/audio_cache.py": 650, "runs/config.py": 472}
-OVERSIZED_CLASSES: dict[str, int] = {}
 
 
 def modules():
@@ -100,20 +95,12 @@ def test_modules_and_classes_stay_small():
     too_long = []
     for relative, tree in modules():
         lines = len((PACKAGE / relative).read_text(encoding="utf-8").splitlines())
-        usual = MAX_BACKBONE_LINES if relative.startswith("models/audio/") else MAX_MODULE_LINES
-        bound = OVERSIZED.get(relative, usual)
+        bound = MAX_BACKBONE_LINES if relative.startswith("models/audio/") else MAX_MODULE_LINES
         if lines > bound:
             too_long.append(f"{relative}: {lines} lines (at most {bound})")
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
                 size = node.end_lineno - node.lineno + 1
-                if size > OVERSIZED_CLASSES.get(f"{relative}:{node.name}", MAX_CLASS_LINES):
+                if size > MAX_CLASS_LINES:
                     too_long.append(f"{relative}: class {node.name} {size} lines")
     assert too_long == []
-
-
-@pytest.mark.parametrize("relative", sorted(OVERSIZED))
-def test_the_listed_oversized_modules_exist_and_are_still_over(relative):
-    """An entry is removed once its module is split (else the ceiling would hide a regrowth)."""
-    lines = len((PACKAGE / relative).read_text(encoding="utf-8").splitlines())
-    assert MAX_MODULE_LINES < lines <= OVERSIZED[relative]

@@ -10,9 +10,10 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.data import audio_cache
-from dcase_t6.data.audio_cache import AudioCache, build_cache
+from dcase_t6.data import audio_cache, cache_build
+from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.audio_io import load_audio
+from dcase_t6.data.cache_build import build_cache
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
 from helpers.data import interrupt_at_job, write_tone
@@ -57,7 +58,7 @@ def test_parallel_builds_write_worker_shards_that_read_back_exactly(tmp_path):
     assert set(pd.read_csv(directory / "index.csv")["shard"]) <= {0, 1}  # each worker appends to its own file
     index = pd.read_csv(directory / "index.csv", dtype={"crc32": str})
     moved = index["path"] == "clips/tone.mp3"  # move one clip to shard 3, as a third worker would have written it
-    writer = audio_cache.ShardWriter(directory, 3)
+    writer = cache_build.ShardWriter(directory, 3)
     index.loc[moved, ["shard", "offset"]] = [3, writer.append(AudioCache(tmp_path, RATE).read("clips/tone.mp3"))]
     writer.files["float32"].write(b"\x01" * 400)  # plus an unindexed tail, as a killed worker would leave
     writer.close()
@@ -93,7 +94,7 @@ def test_interrupted_run_resumes_and_drops_an_unindexed_tail(tmp_path, monkeypat
     data = audio_cache.shard_path(layout.cache_dir(RATE), 0)
     with open(data, "ab") as handle:  # a killed run can leave samples the index never pointed at
         handle.write(b"\x00" * 4000)
-    monkeypatch.setattr(audio_cache, "run_job", real_job)
+    monkeypatch.setattr(cache_build, "run_job", real_job)
     summary = build_cache(layout, RATE, workers=1)
     assert (summary.up_to_date, summary.decoded) == (2, 4)
     cache = AudioCache(tmp_path, RATE)

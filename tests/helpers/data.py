@@ -11,7 +11,7 @@ import numpy as np
 import py7zr
 import soundfile as sf
 
-from dcase_t6.data import audio_cache
+from dcase_t6.data import cache_build
 from dcase_t6.data.synthetic import SyntheticConfig, generate
 
 TEST_DATA = Path(__file__).resolve().parents[1] / "data"
@@ -82,7 +82,7 @@ def seven_zip(path: Path, members: dict[str, bytes], unchecked: bool = False) ->
 def interrupt_at_job(monkeypatch, number: int):
     """Make the cache build's ``number``-th job raise KeyboardInterrupt (a Ctrl-C mid-build); return the real job
     function, to put back."""
-    real_job, calls = audio_cache.run_job, []
+    real_job, calls = cache_build.run_job, []
 
     def interrupted(job, writer):
         calls.append(job.key)
@@ -90,5 +90,5 @@ def interrupt_at_job(monkeypatch, number: int):
             raise KeyboardInterrupt
         return real_job(job, writer)
 
-    monkeypatch.setattr(audio_cache, "run_job", interrupted)
+    monkeypatch.setattr(cache_build, "run_job", interrupted)
     return real_job

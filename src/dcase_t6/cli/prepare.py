@@ -316,7 +316,7 @@ def prepare_cache(root, rate, datasets, storage, max_seconds, force, workers, as
       dcase-t6 prepare cache --root data --rate 16000 --dataset clotho --dataset wavcaps
       dcase-t6 prepare cache --root data --storage audiocaps=float32 --max-seconds wavcaps=120
     """
-    from dcase_t6.data.audio_cache import build_cache
+    from dcase_t6.data.cache_build import build_cache
     from dcase_t6.data.layout import Layout
     from dcase_t6.data.storage import StorageRequest
 

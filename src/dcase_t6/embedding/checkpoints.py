@@ -18,7 +18,9 @@ import torch
 from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
-from dcase_t6.data.audio_cache import AudioCache, build_cache, cached_split
+from dcase_t6.data.audio_cache import AudioCache
+from dcase_t6.data.cache_build import build_cache
+from dcase_t6.data.cached_splits import cached_split
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import Split, load_split
 from dcase_t6.embedding.encode import embed_audio, embed_text, similarity

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from dcase_t6.common.yamlfile import read_yaml
 from dcase_t6.models import ModelConfig
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.retrieval.metrics import METRIC_KEYS
+from dcase_t6.runs.values import convert, shown
 
 PRECISIONS = ("fp16", "bf16", "fp32")
 LOGGERS = ("tensorboard", "wandb", "none")
@@ -165,10 +165,10 @@ def from_dict(values: dict, source: str = "config") -> TrainConfig:
     """A checked TrainConfig from a (possibly nested) dict of YAML values or strings, rejecting unknown keys,
     values that are not of the field's type and values out of the field's range, by name."""
     values = dict(values)
-    for old, (new, convert) in _RENAMED.items():
+    for old, (new, upgrade) in _RENAMED.items():
         if old in values:
             legacy = values.pop(old)
-            values.setdefault(new, convert(legacy))
+            values.setdefault(new, upgrade(legacy))
     if isinstance(values.get("compile"), bool):  # YAML 1.1 reads `compile: on` / `off` as true / false
         values["compile"] = "on" if values["compile"] else "off"
     sections = {name: _section(values.pop(name, None), schema, source, name) for name, schema in SECTIONS.items()}
@@ -181,7 +181,7 @@ def _section(values, schema, source: str, name: str):
     if values is None:
         return schema()
     if not isinstance(values, dict):
-        raise UserError(f"{source}: config key '{name}' must be a mapping of {name}.* keys, got {_shown(values)}")
+        raise UserError(f"{source}: config key '{name}' must be a mapping of {name}.* keys, got {shown(values)}")
     return schema(**_typed(values, schema, source, prefix=f"{name}."))
 
 
@@ -191,92 +191,9 @@ def _typed(values: dict, schema, source: str, prefix: str) -> dict:
     known = [item.name for item in dataclasses.fields(schema) if item.name not in SECTIONS]
     unknown = sorted(set(values) - set(known), key=lambda name: (not isinstance(name, str), str(name)))
     if unknown:
-        raise UserError(f"{source}: unknown config key '{prefix}{_shown(unknown[0], quoted=False)}'; known keys: "
+        raise UserError(f"{source}: unknown config key '{prefix}{shown(unknown[0], quoted=False)}'; known keys: "
                         f"{', '.join(prefix + name for name in sorted(known))}")
-    return {key: _convert(value, hints[key], f"{prefix}{key}", source) for key, value in values.items()}
-
-
-_NULLS = ("", "null", "none", "~")
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _convert(value: Any, hint, key: str, source: str):
-    """One value as type ``hint`` (str, int, float, bool, list[str], or one of them | None)."""
-    arguments = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
-            return None
-        hint = next(argument for argument in arguments if argument is not type(None))
-        arguments = typing.get_args(hint)
-    converted = _CONVERTERS[typing.get_origin(hint) or hint](value)
-    if converted is _INVALID:
-        expected = _EXPECTED[typing.get_origin(hint) or hint]
-        raise UserError(f"{source}: config key '{key}' = {_shown(value)} is not {expected}; "
-                        f"e.g. --set {key}={_EXAMPLES[typing.get_origin(hint) or hint]}")
-    return converted
-
-
-_INVALID = object()
-
-
-def _to_number(value, kind: type):
-    """``value`` as ``kind`` (int or float): numbers (an int only from a whole float) and numeric strings (``1e9``,
-    which YAML reads as a string, is the int 1000000000 as YAML's ``1.0e9`` is)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return _INVALID
-    if isinstance(value, str):
-        try:
-            value = int(value.strip()) if kind is int and value.strip().lstrip("+-").isdigit() else float(value.strip())
-        except ValueError:
-            return _INVALID
-    if kind is int and isinstance(value, float):
-        return int(value) if value.is_integer() else _INVALID
-    try:
-        return kind(value)
-    except OverflowError:  # an int of more than 308 digits as a float: out of every range, said so by check()
-        return math.inf
-
-
-def _to_bool(value):
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
-    return True if text in _TRUE else False if text in _FALSE else _INVALID
-
-
-def _to_str(value):
-    if isinstance(value, str):
-        return value
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _INVALID
-
-
-def _to_weights(value):
-    """A mapping of names to numbers: a mapping, or ``a=1,b=0.5`` (``--set dataset_weights=clotho=2,macs=0.5``)."""
-    if isinstance(value, str):
-        items = [item.partition("=") for item in value.split(",") if item.strip()]
-        if any(not sep for _, sep, _ in items):
-            return _INVALID
-        value = {name.strip(): number for name, _, number in items}
-    if not isinstance(value, dict) or not all(isinstance(name, str) for name in value):
-        return _INVALID
-    numbers = {name: _to_number(number, float) for name, number in value.items()}
-    return _INVALID if any(number is _INVALID for number in numbers.values()) else numbers
-
-
-def _to_str_list(value):
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
-        return list(value)
-    return _INVALID
-
-
-_CONVERTERS: dict[Any, Callable] = {int: lambda value: _to_number(value, int),
-                                    float: lambda value: _to_number(value, float),
-                                    bool: _to_bool, str: _to_str, list: _to_str_list, dict: _to_weights}
-_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-             list: "a list of names (or one comma-separated string)", dict: "a mapping of names to numbers"}
-_EXAMPLES = {int: "3", float: "0.5", bool: "true", str: "NAME", list: "a,b", dict: "a=1,b=0.5"}
+    return {key: convert(value, hints[key], f"{prefix}{key}", source) for key, value in values.items()}
 
 
 def _at_least(bound: float) -> tuple[Callable[[float], bool], str]:
@@ -297,12 +214,6 @@ def _number(bound: float) -> str:
 
 def _one_of(*choices) -> tuple[Callable[[Any], bool], str]:
     return (lambda value: value in choices), f"one of {', '.join(str(choice) for choice in choices)}"
-
-
-def _shown(value, quoted: bool = True) -> str:
-    """A value for a message: its repr (``str`` unquoted), cut to 60 characters."""
-    text = repr(value) if quoted else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _CLUSTER_SOURCES = ("run", "model", "sentence", "e5")  # clusters.source KIND:NAME (see dcase_t6.training.clustering)
@@ -392,13 +303,13 @@ def _check_range(key: str, value, source: str) -> None:
     if value is None and key != "clusters.method":
         return
     if (isinstance(value, float) and not math.isfinite(value)) or not valid(value):
-        raise UserError(f"{source}: config key '{key}' = {_shown(value)} must be {expected}")
+        raise UserError(f"{source}: config key '{key}' = {shown(value)} must be {expected}")
 
 
 def checked_value(key: str, value, source: str):
     """One top-level config key's value (e.g. ``audio_seconds`` of an exported model) converted to its field's
     type and range-checked, as ``from_dict`` checks it; a UserError naming ``source`` and the key."""
-    converted = _convert(value, typing.get_type_hints(TrainConfig)[key], key, source)
+    converted = convert(value, typing.get_type_hints(TrainConfig)[key], key, source)
     if key in RANGES:
         _check_range(key, converted, source)
     return converted

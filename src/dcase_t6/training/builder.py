@@ -29,8 +29,10 @@ import torch
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
-from dcase_t6.data.audio_cache import AudioCache, build_cache, cached_split
+from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.audit import test_overlaps
+from dcase_t6.data.cache_build import build_cache
+from dcase_t6.data.cached_splits import cached_split
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split
 from dcase_t6.models import CLUSTER_HEADS, DualEncoder

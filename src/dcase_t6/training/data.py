@@ -18,7 +18,8 @@ import torch
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
-from dcase_t6.data.audio_cache import AudioCache, drop_absent
+from dcase_t6.data.audio_cache import AudioCache
+from dcase_t6.data.cached_splits import drop_absent
 from dcase_t6.data.parallel import torch_worker_dies_with_parent
 from dcase_t6.data.split_index import read_index
 from dcase_t6.embedding.encode import pad_batch
@@ -60,7 +61,7 @@ def load_pairs(config: TrainConfig, store: AudioCache | None = None, reporter: R
     Args:
         config: the run's config (``data_root``, ``datasets``, ``train_split``).
         store: the audio cache; the pairs of clips it skipped (unreadable at prepare time) are left out, the
-            same ones every time the cache is the same (see ``audio_cache.drop_absent``).
+            same ones every time the cache is the same (see ``cached_splits.drop_absent``).
         reporter: told about the pairs left out.
 
     Returns:
