@@ -53,7 +53,7 @@ HOSTILE_PREFIX = "tests/test_hostile_"
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Say how many hostile-input and fault cases ran and how many held (the README's reliability count)."""
+    """Say how many hostile-input and fault cases ran and how many held (the count docs/reliability.md gives)."""
     reports = [report for outcome in ("passed", "failed") for report in terminalreporter.stats.get(outcome, [])
                if report.when == "call" and report.nodeid.startswith(HOSTILE_PREFIX)]
     if reports:

@@ -2,7 +2,7 @@
 output (synthetic data, two systems trained and embedded by the CLI), clicks a query, checks that the audio
 element loads its clip (the bytes of the file) and that the numbers on the pages equal `evaluate --json`.
 Screenshots of each page are saved to the test's temporary folder, or to $DCASE_T6_SCREENSHOTS:
-`DCASE_T6_SCREENSHOTS=docs/explore make test` refreshes the ones the README shows.
+`DCASE_T6_SCREENSHOTS=docs/explore make test` refreshes the ones docs/explore.md shows.
 
 Without Chromium (`apt-get install chromium`) or Playwright (`pip install playwright`) the tests skip with the
 reason on a developer's machine and fail under CI (CI=true), where `.ci/run` installs Chromium."""

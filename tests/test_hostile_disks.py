@@ -199,6 +199,14 @@ def cached(data_root) -> None:
     assert built.exit_code == 0, built.output
 
 
+def test_prepare_cache_over_the_file_size_limit_names_the_shard(tmp_path, tiny_data_root):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data_root, root, ignore=shutil.ignore_patterns("cache"))
+    with file_size_limit(64 * 1024):  # less than one clip of 2-3 s at 16 kHz in float32
+        result = run("prepare", "cache", "--root", root, "--rate", "16000", "--workers", "1")
+    refused_after_notes(result, str(root / "cache" / "16000"), ".f32: file too large", "raise the limit")
+
+
 def test_a_run_that_fills_the_disk_ends_failed_with_a_one_line_reason(tmp_path, tiny_training):
     cached(tiny_training["data_root"])
     with file_size_limit(200 * 1024):  # the registry and run.json fit, a checkpoint does not

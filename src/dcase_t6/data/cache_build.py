@@ -93,12 +93,18 @@ class ShardWriter:
     def append(self, samples: np.ndarray, mode: str = "float32") -> int:
         """Write ``samples`` (of the mode's dtype) at the end of the mode's shard and flush; return their offset
         in samples."""
-        if mode not in self.files:
-            self.files[mode] = open(shard_path(self.directory, self.shard, mode), "ab")
-        out = self.files[mode]
-        offset = out.tell() // SAMPLE_BYTES[mode]
-        out.write(samples.data)
-        out.flush()
+        path = shard_path(self.directory, self.shard, mode)
+        try:
+            if mode not in self.files:
+                self.files[mode] = open(path, "ab")
+            out = self.files[mode]
+            offset = out.tell() // SAMPLE_BYTES[mode]
+            out.write(samples.data)
+            out.flush()
+        except OSError as err:  # a full disk: a write error names no file; this one names the shard
+            if err.filename is not None:
+                raise
+            raise OSError(err.errno, err.strerror, str(path)) from err
         return offset
 
     def cut(self, offset: int, mode: str = "float32") -> None:

@@ -221,7 +221,7 @@ _PROBABILITY = ((lambda value: 0.0 <= value <= 1.0), "a probability in [0, 1]")
 _DROPOUT = ((lambda value: 0.0 <= value < 1.0), "in [0, 1)")
 # Upper bounds no real setting reaches (DCASE clips are 10-30 s; embeddings of a few thousand dimensions; seeds are
 # what every library accepts: scikit-learn's and UMAP's random_state is at most 2**32 - 1), so that no value can
-# overflow, exhaust memory or fail deep inside a run. The README's "Typed configuration" lists them.
+# overflow, exhaust memory or fail deep inside a run. docs/training.md ("Typed configuration") lists them.
 MAX_AUDIO_SECONDS = 600
 MAX_EPOCHS = 10_000
 MAX_BATCH = 65_536
