@@ -178,10 +178,10 @@ def fbank_input(cut: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         then ``(x + 4.268) / (2 * 4.569)``, as the original prepares a clip.
     """
     frames = min(FRAMES, fbank.frame_count(cut.shape[-1]))
-    valid = torch.clamp(fbank.frame_count(lengths.to(cut.device)), max=FRAMES)  # frames of the true samples
-    positions = torch.arange(cut.shape[-1], device=cut.device)
-    true = positions < lengths.to(cut.device).unsqueeze(1)
-    means = (cut * true).sum(1, keepdim=True) / lengths.to(cut.device).clamp_min(1).unsqueeze(1)
+    lengths = lengths.to(cut.device)
+    valid = torch.clamp(fbank.frame_count(lengths), max=FRAMES)  # frames of the true samples
+    true = torch.arange(cut.shape[-1], device=cut.device) < lengths.unsqueeze(1)
+    means = (cut * true).sum(1, keepdim=True) / lengths.clamp_min(1).unsqueeze(1)
     # frames inside a segment's true samples only see those samples; the others are zeroed below
     features = fbank.kaldi_fbank(cut[:, : max(0, frames - 1) * fbank.HOP_SAMPLES + fbank.FRAME_SAMPLES] - means,
                                  MEL_BINS, window="hanning")[:, :frames]
