@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-work
 
-.PHONY: install lint test test-slow demo bench gpu-check clean
+.PHONY: install lint test test-slow demo screenshots bench gpu-check clean
 
 install: $(STAMP)
 
@@ -26,8 +26,13 @@ test-slow: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO_DIR)
 
+# docs/explore/*.png from the demo's own systems (after `make demo`; needs Chromium and Playwright)
+screenshots: $(STAMP)
+	$(BIN)/python scripts/screenshots.py $(DEMO_DIR) docs/explore
+
+# Each benchmark replaces its own block of docs/speed.md with the figures it measured (--write-docs).
 bench: $(STAMP)
-	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script --write-docs || exit 1; done
 
 # The GPU acceptance run (at most 8 minutes on a machine with one or more GPUs): writes
 # results/gpu-check.json and results/gpu-check.md. Without a GPU: GPU_CHECK_ARGS=--smoke.

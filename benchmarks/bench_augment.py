@@ -9,9 +9,10 @@ run over Clotho costs.
    back-translation of Clotho's 19,195 development captions and for 50,000 LLM-mix pairs (the AISTAT 2025
    count), from the lengths of the 1,037 real Clotho captions of the dev-test relevance file in tests/data.
 
-Usage:
+``--write-docs`` puts the figures into this script's block of docs/speed.md (also when the goal is missed, before
+the script exits with 1). Usage:
 
-    .venv/bin/python benchmarks/bench_augment.py [--latency 0.05] [--pairs 240]
+    .venv/bin/python benchmarks/bench_augment.py [--latency 0.05] [--pairs 240] [--write-docs]
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import _published
 from dcase_t6.captions.backtranslation import BackTranslationItem
 from dcase_t6.captions.endpoint import EndpointSettings
-from dcase_t6.captions.engine import OutputFiles, SpendLimits
+from dcase_t6.captions.engine import AugmentRun, OutputFiles, SpendLimits
 from dcase_t6.captions.journal import Journal
 from dcase_t6.captions.mixing import MixItem, MixPair, MixSettings, llm_mix
 from dcase_t6.captions.prompts import load_template
@@ -78,7 +80,7 @@ def throughput(root: Path, folder: Path, base: str, pairs: int, concurrency: int
     endpoint = EndpointSettings(base, "bench-model", KEY_ENV, timeout=30, retries=0)
     started = time.perf_counter()
     report = llm_mix(CaptionSource(str(root), "synthetic"), MixSettings(pairs, seed=concurrency), endpoint,
-                     load_template("mix"), OutputFiles.beside(out), SpendLimits(concurrency=concurrency))
+                     load_template("mix"), AugmentRun(OutputFiles.beside(out), SpendLimits(concurrency=concurrency)))
     seconds = time.perf_counter() - started
     assert report.requests == pairs and report.kept == pairs, report
     return pairs / seconds
@@ -113,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--pairs", type=int, default=240)
+    _published.add_option(parser)
     args = parser.parse_args()
     os.environ[KEY_ENV] = "bench"
     with tempfile.TemporaryDirectory() as folder:
@@ -134,11 +137,20 @@ def main() -> None:
           f"flight, {eight:.1f} req/s with 8: {speedup:.1f}x (goal >= 5x) {'OK' if speedup >= 5 else 'MISSED'}")
     print(f"overhead per request (client, checks, journal flushed to disk), no latency: {overhead:.1f} ms")
     cost = projection()
+    rows = [_published.Row(f"`augment` LLM mix, {args.pairs} pairs, server latency {args.latency * 1000:.0f} ms: "
+                           "8 requests in flight vs 1",
+                           f"{speedup:.1f}x the throughput ({one:.1f} vs {eight:.1f} requests/s)", ">= 5x"),
+            _published.Row("`augment` overhead per request (client, checks, journal flushed to disk)",
+                           f"{overhead:.1f} ms")]
     for name, numbers in (("back-translation of Clotho's 19,195 development captions", cost["back_translation"]),
                           ("LLM mix of 50,000 Clotho pairs", cost["llm_mix"])):
         print(f"{name}: {numbers['requests']:,} requests, ~{numbers['prompt_tokens']:,} prompt + "
               f"~{numbers['completion_tokens']:,} completion tokens (default prompts; captions of "
               f"{cost['mean_words']:.1f} words on average)")
+        rows.append(_published.Row(f"`augment --dry-run` estimate: {name}",
+                                   f"{numbers['requests']:,} requests, ~{numbers['prompt_tokens'] / 1e6:.1f} M "
+                                   f"prompt + ~{numbers['completion_tokens'] / 1e6:.1f} M completion tokens"))
+    _published.finish(__file__, rows, args.write_docs)
     if speedup < 5:
         raise SystemExit(1)
 

@@ -8,9 +8,11 @@ slows all of them alike; the best of ``--repeats`` rounds counts (the first roun
 allocations).
 
 Printed: per backbone its sample rate and parameter count, then per clip length the best seconds per batch,
-clips/s and the ratio of its clips/s to PaSST's (above 1: faster than PaSST).
+clips/s and the ratio of its clips/s to PaSST's (above 1: faster than PaSST). ``--write-docs`` puts them into
+this script's block of docs/speed.md.
 
     .venv/bin/python benchmarks/bench_backbones.py [--quick] [--batch N] [--repeats N] [--device cpu|cuda]
+        [--write-docs]
 
 About 2-3 minutes on a 2-core CPU with the defaults (3 rounds); ``--quick`` is one round.
 """
@@ -22,6 +24,7 @@ import time
 
 import torch
 
+import _published
 from dcase_t6.models import audio as audio_backbones
 
 BACKBONES = ("passt", "beats", "eat")
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="Clips per batch (4).")
     parser.add_argument("--repeats", type=int, default=3, help="Rounds; the best counts (3).")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Where to run (cpu).")
+    _published.add_option(parser)
     arguments = parser.parse_args()
     device = torch.device(arguments.device)
     repeats = 1 if arguments.quick else max(1, arguments.repeats)
@@ -91,6 +95,19 @@ def main() -> None:
             ratio = best[REFERENCE, seconds] / best[name, seconds]
             row += f" | {'':>{len(f'{seconds:g} s clips:')}} {best[name, seconds]:>7.2f} {rate:>7.2f} {ratio:>7.2f}x"
         print(row)
+    _published.finish(__file__, [published_row(best, arguments.batch)], arguments.write_docs,
+                      _published.device_note(device))
+
+
+def published_row(best: dict[tuple[str, float], float], batch: int) -> _published.Row:
+    """PaSST's clips/s at each length, the others as ratios to PaSST's."""
+    lengths = " / ".join(f"{seconds:g} s" for seconds in LENGTHS)
+    measured = ["PaSST " + " / ".join(f"{batch / best[REFERENCE, seconds]:.2f}" for seconds in LENGTHS) + " clips/s"]
+    for name, label in (("beats", "BEATs"), ("eat", "EAT")):
+        measured.append(label + " " + " / ".join(f"{best[REFERENCE, seconds] / best[name, seconds]:.2f}x"
+                                                 for seconds in LENGTHS))
+    return _published.Row(f"backbones, eval-mode embedding, {batch} clips of {lengths} (`bench_backbones.py`)",
+                          "; ".join(measured) + " PaSST's")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ Writes a long mono WAV (default 10 hours at 44.1 kHz, 16-bit: 1.6 GB) into a tem
 repository, indexes it with `prepare eval`, then runs `prepare cache` in a child process per case and reads the
 child's peak resident memory (``ru_maxrss``) and wall time. With ``--before SRC`` every case also runs with
 ``PYTHONPATH=SRC`` (another version's ``src`` folder, e.g. ``git archive HEAD src | tar -x -C /tmp/old``) and
-the ratio is printed. The temporary folder is deleted at the end.
+the ratio is printed. The temporary folder is deleted at the end. ``--write-docs`` puts the peaks and times into
+this script's block of docs/speed.md.
 
 Usage:
 
     .venv/bin/python benchmarks/bench_cache_memory.py [--hours 10] [--rate 16000] [--max-seconds 30]
-        [--before /tmp/old/src]
+        [--before /tmp/old/src] [--write-docs]
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+import _published
 
 SOURCE_RATE = 44100
 BLOCK_SECONDS = 60
@@ -64,7 +67,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=16000, help="cache rate (prepare cache --rate)")
     parser.add_argument("--max-seconds", type=float, default=30.0)
     parser.add_argument("--before", help="src folder of the version to compare with")
+    _published.add_option(parser)
     options = parser.parse_args()
+    rows = []
     scratch = Path(tempfile.mkdtemp(prefix="bench-cache-memory-"))
     try:
         audio = scratch / "audio"
@@ -84,17 +89,25 @@ def main() -> None:
         versions = [("before", options.before), ("after", None)] if options.before else [("after", None)]
         print(f"cache at {options.rate} Hz, float32: the whole clip is {output / 1e9:.2f} GB of samples")
         for name, extra in cases:
-            peaks = {}
+            peaks, times = {}, {}
             for version, python_path in versions:
                 shutil.rmtree(root / "cache", ignore_errors=True)
                 peak, seconds = run_cli(["prepare", "cache", "--root", str(root), "--rate", str(options.rate),
                                          "--workers", "1", "--force", *extra], python_path)
-                peaks[version] = peak
+                peaks[version], times[version] = peak, seconds
                 print(f"{name:>22} {version:>6}: peak RSS {peak:6.2f} GB, {seconds:6.1f} s")
             if len(peaks) == 2:
                 print(f"{name:>22}  ratio: {peaks['before'] / peaks['after']:.1f}x less memory")
+            before = (f" (`--before`: {peaks['before']:.2f} GB and {times['before']:.1f} s)" if len(peaks) == 2
+                      else "")
+            what = (f"`prepare cache`, one {options.hours:g}-hour {SOURCE_RATE / 1000:g} kHz mono WAV, cache at "
+                    f"{options.rate / 1000:g} kHz: peak memory (RSS) and time" if not extra
+                    else f"the same with `--max-seconds {options.max_seconds:g}`")
+            rows.append(_published.Row(what, f"{peaks['after']:.2f} GB in {times['after']:.1f} s{before}",
+                                       "independent of the clip's length" if not extra else ""))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    _published.finish(__file__, rows, options.write_docs)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ both on the full 4-system grid at step 0.05 (1771 points). Prints the seconds of
 (core, and the whole command from .npz files), the seconds of two references EXTRAPOLATED from a
 few timed points (a weighted sum, then per query one NumPy lexsort; and a weighted sum, then the
 vectorised `metrics` ranks), the speed ratios, whether the 30 s goal holds, and whether the search
-agrees with the references on the timed points.
+agrees with the references on the timed points. ``--write-docs`` puts the figures into this script's block
+of docs/speed.md.
 
     .venv/bin/python benchmarks/bench_ensemble.py           # full size
     .venv/bin/python benchmarks/bench_ensemble.py --quick   # 300 files, 300 multi-relevant queries
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+import _published
 from dcase_t6.ensemble import grid
 from dcase_t6.ensemble.search import SearchOptions, search
 from dcase_t6.ensemble.systems import System, weighted_sum
@@ -118,8 +120,10 @@ def time_command(systems: list[SimilarityMatrix], relevance: Relevance) -> float
         return time.perf_counter() - start
 
 
-def report(name: str, systems: list[SimilarityMatrix], relevance: Relevance) -> None:
-    """Time the search and the references on one case and print the comparison."""
+def report(name: str, systems: list[SimilarityMatrix], relevance: Relevance) -> dict:
+    """Time the search and the references on one case, print the comparison and return the figures: the shape
+    (systems, points, queries, files), the seconds of the search and of the whole command, and the ratio of the
+    per-query NumPy reference to the search."""
     alignment = align(systems[0], relevance)
     scored = np.stack([matrix.scores for matrix in systems])[:, alignment.rows]
     divisions = grid.grid_divisions(STEP)
@@ -145,24 +149,42 @@ def report(name: str, systems: list[SimilarityMatrix], relevance: Relevance) -> 
     print(f"  whole --search command   {command_s:9.2f} s  (read .npz, align, search, exact re-score, save)")
     print(f"  goal < {GOAL_S:.0f} s: {'met' if command_s < GOAL_S else 'NOT met'}")
     timed = np.random.default_rng(1).choice(n_points, size=12, replace=False)
+    ratios = {}
     for label, reference, n_timed in (("per-query NumPy reference", numpy_reference_map16, 3),
                                       ("vectorised reference", vectorised_reference_map16, 12)):
         per_point, values = time_reference(reference, scored, alignment.relevant, result.points[timed[:n_timed]])
         agree = np.allclose(values, result.scores[timed[:n_timed]], rtol=0, atol=1e-12)
+        ratios[label] = per_point * n_points / search_s
         print(f"  {label:25s}{per_point * n_points:9.1f} s  EXTRAPOLATED from {n_timed} points "
               f"({per_point:.3f} s each); ratio {per_point * n_points / search_s:6.1f}x; agrees: {agree}")
+    return {"systems": len(scored), "points": n_points, "queries": scored.shape[1], "files": scored.shape[2],
+            "search_s": search_s, "command_s": command_s, "numpy_ratio": ratios["per-query NumPy reference"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (300 files, 300 multi-relevant queries)")
+    _published.add_option(parser)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    report("single-relevant (Clotho validation shape)", *single_relevant_case(rng, 300 if args.quick else 1045))
+    single = report("single-relevant (Clotho validation shape)",
+                    *single_relevant_case(rng, 300 if args.quick else 1045))
+    rows = [_published.Row(
+        f"`ensemble --search`, {single['systems']} systems, {single['points']} points, "
+        f"{single['queries']} x {single['files']}",
+        f"{single['search_s']:.1f} s search, {single['command_s']:.1f} s whole command; "
+        f"{single['numpy_ratio']:.0f}x a per-query NumPy loop", f"< {GOAL_S:.0f} s")]
     if RELEVANCE_FILE.is_file():
-        report("multi-relevant (real dev-test relevance file)", *multi_relevant_case(rng, 300 if args.quick else 1037))
+        multi = report("multi-relevant (real dev-test relevance file)",
+                       *multi_relevant_case(rng, 300 if args.quick else 1037))
+        rows.append(_published.Row(f"`ensemble --search`, same on the {multi['queries']}-query relevance file",
+                                   f"{multi['search_s']:.1f} s search, {multi['command_s']:.1f} s whole command",
+                                   f"< {GOAL_S:.0f} s"))
     else:
         print(f"multi-relevant case skipped: {RELEVANCE_FILE} not found")
+        rows.append(_published.Row("`ensemble --search`, same on the 1037-query relevance file",
+                                   f"not measured: {RELEVANCE_FILE.name} not found", f"< {GOAL_S:.0f} s"))
+    _published.finish(__file__, rows, args.write_docs)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Cases: the Clotho dev-test single-relevant shape (5225 captions x 1045 files) and the real
 1037-query multi-relevance file. Prints seconds, the speed ratio and whether the goals hold
 (< 0.5 s single-relevant on one core, >= 20x faster than the reference). Also checks both agree.
+Then the seconds to write a 1000 x 1045 submission CSV (goal < 2 s) and whether it reads back bit-exact.
+``--write-docs`` puts the figures into this script's block of docs/speed.md.
 
-    .venv/bin/python benchmarks/bench_evaluate.py
+    .venv/bin/python benchmarks/bench_evaluate.py [--write-docs]
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the goal is stated for one core
 
+import argparse
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+import _published
 from dcase_t6.retrieval.evaluation import evaluate
 from dcase_t6.retrieval.ground_truth import Relevance, read_relevance_file
-from dcase_t6.retrieval.matrices import SimilarityMatrix
+from dcase_t6.retrieval.matrices import SimilarityMatrix, read_matrix, write_matrix
 
 RELEVANCE_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "clotho-devtest-relevance-metadata_eval.csv"
 
@@ -90,26 +95,63 @@ def multi_relevant_case(rng: np.random.Generator) -> tuple[SimilarityMatrix, Rel
     return SimilarityMatrix(relevance.queries, files, scores), relevance
 
 
-def report(name: str, matrix: SimilarityMatrix, relevance: Relevance, goal_s: float | None) -> None:
+def report(name: str, matrix: SimilarityMatrix, relevance: Relevance, goal_s: float | None
+           ) -> tuple[float, dict[str, float]]:
+    """Print the timings of one case; return the seconds of `evaluate` and each reference's speed ratio."""
     fast_s, result = time_it(lambda: evaluate(matrix, relevance))
     print(f"{name}: {matrix.shape[0]} x {matrix.shape[1]}")
     print(f"  evaluate          {fast_s:8.3f} s  (five metrics, per-query table, jackknife CIs)")
     if goal_s is not None:
         print(f"  goal < {goal_s} s: {'met' if fast_s < goal_s else 'NOT met'}")
+    ratios = {}
     for label, reference in (("Python reference", python_reference_map16), ("NumPy reference", numpy_reference_map16)):
         slow_s, value = time_it(lambda: reference(matrix, relevance), repeat=1)
         agree = abs(result.scores["mAP@16"] - value) < 1e-12
+        ratios[label] = slow_s / fast_s
         print(f"  {label:17s} {slow_s:8.3f} s  ratio {slow_s / fast_s:6.1f}x  mAP@16 agrees: {agree}")
     print("  goal: >= 20x faster than the straightforward per-query Python reference")
+    return fast_s, ratios
+
+
+def submission_csv(rng: np.random.Generator, queries: int = 1000, files: int = 1045) -> tuple[float, bool]:
+    """Seconds to write a ``queries`` x ``files`` submission CSV (best of 3), and whether it reads back bit-exact."""
+    matrix = SimilarityMatrix([f"caption {i}, said &#39;{i}&#39;" for i in range(queries)],
+                              [f"clip {i}.wav" for i in range(files)], rng.standard_normal((queries, files)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "submission.csv"
+        seconds, _ = time_it(lambda: write_matrix(matrix, path))
+        back = read_matrix(path)
+    exact = back.queries == matrix.queries and back.files == matrix.files and np.array_equal(back.scores,
+                                                                                               matrix.scores)
+    print(f"submission CSV, write {queries} x {files}: {seconds:.2f} s (goal < 2 s: "
+          f"{'met' if seconds < 2 else 'NOT met'}); reads back bit-exact: {exact}")
+    return seconds, exact
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _published.add_option(parser)
+    arguments = parser.parse_args()
     rng = np.random.default_rng(0)
-    report("single-relevant (Clotho dev-test shape)", *single_relevant_case(rng), goal_s=0.5)
+    matrix, relevance = single_relevant_case(rng)
+    seconds, ratios = report("single-relevant (Clotho dev-test shape)", matrix, relevance, goal_s=0.5)
+    rows = [_published.Row(
+        f"`evaluate`, {matrix.shape[0]} x {matrix.shape[1]} single-relevant",
+        f"{seconds:.2f} s; {ratios['Python reference']:.0f}x a per-query Python loop "
+        f"({ratios['NumPy reference']:.0f}x a per-query NumPy sort)", "< 0.5 s, >= 20x")]
     if RELEVANCE_FILE.is_file():
-        report("multi-relevant (real dev-test relevance file)", *multi_relevant_case(rng), goal_s=None)
+        matrix, relevance = multi_relevant_case(rng)
+        seconds, ratios = report("multi-relevant (real dev-test relevance file)", matrix, relevance, goal_s=None)
+        rows.append(_published.Row(f"`evaluate`, real {len(relevance.queries)}-query relevance file",
+                                   f"{seconds:.2f} s; {ratios['Python reference']:.0f}x the Python loop", ">= 20x"))
     else:
         print(f"multi-relevant case skipped: {RELEVANCE_FILE} not found")
+        rows.append(_published.Row("`evaluate`, real 1037-query relevance file",
+                                   f"not measured: {RELEVANCE_FILE.name} not found", ">= 20x"))
+    seconds, exact = submission_csv(rng)
+    back = "reads back bit-exact" if exact else "does NOT read back bit-exact"
+    rows.append(_published.Row("submission CSV, write 1000 x 1045", f"{seconds:.2f} s ({back})", "< 2 s"))
+    _published.finish(__file__, rows, arguments.write_docs)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ in the browser (navigation start to the table drawn) and of a query page.
 library's http.server and, when importable, Starlette + Uvicorn: latency per request, and whether a Range
 request (how browsers seek) gets its bytes.
 
-    .venv/bin/python benchmarks/bench_explore.py [--servers] [--no-browser]
+``--write-docs`` puts the start, browser and static-site figures into this script's block of docs/speed.md
+(the server comparison is printed only).
+
+    .venv/bin/python benchmarks/bench_explore.py [--servers] [--no-browser] [--write-docs]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+import _published
 from dcase_t6.explore.analysis import SystemSource, explore
 from dcase_t6.explore.audio import scan_audio
 from dcase_t6.explore.pages import Site
@@ -78,7 +82,10 @@ def timed(function, *args):
     return value, time.perf_counter() - started
 
 
-def bench_case(label: str, n_queries: int, relevant_range: tuple[int, int], browser) -> None:
+def bench_case(label: str, n_queries: int, relevant_range: tuple[int, int], browser) -> dict:
+    """Time one case and print the figures; return the published ones: queries, seconds to read and score from
+    .npz and from CSV, the static site's pages and seconds, and the browser's milliseconds (None without one)."""
+    figures: dict = {"queries": n_queries, "browser": None}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = generate(folder, n_queries, relevant_range)
@@ -91,6 +98,7 @@ def bench_case(label: str, n_queries: int, relevant_range: tuple[int, int], brow
         sources = [SystemSource(f"system{s}", matrix, f"system{s}.npz") for s, matrix in enumerate(matrices)]
         exploration, score_seconds = timed(explore, sources, truth)
         print(f"  score and align (evaluate x 2, ranks):         {score_seconds:6.2f} s")
+        figures.update(start_npz=reads[".npz"] + score_seconds, start_csv=reads[".csv"] + score_seconds)
         site = Site(exploration, scan_audio(data["audio"], exploration.clips))
         for path, what in (("index.html", "queries page"), ("data/queries.js", "queries table data"),
                            ("query/0.html", "a query page"), ("clip/0.html", "first clip page (ranks all)"),
@@ -102,6 +110,7 @@ def bench_case(label: str, n_queries: int, relevant_range: tuple[int, int], brow
         report, _ = timed(write_site, Site(exploration, site.audio), folder / "site")
         print(f"  static site (--html), {report.pages:,} pages + {report.audio_files:,} audio links: "
               f"{report.seconds:6.1f} s")
+        figures.update(pages=report.pages, site_s=report.seconds)
         if browser is not None:
             server = bind(Site(exploration, site.audio))
             server.start()
@@ -121,9 +130,27 @@ def bench_case(label: str, n_queries: int, relevant_range: tuple[int, int], brow
                       f"(+ {start:.1f} s to read the .npz and score before the server answers)")
                 print(f"  browser, a query page loaded:                  {query:6.0f} ms")
                 print(f"  browser, a clip page loaded:                   {clip:6.0f} ms")
+                figures["browser"] = (first, query)
                 page.close()
             finally:
                 server.shutdown()
+    return figures
+
+
+def published_rows(cases: list[dict]) -> list[_published.Row]:
+    """Start and browser figures of the largest case; the static site of every case."""
+    largest = max(cases, key=lambda figures: figures["queries"])
+    size = f"{largest['queries']:,} queries x {N_CLIPS:,} clips"
+    browser = ("not measured in this run (`--no-browser`, or no Playwright and Chromium)" if largest["browser"] is None
+               else "{:.2f} s / {:.2f} s".format(*(ms / 1000 for ms in largest["browser"])))
+    ordered = sorted(cases, key=lambda figures: -figures["queries"])
+    sizes = " / ".join(f"{figures['queries']:,}" for figures in ordered)
+    sites = " / ".join(f"{figures['pages']:,} pages in {figures['site_s']:.0f} s" for figures in ordered)
+    return [_published.Row(f"`explore` start, {size}, two systems: read and score before the server answers",
+                           f"{largest['start_npz']:.1f} s from `.npz` ({largest['start_csv']:.1f} s from CSV)"),
+            _published.Row(f"`explore` in Chromium, {largest['queries']:,} queries: queries page drawn / "
+                           "a query page loaded", browser),
+            _published.Row(f"`explore --html` static site, {sizes} queries", sites)]
 
 
 # --- servers -------------------------------------------------------------------------------------------------
@@ -226,6 +253,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--servers", action="store_true", help="also compare the candidate servers")
     parser.add_argument("--no-browser", action="store_true", help="skip the browser timings")
+    _published.add_option(parser)
     options = parser.parse_args()
     browser, playwright = None, None
     if not options.no_browser:
@@ -239,8 +267,7 @@ def main() -> None:
             playwright = sync_playwright().start()
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
     try:
-        for label, n_queries, relevant_range in CASES:
-            bench_case(label, n_queries, relevant_range, browser)
+        cases = [bench_case(label, n_queries, relevant_range, browser) for label, n_queries, relevant_range in CASES]
     finally:
         if browser is not None:
             browser.close()
@@ -255,6 +282,7 @@ def main() -> None:
                 print(f"  {name:<22} {import_seconds(statement) * 1000:6.0f} ms")
             except subprocess.CalledProcessError:
                 print(f"  {name:<22} not installed")
+    _published.finish(__file__, published_rows(cases), options.write_docs)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ projections to 1024-d) with and without the parameters that never reach the loss
 classifier heads, RoBERTa's pooler).
 
 Random weights (the compute is the same as with the published ones); audio: Clotho-like clips of 20-30 s
-(three 10 s segments each). On CUDA the step runs under fp16 autocast as the baseline trains.
+(three 10 s segments each). On CUDA the step runs under fp16 autocast as the baseline trains. ``--write-docs``
+puts the step times into this script's block of docs/speed.md.
 
-    .venv/bin/python benchmarks/bench_patchout.py [--quick] [--batch N]
+    .venv/bin/python benchmarks/bench_patchout.py [--quick] [--batch N] [--write-docs]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 
 import torch
 
+import _published
 from dcase_t6.models.audio import passt
 
 SECOND = passt.SAMPLE_RATE
@@ -75,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Fewer timed steps.")
     parser.add_argument("--batch", type=int, default=None, help="Clips per step (default 2 on CPU, 64 on CUDA).")
+    _published.add_option(parser)
     arguments = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = arguments.batch or (64 if device.type == "cuda" else 2)
@@ -104,6 +107,13 @@ def main() -> None:
     print(f"  before (PaSST heads + RoBERTa pooler): {before:,}")
     print(f"  after  (as trained and registered):    {after:,}  (-{before - after:,}: heads "
           f"{passt_full - passt_trained:,}, pooler {roberta_full - roberta_trained:,})")
+    patchout, plain = timings["patchout 15/2 (baseline)"], timings["no patchout"]
+    row = _published.Row(
+        f"PaSST training step, {batch} clips of 20-30 s, structured patchout 15/2 vs none (`bench_patchout.py`)",
+        f"{patchout:.{1 if patchout >= 1 else 3}f} s vs {plain:.{1 if plain >= 1 else 3}f} s per step: patchout "
+        f"{ratio:.2f}x faster ({498 / 284:.2f}x fewer tokens; attention is quadratic in them)",
+        "the baseline's regulariser, and faster")
+    _published.finish(__file__, [row], arguments.write_docs, _published.device_note(device))
 
 
 if __name__ == "__main__":

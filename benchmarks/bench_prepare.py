@@ -6,9 +6,10 @@ with N workers against a process-pool floor, then how much faster reading a clip
 cache is than decoding it. Goals: build within 1.3x of the floor; reads >= 50x faster than decoding.
 Each time is the best of several runs; for 1 worker the CPU-time ratio is printed too, as it is
 steadier than wall time on a shared machine. The parallel floor uses the same worker start method
-(fork server) as the cache. Usage:
+(fork server) as the cache. ``--write-docs`` puts the figures into this script's block of docs/speed.md.
+Usage:
 
-    .venv/bin/python benchmarks/bench_prepare.py [--clips 100] [--workers 2]
+    .venv/bin/python benchmarks/bench_prepare.py [--clips 100] [--workers 2] [--write-docs]
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+import _published
 from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.audio_io import load_audio
-from dcase_t6.data.cache_build import build_cache, worker_context
+from dcase_t6.data.cache_build import CacheRequest, build_cache, worker_context
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import read_index
 from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
@@ -46,7 +48,7 @@ def floor(paths: list[Path], workers: int) -> None:
 
 def cache_build(layout: Layout, workers: int) -> None:
     """A full build from scratch (the previous cache is removed first, outside the timing)."""
-    build_cache(layout, RATE, workers=workers)
+    build_cache(layout, CacheRequest(RATE, workers=workers))
 
 
 def cpu_seconds() -> float:
@@ -77,7 +79,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=100, help="Number of clips (default 100).")
     parser.add_argument("--workers", type=int, default=2, help="Workers for the parallel comparison (default 2).")
     parser.add_argument("--repeat", type=int, default=3, help="Runs per measurement (default 3).")
+    _published.add_option(parser)
     args = parser.parse_args()
+    ratios: dict[int, float] = {}
     root = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     try:
         layout = Layout.at(root)
@@ -91,7 +95,7 @@ def main() -> None:
         for workers in sorted({1, args.workers}):
             floor_s, floor_cpu = best_of(args.repeat, lambda: floor(paths, workers))
             build_s, build_cpu = best_of(args.repeat, lambda: cache_build(layout, workers), before=clear)
-            ratio = build_s / floor_s
+            ratio = ratios[workers] = build_s / floor_s
             cpu = f"   CPU-time ratio {build_cpu / floor_cpu:.2f}x" if workers == 1 else ""
             print(f"workers={workers}: floor {len(paths) / floor_s:7.1f} clips/s   "
                   f"prepare cache {len(paths) / build_s:7.1f} clips/s   ratio {ratio:.2f}x  "
@@ -106,6 +110,11 @@ def main() -> None:
               f"(goal >= 50x: {verdict(speedup >= 50)})")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    parallel = f"; {ratios[args.workers]:.2f}x with {args.workers} workers" if args.workers != 1 else ""
+    rows = [_published.Row("audio cache build vs plain decode + resample loop",
+                           f"about {ratios[1]:.2f}x the loop (1 worker{parallel})", "within 1.3x"),
+            _published.Row("reading a cached clip vs decoding it", f"{speedup:.0f}x faster", ">= 50x")]
+    _published.finish(__file__, rows, args.write_docs)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ longest). The reference is the baseline's ``predict.py`` way with the same model
 
 Printed: clips/s and captions/s of both ways, their ratio, and the projected time to embed Clotho's dev-test
 (1,045 clips and its 5,225 captions, which give both the single-relevant scores and, for the 1,037 queries of the
-relevance file, mAP@16) on this machine.
+relevance file, mAP@16) on this machine. ``--write-docs`` puts them into this script's block of docs/speed.md.
 
-    .venv/bin/python benchmarks/bench_reproduce.py [--clips 6] [--captions 64] [--threads N]
+    .venv/bin/python benchmarks/bench_reproduce.py [--clips 6] [--captions 64] [--threads N] [--write-docs]
 
 About 2-4 minutes on a 2-core CPU with the defaults.
 """
@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import _published
+
 CLIPS, CAPTIONS = 1045, 5225  # Clotho evaluation = DCASE dev-test
 WORDS = ("a dog barks in the distance while rain falls on a metal roof and people talk in a busy hall birds chirp "
          "water flows wind blows through the trees a car passes by quickly footsteps on gravel door creaks").split()
@@ -38,7 +40,7 @@ def timed(function) -> float:
 
 
 def main() -> None:
-    from dcase_t6.embedding.encode import embed_audio, embed_text, pad_batch
+    from dcase_t6.embedding.encode import Clips, EncodeSettings, embed_audio, embed_text, pad_batch
     from dcase_t6.models import DualEncoder, ModelConfig
     from dcase_t6.models.text import ROBERTA_LARGE_SIZES, quiet_transformers, save_random_roberta
 
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=6, help="Clips embedded each way.")
     parser.add_argument("--captions", type=int, default=64, help="Captions embedded each way.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
+    _published.add_option(parser)
     arguments = parser.parse_args()
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
@@ -60,8 +63,8 @@ def main() -> None:
     device = torch.device("cpu")
     paths = list(range(len(clips)))
     read = lambda index, most: clips[index][:most]  # noqa: E731
-    embed_audio(model, paths[:1], read, 30 * 32000, 1, device)  # first-call allocations
-    batched_audio = timed(lambda: embed_audio(model, paths, read, 30 * 32000, 4, device))
+    embed_audio(model, Clips(paths[:1], read, 30 * 32000), EncodeSettings(1, device))  # first-call allocations
+    batched_audio = timed(lambda: embed_audio(model, Clips(paths, read, 30 * 32000), EncodeSettings(4, device)))
 
     def one_at_a_time_padded():
         with torch.no_grad():
@@ -72,9 +75,9 @@ def main() -> None:
                 model.encode_audio(waveforms, lengths)
 
     single_audio = timed(one_at_a_time_padded)
-    embed_text(model, captions[:2], 2, device)
-    batched_text = timed(lambda: embed_text(model, captions, 32, device))
-    single_text = timed(lambda: [embed_text(model, [caption], 1, device) for caption in captions])
+    embed_text(model, captions[:2], EncodeSettings(2, device))
+    batched_text = timed(lambda: embed_text(model, captions, EncodeSettings(32, device)))
+    single_text = timed(lambda: [embed_text(model, [caption], EncodeSettings(1, device)) for caption in captions])
     clips_per_s, single_clips_per_s = len(clips) / batched_audio, len(clips) / single_audio
     captions_per_s, single_captions_per_s = len(captions) / batched_text, len(captions) / single_text
     print(f"torch threads: {torch.get_num_threads()}; {len(clips)} clips of 15-30 s, {len(captions)} captions")
@@ -87,6 +90,17 @@ def main() -> None:
     print(f"Clotho dev-test ({CLIPS:,} clips, {CAPTIONS:,} captions) on this machine: {total / 60:.0f} min with "
           f"embed ({CLIPS / clips_per_s / 60:.0f} min audio + {CAPTIONS / captions_per_s / 60:.0f} min text); "
           f"{single / 60:.0f} min the predict.py way")
+    rows = [_published.Row("PaSST embedding, Clotho's 15-30 s clips: `embed` (batches of 4) vs `predict.py`'s way "
+                           "(one at a time, padded to 30 s)",
+                           f"{clips_per_s:.2f} clips/s; {clips_per_s / single_clips_per_s:.2f}x predict.py's way"),
+            _published.Row("roberta-large embedding, captions of 8-20 words: `embed` (batches of 32) vs one at a time",
+                           f"{captions_per_s:.1f} captions/s; {captions_per_s / single_captions_per_s:.1f}x "
+                           "predict.py's way"),
+            _published.Row(f"Clotho dev-test ({CLIPS:,} clips, {CAPTIONS:,} captions) embedded on this machine "
+                           "(PaSST + roberta-large)",
+                           f"{total / 60:.0f} min ({CLIPS / clips_per_s / 60:.0f} min audio + "
+                           f"{CAPTIONS / captions_per_s / 60:.0f} min text); {single / 60:.0f} min the predict.py way")]
+    _published.finish(__file__, rows, arguments.write_docs, f"{torch.get_num_threads()} torch threads")
 
 
 if __name__ == "__main__":

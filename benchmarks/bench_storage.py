@@ -15,9 +15,9 @@ copies). In one run it prints:
    against float32 for all, and the workers needed to feed 150 clips/s at 30 s windows with the training
    mix of the three sets, with 5 % headroom (so that the loader waits under 5 % of the time).
 
-Usage:
+``--write-docs`` puts the figures of 1 and 2 into this script's block of docs/speed.md. Usage:
 
-    .venv/bin/python benchmarks/bench_storage.py [--clips 24] [--repeat 3]
+    .venv/bin/python benchmarks/bench_storage.py [--clips 24] [--repeat 3] [--write-docs]
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+import _published
 from dcase_t6.data.audio_cache import AudioCache, crop_span
 from dcase_t6.data.audio_io import load_audio
-from dcase_t6.data.cache_build import build_cache
+from dcase_t6.data.cache_build import CacheRequest, build_cache
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.storage import StorageRequest
@@ -119,7 +120,7 @@ def measure(layout: Layout, rate: int, repeat: int) -> dict:
     for mode in ("float32", "int16", "window"):
         directory = layout.cache_dir(rate)
         shutil.rmtree(directory, ignore_errors=True)
-        build_cache(layout, rate, request=StorageRequest({None: mode}, {}))
+        build_cache(layout, CacheRequest(rate, storage=StorageRequest({None: mode}, {})))
         cache = AudioCache(root, rate)
         samples = sum(cache.length(key) for key in keys)
         result[f"{mode}_bytes"] = (samples * {"float32": 4, "int16": 2}[mode] if mode != "window"
@@ -204,10 +205,33 @@ def projection(measured: dict[str, dict[int, dict]]) -> None:
           "machine's CPU, one process per worker, reading through AudioCache.clip as the training loader does.)")
 
 
+def published_rows(measured: dict[str, dict[int, dict]]) -> list[_published.Row]:
+    """The storage ratios over both formats and both rates (one figure, or the range when they differ)."""
+    every = [m for by_rate in measured.values() for m in by_rate.values()]
+    int16 = [m["int16_bytes"] / m["float32_bytes"] for m in every]
+    adds = [max(m["window_bytes"] / m["source_bytes"] for m in measured[name].values()) for name in ("flac", "mp3")]
+    long = {seconds: [m[f"window_long_{seconds}"] / m[f"decode_long_{seconds}"] for m in every] for seconds in (10, 30)}
+    minutes = f"{min(LONG_FILES) / 60:g}-{max(LONG_FILES) / 60:g} min"
+    rates = " and ".join(f"{rate // 1000:g}" for rate in RATES)
+    return [_published.Row("storage (`bench_storage.py`): int16 vs float32 bytes per hour", _span(int16, ".2f") + "x",
+                           "<= 0.5x"),
+            _published.Row("storage: `window` index vs its sources (FLAC / MP3)",
+                           " / ".join(f"+{100 * value:.2f} %" for value in adds), "<= +10 %"),
+            _published.Row(f"storage: random window of a {minutes} file vs decoding it whole",
+                           "; ".join(f"{seconds} s: {_span(values, '.0f')}x" for seconds, values in long.items())
+                           + f" (FLAC and MP3, {rates} kHz)", ">= 3x")]
+
+
+def _span(values: list[float], spec: str) -> str:
+    low, high = format(min(values), spec), format(max(values), spec)
+    return low if low == high else f"{low}-{high}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=24, help="Number of generated clips (default 24).")
     parser.add_argument("--repeat", type=int, default=3, help="Runs per measurement (default 3).")
+    _published.add_option(parser)
     args = parser.parse_args()
     lengths = length_mix(args.clips)
     print(f"{len(lengths)} clips, {sum(lengths) / 60:.1f} min, mean {np.mean(lengths):.1f} s "
@@ -222,6 +246,7 @@ def main() -> None:
         projection(measured)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    _published.finish(__file__, published_rows(measured), args.write_docs)
 
 
 if __name__ == "__main__":

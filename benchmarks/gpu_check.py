@@ -261,7 +261,7 @@ def prepare(workdir: Path, settings: Settings) -> tuple[Path, Path, Path]:
     """The generated dataset with its audio caches at 32 and 16 kHz, and the roberta-large architecture in a
     local folder (random weights, the hub model's pooler, a tokenizer trained on the dataset's captions), and with
     the checks' number of layers in another (the same folder when the numbers agree)."""
-    from dcase_t6.data.cache_build import build_cache
+    from dcase_t6.data.cache_build import CacheRequest, build_cache
     from dcase_t6.data.layout import Layout
     from dcase_t6.data.split_index import read_index
     from dcase_t6.data.synthetic import SyntheticConfig, prepare_synthetic
@@ -274,7 +274,7 @@ def prepare(workdir: Path, settings: Settings) -> tuple[Path, Path, Path]:
                                                              max_duration=settings.max_clip_s))
     backbones = {*settings.backbones, *(["passt"] if settings.checks else [])}
     for rate in sorted({audio_backbones.sample_rate(backbone) for backbone in backbones}):
-        build_cache(Layout.at(data_root), rate, ["synthetic"], workers=max(1, settings.workers))
+        build_cache(Layout.at(data_root), CacheRequest(rate, ["synthetic"], workers=max(1, settings.workers)))
     captions = read_index(data_root, "synthetic")["caption"].tolist()
     text_model = save_roberta_large_architecture(workdir / "roberta-large-architecture", captions,
                                                  settings.text_layers)
@@ -470,7 +470,7 @@ def worker(spec: dict) -> None:
         return
     import torch.distributed as dist
 
-    from dcase_t6.embedding.encode import embed_audio
+    from dcase_t6.embedding.encode import Clips, EncodeSettings, embed_audio
     from dcase_t6.runs.config import from_dict
     from dcase_t6.runs.registry import Registry
     from dcase_t6.training.builder import build_training
@@ -503,10 +503,11 @@ def worker(spec: dict) -> None:
     if spec["embed_clips"]:
         paths = list(dict.fromkeys(setup.data.pairs.paths))[:spec["embed_clips"]]
         batch, store, samples = spec["embed_batch"], setup.data.store, setup.data.max_samples
-        embed_audio(setup.model, paths[:batch], store.clip, samples, batch, world.device)  # warm-up batch
+        settings = EncodeSettings(batch, world.device)
+        embed_audio(setup.model, Clips(paths[:batch], store.clip, samples), settings)  # warm-up batch
         _synchronise(world.device)
         start = time.perf_counter()
-        vectors = embed_audio(setup.model, paths[batch:], store.clip, samples, batch, world.device)
+        vectors = embed_audio(setup.model, Clips(paths[batch:], store.clip, samples), settings)
         _synchronise(world.device)
         seconds = time.perf_counter() - start
         recorder.update(embed_clips=len(vectors), embed_clips_per_s=round(len(vectors) / seconds, 2),

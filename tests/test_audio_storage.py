@@ -19,13 +19,13 @@ from dcase_t6.common.reporting import Recorder
 from dcase_t6.data import audio_cache, cache_build, storage
 from dcase_t6.data.audio_cache import AudioCache, crop_span
 from dcase_t6.data.audio_io import load_audio
-from dcase_t6.data.cache_build import build_cache
+from dcase_t6.data.cache_build import CacheRequest, build_cache
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.storage import Storage, StorageRequest, choose, resampled_length
 from dcase_t6.runs.config import TrainConfig
 from dcase_t6.training.augmentation import PairAugmenter
-from dcase_t6.training.data import BatchSource, load_pairs
+from dcase_t6.training.data import BatchSource, TrainingData, load_pairs
 from dcase_t6.training.distributed import World
 from helpers.data import interrupt_at_job
 
@@ -72,7 +72,7 @@ def spans(tmp_path_factory):
     layout = index_sounds(root)
     read, sizes = {}, {}
     for mode in ("float32", "int16", "window"):
-        report = build_cache(layout, RATE, request=as_mode(mode))
+        report = build_cache(layout, CacheRequest(RATE, storage=as_mode(mode)))
         assert report.decoded == len(SOURCES) and report.storage["eval"]["mode"] == mode
         sizes[mode] = report
         cache = AudioCache(root, RATE)
@@ -124,13 +124,13 @@ def test_storage_sizes_on_disk(tmp_path):
     layout = index_sounds(tmp_path, SOURCES[1:2])
     directory = layout.cache_dir(RATE)
     samples = 150 * RATE
-    build_cache(layout, RATE, request=as_mode("float32"))
+    build_cache(layout, CacheRequest(RATE, storage=as_mode("float32")))
     assert sum(p.stat().st_size for p in directory.glob("audio-*.f32")) == 4 * samples
     shutil.rmtree(directory)
-    build_cache(layout, RATE, request=as_mode("int16"))
+    build_cache(layout, CacheRequest(RATE, storage=as_mode("int16")))
     assert sum(p.stat().st_size for p in directory.glob("audio-*.i16")) == 2 * samples
     shutil.rmtree(directory)
-    report = build_cache(layout, RATE, request=as_mode("window"))
+    report = build_cache(layout, CacheRequest(RATE, storage=as_mode("window")))
     assert report.size_gb == 0 and not list(directory.glob("audio-*"))
     source = (tmp_path / "sounds" / "long.flac").stat().st_size
     assert (directory / "index.csv").stat().st_size < 0.001 * source
@@ -140,19 +140,19 @@ def test_max_seconds_caps_stored_clips_and_the_region_windows_come_from(tmp_path
     layout = index_sounds(tmp_path, SOURCES[:1])
     whole = load_audio(tmp_path / "sounds" / "long stereo.wav", RATE)
     for mode in ("float32", "window"):
-        report = build_cache(layout, RATE, request=as_mode(mode, 60))
+        report = build_cache(layout, CacheRequest(RATE, storage=as_mode(mode, 60)))
         assert report.decoded == 1 and report.hours == pytest.approx(60 / 3600, abs=1e-3)
         cache = AudioCache(tmp_path, RATE)
         assert cache.length("sounds/long stereo.wav") == 60 * RATE
         last = cache.clip("sounds/long stereo.wav", 10 * RATE, LAST)
         np.testing.assert_allclose(last, whole[50 * RATE:60 * RATE], atol=2e-6, rtol=0)
-        assert build_cache(layout, RATE).up_to_date == 1  # the cap is remembered with the mode
+        assert build_cache(layout, CacheRequest(RATE)).up_to_date == 1  # the cap is remembered with the mode
         assert report.size_gb == pytest.approx(4 * 60 * RATE / 1e9 if mode == "float32" else 0, abs=1e-3)
 
 
 def test_a_window_source_that_changes_between_epochs_is_read_as_it_is_now(tmp_path):
     layout = index_sounds(tmp_path, SOURCES[2:3])
-    build_cache(layout, RATE, request=as_mode("window"))
+    build_cache(layout, CacheRequest(RATE, storage=as_mode("window")))
     recorder = Recorder()
     cache = AudioCache(tmp_path, RATE, recorder)
     source = tmp_path / "sounds" / "long.mp3"
@@ -167,7 +167,7 @@ def test_a_window_source_that_changes_between_epochs_is_read_as_it_is_now(tmp_pa
     warnings = [text for kind, text in recorder.messages if kind == "warning"]
     assert len(warnings) == 1 and "changed since the 32000 Hz audio cache indexed it" in warnings[0]  # once per file
     assert "95.0 s" in warnings[0]
-    report = build_cache(layout, RATE)  # the next build re-indexes it
+    report = build_cache(layout, CacheRequest(RATE))  # the next build re-indexes it
     assert report.decoded == 1 and report.hours == pytest.approx(95 / 3600, abs=1e-3)
     source.unlink()
     with pytest.raises(UserError, match=r"long.mp3: a window of this source cannot be read \(No such file"):
@@ -181,14 +181,15 @@ def test_training_windows_are_a_function_of_seed_epoch_and_pair_and_match_across
     layout = Layout.at(root)
     read = {}
     for mode in ("float32", "window"):
-        build_cache(layout, RATE, request=as_mode(mode))
+        build_cache(layout, CacheRequest(RATE, storage=as_mode(mode)))
         store = AudioCache(root, RATE)
         pairs = load_pairs(config, store)
         batches = [np.arange(len(pairs.captions))]
 
         def source(epoch, store=store, pairs=pairs, batches=batches):
-            return BatchSource(pairs, batches, store, PairAugmenter(config, pairs.captions, pairs.clip_ids,
-                                                                    pairs.clip_names), RATE // 2, 7, epoch, World())
+            augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)
+            data = TrainingData(pairs, store, augmenter, RATE // 2, len(batches[0]), 7, 0, World(), str(root))
+            return BatchSource(data, epoch, batches)
         read[mode] = [source(epoch)[0].waveforms.numpy() for epoch in (0, 0, 1)]
     for first, repeat, other in read.values():
         np.testing.assert_array_equal(first, repeat)  # a resumed epoch reads the very same windows
@@ -255,13 +256,13 @@ def test_bad_storage_options_are_one_line_errors(tmp_path, arguments, message):
 
 def test_an_index_written_before_storage_modes_reads_as_float32(tmp_path):
     layout = index_sounds(tmp_path, SOURCES[3:])
-    build_cache(layout, RATE)
+    build_cache(layout, CacheRequest(RATE))
     index = layout.cache_dir(RATE) / "index.csv"
     pd.read_csv(index, dtype=str)[audio_cache.LEGACY_COLUMNS].to_csv(index, index=False)
     (layout.cache_dir(RATE) / storage.CHOICES_FILE).unlink()
     np.testing.assert_array_equal(AudioCache(tmp_path, RATE).read("sounds/short.flac"),
                                   load_audio(tmp_path / "sounds" / "short.flac", RATE))
-    assert build_cache(layout, RATE).up_to_date == 1  # nothing re-decoded
+    assert build_cache(layout, CacheRequest(RATE)).up_to_date == 1  # nothing re-decoded
 
 
 def test_training_on_window_storage_resumes_bit_for_bit_and_learns_like_the_stored_modes(tiny_data_root, tiny_training,
@@ -277,7 +278,7 @@ def test_training_on_window_storage_resumes_bit_for_bit_and_learns_like_the_stor
         root = tmp_path / mode / "data"
         shutil.copytree(tiny_data_root, root, ignore=shutil.ignore_patterns("cache"))
         rate = 16000  # tiny-cnn's rate; train builds the cache itself, in the remembered storage
-        build_cache(Layout.at(root), rate, request=as_mode(mode))
+        build_cache(Layout.at(root), CacheRequest(rate, storage=as_mode(mode)))
         settings = {**tiny_training, "data_root": str(root), "audio_seconds": 1.0, "epochs": 2}  # 1 s of 2-3 s clips
         full = training.train_new(tmp_path / mode / "a", build_config(None, settings))
         assert full.status == "finished"
@@ -303,13 +304,13 @@ def test_an_interrupted_int16_build_resumes_and_cuts_the_unindexed_tail(tmp_path
                                      ("c.mp3", 5.0, 44100, 1, "MPEG_LAYER_III")])
     real_job = interrupt_at_job(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        build_cache(layout, RATE, request=as_mode("int16"))
+        build_cache(layout, CacheRequest(RATE, storage=as_mode("int16")))
     assert len(AudioCache(tmp_path, RATE)) == 2
     shard = audio_cache.shard_path(layout.cache_dir(RATE), 0, "int16")
     with open(shard, "ab") as handle:  # samples a killed build wrote but never indexed
         handle.write(b"\x01" * 1000)
     monkeypatch.setattr(cache_build, "run_job", real_job)
-    report = build_cache(layout, RATE)  # int16 is remembered
+    report = build_cache(layout, CacheRequest(RATE))  # int16 is remembered
     assert (report.up_to_date, report.decoded, report.storage["eval"]["mode"]) == (2, 1, "int16")
     cache = AudioCache(tmp_path, RATE)
     for name in ("a.wav", "b.flac", "c.mp3"):

@@ -8,7 +8,7 @@ from dcase_t6.runs.config import build_config
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
 from dcase_t6.training.augmentation import NO_PAIR, PairAugmenter, WordEdits, load_synonyms, mix_clips, wordnet_synonyms
-from dcase_t6.training.data import BatchSource, CaptionPairs, load_pairs
+from dcase_t6.training.data import BatchSource, CaptionPairs, TrainingData, load_pairs
 from dcase_t6.training.distributed import World
 
 CAPTIONS = ["A loud dog barks.", "The dog barks loudly.", "Rain falls on a car roof.", "Rain on the car."]
@@ -101,17 +101,24 @@ class _ConstantClips:
         return np.full(10, float(str(path)) + 1.0, dtype=np.float32)[:max_samples]
 
 
+def _constant_batch_source(pairs: CaptionPairs, pair_augmenter: PairAugmenter) -> BatchSource:
+    """Epoch 0 of seed 0 with one batch, pairs 1 and 3, of 10-sample clips of ``_ConstantClips``."""
+    data = TrainingData(pairs, _ConstantClips(), pair_augmenter, max_samples=10, batch_size=2, seed=0, workers=0,
+                        world=World(), data_root="unused")
+    return BatchSource(data, 0, [np.array([1, 3])])
+
+
 def test_batch_source_mixes_waveforms_and_gives_mixed_pairs_new_ids(tmp_path):
     merged = tmp_path / "mixes.csv"
     merged.write_text("file_name_1,file_name_2,caption\ndog.wav,rain.wav,A dog barks in the rain.\n", encoding="utf-8")
     pairs = CaptionPairs(["0", "1", "2", "3"], CAPTIONS, CLIP_IDS, CLIP_NAMES, "x")
     mixer = augmenter(**{"audio_mix.p": 1.0, "audio_mix.merged_captions_file": str(merged)})
-    source = BatchSource(pairs, [np.array([1, 3])], _ConstantClips(), mixer, 10, 0, 0, World())
+    source = _constant_batch_source(pairs, mixer)
     batch = source[0]
     assert batch.clip_ids.tolist() == [-1, -2] and batch.partners.tolist() == [2, 0]
     assert np.allclose(batch.waveforms[0].numpy(), 0.5 * (2 + 3)) and np.allclose(batch.waveforms[1].numpy(), 2.5)
     assert mix_clips(np.ones(2, np.float32), np.ones(4, np.float32)).tolist() == [1.0, 1.0, 0.5, 0.5]
-    plain = BatchSource(pairs, [np.array([1, 3])], _ConstantClips(), augmenter(), 10, 0, 0, World())
+    plain = _constant_batch_source(pairs, augmenter())
     assert plain[0].clip_ids.tolist() == [0, 1] and (plain[0].partners == NO_PAIR).all()
 
 

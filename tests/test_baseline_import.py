@@ -288,7 +288,7 @@ def test_the_compiled_layout_imports_the_same_tensors(imported, tmp_path):
 def test_embed_gives_the_vectors_of_our_model_built_from_the_same_tensors(imported):
     from dcase_t6.data.audio_cache import AudioCache
     from dcase_t6.data.layout import Layout
-    from dcase_t6.embedding.encode import embed_audio, embed_text
+    from dcase_t6.embedding.encode import Clips, EncodeSettings, embed_audio, embed_text
 
     run, workdir, data = imported["result"]["run"], imported["workdir"], imported["data"]
     written = run_cli(workdir, "embed", run, "--data-root", data, "--dataset", "synthetic", "--split", DEV_TEST,
@@ -299,8 +299,8 @@ def test_embed_gives_the_vectors_of_our_model_built_from_the_same_tensors(import
     durations = [len(cache.clip(path)) / 32000 for path in paths]
     assert min(durations) < 10 < max(durations) and max(durations) > 30  # 1, 2 and 3 segments, and a crop
     model = imported["model"]
-    audio = embed_audio(model, paths, cache.clip, 30 * 32000, 2, torch.device("cpu"))
-    text = embed_text(model, list(embedded["queries"]), 4, torch.device("cpu"))
+    audio = embed_audio(model, Clips(paths, cache.clip, 30 * 32000), EncodeSettings(2, torch.device("cpu")))
+    text = embed_text(model, list(embedded["queries"]), EncodeSettings(4, torch.device("cpu")))
     assert np.abs(embedded["audio"] - audio).max() < 1e-5
     assert np.abs(embedded["text"] - text).max() < 1e-5
     scores = npz(written["similarity"])["scores"]

@@ -12,7 +12,7 @@ import torch
 from dcase_t6.models import DualEncoder, ModelConfig
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.audio import passt
-from dcase_t6.models.text import TextEncoder, normalise_caption
+from dcase_t6.models.text import TextEncoder, TextSettings, normalise_caption
 from dcase_t6.training.losses import multi_positive_infonce
 from helpers.data import DEVTEST_RELEVANCE
 
@@ -104,7 +104,7 @@ def test_caption_normalisation_is_the_baselines_on_every_dev_test_query():
 
 
 def test_text_encoder_has_no_pooler_and_the_baselines_dropout(roberta_with_pooler):
-    encoder = TextEncoder(str(roberta_with_pooler), dropout=0.2)
+    encoder = TextEncoder(TextSettings(str(roberta_with_pooler), dropout=0.2))
     assert encoder.model.pooler is None
     assert not [name for name, _ in encoder.named_parameters() if "pooler" in name]
     config = encoder.model.config
@@ -114,7 +114,7 @@ def test_text_encoder_has_no_pooler_and_the_baselines_dropout(roberta_with_poole
 
 def test_dynamic_padding_gives_the_first_token_of_padding_to_max_length(roberta_with_pooler):
     """The baseline pads every caption to 32 tokens; we pad to the longest of the batch: same vectors."""
-    encoder = TextEncoder(str(roberta_with_pooler)).eval()
+    encoder = TextEncoder(TextSettings(str(roberta_with_pooler))).eval()
     captions = ["a dog barks in the distance", "rain", "a bell rings twice while wind blows through the trees"]
     tokens = encoder.tokenizer([normalise_caption(c) for c in captions], padding="max_length", max_length=32,
                                truncation=True, return_tensors="pt")

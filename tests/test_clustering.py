@@ -107,7 +107,8 @@ def test_a_batch_loss_adds_the_heads_cross_entropies_on_the_registered_labels(re
     setup = build_training(from_dict(registry.run(run).config), registry, run, World())
     data = setup.data
     batches = epoch_batches(len(data.pairs.captions), 8, seed=0, epoch=0)
-    batch = BatchSource(data.pairs, batches, data.store, data.augmenter, data.max_samples, 0, 0, setup.world)[0]
+    assert data.seed == 0 and data.world is setup.world
+    batch = BatchSource(data, 0, batches)[0]
     outputs = setup.model(batch.waveforms, batch.lengths, batch.captions)
     losses = setup.objective(outputs, batch, setup.model.temperature)
     loss, terms = losses.total, losses.values()

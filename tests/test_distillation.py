@@ -94,7 +94,7 @@ def test_teacher_embeddings_of_the_training_split_are_made_once_without_a_matrix
     assert ("embeddings", "synthetic/development-training") in files
     assert ("similarity", "synthetic/development-training") not in files
     before = files["embeddings", "synthetic/development-training"].path.stat().st_mtime_ns
-    ensure_embeddings(registry, teacher, config, "synthetic")
+    ensure_embeddings(registry, teacher, config)
     assert files["embeddings", "synthetic/development-training"].path.stat().st_mtime_ns == before
 
 

@@ -172,13 +172,13 @@ def test_every_process_gets_a_batch_it_can_encode_also_without_a_share(tiny_data
     import numpy as np
 
     from dcase_t6.data.audio_cache import AudioCache
-    from dcase_t6.data.cache_build import build_cache
+    from dcase_t6.data.cache_build import CacheRequest, build_cache
     from dcase_t6.data.layout import Layout
     from dcase_t6.runs.config import build_config
     from dcase_t6.training.augmentation import PairAugmenter
     from dcase_t6.training.data import TrainingData, load_pairs
 
-    build_cache(Layout.at(tiny_data_root), 16000, ["synthetic"])
+    build_cache(Layout.at(tiny_data_root), CacheRequest(16000, ["synthetic"]))
     store = AudioCache(tiny_data_root, 16000)
     config = build_config(None, {"data_root": str(tiny_data_root), "datasets": "synthetic"})
     pairs = load_pairs(config, store)
@@ -265,13 +265,13 @@ def test_batches_are_pinned_for_a_gpu_only(tiny_data_root):
     a CPU it does not. A batch pins every tensor it holds (only where pinning is available: a CUDA build with a
     GPU)."""
     from dcase_t6.data.audio_cache import AudioCache
-    from dcase_t6.data.cache_build import build_cache
+    from dcase_t6.data.cache_build import CacheRequest, build_cache
     from dcase_t6.data.layout import Layout
     from dcase_t6.runs.config import build_config
     from dcase_t6.training.augmentation import PairAugmenter
     from dcase_t6.training.data import TrainingData, load_pairs
 
-    build_cache(Layout.at(tiny_data_root), 16000, ["synthetic"])
+    build_cache(Layout.at(tiny_data_root), CacheRequest(16000, ["synthetic"]))
     store = AudioCache(tiny_data_root, 16000)
     config = build_config(None, {"data_root": str(tiny_data_root), "datasets": "synthetic"})
     pairs = load_pairs(config, store)

@@ -273,7 +273,7 @@ def test_two_stage_search_equals_searching_stage_by_stage():
     scores, relevance, queries, files = random_case(rng, 3, 40, 40, 3, False)
     relevant = align(SimilarityMatrix(queries, files, scores[0]), relevance).relevant
     groups = [grouping.Group("g", (0, 2)), grouping.Group("h", (1,))]
-    outcome = grouping.two_stage_search(scores, relevant, groups, 10, 2)
+    outcome = grouping.two_stage_search(scores, relevant, grouping.SearchPlan(groups, 10, 2))
     inner = grid.grid_search(scores[[0, 2]], relevant, 10, label="g")
     inner_best = inner.points[inner.best(1)[0]]
     outer = grid.grid_search(np.stack([named.weighted_sum(scores[[0, 2]], inner_best), scores[1]]),

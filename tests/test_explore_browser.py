@@ -1,8 +1,8 @@
 """`explore` in a real browser: Debian's headless Chromium driven by Playwright opens every page of a demo-like
 output (synthetic data, two systems trained and embedded by the CLI), clicks a query, checks that the audio
 element loads its clip (the bytes of the file) and that the numbers on the pages equal `evaluate --json`.
-Screenshots of each page are saved to the test's temporary folder, or to $DCASE_T6_SCREENSHOTS:
-`DCASE_T6_SCREENSHOTS=docs/explore make test` refreshes the ones docs/explore.md shows.
+Screenshots of each page are saved to the test's temporary folder, or to $DCASE_T6_SCREENSHOTS; the ones
+docs/explore.md shows come from the demo's own systems instead (`make screenshots`, scripts/screenshots.py).
 
 Without Chromium (`apt-get install chromium`) or Playwright (`pip install playwright`) the tests skip with the
 reason on a developer's machine and fail under CI (CI=true), where `.ci/run` installs Chromium."""

@@ -21,7 +21,7 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import replace_owned_dir
 from dcase_t6.common.outputs import MARKER, mark_output
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
-from dcase_t6.runs.registry import Registry
+from dcase_t6.runs.registry import ImportedRun, Registry
 from helpers.cli import refused
 from helpers.data import snapshot
 from helpers.submission import PDF, make_system
@@ -324,7 +324,7 @@ def test_pipeline_names_are_safe_before_anything_is_written(tmp_path, pipeline, 
 def test_registry_refuses_an_imported_run_id_that_escapes(tmp_path):
     registry = Registry(tmp_path / "work")
     with pytest.raises(UserError, match="contains a path separator"):
-        registry.import_run("../../outside", "tiny", {}, None, 0, None, [])
+        registry.import_run(ImportedRun("../../outside", "tiny", {}, None, 0, None, []))
     assert not (tmp_path / "outside").exists() and registry.runs() == []
 
 

@@ -26,7 +26,7 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import Recorder
 from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.audio_io import load_audio
-from dcase_t6.data.cache_build import build_cache
+from dcase_t6.data.cache_build import CacheRequest, build_cache
 from dcase_t6.data.evalset import prepare_eval
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import read_index
@@ -175,7 +175,7 @@ def make_indexed_clips(root: Path, count: int = 3) -> list[Path]:
 
 def test_temp_file_of_a_killed_writer_is_removed_by_the_next_run(tmp_path):
     paths = make_indexed_clips(tmp_path)
-    build_cache(Layout.at(tmp_path), RATE)
+    build_cache(Layout.at(tmp_path), CacheRequest(RATE))
     directory = Layout.at(tmp_path).cache_dir(RATE)
     stale = directory / f".index.csv.{dead_pid()}@{HOST}.k1ll3d00.tmp"
     stale.write_bytes(b"half a table" * 100_000)  # what a writer killed before its rename leaves

@@ -24,6 +24,7 @@ from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.audio_io import load_audio
 from dcase_t6.retrieval.matrices import MAX_FILES, MAX_QUERIES
 from dcase_t6.submission.package import CSV_KIND, build_package, member_name
+from dcase_t6.submission.report import TechnicalReport
 from helpers.submission import PDF, label, make_system
 
 RATE = 32000
@@ -120,7 +121,7 @@ def test_ensemble_refuses_a_wide_system_naming_it_and_writes_nothing(tmp_path):
 def test_package_check_reports_a_wide_matrix_member_from_its_header(tmp_path):
     system = make_system(tmp_path, 1)
     (tmp_path / "report.pdf").write_bytes(PDF)
-    build_package([system], tmp_path / "good.zip", tmp_path / "report.pdf")
+    build_package([system], tmp_path / "good.zip", TechnicalReport(tmp_path / "report.pdf"))
     name = member_name(label(1), CSV_KIND)
     wide = wide_csv(tmp_path / "wide.csv", 1_000_001).read_bytes()
     zipped = tmp_path / "wide.zip"

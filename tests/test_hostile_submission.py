@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from dcase_t6.cli import main
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_csv
 from dcase_t6.submission.package import CSV_KIND, META_KIND, REPORT_KIND, build_package, check_package, member_name
+from dcase_t6.submission.report import TechnicalReport
 from dcase_t6.submission.zipsafety import MemberError, csv_bound, read_member
 from helpers.submission import PDF, label, make_system
 
@@ -37,7 +38,7 @@ def source(tmp_path_factory) -> dict:
     report = folder / "report.pdf"
     report.write_bytes(PDF)
     good = folder / "good.zip"
-    build_package([system], good, report)
+    build_package([system], good, TechnicalReport(report))
     with zipfile.ZipFile(good) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
     return {"system": system, "report": report, "members": members, "good": good}

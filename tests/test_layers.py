@@ -104,3 +104,23 @@ def test_modules_and_classes_stay_small():
                 if size > MAX_CLASS_LINES:
                     too_long.append(f"{relative}: class {node.name} {size} lines")
     assert too_long == []
+
+
+MAX_ARGUMENTS = 5
+
+
+def test_library_functions_take_at_most_five_arguments():
+    """More than five and the call site stops reading: the arguments belong in a request object. The CLI's
+    click commands take one argument per option and are left out; ``self``/``cls`` are not counted, a
+    reporter is."""
+    crowded = []
+    for relative, tree in modules():
+        if package_of(relative) == "cli":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                names = [a.arg for a in arguments if a.arg not in ("self", "cls")]
+                if len(names) > MAX_ARGUMENTS:
+                    crowded.append(f"{relative}:{node.lineno} {node.name}({', '.join(names)})")
+    assert crowded == []

@@ -7,7 +7,7 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.models import DualEncoder, ModelConfig
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.audio import passt
-from dcase_t6.models.text import TextEncoder, normalise_caption
+from dcase_t6.models.text import TextEncoder, TextSettings, normalise_caption
 
 SECOND = passt.SAMPLE_RATE
 
@@ -86,19 +86,19 @@ def test_caption_normalisation_like_the_baseline():
 
 
 def test_text_model_from_a_local_folder_works_offline(tmp_path):
-    encoder = TextEncoder("tiny-random", max_length=16)
+    encoder = TextEncoder(TextSettings("tiny-random", max_length=16))
     encoder.tokenizer.save_pretrained(tmp_path)
     encoder.model.save_pretrained(tmp_path)
-    again = TextEncoder(str(tmp_path), max_length=16, dropout=None).eval()
+    again = TextEncoder(TextSettings(str(tmp_path), max_length=16, dropout=None)).eval()
     encoder.eval()
     with torch.no_grad():
         assert torch.allclose(encoder(["a dog barks"]), again(["a dog barks"]))
     with pytest.raises(UserError, match="cannot load text model .*--text-model /path/to/folder"):
-        TextEncoder(str(tmp_path / "missing"))
+        TextEncoder(TextSettings(str(tmp_path / "missing")))
 
 
 def test_frozen_text_encoder_remembers_captions_and_trains_nothing():
-    encoder = TextEncoder("tiny-random", frozen=True)
+    encoder = TextEncoder(TextSettings("tiny-random", frozen=True))
     first = encoder(["A bell rings.", "a bell rings"])
     assert torch.equal(first[0], first[1]) and not first.requires_grad
     assert list(encoder.remembered) == ["a bell rings"]
@@ -115,8 +115,8 @@ def test_dual_encoder_outputs_unit_vectors_in_a_shared_space():
 
 def test_frozen_text_cache_is_bounded_and_gives_the_same_vectors():
     """Caption augmentation makes new captions every epoch: the cache keeps only the most recent ones."""
-    encoder = TextEncoder("tiny-random", frozen=True, cache_size=8)
-    fresh = TextEncoder("tiny-random", frozen=True, cache_size=1000)
+    encoder = TextEncoder(TextSettings("tiny-random", frozen=True), cache_size=8)
+    fresh = TextEncoder(TextSettings("tiny-random", frozen=True), cache_size=1000)
     fresh.load_state_dict(encoder.state_dict())
     for epoch in range(5):
         captions = [f"caption {epoch} {index}" for index in range(6)] + ["a bell rings"]
@@ -128,7 +128,7 @@ def test_frozen_text_cache_is_bounded_and_gives_the_same_vectors():
 def test_a_remembered_caption_holds_its_own_row_not_the_batch():
     """A cached row that were a view of last_hidden_state[:, 0] would keep the batch's (batch, tokens, hidden)
     states alive as long as any of its captions is remembered."""
-    encoder = TextEncoder("tiny-random", frozen=True)
+    encoder = TextEncoder(TextSettings("tiny-random", frozen=True))
     captions = [f"a long caption number {index} about rain on a roof" for index in range(16)]
     vectors = encoder(captions)
     row = encoder.remembered[normalise_caption(captions[3])]

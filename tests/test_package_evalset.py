@@ -11,6 +11,7 @@ import yaml
 
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_csv
 from dcase_t6.submission.package import SystemFiles, build_package
+from dcase_t6.submission.report import TechnicalReport
 from helpers.cli import run_dcase
 from helpers.submission import PDF, filled_meta
 
@@ -45,7 +46,7 @@ def _zip(folder: Path, queries: list[str], files: list[str], name: str = "submis
     report = folder / "report.pdf"
     report.write_bytes(PDF)
     out = folder / f"{name}.zip"
-    build_package([SystemFiles(LABEL, predictions, meta)], out, report)
+    build_package([SystemFiles(LABEL, predictions, meta)], out, TechnicalReport(report))
     return out
 
 

@@ -21,6 +21,7 @@ from dcase_t6.submission.package import (
     check_package,
     member_name,
 )
+from dcase_t6.submission.report import TechnicalReport
 from helpers.cli import run_dcase
 from helpers.submission import EVALUATE_JSON, FILES, PDF, QUERIES, filled_meta, label, make_system, write_yaml
 
@@ -40,7 +41,7 @@ def systems(tmp_path) -> list[SystemFiles]:
 @pytest.fixture
 def package(tmp_path, systems, report) -> Path:
     out = tmp_path / "submission.zip"
-    build_package(systems, out, report)
+    build_package(systems, out, TechnicalReport(report))
     return out
 
 
@@ -238,23 +239,23 @@ def test_failed_build_writes_no_zip_and_keeps_an_old_one(tmp_path, systems, repo
     systems = change(systems, report)
     fresh = tmp_path / "fresh.zip"
     with pytest.raises(UserError) as caught:
-        build_package(systems, fresh, report)
+        build_package(systems, fresh, TechnicalReport(report))
     assert expected in str(caught.value)
     assert not fresh.exists()
     old = tmp_path / "old.zip"
     old.write_bytes(b"previous submission")
     with pytest.raises(UserError):
-        build_package(systems, old, report)
+        build_package(systems, old, TechnicalReport(report))
     assert old.read_bytes() == b"previous submission"
     assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_build_checks_expected_shape_and_zip_suffix(tmp_path, systems, report):
     with pytest.raises(UserError, match=r"system1.csv: 4 query rows, expected 1000 .*; 5 audio file columns"):
-        build_package(systems, tmp_path / "s.zip", report, expected=Expected(rows=1000, files=1045))
+        build_package(systems, tmp_path / "s.zip", TechnicalReport(report), expected=Expected(rows=1000, files=1045))
     with pytest.raises(UserError, match="the submission must be a .zip file"):
-        build_package(systems, tmp_path / "s.tar", report)
-    assert build_package(systems, tmp_path / "s.zip", report, expected=Expected(rows=4, files=5)).ok
+        build_package(systems, tmp_path / "s.tar", TechnicalReport(report))
+    assert build_package(systems, tmp_path / "s.zip", TechnicalReport(report), expected=Expected(rows=4, files=5)).ok
 
 
 def test_cli_build_check_and_json(tmp_path, systems, report):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
 from dcase_t6.pipeline.file import load_pipeline
-from dcase_t6.pipeline.run import run_pipeline
+from dcase_t6.pipeline.run import PipelineRequest, run_pipeline
 from dcase_t6.runs.registry import Registry
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pipeline-synthetic.yaml"
@@ -62,7 +62,7 @@ def test_mistakes_are_reported_by_where_they_are(tmp_path, pipeline, message):
 def test_a_reference_to_nothing_is_refused_before_anything_trains(tmp_path):
     path = write(tmp_path, {"systems": [{"name": "s", "stages": [{"name": "a", "distill_from": ["ghost"]}]}]})
     with pytest.raises(UserError, match="references 'ghost', neither a stage of this pipeline nor a registered run"):
-        run_pipeline(tmp_path / "work", path)
+        run_pipeline(tmp_path / "work", PipelineRequest(path))
     assert Registry(tmp_path / "work").runs() == []
 
 
@@ -71,7 +71,7 @@ def example_run(tmp_path_factory, tiny_training):
     """The example pipeline on the tiny data with tiny models: stopped in its first stage, then run to the end."""
     workdir = tmp_path_factory.mktemp("work")
     overrides = {**tiny_training, "model.text_model": "tiny-random", "model.freeze_text": False}
-    stopped = run_pipeline(workdir, EXAMPLE, overrides, max_steps=2)
+    stopped = run_pipeline(workdir, PipelineRequest(EXAMPLE, overrides, max_steps=2))
     options = [f"--set={key}={json.dumps(value)}" for key, value in overrides.items()]
     result = CliRunner().invoke(main, ["--workdir", str(workdir), "train", "--pipeline", str(EXAMPLE), *options,
                                        "--json"])
@@ -104,10 +104,10 @@ def test_every_stage_is_a_registered_run_wired_to_its_references(example_run):
 
 def test_running_again_skips_finished_stages_and_refuses_changed_ones(example_run):
     workdir, overrides, _, finished = example_run
-    again = run_pipeline(workdir, EXAMPLE, overrides)
+    again = run_pipeline(workdir, PipelineRequest(EXAMPLE, overrides))
     assert [(s.run, s.status) for s in again] == [(s["run"], "skipped") for s in finished]
     with pytest.raises(UserError, match=r"stage a/pretrain changed since its run a-pretrain-\w+ started"):
-        run_pipeline(workdir, EXAMPLE, {**overrides, "lr": 0.5})
+        run_pipeline(workdir, PipelineRequest(EXAMPLE, {**overrides, "lr": 0.5}))
 
 
 def test_a_stage_digest_covers_only_the_keys_that_differ_from_the_defaults():

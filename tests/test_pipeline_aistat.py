@@ -15,7 +15,7 @@ from dcase_t6.ensemble.search import apply
 from dcase_t6.ensemble.systems import System
 from dcase_t6.ensemble.weights import read_weights
 from dcase_t6.pipeline.file import load_pipeline
-from dcase_t6.pipeline.run import run_pipeline
+from dcase_t6.pipeline.run import PipelineRequest, run_pipeline
 from dcase_t6.retrieval.evaluation import evaluate
 from dcase_t6.retrieval.ground_truth import read_relevance_file
 from dcase_t6.retrieval.matrices import read_matrix
@@ -162,7 +162,7 @@ def small_ensemble(tmp_path_factory, tiny_training):
                                "test_split": "development-testing"}]}
     path = write(folder, pipeline)
     workdir = folder / "work"
-    return workdir, path, tiny_training, run_pipeline(workdir, path, tiny_training)
+    return workdir, path, tiny_training, run_pipeline(workdir, PipelineRequest(path, tiny_training))
 
 
 def test_an_ensemble_is_searched_on_validation_and_scored_on_the_test_split(small_ensemble, tiny_data_root):
@@ -194,7 +194,7 @@ def test_an_ensemble_is_searched_on_validation_and_scored_on_the_test_split(smal
 
 def test_a_searched_ensemble_is_skipped_refused_when_changed_and_searched_anew_without_its_weights(small_ensemble):
     workdir, path, overrides, summaries = small_ensemble
-    again = run_pipeline(workdir, path, overrides)
+    again = run_pipeline(workdir, PipelineRequest(path, overrides))
     assert [s.status for s in again] == ["skipped"] * 3
     assert again[-1] == dataclasses.replace(summaries[-1], status="skipped")
     changed = yaml.safe_load(path.read_text())
@@ -203,13 +203,13 @@ def test_a_searched_ensemble_is_skipped_refused_when_changed_and_searched_anew_w
     weights_file = Path(summaries[-1].run)
     with pytest.raises(UserError, match=f"ensemble ab \\(or the runs of its stages\\) changed since its weights were "
                                         f"searched; delete {weights_file} to search it anew"):
-        run_pipeline(workdir, path, overrides)
+        run_pipeline(workdir, PipelineRequest(path, overrides))
     registry = Registry(workdir)
     matrices = [registry.file(s.run, "similarity", split).path for s in summaries[:2]
                 for split in ("synthetic/development-validation", "synthetic/development-testing")]
     written = [(matrix.stat().st_ino, matrix.stat().st_mtime_ns) for matrix in matrices]
     weights_file.unlink()
-    anew = run_pipeline(workdir, path, overrides)[-1]
+    anew = run_pipeline(workdir, PipelineRequest(path, overrides))[-1]
     assert anew.status == "finished" and read_weights(weights_file).normalize == "zscore"
     # The stages' matrices were reused, not embedded and written again.
     assert [(matrix.stat().st_ino, matrix.stat().st_mtime_ns) for matrix in matrices] == written
@@ -222,7 +222,7 @@ def test_the_synthetic_recipe_runs_every_system_and_both_ensembles_then_skips_ev
     overrides = {"data_root": str(tiny_data_root), "model.text_model": "tiny-random", "model.freeze_text": False,
                  "model.embed_dim": 16, "audio_seconds": 2.0}
     workdir = tmp_path / "work"
-    summaries = run_pipeline(workdir, SYNTHETIC, overrides)
+    summaries = run_pipeline(workdir, PipelineRequest(SYNTHETIC, overrides))
     stages = [stage.key for stage in load_pipeline(SYNTHETIC, {}).stages]
     assert [(s.stage, s.status) for s in summaries] == [(key, "finished") for key in stages] + [
         ("ensembles/system-first", "finished"), ("ensembles/model-first", "finished")]
@@ -244,5 +244,5 @@ def test_the_synthetic_recipe_runs_every_system_and_both_ensembles_then_skips_ev
                 assert weights.weights[member] == pytest.approx(inner * group.weight)
         assert set(entry["members"]) == set(SYSTEMS_2_TO_5) and 0 < entry["test"]["mAP@16"] <= 1
         assert Path(entry["test_matrix"]).is_file()
-    again = run_pipeline(workdir, SYNTHETIC, overrides)
+    again = run_pipeline(workdir, PipelineRequest(SYNTHETIC, overrides))
     assert [s.status for s in again] == ["skipped"] * (len(stages) + 2)

@@ -11,8 +11,8 @@ from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import Recorder
 from dcase_t6.data import archive
-from dcase_t6.data.clotho import CLOTHO_MD5, prepare_clotho
-from dcase_t6.data.download import download
+from dcase_t6.data.clotho import CLOTHO_MD5, ClothoSource, prepare_clotho
+from dcase_t6.data.download import DownloadPolicy, download
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import read_index
 from helpers.data import clotho_release
@@ -30,7 +30,7 @@ def py7zr_only(monkeypatch):
 def fetch(url, target, md5=DATA_MD5, **kwargs) -> Recorder:
     """Download through a recording reporter, returned (its tasks: each download and MD5 check, in bytes)."""
     recorder = Recorder()
-    download(url, target, md5, recorder, retry_wait_s=0, **kwargs)
+    download(url, target, md5, recorder, DownloadPolicy(retry_wait_s=0, **kwargs))
     return recorder
 
 
@@ -88,7 +88,8 @@ def test_prepare_clotho_downloads_verifies_extracts_and_indexes_then_is_a_no_op(
     files = {name: (folder / name).read_bytes() for name in md5s}
     layout = Layout.at(tmp_path / "data")
     with serving(files, drop_after=5000) as server:
-        summary = prepare_clotho(layout, mirror=server.url, md5s=md5s, retry_wait_s=0)
+        summary = prepare_clotho(layout, ClothoSource(mirror=server.url, md5s=md5s),
+                                 policy=DownloadPolicy(retry_wait_s=0))
         assert {split: counts["clips"] for split, counts in summary.splits.items()} == {
             "development-training": 4, "development-validation": 3, "development-testing": 5}
         assert summary.extracted == {"development": 4, "validation": 3, "evaluation": 5}
@@ -96,7 +97,7 @@ def test_prepare_clotho_downloads_verifies_extracts_and_indexes_then_is_a_no_op(
         assert len(index) == 25 and index["sample_rate"].eq(44100).all()
         assert (layout.audio_dir("clotho", "evaluation") / index["file_name"][0]).is_file()
         requests = len(server.requests)
-        again = prepare_clotho(layout, mirror=server.url, md5s=md5s)
+        again = prepare_clotho(layout, ClothoSource(mirror=server.url, md5s=md5s))
         assert again.up_to_date and again.extracted == {"development": 0, "validation": 0, "evaluation": 0}
         assert len(server.requests) == requests  # nothing downloaded again
 
@@ -116,7 +117,7 @@ def test_offline_checksum_mismatch_and_missing_files_are_clear(tmp_path, release
     folder, md5s = release
     layout = Layout.at(tmp_path / "data")
     with pytest.raises(UserError, match="clotho_metadata_validation.csv: MD5 .* delete it and re-run"):
-        prepare_clotho(layout, archives=folder, md5s={**md5s, "clotho_metadata_validation.csv": "0" * 32})
+        prepare_clotho(layout, ClothoSource(folder, md5s={**md5s, "clotho_metadata_validation.csv": "0" * 32}))
     with pytest.raises(UserError, match=r"missing 1 Clotho file\(s\) \(extra.csv\); download them from https://zenodo.org/records/4783391"):
-        prepare_clotho(layout, archives=folder, md5s={**md5s, "extra.csv": "0" * 32})
+        prepare_clotho(layout, ClothoSource(folder, md5s={**md5s, "extra.csv": "0" * 32}))
     assert not (layout.root / "index").exists() and not (layout.root / "clotho" / "audio").exists()

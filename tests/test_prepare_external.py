@@ -14,7 +14,7 @@ from dcase_t6.data.audiocaps import prepare_audiocaps
 from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN, read_forbidden_ids
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split, read_index
-from dcase_t6.data.wavcaps import prepare_wavcaps
+from dcase_t6.data.wavcaps import WavCapsSource, prepare_wavcaps
 from helpers.data import write_tone
 
 # SHA-256 of resources/dcase2025_task6_excluded_freesound_ids.csv as the organisers distribute it (baseline repository)
@@ -48,7 +48,7 @@ def make_wavcaps(root):
 def test_wavcaps_excludes_forbidden_freesound_ids_per_source_and_lists_broken_files(tmp_path):
     forbidden = make_wavcaps(tmp_path)
     layout = Layout.at(tmp_path / "data")
-    summary = prepare_wavcaps(layout, tmp_path / "json_files", tmp_path / "Audio", workers=2)
+    summary = prepare_wavcaps(layout, WavCapsSource(tmp_path / "json_files", tmp_path / "Audio"), workers=2)
     assert summary.excluded == {"AudioSet_SL": 0, "BBC_Sound_Effects": 0, "FreeSound": 2}
     assert [item["path"].endswith("FreeSound/12.flac") for item in summary.skipped] == [True]
     index = read_index(layout.root, "wavcaps")

@@ -144,7 +144,7 @@ def test_embed_uses_the_runs_own_audio_seconds_as_its_validation_did(long_clip_r
 
     from dcase_t6.data.audio_cache import AudioCache
     from dcase_t6.data.split_index import load_split
-    from dcase_t6.embedding.encode import embed_audio
+    from dcase_t6.embedding.encode import Clips, EncodeSettings, embed_audio
     from dcase_t6.runs.model import load_model
 
     settings = {**SMALL, "data_root": str(long_clip_root), "audio_seconds": 5.0, "epochs": 1, "name": "five"}
@@ -157,8 +157,9 @@ def test_embed_uses_the_runs_own_audio_seconds_as_its_validation_did(long_clip_r
     store = AudioCache(long_clip_root, model.sample_rate)
     with np.load(written.embeddings) as data:
         stored = data["audio"]
-    five_seconds = embed_audio(model, split.paths, store.clip, 5 * model.sample_rate, 4, torch.device("cpu"))
-    whole = embed_audio(model, split.paths, store.clip, 30 * model.sample_rate, 4, torch.device("cpu"))
+    settings = EncodeSettings(4, torch.device("cpu"))
+    five_seconds = embed_audio(model, Clips(split.paths, store.clip, 5 * model.sample_rate), settings)
+    whole = embed_audio(model, Clips(split.paths, store.clip, 30 * model.sample_rate), settings)
     assert np.allclose(stored, five_seconds, atol=1e-6) and not np.allclose(stored, whole, atol=1e-3)
     # and the registered matrix scores exactly what validation recorded for the best epoch
     result = CliRunner().invoke(main, ["--workdir", str(tmp_path), "evaluate", "-p",

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from dcase_t6.cli import main
 from dcase_t6.common.errors import UserError
-from dcase_t6.pipeline.run import config_digest, run_pipeline
+from dcase_t6.pipeline.run import PipelineRequest, config_digest, run_pipeline
 from dcase_t6.runs.config import build_config, from_dict
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
@@ -140,7 +140,7 @@ def test_a_run_without_validation_resumes_bit_for_bit(tiny_training, tmp_path):
 
 def test_the_final_system_example_ends_with_a_stage_on_development_and_validation(tiny_training, tmp_path):
     overrides = {key: value for key, value in tiny_training.items()}
-    summaries = run_pipeline(tmp_path, FINAL_EXAMPLE, overrides)
+    summaries = run_pipeline(tmp_path, PipelineRequest(FINAL_EXAMPLE, overrides))
     assert [(summary.stage, summary.status) for summary in summaries] == [("baseline/select", "finished"),
                                                                                  ("baseline/final", "finished")]
     assert summaries[1].training.selection == "the last epoch (no validation split: best = last)"

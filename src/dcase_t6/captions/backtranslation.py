@@ -18,14 +18,14 @@ from dcase_t6.captions.endpoint import ChatEndpoint, EndpointSettings
 from dcase_t6.captions.engine import (
     MESSAGE_TOKENS,
     PENDING,
+    AugmentJob,
     AugmentReport,
+    AugmentRun,
     Budget,
     Outcome,
-    OutputFiles,
     ProgressSink,
     Request,
     RunStats,
-    SpendLimits,
     ask_all,
     estimate_tokens,
     finish,
@@ -36,7 +36,6 @@ from dcase_t6.captions.prompts import DEFAULT_LANGUAGES, PromptTemplate, languag
 from dcase_t6.captions.quality import Verdict, check_caption, check_translation
 from dcase_t6.captions.source import CaptionSource, SourceCaption, read_captions
 from dcase_t6.common.errors import UserError
-from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.runs.records import code_version
 
 KIND = "back-translation"
@@ -157,36 +156,33 @@ def plan(captions: list[SourceCaption], settings: BackTranslationSettings,
 
 
 def back_translate(source: CaptionSource, settings: BackTranslationSettings, backend: ApiTranslation | LocalTranslation,
-                   files: OutputFiles, limits: SpendLimits, reporter: Reporter = SILENT) -> AugmentReport:
-    """Back-translate the captions of ``source`` (resuming the journal of ``files``), write the CSV and sidecar.
+                   run: AugmentRun) -> AugmentReport:
+    """Back-translate the captions of ``source`` (resuming the journal of ``run.files``), write the CSV and sidecar.
 
     Args:
         source: the prepared split whose captions are translated.
         settings: pivot languages and seed.
         backend: local models or a chat-completions endpoint with prompt templates.
-        files: the output CSV, its journal and sidecar.
-        limits: dry run, request cap, concurrency.
-        reporter: the progress bar.
+        run: the output CSV, its journal and sidecar; dry run, request cap, concurrency; the progress bar.
 
     Returns:
         The report. A UserError (after the outputs are written) when the endpoint stopped the run.
     """
     items = plan(read_captions(source), settings, backend)
-    api = isinstance(backend, ApiTranslation)
-    endpoint = ChatEndpoint(backend.endpoint) if api and not limits.dry_run else None
+    api, dry_run = isinstance(backend, ApiTranslation), run.limits.dry_run
+    endpoint = ChatEndpoint(backend.endpoint) if api and not dry_run else None
     device = None
-    if not api and not limits.dry_run:
+    if not api and not dry_run:
         device = _device(backend.device)
         _check_models(backend, [code for code in settings.languages if any(i.language == code for i in items)])
     stats = RunStats()
-    with Journal(files.journal, KIND, backend.generator(), write=not limits.dry_run) as journal:
+    with Journal(run.files.journal, KIND, backend.generator(), write=not dry_run) as journal:
+        job = AugmentJob(KIND, run, journal, stats)
         if endpoint is not None:
-            ask_all(items, endpoint, journal, limits, f"back-translating ({backend.endpoint.model})", stats,
-                    reporter)
+            ask_all(job, items, endpoint, f"back-translating ({backend.endpoint.model})")
         elif device is not None:
-            translate_locally(items, backend, device, journal, limits, stats, reporter)
-        metadata = _metadata(source, settings, backend, device)
-        report = finish(KIND, items, journal, files, COLUMNS, metadata, stats, limits)
+            translate_locally(job, items, backend, device)
+        report = finish(job, items, COLUMNS, _metadata(source, settings, backend, device))
     if stats.error is not None:
         raise stats.error
     return report
@@ -213,15 +209,15 @@ def _metadata(source: CaptionSource, settings: BackTranslationSettings, backend:
 
 # --- local models ------------------------------------------------------------------------------------------------
 
-def translate_locally(items: list[BackTranslationItem], backend: LocalTranslation, device, journal: Journal,
-                      limits: SpendLimits, stats: RunStats, reporter: Reporter = SILENT) -> None:
+def translate_locally(job: AugmentJob, items: list[BackTranslationItem], backend: LocalTranslation, device) -> None:
     """Back-translate the unfinished items with local models on ``device``, one pivot language at a time (its two
     models loaded together), ``backend.batch_size`` captions at once; every batch is journaled before the next."""
     import torch
 
+    journal, stats = job.journal, job.stats
     todo = [item for item in items if item.outcome(journal).state in (PENDING, FAILED)]
-    budget = Budget(limits.max_requests)
-    with reporter.task(f"back-translating ({device})", len(todo)) as task:
+    budget = Budget(job.limits.max_requests)
+    with job.run.reporter.task(f"back-translating ({device})", len(todo)) as task:
         sink = ProgressSink(task, f"back-translating ({device})", stats)
         try:
             for language in dict.fromkeys(item.language for item in todo):
@@ -231,8 +227,8 @@ def translate_locally(items: list[BackTranslationItem], backend: LocalTranslatio
                 for start in range(0, len(group), backend.batch_size):
                     batch = group[start:start + backend.batch_size]
                     with torch.inference_mode():
-                        _local_step(batch, "forward", forward, backend, journal, budget, stats)
-                        _local_step(batch, "back", back, backend, journal, budget, stats)
+                        _local_step(job, batch, "forward", forward, budget)
+                        _local_step(job, batch, "back", back, budget)
                     for item in batch:
                         sink.done(item.outcome(journal))
                     if budget.spent:
@@ -245,9 +241,10 @@ def translate_locally(items: list[BackTranslationItem], backend: LocalTranslatio
         stats.stopped = "max-requests"
 
 
-def _local_step(batch: list[BackTranslationItem], step: str, model: Callable[[list[str]], list[str]],
-                backend: LocalTranslation, journal: Journal, budget: Budget, stats: RunStats) -> None:
+def _local_step(job: AugmentJob, batch: list[BackTranslationItem], step: str, model: Callable[[list[str]], list[str]],
+                budget: Budget) -> None:
     """Translate the items of ``batch`` whose next request is ``step`` (within the budget) and journal them."""
+    journal = job.journal
     chosen = [(item, request) for item in batch
               if (request := _local_request(item, step, journal)) is not None and budget.take()]
     if not chosen:
@@ -260,7 +257,7 @@ def _local_step(batch: list[BackTranslationItem], step: str, model: Callable[[li
                              verdict.detail, info=item.info))
     journal.extend(entries)
     for entry in entries:
-        stats.count(entry)
+        job.stats.count(entry)
 
 
 def _local_request(item: BackTranslationItem, step: str, journal: Journal) -> Request | None:

@@ -158,6 +158,31 @@ class RunStats:
         return self.requests / max(time.monotonic() - self.started, 1e-9)
 
 
+@dataclass(frozen=True)
+class AugmentRun:
+    """How the caller runs one generation command: ``files`` (where the CSV, journal and sidecar go), ``limits``
+    (what the run may spend) and ``reporter`` (where its progress goes)."""
+
+    files: OutputFiles
+    limits: SpendLimits
+    reporter: Reporter = SILENT
+
+
+@dataclass(frozen=True)
+class AugmentJob:
+    """One generation run under way: its ``kind`` (``back-translation``, ``llm-mix``), how it runs (``run``), the
+    open ``journal`` of its answers and what it did so far (``stats``)."""
+
+    kind: str
+    run: AugmentRun
+    journal: Journal
+    stats: RunStats
+
+    @property
+    def limits(self) -> SpendLimits:
+        return self.run.limits
+
+
 class Budget:
     """The requests a run may still send (thread-safe); None: no cap."""
 
@@ -213,11 +238,12 @@ def answer_verdict(reply: Reply, check: Callable[[str | None], Verdict]) -> Verd
     return verdict
 
 
-def ask_all(items: list[Item], endpoint: ChatEndpoint, journal: Journal, limits: SpendLimits, label: str,
-            stats: RunStats, reporter: Reporter = SILENT) -> None:
-    """Ask every request the unfinished ``items`` still need, ``limits.concurrency`` at a time, journaling each
+def ask_all(job: AugmentJob, items: list[Item], endpoint: ChatEndpoint, label: str) -> None:
+    """Ask every request the unfinished ``items`` still need, ``job.limits.concurrency`` at a time, journaling each
     answer as it arrives. Stops early at the request cap, on Ctrl-C, on a fatal endpoint error or after
-    ``limits.failures_in_a_row`` failed requests in a row; ``stats`` says which (the caller writes the outputs)."""
+    ``job.limits.failures_in_a_row`` failed requests in a row; ``job.stats`` says which (the caller writes the
+    outputs)."""
+    journal, limits, stats = job.journal, job.limits, job.stats
     todo = [item for item in items if item.outcome(journal).state in (PENDING, FAILED)]
     budget, stop = Budget(limits.max_requests), threading.Event()
 
@@ -255,7 +281,7 @@ def ask_all(items: list[Item], endpoint: ChatEndpoint, journal: Journal, limits:
                 stats.error, stats.stopped = error, "error"
         stop.set()
 
-    with reporter.task(label, len(todo)) as task, ThreadPoolExecutor(max(1, limits.concurrency)) as pool:
+    with job.run.reporter.task(label, len(todo)) as task, ThreadPoolExecutor(max(1, limits.concurrency)) as pool:
         sink = ProgressSink(task, label, stats)
         queue, running = iter(todo), set()
         try:
@@ -322,23 +348,19 @@ def estimate(items: list[Item], journal: Journal, limits: SpendLimits) -> dict:
             "method": f"{CHARACTERS_PER_TOKEN} characters a token + {MESSAGE_TOKENS} a message"}
 
 
-def finish(kind: str, items: list[Item], journal: Journal, files: OutputFiles, columns: list[str],
-           metadata: dict, stats: RunStats, limits: SpendLimits) -> AugmentReport:
+def finish(job: AugmentJob, items: list[Item], columns: list[str], metadata: dict) -> AugmentReport:
     """Write the CSV of the kept captions and its sidecar (unless a dry run) and report where the plan stands.
 
     Args:
-        kind: ``back-translation`` or ``llm-mix``.
+        job: the run: its kind, where it writes, its spend limits, the journal holding the answers, what it did.
         items: the plan.
-        journal: the journal holding the answers.
-        files: where to write.
         columns: the CSV columns (the keys of each item's row).
         metadata: what the sidecar records besides the counts (source, generator, prompts, settings).
-        stats: what this run did.
-        limits: the spend limits of this run.
 
     Returns:
         The report.
     """
+    journal, files, limits, stats = job.journal, job.run.files, job.limits, job.stats
     outcomes = [item.outcome(journal) for item in items]
     states = Counter(outcome.state for outcome in outcomes)
     rejected = dict(sorted(Counter(o.reason for o in outcomes if o.state == REJECTED).items(),
@@ -347,7 +369,7 @@ def finish(kind: str, items: list[Item], journal: Journal, files: OutputFiles, c
     total_tokens = {"prompt": sum(entry.prompt_tokens for entry in answered),
                     "completion": sum(entry.completion_tokens for entry in answered)}
     report = AugmentReport(
-        kind=kind, dry_run=limits.dry_run, output=None if limits.dry_run else str(files.csv),
+        kind=job.kind, dry_run=limits.dry_run, output=None if limits.dry_run else str(files.csv),
         metadata=None if limits.dry_run else str(files.metadata), journal=str(files.journal), items=len(items),
         kept=states[KEPT], rejected=rejected, failed=states[FAILED], pending=states[PENDING],
         requests=stats.requests, attempts=stats.attempts,

@@ -15,12 +15,12 @@ import numpy as np
 from dcase_t6.captions.endpoint import ChatEndpoint, EndpointSettings
 from dcase_t6.captions.engine import (
     MESSAGE_TOKENS,
+    AugmentJob,
     AugmentReport,
+    AugmentRun,
     Outcome,
-    OutputFiles,
     Request,
     RunStats,
-    SpendLimits,
     ask_all,
     estimate_tokens,
     finish,
@@ -31,7 +31,6 @@ from dcase_t6.captions.prompts import PromptTemplate
 from dcase_t6.captions.quality import Verdict, check_caption
 from dcase_t6.captions.source import CaptionSource, SourceCaption, read_captions
 from dcase_t6.common.errors import UserError
-from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.runs.records import code_version
 
 KIND = "llm-mix"
@@ -146,31 +145,29 @@ class MixItem:
 
 
 def llm_mix(source: CaptionSource, settings: MixSettings, endpoint: EndpointSettings, template: PromptTemplate,
-            files: OutputFiles, limits: SpendLimits, reporter: Reporter = SILENT) -> AugmentReport:
-    """Merge the captions of ``settings.pairs`` clip pairs of ``source`` (resuming the journal of ``files``), write
-    the CSV and sidecar.
+            run: AugmentRun) -> AugmentReport:
+    """Merge the captions of ``settings.pairs`` clip pairs of ``source`` (resuming the journal of ``run.files``),
+    write the CSV and sidecar.
 
     Args:
         source: the prepared split whose clips are paired.
         settings: pair count, seed, cluster labels.
         endpoint: the chat-completions endpoint and model.
         template: the mix prompt template.
-        files: the output CSV, its journal and sidecar.
-        limits: dry run, request cap, concurrency.
-        reporter: the progress bar.
+        run: the output CSV, its journal and sidecar; dry run, request cap, concurrency; the progress bar.
 
     Returns:
         The report. A UserError (after the outputs are written) when the endpoint stopped the run.
     """
     items = [MixItem(pair, settings.seed, template) for pair in sample_pairs(read_captions(source), settings)]
-    client = None if limits.dry_run else ChatEndpoint(endpoint)
+    client = None if run.limits.dry_run else ChatEndpoint(endpoint)
     stats = RunStats()
     generator = {**endpoint.generator(), "prompts": {"mix": template.text}}
-    with Journal(files.journal, KIND, generator, write=not limits.dry_run) as journal:
+    with Journal(run.files.journal, KIND, generator, write=not run.limits.dry_run) as journal:
+        job = AugmentJob(KIND, run, journal, stats)
         if client is not None:
-            ask_all(items, client, journal, limits, f"merging captions ({endpoint.model})", stats, reporter)
-        report = finish(KIND, items, journal, files, COLUMNS, _metadata(source, settings, endpoint, template), stats,
-                        limits)
+            ask_all(job, items, client, f"merging captions ({endpoint.model})")
+        report = finish(job, items, COLUMNS, _metadata(source, settings, endpoint, template))
     if stats.error is not None:
         raise stats.error
     return report

@@ -155,8 +155,8 @@ def back_translate(data_root, dataset, split, out, journal, seed, languages, loc
                             "MarianMT models translate (--local-models)")
         backend = LocalTranslation(local_models, device, batch_size, beams, max_new_tokens)
     settings = BackTranslationSettings(parse_languages(languages), seed)
-    report = run(CaptionSource(data_root, dataset, split), settings, backend, files,
-                 _limits(dry_run, max_requests, concurrency), reporter)
+    report = run(CaptionSource(data_root, dataset, split), settings, backend,
+                 _augment_run(files, dry_run, max_requests, concurrency))
     _render(report, as_json, (price_in, price_out))
 
 
@@ -201,7 +201,7 @@ def llm_mix(obj, data_root, dataset, split, out, journal, seed, pairs, clusters,
     endpoint = _endpoint(api_base, model, api_key_env, temperature, max_tokens, timeout, retries)
     labels = read_cluster_labels(clusters, obj["workdir"], dataset) if clusters else None
     report = run(CaptionSource(data_root, dataset, split), MixSettings(pairs, seed, labels, clusters), endpoint,
-                 load_template("mix", prompt), files, _limits(dry_run, max_requests, concurrency), reporter)
+                 load_template("mix", prompt), _augment_run(files, dry_run, max_requests, concurrency))
     _render(report, as_json, (price_in, price_out))
 
 
@@ -227,10 +227,11 @@ def _output_files(out, journal, data_root, dataset, inputs):
     return files
 
 
-def _limits(dry_run, max_requests, concurrency):
-    from dcase_t6.captions.engine import SpendLimits
+def _augment_run(files, dry_run, max_requests, concurrency):
+    from dcase_t6.captions.engine import AugmentRun, SpendLimits
 
-    return SpendLimits(dry_run=dry_run, max_requests=max_requests, concurrency=concurrency)
+    return AugmentRun(files, SpendLimits(dry_run=dry_run, max_requests=max_requests, concurrency=concurrency),
+                      reporter)
 
 
 def _render(report: AugmentReport, as_json: bool, prices: tuple[float, float]) -> None:

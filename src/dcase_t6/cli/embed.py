@@ -82,14 +82,14 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
 def _check_embed_outputs(workdir, model_source, out_dir, data_root, dataset, csv_path) -> None:
     """--out and --csv may be written without harming an input (before anything is read)."""
 
-    from dcase_t6.common.outputs import check_output_dir, check_output_file
+    from dcase_t6.common.outputs import FolderKind, OutputRequest, check_output_dir, check_output_file
     from dcase_t6.data.layout import Layout
     from dcase_t6.runs.layout import WorkLayout
 
     model = ("--model", model_source if model_source and Path(model_source).exists() else None)
     if out_dir:
-        check_output_dir(out_dir, "--out", replaced=False, inputs=[model, ("--data-root", data_root)],
-                         protected=[("work directory", workdir)])
+        check_output_dir(OutputRequest(out_dir, "--out", inputs=[model, ("--data-root", data_root)],
+                                       protected=[("work directory", workdir)]), FolderKind(replaced=False))
     if csv_path:
         layout = Layout.at(data_root)
         check_output_file(csv_path, "--csv", [model, ("--data-root index", layout.index_file(dataset)),

@@ -87,7 +87,7 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
     """
     from dcase_t6.submission.metadata import init_meta as write_init_meta
     from dcase_t6.submission.package import Expected, build_package, check_package
-    from dcase_t6.submission.report import DraftOptions
+    from dcase_t6.submission.report import DraftOptions, TechnicalReport
 
     expected = Expected(rows=expected_rows, files=expected_files)
     mode = "--check" if check_zip else "--init-meta" if init_meta else "build"
@@ -118,7 +118,8 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
                               resources=tuple(_describe(runs, None, count_parameters=False).resources) if runs else ())
                  if draft_report else None)
         evalset = _eval_set(eval_captions, eval_audio, data_root or _found_eval_root(predictions))
-        result = build_package(systems, out, report or draft_report, draft=draft, expected=expected, evalset=evalset)
+        result = build_package(systems, out, TechnicalReport(report or draft_report, draft), expected=expected,
+                               evalset=evalset)
         if draft_report:
             _say(f"wrote draft report {_escape(draft_report)}")
         _say(f"[green]wrote[/] {_escape(out)}: {_escape(_systems_line(result.systems))}; all checks pass"

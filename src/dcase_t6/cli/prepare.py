@@ -110,11 +110,12 @@ def prepare_clotho(root, archives, mirror, workers, as_json):
     """
     from pathlib import Path
 
+    from dcase_t6.data.clotho import ClothoSource
     from dcase_t6.data.clotho import prepare_clotho as run
     from dcase_t6.data.layout import Layout
 
-    prepare_done(run(Layout.at(root), Path(archives) if archives else None, workers=workers, reporter=reporter,
-                      mirror=mirror), as_json)
+    source = ClothoSource(archives=Path(archives) if archives else None, mirror=mirror)
+    prepare_done(run(Layout.at(root), source, workers=workers, reporter=reporter), as_json)
 
 
 @prepare.command("relevance")
@@ -204,10 +205,11 @@ def prepare_wavcaps(root, json_dir, audio, forbidden, workers, as_json):
 
     from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN
     from dcase_t6.data.layout import Layout
+    from dcase_t6.data.wavcaps import WavCapsSource
     from dcase_t6.data.wavcaps import prepare_wavcaps as run
 
-    report = run(Layout.at(root), Path(json_dir), Path(audio), Path(forbidden) if forbidden else DEFAULT_FORBIDDEN,
-                 workers=workers, reporter=reporter)
+    report = run(Layout.at(root), WavCapsSource(Path(json_dir), Path(audio)),
+                 Path(forbidden) if forbidden else DEFAULT_FORBIDDEN, workers=workers, reporter=reporter)
     prepare_done(report, as_json)
 
 
@@ -238,11 +240,12 @@ def prepare_captions(root, name, csv_file, audio, split, forbidden, workers, as_
     """
     from pathlib import Path
 
+    from dcase_t6.data.captions import CaptionSource
     from dcase_t6.data.captions import prepare_captions as run
     from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN
     from dcase_t6.data.layout import Layout
 
-    report = run(Layout.at(root), name, Path(csv_file), Path(audio), split,
+    report = run(Layout.at(root), CaptionSource(name, Path(csv_file), Path(audio), split),
                  Path(forbidden) if forbidden else DEFAULT_FORBIDDEN, workers=workers, reporter=reporter)
     prepare_done(report, as_json)
 
@@ -316,14 +319,13 @@ def prepare_cache(root, rate, datasets, storage, max_seconds, force, workers, as
       dcase-t6 prepare cache --root data --rate 16000 --dataset clotho --dataset wavcaps
       dcase-t6 prepare cache --root data --storage audiocaps=float32 --max-seconds wavcaps=120
     """
-    from dcase_t6.data.cache_build import build_cache
+    from dcase_t6.data.cache_build import CacheRequest, build_cache
     from dcase_t6.data.layout import Layout
     from dcase_t6.data.storage import StorageRequest
 
-    request = StorageRequest(_per_dataset(storage, "--storage", str),
-                             _per_dataset(max_seconds, "--max-seconds", float))
-    report = build_cache(Layout.at(root), rate, list(datasets) or None, workers=workers, request=request, force=force,
-                         reporter=reporter)
+    chosen = StorageRequest(_per_dataset(storage, "--storage", str), _per_dataset(max_seconds, "--max-seconds", float))
+    request = CacheRequest(rate, list(datasets) or None, workers=workers, storage=chosen, force=force)
+    report = build_cache(Layout.at(root), request, reporter=reporter)
     prepare_done(report, as_json, print_cache)
 
 

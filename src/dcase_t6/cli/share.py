@@ -43,10 +43,10 @@ def export(obj, run, out, checkpoint, force, data_root, repo_id, private, as_jso
       dcase-t6 export demo-seed0-3fa2c1 --out exported/demo-seed0
       dcase-t6 export small-3fa2c1 --out exported/small --push-to-hub my-team/passt-clotho --private
     """
-    from dcase_t6.sharing.export import export_run
+    from dcase_t6.sharing.export import ExportRequest, export_run
 
-    result = export_run(obj["workdir"], run, out, checkpoint, force=force, data_root=data_root, push_to=repo_id,
-                        private=private)
+    result = export_run(obj["workdir"], ExportRequest(run, out, checkpoint, force=force, data_root=data_root,
+                                                      push_to=repo_id, private=private))
     if as_json:
         print_json(result.as_json())
         return

@@ -144,7 +144,7 @@ def _train_overrides(options: dict, settings: tuple[str, ...]) -> dict:
 
 
 def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, options: dict, as_json) -> None:
-    from dcase_t6.pipeline.run import run_pipeline
+    from dcase_t6.pipeline.run import PipelineRequest, run_pipeline
 
     conflicting = [flag for flag, used in (("--config", config_file), ("--resume", resume_run),
                                            ("--name", options["name"]), ("--init-from", options["init_from"]),
@@ -153,8 +153,8 @@ def _train_pipeline(workdir, pipeline_file, config_file, resume_run, settings, o
         raise UserError(f"{conflicting[0]} does not combine with --pipeline (stages take their config, init_from "
                         "and distill_from from the pipeline file and are named SYSTEM-STAGE)")
     max_steps = options.pop("max_steps")
-    summaries = run_pipeline(workdir, pipeline_file, _train_overrides(options, settings), max_steps=max_steps,
-                             reporter=reporter)
+    request = PipelineRequest(pipeline_file, _train_overrides(options, settings), max_steps=max_steps)
+    summaries = run_pipeline(workdir, request, reporter=reporter)
     from dcase_t6.training.distributed import launched_as_main
 
     if not launched_as_main():

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6 import __version__
@@ -108,12 +109,9 @@ def check_output_file(output: str | os.PathLike, option: str,
     refuse_input_as_output(output, option, inputs)
 
 
-def check_output_dir(output: str | os.PathLike, option: str, *, force: bool = True, force_option: str | None = None,
-                     inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
-                     protected: Iterable[tuple[str, str | os.PathLike | None]] = (), what: str = "an output folder",
-                     legacy_marker: str | None = None, remedy: str | None = None, replaced: bool = True) -> Path:
-    """A UserError unless the folder ``output`` (given as ``option``) may be written (replaced whole); its absolute
-    path otherwise. Call it before reading anything.
+@dataclass(frozen=True)
+class OutputRequest:
+    """An output folder as the user asked for it, and what writing it must leave alone.
 
     Args:
         output: the folder.
@@ -123,36 +121,62 @@ def check_output_dir(output: str | os.PathLike, option: str, *, force: bool = Tr
         inputs: (option, path) of every input of the command: the folder must not be, hold or link to one.
         protected: (name, folder) that are never replaced, nor anything holding them (the work directory, the data
             root).
+    """
+
+    output: str | os.PathLike
+    option: str
+    force: bool = True
+    force_option: str | None = None
+    inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()
+    protected: Iterable[tuple[str, str | os.PathLike | None]] = ()
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """The kind of folder a command writes, as its checks and messages name it.
+
+    Args:
         what: what the folder holds, for the message (``an explorer site``).
         legacy_marker: a file that marked this kind of folder before ``MARKER`` existed (its entries are not listed).
         remedy: what to do about a folder that dcase-t6 did not write (default: choose a new or empty folder).
         replaced: False for a folder that files are written into (``embed --out``), which is never replaced whole:
             only what may not be an output at all is refused then.
     """
+
+    what: str = "an output folder"
+    legacy_marker: str | None = None
+    remedy: str | None = None
+    replaced: bool = True
+
+
+def check_output_dir(request: OutputRequest, kind: FolderKind = FolderKind()) -> Path:
+    """A UserError unless the folder ``request.output`` (given as ``request.option``) may be written (replaced whole,
+    unless ``kind.replaced`` is False); its absolute path otherwise. Call it before reading anything."""
+    output, option = request.output, request.option
     path = Path(output).expanduser().absolute()
     target = resolved(path, option)
     if os.path.lexists(path) and not target.is_dir():
         raise UserError(f"{option} {output}: a file, not a folder; give a new folder")
     _check_parent(target, option)
-    for name, folder in protected:
+    for name, folder in request.protected:
         if folder is not None and is_within(resolved(folder, name), target):
             holds = "is" if resolved(folder, name) == target else "holds"
             raise UserError(f"{option} {output}: {holds} the {name} {folder}, which is never replaced; choose another "
                             f"{option}")
-    for name, source in inputs:
+    for name, source in request.inputs:
         if source is not None and (is_within(resolved(source, name), target) or same_file(source, target)):
             holds = "is" if resolved(source, name) == target else "holds"
             raise UserError(f"{option} {output}: {holds} the input {name} {source}; choose another {option} (an "
                             "output folder never is, holds or links to an input)")
-    if replaced and target.is_dir() and any(target.iterdir()):
-        foreign = foreign_entries(target, legacy_marker)
+    if kind.replaced and target.is_dir() and any(target.iterdir()):
+        foreign = foreign_entries(target, kind.legacy_marker)
         if foreign is None:
-            raise UserError(f"{option} {output}: the folder exists and is not {what} written by dcase-t6 (no "
-                            f"{MARKER}); {remedy or 'choose a new or empty folder'} (nothing else is ever replaced, "
-                            "even with --force)")
-        if not force:
+            raise UserError(f"{option} {output}: the folder exists and is not {kind.what} written by dcase-t6 (no "
+                            f"{MARKER}); {kind.remedy or 'choose a new or empty folder'} (nothing else is ever "
+                            "replaced, even with --force)")
+        if not request.force:
             raise UserError(f"{output}: already exists; choose another {option}, or replace it with "
-                            f"{force_option or '--force'}")
+                            f"{request.force_option or '--force'}")
         if foreign:
             raise UserError(f"{option} {output}: holds {foreign[0]!r}, which dcase-t6 did not write; move it out of "
                             "the folder first (the folder is replaced whole)")

@@ -4,8 +4,8 @@ Safe YAML (no Python objects), and bounded: a file of at most MAX_BYTES, nested 
 at most MAX_VALUES values once every alias is expanded. Aliases (``&recipe`` ... ``*recipe``) stay allowed, since
 the example pipelines repeat a recipe with them, but they are counted before anything is built, so an expansion
 bomb ("billion laughs") or an alias inside the value it names is one ``UserError`` in milliseconds instead of a
-hang, and deep nesting is one instead of a ``RecursionError``. (The submission metadata YAML has its own, stricter
-reader that refuses aliases: ``submission.metadata``.)
+hang, and deep nesting is one instead of a ``RecursionError``. (The submission metadata YAML has a stricter
+reader built on the same depth guard that refuses aliases: ``submission.metadata``.)
 """
 
 from __future__ import annotations
@@ -22,12 +22,19 @@ MAX_DEPTH = 64  # levels of nesting, aliases expanded; the example pipelines nes
 MAX_VALUES = 100_000  # values (scalars, lists, mappings), aliases expanded; the example pipelines expand to < 1,000
 
 
-class _Refused(yaml.YAMLError):
-    """Well-formed YAML that is refused (too deep, too large once expanded); the message says why."""
+class Refused(yaml.YAMLError):
+    """Well-formed YAML that is refused (too deep, too large once expanded, ...); the message says why."""
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that stops composing at MAX_DEPTH levels (before Python's recursion limit)."""
+class DepthLimitedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that stops composing at ``max_depth`` levels (before Python's recursion limit).
+
+    The one depth guard of every YAML we read: this module's reader uses it as is, the submission metadata's
+    stricter reader subclasses it (a lower bound, its own remedy, aliases refused).
+    """
+
+    max_depth = MAX_DEPTH
+    depth_remedy = ""  # appended to the message, e.g. "; start from ..."
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -36,9 +43,9 @@ class _BoundedLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         self._depth += 1
         try:
-            if self._depth > MAX_DEPTH:
-                raise _Refused(f"line {self.peek_event().start_mark.line + 1}: nested more than {MAX_DEPTH} levels "
-                               "deep")
+            if self._depth > self.max_depth:
+                raise Refused(f"line {self.peek_event().start_mark.line + 1}: nested more than {self.max_depth} "
+                              f"levels deep{self.depth_remedy}")
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -58,14 +65,14 @@ def load_yaml(text: str, where: str) -> object:
         UserError: not valid YAML, more than one document, nested more than MAX_DEPTH levels, more than
             MAX_VALUES values with aliases expanded, or an alias inside the value it names.
     """
-    loader = _BoundedLoader(text)
+    loader = DepthLimitedLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         _measure(node, {}, set(), 1)
         return loader.construct_document(node)
-    except _Refused as err:
+    except Refused as err:
         raise UserError(f"{where}: {err}; write the values out (at most {MAX_VALUES:,} values and {MAX_DEPTH} "
                         "levels, aliases expanded)") from None
     except (yaml.YAMLError, ValueError, OverflowError) as err:  # ValueError: an int of > 4300 digits, !!int abc
@@ -102,10 +109,10 @@ def _measure(node: yaml.Node, sizes: dict[int, int], path: set[int], depth: int)
     if key in sizes:
         return sizes[key]
     if key in path:
-        raise _Refused(f"line {node.start_mark.line + 1}: an alias inside the value it names (a value that "
+        raise Refused(f"line {node.start_mark.line + 1}: an alias inside the value it names (a value that "
                        "contains itself)")
     if depth > MAX_DEPTH:
-        raise _Refused(f"line {node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep with its "
+        raise Refused(f"line {node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep with its "
                        "aliases expanded")
     if isinstance(node, yaml.SequenceNode):
         children = list(node.value)
@@ -118,7 +125,7 @@ def _measure(node: yaml.Node, sizes: dict[int, int], path: set[int], depth: int)
     for child in children:
         size += _measure(child, sizes, path, depth + 1)
         if size > MAX_VALUES:
-            raise _Refused(f"line {node.start_mark.line + 1}: expands to more than {MAX_VALUES:,} values with its "
+            raise Refused(f"line {node.start_mark.line + 1}: expands to more than {MAX_VALUES:,} values with its "
                            "aliases expanded (an alias bomb?)")
     path.discard(key)
     sizes[key] = size

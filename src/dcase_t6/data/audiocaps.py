@@ -19,7 +19,7 @@ from dcase_t6.common.tables import read_table
 from dcase_t6.data.dataset_files import audio_files_by_stem, skip_empty_captions
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.reports import IndexReport
-from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
+from dcase_t6.data.split_index import AudioPolicy, IndexInput, current_report, fingerprint, write_index
 
 AUDIOCAPS_SPLITS = ("train", "val", "test")
 AUDIOCAPS_COLUMNS = ["audiocap_id", "youtube_id", "start_time", "caption"]
@@ -39,7 +39,7 @@ def prepare_audiocaps(layout: Layout, metadata: Path, audio: Path, workers: int 
     tables = [_audiocaps_table(csv, _by_youtube_id(files), audio) for csv in csvs]
     table, empty = skip_empty_captions(pd.concat(tables, ignore_index=True), "AudioCaps")
     extra = {"excluded": {"audiocaps": 0}, "freesound_derived": [], "skipped_rows": empty}
-    return write_index(layout, "audiocaps", table, AudioPolicy(), workers, key, extra, reporter)
+    return write_index(layout, IndexInput("audiocaps", table, key, extra), AudioPolicy(), workers, reporter)
 
 
 def _youtube_keys(stem: str) -> list[str]:

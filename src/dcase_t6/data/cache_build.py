@@ -194,47 +194,62 @@ def _pool_job(job: Job) -> Outcome:
     return run_job(job, _worker_writer)
 
 
-def build_cache(layout: Layout, rate: int, datasets: list[str] | None = None, workers: int = 1,
-                checkpoint_s: float = 5.0, request: StorageRequest | None = None, force: bool = False,
-                reporter: Reporter = SILENT) -> CacheReport:
-    """Cache every clip of the given (default: all) indexed datasets at ``rate``, each in its storage.
+@dataclass(frozen=True)
+class CacheRequest:
+    """One build of the audio cache, as its caller asks for it.
+
+    Attributes:
+        rate: the backbone's sample rate (Hz): the cache of this rate is built.
+        datasets: the datasets to cache (None or empty: every indexed one).
+        workers: decoding processes.
+        checkpoint_s: seconds between index commits.
+        storage: storage modes / caps asked for (None: remembered, else the defaults of ``storage``).
+        force: build even when the free space looks too small.
+    """
+
+    rate: int
+    datasets: list[str] | None = None
+    workers: int = 1
+    checkpoint_s: float = 5.0
+    storage: StorageRequest | None = None
+    force: bool = False
+
+
+def build_cache(layout: Layout, request: CacheRequest, reporter: Reporter = SILENT) -> CacheReport:
+    """Cache every clip of the requested (default: all) indexed datasets at its rate, each in its storage.
 
     Args:
         layout: the data root.
-        rate: the backbone's sample rate.
-        datasets: the datasets to cache (default: every indexed one).
-        workers: decoding processes.
-        checkpoint_s: seconds between index commits.
-        request: storage modes / caps asked for (default: remembered, else the defaults of ``storage``).
-        force: build even when the free space looks too small.
+        request: the rate, datasets, workers, checkpoint interval, storage asked for and whether to force.
         reporter: the space line before the build starts, and the bar over the clips.
 
     Returns:
         A summary: counts, hours, size on disk, the space needed and free, and the storage of each dataset.
     """
+    rate = request.rate
     if not 8000 <= rate <= 192000:
         raise UserError(f"--rate {rate}: use the backbone's rate (32000 for PaSST, 16000 for the others)")
-    names = datasets or list_datasets(layout.root)
+    names = request.datasets or list_datasets(layout.root)
     clips = _clips(layout, names)
     directory = layout.cache_dir(rate)
     with locked(directory):
-        chosen = choose(directory, names, request or StorageRequest.none())
+        chosen = choose(directory, names, request.storage or StorageRequest.none())
         entries = valid_entries(directory)
         jobs, fresh = _plan(layout, clips, entries, rate, chosen)
         needed = sum(stored_bytes(clips[job.key].n_samples, clips[job.key].sample_rate, rate, job.storage)
                      for job in jobs)
-        space = check_space(directory, needed, len(jobs), force)
+        space = check_space(directory, needed, len(jobs), request.force)
         if jobs:
             reporter.info(f"cache {directory}: {len(jobs)} clip(s) to cache need about {gigabytes(needed)} GB; "
                           f"{gigabytes(space.free)} GB free")
         remember(directory, chosen)
         book = _Book(directory, rate, entries)
         try:
-            _run(jobs, workers, directory, book, checkpoint_s, reporter)
+            _run(jobs, book, request, reporter)
         finally:
             book.commit()
             write_table(pd.DataFrame(book.skipped, columns=["path", "reason"]), directory / SKIPPED_FILE)
-    return _report(directory, rate, clips, chosen, book, fresh, space)
+    return _report(book, clips, chosen, fresh, space)
 
 
 @dataclass(frozen=True)
@@ -275,9 +290,10 @@ def _plan(layout: Layout, clips: dict[str, _Clip], entries: pd.DataFrame, rate: 
     return jobs, fresh
 
 
-def _report(directory: Path, rate: int, clips: dict[str, _Clip], chosen: dict[str, Storage], book: _Book,
-            fresh: int, space: SpaceCheck) -> CacheReport:
-    """The build's summary, with hours and clips per dataset and storage."""
+def _report(book: _Book, clips: dict[str, _Clip], chosen: dict[str, Storage], fresh: int,
+            space: SpaceCheck) -> CacheReport:
+    """The build's summary (of ``book``'s cache), with hours and clips per dataset and storage."""
+    directory, rate = book.directory, book.rate
     per_dataset = {name: {"mode": storage.mode, "max_seconds": storage.max_seconds, "clips": 0, "hours": 0.0}
                    for name, storage in chosen.items()}
     for key, clip in clips.items():
@@ -338,8 +354,10 @@ class _Book:
         write_table(pd.DataFrame(truncated, columns=["path", "reason"]), self.directory / TRUNCATED_FILE)
 
 
-def _run(jobs: list[Job], workers: int, directory: Path, book: _Book, checkpoint_s: float, reporter: Reporter) -> None:
-    """Run the jobs in this process or in ``workers`` processes, committing every ``checkpoint_s``."""
+def _run(jobs: list[Job], book: _Book, request: CacheRequest, reporter: Reporter) -> None:
+    """Run the jobs in this process or in the request's ``workers`` processes, committing ``book`` (into its
+    cache directory) every ``checkpoint_s``."""
+    workers, directory = request.workers, book.directory
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) > 1:
             context = worker_context()
@@ -359,7 +377,7 @@ def _run(jobs: list[Job], workers: int, directory: Path, book: _Book, checkpoint
         for outcome in outcomes:
             book.record(outcome)
             task.advance()
-            if time.monotonic() - last > checkpoint_s:
+            if time.monotonic() - last > request.checkpoint_s:
                 book.commit()
                 last = time.monotonic()
 

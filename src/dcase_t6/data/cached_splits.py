@@ -42,8 +42,9 @@ def drop_absent(store: AudioCache, frame: pd.DataFrame, where: str,
     cached = frame["path"].map(store.__contains__).astype(bool)
     absent = Absent(where, list(dict.fromkeys(frame.loc[~cached, "path"])), int((~cached).sum()))
     if absent.clips:
-        _left_out(store, absent.clips, where, f"{absent.rows} caption pair(s)", nothing_left=not cached.any(),
-                  reporter=reporter)
+        if not cached.any():
+            raise _nothing_left(store, absent.clips, where)
+        _warn_left_out(store, absent.clips, where, f"{absent.rows} caption pair(s)", reporter)
     return (frame[cached].reset_index(drop=True), absent) if absent.clips else (frame, absent)
 
 
@@ -59,10 +60,11 @@ def cached_split(store: AudioCache, split: Split, reporter: Reporter = SILENT) -
     absent = [str(path) for path, cached in zip(split.paths, present) if not cached]
     where = f"{split.dataset} {split.split}"
     if any(name is None for name in split.query_files):
-        _left_out(store, absent, f"{where} (it needs every clip)", "", nothing_left=True, reporter=reporter)
+        raise _nothing_left(store, absent, f"{where} (it needs every clip)")
     keep = [name not in gone for name in split.query_files]
-    _left_out(store, absent, where, f"{len(keep) - sum(keep)} query(ies)", nothing_left=not any(keep),
-              reporter=reporter)
+    if not any(keep):
+        raise _nothing_left(store, absent, where)
+    _warn_left_out(store, absent, where, f"{len(keep) - sum(keep)} query(ies)", reporter)
     return Split(dataset=split.dataset, split=split.split,
                  files=[name for name, cached in zip(split.files, present) if cached],
                  paths=[path for path, cached in zip(split.paths, present) if cached],
@@ -70,12 +72,18 @@ def cached_split(store: AudioCache, split: Split, reporter: Reporter = SILENT) -
                  query_files=[name for name, kept in zip(split.query_files, keep) if kept])
 
 
-def _left_out(store: AudioCache, absent: list[str], where: str, rows: str, nothing_left: bool,
-              reporter: Reporter) -> None:
-    """Warn that ``rows`` of ``where`` are left out with their ``absent`` clips, or fail when nothing is left."""
-    first = f"{absent[0]}: {store.reason(absent[0])}"
-    if nothing_left:
-        raise UserError(f"{store.skipped_file}: {len(absent)} clip(s) of {where} were skipped by the {store.rate} Hz "
-                        f"audio cache, which leaves nothing to use (first {first}); {FIX_SKIPPED}")
+def _nothing_left(store: AudioCache, absent: list[str], where: str) -> UserError:
+    """The error (for the caller to raise) when leaving out the ``absent`` clips leaves nothing of ``where``."""
+    return UserError(f"{store.skipped_file}: {len(absent)} clip(s) of {where} were skipped by the {store.rate} Hz "
+                     f"audio cache, which leaves nothing to use (first {_first(store, absent)}); {FIX_SKIPPED}")
+
+
+def _warn_left_out(store: AudioCache, absent: list[str], where: str, rows: str, reporter: Reporter) -> None:
+    """Warn that ``rows`` of ``where`` are left out with their ``absent`` clips."""
     reporter.warning(f"left out {rows} of {where}: their {len(absent)} clip(s) were skipped by the {store.rate} Hz "
-                     f"audio cache (listed in {store.skipped_file}; first {first})")
+                     f"audio cache (listed in {store.skipped_file}; first {_first(store, absent)})")
+
+
+def _first(store: AudioCache, absent: list[str]) -> str:
+    """The first absent clip and why the cache skipped it."""
+    return f"{absent[0]}: {store.reason(absent[0])}"

@@ -14,6 +14,7 @@ modes are those of the built-in sets (``split_index.write_index``).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -25,24 +26,38 @@ from dcase_t6.common.tables import read_table
 from dcase_t6.data.dataset_files import DEFAULT_FORBIDDEN, audio_files_by_stem, read_forbidden_ids, skip_empty_captions
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.reports import IndexReport
-from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
+from dcase_t6.data.split_index import AudioPolicy, IndexInput, current_report, fingerprint, write_index
 
 BUILT_IN = ("clotho", "audiocaps", "wavcaps", "synthetic", "eval")  # their own `prepare` commands write these
 ID_COLUMNS = ("sound_id", "freesound_id")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
-def prepare_captions(layout: Layout, name: str, csv: Path, audio: Path, split: str = "train",
-                     forbidden: Path = DEFAULT_FORBIDDEN, workers: int = 1, reporter: Reporter = SILENT) -> IndexReport:
-    """Index a captioned set named ``name`` from ``csv`` and the audio under ``audio``.
+@dataclass(frozen=True)
+class CaptionSource:
+    """A captioned set to index: its name, its captions CSV, its audio folder and the split of unsplit rows.
 
-    Args:
-        layout: the data root.
+    Attributes:
         name: the dataset's name (``datasets: [clotho, NAME]`` in training): letters, digits, ``-`` and ``_``, not
             a built-in set's name.
         csv: the captions (see the module docstring for the columns).
         audio: the folder of the audio files.
         split: the split of rows without a ``split`` value.
+    """
+
+    name: str
+    csv: Path
+    audio: Path
+    split: str = "train"
+
+
+def prepare_captions(layout: Layout, source: CaptionSource, forbidden: Path = DEFAULT_FORBIDDEN, workers: int = 1,
+                     reporter: Reporter = SILENT) -> IndexReport:
+    """Index the captioned set ``source`` (its CSV and the audio under its folder).
+
+    Args:
+        layout: the data root.
+        source: the set's name, captions CSV, audio folder and default split.
         forbidden: the forbidden Freesound ids CSV (used when the CSV has a Freesound id column).
         workers: threads checking the audio files.
         reporter: shows the bar over the files checked.
@@ -50,6 +65,7 @@ def prepare_captions(layout: Layout, name: str, csv: Path, audio: Path, split: s
     Returns:
         The index report: clips/captions/hours per split, skipped files and rows, excluded forbidden ids.
     """
+    name, csv, split = source.name, source.csv, source.split
     check_name(name, "--name (the dataset name)")
     if not _NAME.fullmatch(name) or name in BUILT_IN:
         raise UserError(f"--name {name!r}: expected letters, digits, '-' and '_' and not one of {', '.join(BUILT_IN)} "
@@ -62,13 +78,13 @@ def prepare_captions(layout: Layout, name: str, csv: Path, audio: Path, split: s
         raise UserError(f"{csv}: no caption column (found {list(frame.columns)}); name it caption, or caption_1, "
                         "caption_2, ... for several captions per file")
     id_column = next((column for column in ID_COLUMNS if column in frame.columns), None)
-    files = audio_files_by_stem(audio)
+    files = audio_files_by_stem(source.audio)
     key = fingerprint([csv, *files.values(), *([forbidden] if id_column else [])],
                       {"dataset": name, "kind": "captions", "split": split})
     report = current_report(layout, name, key)
     if report is not None:
         return report
-    table = _caption_table(frame, csv, name, split, caption_columns, id_column, files, audio)
+    table = _caption_table(frame, source, caption_columns, id_column, files)
     extra: dict = {"excluded": {name: 0}, "freesound_derived": []}
     if id_column:
         forbidden_ids, ignored = read_forbidden_ids(forbidden)
@@ -80,13 +96,15 @@ def prepare_captions(layout: Layout, name: str, csv: Path, audio: Path, split: s
     if table.empty:
         raise UserError(f"{csv}: no caption left (empty captions: {len(empty)}, forbidden ids: "
                         f"{extra['excluded'][name]}); check the caption columns")
-    return write_index(layout, name, table, AudioPolicy(), workers, key, {**extra, "skipped_rows": empty},
+    return write_index(layout, IndexInput(name, table, key, {**extra, "skipped_rows": empty}), AudioPolicy(), workers,
                        reporter)
 
 
-def _caption_table(frame: pd.DataFrame, csv: Path, name: str, split: str, caption_columns: list[str],
-                   id_column: str | None, files: dict[str, Path], audio: Path) -> pd.DataFrame:
-    """One row per (file, caption) in CSV order, captions numbered per file, audio paths resolved."""
+def _caption_table(frame: pd.DataFrame, source: CaptionSource, caption_columns: list[str], id_column: str | None,
+                   files: dict[str, Path]) -> pd.DataFrame:
+    """One row per (file, caption) of ``source``'s CSV (read as ``frame``) in CSV order, captions numbered per file,
+    audio paths resolved (``files``: the audio files found by stem)."""
+    csv, name = source.csv, source.name
     names = frame["file_name"].str.strip()
     empty = names == ""
     if empty.any():
@@ -98,9 +116,9 @@ def _caption_table(frame: pd.DataFrame, csv: Path, name: str, split: str, captio
         row = int(bad.to_numpy().argmax()) + 2
         raise UserError(f"{csv}: row {row}: split {splits[bad].iloc[0]!r} is not a split name (letters, digits, '-' "
                         "and '_'); fix the split column")
-    paths = [_audio_path(file_name, files, audio) for file_name in names]
+    paths = [_audio_path(file_name, files, source.audio) for file_name in names]
     ids = frame[id_column].str.strip() if id_column else pd.Series("", index=frame.index)
-    wide = pd.DataFrame({"row": range(len(frame)), "split": splits.where(splits != "", split).to_numpy(),
+    wide = pd.DataFrame({"row": range(len(frame)), "split": splits.where(splits != "", source.split).to_numpy(),
                          "audio_path": paths, "file_name": [path.name for path in paths], "sound_id": ids.to_numpy()})
     _check_one_path_per_name(wide, csv)
     long = pd.concat([wide.assign(caption=frame[column].to_numpy(), column=number)

@@ -8,6 +8,7 @@ the fingerprint of its inputs. So a re-run is a no-op and an interrupted run res
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcase_t6.common.atomic import atomic_path
@@ -15,7 +16,7 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.data.archive import extract_7z
 from dcase_t6.data.clotho_layout import index_clotho_layout
-from dcase_t6.data.download import VerifiedFiles, download
+from dcase_t6.data.download import DownloadPolicy, VerifiedFiles, download
 from dcase_t6.data.layout import CLOTHO_PARTS, Layout
 from dcase_t6.data.reports import ClothoReport
 
@@ -35,28 +36,44 @@ CLOTHO_MD5 = {
 }
 
 
-def prepare_clotho(layout: Layout, archives: Path | None = None, workers: int = 1, mirror: str | None = None,
-                   md5s: dict[str, str] = CLOTHO_MD5, retry_wait_s: float = 2.0,
-                   reporter: Reporter = SILENT) -> ClothoReport:
-    """Get (download or ``archives``), verify, extract and index Clotho v2.1; return the index report."""
-    source = archives.expanduser().absolute() if archives else layout.dataset_dir(DATASET) / "archives"
+@dataclass(frozen=True)
+class ClothoSource:
+    """Where the Clotho files come from and what they must hash to.
+
+    Attributes:
+        archives: a folder already holding the files (offline: nothing is downloaded); None downloads them.
+        mirror: the base URL to download from (None: Zenodo).
+        md5s: each file's name and MD5 (default: the nine files of Clotho v2.1).
+    """
+
+    archives: Path | None = None
+    mirror: str | None = None
+    md5s: dict[str, str] = field(default_factory=lambda: CLOTHO_MD5)
+
+
+def prepare_clotho(layout: Layout, source: ClothoSource = ClothoSource(), workers: int = 1,
+                   policy: DownloadPolicy = DownloadPolicy(), reporter: Reporter = SILENT) -> ClothoReport:
+    """Get (download, retrying as ``policy`` says, or take from ``source.archives``), verify, extract and index
+    Clotho v2.1; return the index report."""
+    archives, md5s = source.archives, source.md5s
+    folder = archives.expanduser().absolute() if archives else layout.dataset_dir(DATASET) / "archives"
     for part in CLOTHO_PARTS:  # before hours of downloading
         _check_part_target(layout, part)
     verified = VerifiedFiles(layout.dataset_dir(DATASET) / "verified.json")
     if archives is None:
-        base = (mirror or ZENODO_URL).rstrip("/") + "/"
+        base = (source.mirror or ZENODO_URL).rstrip("/") + "/"
         for name, md5 in md5s.items():
-            if not (source / name).is_file():
-                download(base + name, source / name, md5, reporter, retry_wait_s=retry_wait_s)
-    _require_present(source, md5s, archives is not None)
+            if not (folder / name).is_file():
+                download(base + name, folder / name, md5, reporter, policy)
+    _require_present(folder, md5s, archives is not None)
     for name, md5 in md5s.items():
-        verified.check(source / name, md5, reporter)
-    extracted = {part: _extract_part(layout, source, part, md5s) for part in CLOTHO_PARTS}
+        verified.check(folder / name, md5, reporter)
+    extracted = {part: _extract_part(layout, folder, part, md5s) for part in CLOTHO_PARTS}
     for part in CLOTHO_PARTS:
-        _copy_if_changed(source / f"clotho_captions_{part}.csv", layout.captions_csv(DATASET, part))
-        _copy_if_changed(source / f"clotho_metadata_{part}.csv", layout.metadata_csv(DATASET, part))
+        _copy_if_changed(folder / f"clotho_captions_{part}.csv", layout.captions_csv(DATASET, part))
+        _copy_if_changed(folder / f"clotho_metadata_{part}.csv", layout.metadata_csv(DATASET, part))
     report = index_clotho_layout(layout, DATASET, workers, reporter)
-    return report.extended(ClothoReport, source=str(source), extracted=extracted)
+    return report.extended(ClothoReport, source=str(folder), extracted=extracted)
 
 
 def _require_present(source: Path, md5s: dict[str, str], offline: bool) -> None:

@@ -16,7 +16,7 @@ from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import LATIN1, UTF8, check_non_empty, check_unique, read_table
 from dcase_t6.data.layout import CLOTHO_PARTS, CLOTHO_SAMPLE_RATE, Layout
 from dcase_t6.data.reports import IndexReport
-from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
+from dcase_t6.data.split_index import AudioPolicy, IndexInput, current_report, fingerprint, write_index
 
 CAPTION_FIELDS = [f"caption_{i}" for i in range(1, 6)]
 METADATA_FIELDS = ["file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer", "license"]
@@ -76,5 +76,5 @@ def index_clotho_layout(layout: Layout, dataset: str, workers: int, reporter: Re
     if report is not None:
         return report
     table = caption_table(layout, dataset)
-    return write_index(layout, dataset, table, AudioPolicy(sample_rate=CLOTHO_SAMPLE_RATE), workers, key,
-                       reporter=reporter)
+    return write_index(layout, IndexInput(dataset, table, key), AudioPolicy(sample_rate=CLOTHO_SAMPLE_RATE), workers,
+                       reporter)

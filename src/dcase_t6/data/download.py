@@ -14,6 +14,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
@@ -28,21 +29,37 @@ class IncompleteTransfer(Exception):
     """The server closed the connection before sending every byte it announced."""
 
 
-def download(url: str, target: Path, md5: str, reporter: Reporter = SILENT, attempts: int = 5,
-             retry_wait_s: float = 2.0, timeout_s: float = 60.0) -> None:
-    """Download ``url`` to ``target`` through ``target.part`` (resuming it), verify the MD5, then rename."""
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """How hard a download tries.
+
+    Attributes:
+        attempts: tries in all (each resumes from the part file) before giving up.
+        retry_wait_s: seconds before the first retry; doubled before each next one.
+        timeout_s: seconds a connection may stay silent before the attempt fails.
+    """
+
+    attempts: int = 5
+    retry_wait_s: float = 2.0
+    timeout_s: float = 60.0
+
+
+def download(url: str, target: Path, md5: str, reporter: Reporter = SILENT,
+             policy: DownloadPolicy = DownloadPolicy()) -> None:
+    """Download ``url`` to ``target`` through ``target.part`` (resuming it, retrying as ``policy`` says), verify
+    the MD5, then rename."""
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, policy.attempts + 1):
         try:
-            _fetch(url, part, reporter, timeout_s)
+            _fetch(url, part, reporter, policy.timeout_s)
             break
         except (OSError, http.client.HTTPException, IncompleteTransfer) as err:
-            if _fatal(err) or attempt == attempts:
+            if _fatal(err) or attempt == policy.attempts:
                 size = part.stat().st_size if part.exists() else 0
                 raise UserError(f"{url}: download failed ({_describe(err)}) after {attempt} attempt(s); "
                                 f"{size} bytes kept in {part}: re-run to resume") from None
-            time.sleep(retry_wait_s * 2 ** (attempt - 1))
+            time.sleep(policy.retry_wait_s * 2 ** (attempt - 1))
     actual = file_md5(part, reporter)
     if actual != md5:
         part.unlink()

@@ -17,7 +17,7 @@ from dcase_t6.common.tables import check_non_empty, read_table, write_table
 from dcase_t6.data.audio_io import AUDIO_SUFFIXES
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.reports import IndexReport
-from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
+from dcase_t6.data.split_index import AudioPolicy, IndexInput, current_report, fingerprint, write_index
 
 DATASET, SPLIT = "eval", "evaluation"
 
@@ -35,8 +35,9 @@ def prepare_eval(layout: Layout, captions: Path, audio: Path, workers: int = 1,
     write_table(queries[["caption"]], layout.queries_file(DATASET))
     table = pd.DataFrame({"dataset": DATASET, "split": SPLIT, "source": "eval", "file_name": [f.name for f in files],
                           "caption_index": "", "caption": "", "audio_path": files, "sound_id": ""})
-    return write_index(layout, DATASET, table, AudioPolicy(keep_silent=True, strict=True), workers, key,
-                       {"queries": len(queries), "queries_file": str(layout.queries_file(DATASET))}, reporter)
+    extra = {"queries": len(queries), "queries_file": str(layout.queries_file(DATASET))}
+    return write_index(layout, IndexInput(DATASET, table, key, extra), AudioPolicy(keep_silent=True, strict=True),
+                       workers, reporter)
 
 
 def audio_files(folder: Path) -> list[Path]:

@@ -49,6 +49,23 @@ class AudioPolicy:
 
 
 @dataclass(frozen=True)
+class IndexInput:
+    """What one dataset's index is written from.
+
+    Attributes:
+        dataset: the dataset's name (its index and report files are named after it).
+        table: its caption table (``CAPTION_COLUMNS``, ``audio_path`` absolute).
+        key: the fingerprint of the inputs the table was built from (kept in the report).
+        extra: the dataset's optional :class:`IndexReport` fields (exclusions, skipped rows, queries).
+    """
+
+    dataset: str
+    table: pd.DataFrame
+    key: str
+    extra: dict | None = None
+
+
+@dataclass(frozen=True)
 class Split:
     """The clips and the queries of one split, ready for embedding."""
 
@@ -80,12 +97,11 @@ def current_report(layout: Layout, dataset: str, key: str) -> IndexReport | None
     return IndexReport.from_document(stored, up_to_date=True)
 
 
-def write_index(layout: Layout, dataset: str, table: pd.DataFrame, policy: AudioPolicy, workers: int,
-                key: str, extra: dict | None = None, reporter: Reporter = SILENT) -> IndexReport:
-    """Check the audio of ``table``, drop (and list) unusable files, write the index and its report.
-
-    ``extra`` holds the dataset's optional :class:`IndexReport` fields (exclusions, skipped rows, queries).
-    """
+def write_index(layout: Layout, source: IndexInput, policy: AudioPolicy, workers: int,
+                reporter: Reporter = SILENT) -> IndexReport:
+    """Check the audio of ``source.table`` (in ``workers`` threads), drop (and list) the files ``policy`` refuses,
+    write the index and its report."""
+    dataset, table = source.dataset, source.table
     paths = list(dict.fromkeys(table["audio_path"]))
     infos, skipped = inspect_files(paths, workers, policy, reporter)
     if policy.strict and skipped:
@@ -99,8 +115,8 @@ def write_index(layout: Layout, dataset: str, table: pd.DataFrame, policy: Audio
     index = _index_frame(layout, kept, infos)
     write_table(index, layout.index_file(dataset))
     report = IndexReport(dataset=dataset, index=str(layout.index_file(dataset)),
-                         report=str(layout.report_file(dataset)), fingerprint=key, splits=_split_counts(index),
-                         skipped=skipped, up_to_date=False, **(extra or {}))
+                         report=str(layout.report_file(dataset)), fingerprint=source.key,
+                         splits=_split_counts(index), skipped=skipped, up_to_date=False, **(source.extra or {}))
     write_json(report.document(), layout.report_file(dataset))
     return report
 

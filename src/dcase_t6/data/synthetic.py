@@ -22,7 +22,7 @@ import soundfile as sf
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import replace_owned_dir, staging_dir
 from dcase_t6.common.jsonfile import read_json, write_json
-from dcase_t6.common.outputs import check_output_dir
+from dcase_t6.common.outputs import FolderKind, OutputRequest, check_output_dir
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import LATIN1, write_table
 from dcase_t6.data.clotho_layout import CAPTION_FIELDS, METADATA_FIELDS, index_clotho_layout
@@ -344,8 +344,9 @@ def prepare_synthetic(layout: Layout, config: SyntheticConfig, workers: int = 1,
     stamp = {"format": FORMAT_VERSION, **asdict(config)}
     generated = force or not _generated_with(folder / STAMP_NAME, stamp)
     if generated:
-        check_output_dir(folder, "prepare synthetic", what="a synthetic dataset", legacy_marker=STAMP_NAME,
-                         remedy="move your files out of it, or choose another --root")
+        check_output_dir(OutputRequest(folder, "prepare synthetic"),
+                         FolderKind("a synthetic dataset", legacy_marker=STAMP_NAME,
+                                    remedy="move your files out of it, or choose another --root"))
         _generate_atomically(config, folder, stamp, reporter)
     report = index_clotho_layout(layout, DATASET, workers, reporter)
     relevance = attach_relevance(layout, DATASET, folder / RELEVANCE_NAME)

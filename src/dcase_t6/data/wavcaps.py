@@ -9,6 +9,7 @@ stored in the index report.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -26,16 +27,30 @@ from dcase_t6.data.dataset_files import (
 )
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.reports import IndexReport
-from dcase_t6.data.split_index import AudioPolicy, current_report, fingerprint, write_index
+from dcase_t6.data.split_index import AudioPolicy, IndexInput, current_report, fingerprint, write_index
 
 WAVCAPS_SOURCES = {"as_final.json": "AudioSet_SL", "bbc_final.json": "BBC_Sound_Effects",
                    "fsd_final.json": "FreeSound", "sb_final.json": "SoundBible"}
 _EXPECTED = 'expected {"data": [{"id": ..., "caption": ...}, ...]}'
 
 
-def prepare_wavcaps(layout: Layout, json_dir: Path, audio: Path, forbidden: Path = DEFAULT_FORBIDDEN,
-                    workers: int = 1, reporter: Reporter = SILENT) -> IndexReport:
+@dataclass(frozen=True)
+class WavCapsSource:
+    """Where a local copy of WavCaps lies.
+
+    Attributes:
+        json_dir: its ``json_files`` folder (``<Source>/*_final.json``).
+        audio: its audio folder (``<Source>/<id>.flac``).
+    """
+
+    json_dir: Path
+    audio: Path
+
+
+def prepare_wavcaps(layout: Layout, source: WavCapsSource, forbidden: Path = DEFAULT_FORBIDDEN, workers: int = 1,
+                    reporter: Reporter = SILENT) -> IndexReport:
     """Index WavCaps from its JSON files and local audio, without the forbidden Freesound ids."""
+    json_dir, audio = source.json_dir, source.audio
     json_files = sorted(json_dir.rglob("*.json")) if json_dir.is_dir() else []
     if not json_files:
         raise UserError(f"{json_dir}: no WavCaps JSON file found; pass the json_files folder of WavCaps")
@@ -47,16 +62,16 @@ def prepare_wavcaps(layout: Layout, json_dir: Path, audio: Path, forbidden: Path
         return report
     tables, excluded = [], {}
     for json_file in json_files:
-        source = WAVCAPS_SOURCES.get(json_file.name, json_file.parent.name)
-        table = _wavcaps_table(json_file, source, audio / source if (audio / source).is_dir() else audio)
-        is_forbidden = table["sound_id"].isin(forbidden_ids) & (source in FREESOUND_SOURCES)
-        excluded[source] = excluded.get(source, 0) + int(is_forbidden.sum())
+        part = WAVCAPS_SOURCES.get(json_file.name, json_file.parent.name)
+        table = _wavcaps_table(json_file, part, audio / part if (audio / part).is_dir() else audio)
+        is_forbidden = table["sound_id"].isin(forbidden_ids) & (part in FREESOUND_SOURCES)
+        excluded[part] = excluded.get(part, 0) + int(is_forbidden.sum())
         tables.append(table[~is_forbidden])
     table, empty = skip_empty_captions(pd.concat(tables, ignore_index=True), "WavCaps")
     extra = {"excluded": excluded, "freesound_derived": sorted(FREESOUND_SOURCES & set(excluded)),
              "forbidden_ids": {"file": str(forbidden), "ids": len(forbidden_ids), "ignored_rows": ignored},
              "skipped_rows": empty}
-    return write_index(layout, "wavcaps", table, AudioPolicy(), workers, key, extra, reporter)
+    return write_index(layout, IndexInput("wavcaps", table, key, extra), AudioPolicy(), workers, reporter)
 
 
 def _wavcaps_table(json_file: Path, source: str, audio: Path) -> pd.DataFrame:

@@ -19,16 +19,14 @@ from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.data.audio_cache import AudioCache
-from dcase_t6.data.cache_build import build_cache
+from dcase_t6.data.cache_build import CacheRequest, build_cache
 from dcase_t6.data.cached_splits import cached_split
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import Split, load_split
-from dcase_t6.embedding.encode import embed_audio, embed_text, similarity
-from dcase_t6.models import DualEncoder
+from dcase_t6.embedding.encode import Clips, EncodeSettings, embed_audio, embed_text, similarity
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
 from dcase_t6.runs.folder import load_exported
 from dcase_t6.runs.model import load_model
-from dcase_t6.runs.records import RegisteredFile
 from dcase_t6.runs.registry import Registry
 
 MAX_BATCH = 65_536  # clips or captions per forward pass; 32 is the default, a large GPU takes a few hundred
@@ -109,15 +107,20 @@ def embed_run(workdir: str | Path, run: str, request: SplitRequest, with_similar
 
 def _embed(registry: Registry, run: str, request: SplitRequest, with_similarity: bool,
            reporter: Reporter) -> EmbedOutcome:
-    dataset, split, batch_size = request.dataset, request.split, request.batch_size
-    device = _device()
-    loaded = load_model(registry, run, request.checkpoint, str(device))
+    dataset, split = request.dataset, request.split
+    settings = EncodeSettings(request.batch_size, _device())
+    loaded = load_model(registry, run, request.checkpoint, str(settings.device))
     model, checkpoint = loaded.model, loaded.checkpoint
     data, store = _cached_split(request.data_root, dataset, split, model.sample_rate, reporter)
-    audio = _audio_embeddings(registry, checkpoint, model, data, store, device, batch_size,
-                              loaded.config.clip_samples(model.sample_rate), reporter)
-    text = embed_text(model, data.queries, batch_size, device, reporter, f"{split}: captions")
     directory = registry.layout.outputs(checkpoint.run_id)
+    # the clips this checkpoint already embedded for any split are reused, the others embedded once each
+    known = _known_audio(directory, checkpoint.sha256)
+    missing = [p for p in dict.fromkeys(str(p) for p in data.paths) if p not in known]
+    if missing:
+        clips = Clips([Path(p) for p in missing], store.clip, loaded.config.clip_samples(model.sample_rate))
+        known.update(zip(missing, embed_audio(model, clips, settings, reporter, f"{split}: audio")))
+    audio = np.stack([known[str(p)] for p in data.paths])
+    text = embed_text(model, data.queries, settings, reporter, f"{split}: captions")
     embeddings_path = _save_npz(directory / f"{dataset}.{split}.embeddings.npz", checkpoint=checkpoint.sha256,
                                 files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
                                 audio=audio, queries=np.array(data.queries), text=text)
@@ -155,18 +158,18 @@ def embed_exported(source: str | Path, request: SplitRequest, out: str | Path, r
     Returns:
         What was written, with the model's folder.
     """
-    dataset, split, batch_size = request.dataset, request.split, request.batch_size
-    check_batch_size(batch_size, "batch size")
-    device = _device()
-    loaded = load_exported(source, device, revision)
+    dataset, split = request.dataset, request.split
+    check_batch_size(request.batch_size, "batch size")
+    settings = EncodeSettings(request.batch_size, _device())
+    loaded = load_exported(source, settings.device, revision)
     model = loaded.model
     data, store = _cached_split(request.data_root, dataset, split, model.sample_rate, reporter)
     paths = list(dict.fromkeys(str(p) for p in data.paths))
-    vectors = embed_audio(model, [Path(p) for p in paths], store.clip, loaded.max_samples, batch_size, device,
+    vectors = embed_audio(model, Clips([Path(p) for p in paths], store.clip, loaded.max_samples), settings,
                           reporter, f"{split}: audio")
     by_path = dict(zip(paths, vectors))
     audio = np.stack([by_path[str(p)] for p in data.paths])
-    text = embed_text(model, data.queries, batch_size, device, reporter, f"{split}: captions")
+    text = embed_text(model, data.queries, settings, reporter, f"{split}: captions")
     out = Path(out)
     embeddings_path = _save_npz(out / f"{dataset}.{split}.embeddings.npz", checkpoint=loaded.weights_sha256,
                                 files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
@@ -186,7 +189,7 @@ def _cached_split(data_root: str | Path, dataset: str, split: str, sample_rate: 
     """The split without the clips the audio cache skipped (unreadable: left out with their queries), and the
     cache at ``sample_rate`` (built or updated first)."""
     data = load_split(data_root, dataset, split)
-    build_cache(Layout.at(data_root), sample_rate, [dataset], reporter=reporter)
+    build_cache(Layout.at(data_root), CacheRequest(sample_rate, [dataset]), reporter)
     store = AudioCache(data_root, sample_rate, reporter)
     return cached_split(store, data, reporter), store
 
@@ -194,20 +197,6 @@ def _cached_split(data_root: str | Path, dataset: str, split: str, sample_rate: 
 def split_tag(dataset: str, split: str) -> str:
     """Registry tag of a split's outputs: ``<dataset>/<split>``."""
     return f"{dataset}/{split}"
-
-
-def _audio_embeddings(registry: Registry, checkpoint: RegisteredFile, model: DualEncoder, data: Split,
-                      store: AudioCache, device: torch.device, batch_size: int, max_samples: int,
-                      reporter: Reporter) -> np.ndarray:
-    """Embed the split's clips, reusing clips this checkpoint already embedded for any split."""
-    known = _known_audio(registry.layout.outputs(checkpoint.run_id), checkpoint.sha256)
-    paths = [str(p) for p in data.paths]
-    missing = [p for p in dict.fromkeys(paths) if p not in known]
-    if missing:
-        vectors = embed_audio(model, [Path(p) for p in missing], store.clip, max_samples, batch_size, device,
-                              reporter, f"{data.split}: audio")
-        known.update(zip(missing, vectors))
-    return np.stack([known[p] for p in paths])
 
 
 def _known_audio(directory: Path, checkpoint_sha: str) -> dict[str, np.ndarray]:

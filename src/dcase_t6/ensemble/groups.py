@@ -32,6 +32,16 @@ class Group:
 
 
 @dataclass(frozen=True)
+class SearchPlan:
+    """How the weights are searched: the ``groups`` (one group: a flat search), ``divisions`` (grid steps that make
+    1) and ``top`` (how many best candidates to keep)."""
+
+    groups: Sequence[Group]
+    divisions: int
+    top: int
+
+
+@dataclass(frozen=True)
 class SearchOutcome:
     """Flat weights of the best candidates (best first) and each group's inner weights and weight."""
 
@@ -101,21 +111,21 @@ def planned_grid_points(groups: Sequence[Group], divisions: int) -> int:
     return inner + (grid_size(len(groups), divisions) if len(groups) > 1 else 0)
 
 
-def two_stage_search(scores: np.ndarray, relevant: np.ndarray, groups: Sequence[Group], divisions: int,
-                     top: int, reporter: Reporter = SILENT) -> SearchOutcome:
+def two_stage_search(scores: np.ndarray, relevant: np.ndarray, plan: SearchPlan,
+                     reporter: Reporter = SILENT) -> SearchOutcome:
     """Search inside each group, then across the group matrices; flat weight = inner x group weight.
 
     Args:
         scores: (systems, queries, files) scores of the scored queries.
         relevant: (queries, R) relevant file columns per query.
-        groups: the search groups (one group: a flat search).
-        divisions: grid steps that make 1.
-        top: how many best candidates to keep.
+        plan: the search groups (one group: a flat search), the grid steps that make 1 and how many best
+            candidates to keep.
         reporter: shows a bar over each stage's grid points.
 
     Returns:
         The best flat weight vectors and each group's inner weights and weight.
     """
+    groups, divisions, top = plan.groups, plan.divisions, plan.top
     if len(groups) == 1:
         result = grid_search(take(scores, groups[0].members), relevant, divisions, reporter, "grid search")
         best = result.best(top)

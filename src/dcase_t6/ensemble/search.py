@@ -18,7 +18,7 @@ import numpy as np
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.ensemble.grid import METRIC, METRIC_K, grid_divisions
-from dcase_t6.ensemble.groups import Group, planned_grid_points, resolve_groups, two_stage_search
+from dcase_t6.ensemble.groups import Group, SearchPlan, planned_grid_points, resolve_groups, two_stage_search
 from dcase_t6.ensemble.systems import NORMALIZATIONS, System, align_systems, stacked_scores, take, weighted_sum
 from dcase_t6.ensemble.weights import Candidate, EnsembleWeights, GroupWeights, Validation
 from dcase_t6.retrieval import metrics
@@ -130,8 +130,8 @@ def search(systems: Sequence[System], relevance: Relevance, options: SearchOptio
     first = aligned[0].matrix
     alignment = align(first, relevance, allow_missing=options.allow_missing, scores=scores)
     scored = take(scores, alignment.rows, axis=1)
-    outcome = two_stage_search(scored, alignment.relevant, groups, grid_divisions(options.step), options.top,
-                               reporter)
+    plan = SearchPlan(groups, grid_divisions(options.step), options.top)
+    outcome = two_stage_search(scored, alignment.relevant, plan, reporter)
 
     rescore = _Rescorer(first, scores, alignment, relevance, options.allow_missing)
     evaluation = evaluate(rescore.applied(outcome.candidates[0]), relevance, allow_missing=options.allow_missing)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.common.fsops import replace_owned_dir, staging_dir
-from dcase_t6.common.outputs import check_output_dir
+from dcase_t6.common.outputs import FolderKind, OutputRequest, check_output_dir
 from dcase_t6.explore.pages import Site
 
 MARKER = "explore.json"
@@ -63,8 +63,8 @@ def write_site(site: Site, folder: str | Path) -> SiteReport:
 def check_target(folder: str | Path, inputs=(), protected=()) -> Path:
     """The site folder, absolute, or a UserError (see ``dcase_t6.common.outputs.check_output_dir``): a new or empty
     folder, or an earlier explorer site holding nothing else, that is not, holds or links to an input."""
-    return check_output_dir(folder, "--html", inputs=inputs, protected=protected, what="an explorer site",
-                            legacy_marker=MARKER)
+    return check_output_dir(OutputRequest(folder, "--html", inputs=inputs, protected=protected),
+                            FolderKind("an explorer site", legacy_marker=MARKER))
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dcase_t6.models import audio as audio_backbones
-from dcase_t6.models.text import TextEncoder
+from dcase_t6.models.text import TextEncoder, TextSettings
 
 
 @dataclass
@@ -54,8 +54,8 @@ class DualEncoder(nn.Module):
         self.config = config
         self.audio = audio_backbones.build(config.backbone, weights=audio_weights, patchout_t=config.patchout_t,
                                            patchout_f=config.patchout_f)
-        self.text = TextEncoder(config.text_model, config.text_max_length, config.text_dropout,
-                                frozen=config.freeze_text, pretrained=text_pretrained)
+        text = TextSettings(config.text_model, config.text_max_length, config.text_dropout, config.freeze_text)
+        self.text = TextEncoder(text, pretrained=text_pretrained)
         self.audio_projection = nn.Linear(self.audio.output_dim, config.embed_dim)
         self.text_projection = nn.Linear(self.text.output_dim, config.embed_dim)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -11,8 +12,25 @@ from torch import nn
 from dcase_t6.common.errors import UserError
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, path: str | Path,
-                 fix: str | Callable[[], str], target: str = "this model", fresh: tuple[str, ...] = ()) -> None:
+@dataclass(frozen=True)
+class WeightSource:
+    """Where weights come from and what to tell the user when they do not fit (the parts of the error message).
+
+    Args:
+        name: who the weights are (``init_from RUN``, ``run RUN checkpoint best``).
+        path: the file they come from.
+        fix: what the user should do, or a function returning it (called only on an error).
+        target: what the weights should fit.
+    """
+
+    name: str
+    path: str | Path
+    fix: str | Callable[[], str]
+    target: str = "this model"
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: WeightSource,
+                 fresh: tuple[str, ...] = ()) -> None:
     """Load ``state`` into ``model``; every parameter must fit, except those that start ``fresh``.
 
     Parameters whose names start with one of ``fresh`` are neither loaded nor required: they keep the
@@ -21,14 +39,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: st
     Args:
         model: the model to load into.
         state: a state dict, e.g. a checkpoint's ``"model"`` entry.
-        source: who the weights are, for the message (``init_from RUN``, ``run RUN checkpoint best``).
-        path: the file they come from.
-        fix: what the user should do, or a function returning it (called only on an error).
-        target: what the weights should fit, for the message.
+        source: who the weights are, the file they come from, what the user should do when they do not fit
+            and what they should fit, for the message.
         fresh: name prefixes of parameters that start fresh.
 
     Raises:
-        UserError: ``<source>: its weights do not fit <target> (parameter <name>: <problem>; <path>); <fix>``
+        UserError: ``<name>: its weights do not fit <target> (parameter <parameter>: <problem>; <path>); <fix>``
             naming the first parameter that does not fit.
     """
     state = {key: value for key, value in state.items() if not key.startswith(fresh)} if fresh else state
@@ -37,17 +53,16 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: st
     if mismatched is not None:
         problem = (f"size mismatch, {list(state[mismatched].shape)} in the file, {list(own[mismatched].shape)} "
                    "in the model")
-        _refuse(mismatched, problem, source, path, fix, target)
+        _refuse(mismatched, problem, source)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [key for key in missing if not key.startswith(fresh)] if fresh else missing
     if missing:
-        _refuse(missing[0], "missing from the file", source, path, fix, target)
+        _refuse(missing[0], "missing from the file", source)
     if unexpected:
-        _refuse(unexpected[0], "not in the model", source, path, fix, target)
+        _refuse(unexpected[0], "not in the model", source)
 
 
-def _refuse(parameter: str, problem: str, source: str, path: str | Path, fix: str | Callable[[], str],
-            target: str) -> None:
-    advice = fix() if callable(fix) else fix
-    raise UserError(f"{source}: its weights do not fit {target} (parameter {parameter}: {problem}; {path}); "
-                    f"{advice}")
+def _refuse(parameter: str, problem: str, source: WeightSource) -> None:
+    advice = source.fix() if callable(source.fix) else source.fix
+    raise UserError(f"{source.name}: its weights do not fit {source.target} (parameter {parameter}: {problem}; "
+                    f"{source.path}); {advice}")

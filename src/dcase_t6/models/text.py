@@ -16,6 +16,7 @@ import contextlib
 import string
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,23 +36,42 @@ def normalise_caption(caption: str) -> str:
     return caption.lower().translate(_NO_PUNCTUATION)
 
 
+@dataclass(frozen=True)
+class TextSettings:
+    """Which text encoder (the ``model.text_*`` config keys).
+
+    Args:
+        name: a transformers model name or folder, or a special name (see the module docstring).
+        max_length: captions are cut to this many tokens.
+        dropout: the transformer's hidden and attention dropout; None keeps the model's own.
+        frozen: the transformer is not trained (see :class:`TextEncoder`).
+    """
+
+    name: str = "roberta-large"
+    max_length: int = 32
+    dropout: float | None = 0.2
+    frozen: bool = False
+
+
 class TextEncoder(nn.Module):
     """Tokeniser + transformer encoder; ``forward(captions)`` gives (batch, output_dim) first-token states.
 
     ``frozen``: the transformer is not trained (only the projection on top is): it runs in eval mode
     without gradients, and the last ``cache_size`` distinct captions it encoded are remembered (least
-    recently used first out, so caption augmentation cannot grow memory without bound).
+    recently used first out, so caption augmentation cannot grow memory without bound). ``pretrained`` False
+    leaves the weights random (see ``_load``).
     """
 
-    def __init__(self, name: str = "roberta-large", max_length: int = 32, dropout: float | None = 0.2,
-                 frozen: bool = False, cache_size: int = FROZEN_CACHE_SIZE, pretrained: bool = True):
+    def __init__(self, settings: TextSettings = TextSettings(), cache_size: int = FROZEN_CACHE_SIZE,
+                 pretrained: bool = True):
         super().__init__()
-        self.name, self.max_length, self.frozen, self.cache_size = name, max_length, frozen, cache_size
-        self.tokenizer, self.model = _load(name, dropout, pretrained)
+        self.name, self.max_length, self.frozen = settings.name, settings.max_length, settings.frozen
+        self.cache_size = cache_size
+        self.tokenizer, self.model = _load(settings.name, settings.dropout, pretrained)
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
         self.output_dim = self.model.config.hidden_size
-        self.model.requires_grad_(not frozen)
+        self.model.requires_grad_(not settings.frozen)
         self.remembered: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def forward(self, captions: list[str]) -> torch.Tensor:

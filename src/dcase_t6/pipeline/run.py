@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
@@ -56,16 +56,41 @@ class StepOutcome:
         return summary
 
 
-def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None = None,
-                 max_steps: int | None = None, world: World | None = None,
+@dataclass(frozen=True)
+class PipelineRequest:
+    """A pipeline to run (or continue).
+
+    Args:
+        path: the pipeline YAML.
+        overrides: config keys (``section.key`` allowed) put on top of every stage's config.
+        max_steps: stop the running stage after this many optimizer steps (resumable); None: no limit.
+    """
+
+    path: str | Path
+    overrides: dict = field(default_factory=dict)
+    max_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class _PipelineContext:
+    """What the steps of one pipeline run share: the registry, the pipeline, its state file, the processes, the
+    running stage's step limit (``max_steps``) and the reporter."""
+
+    registry: Registry
+    pipeline: Pipeline
+    state: PipelineState
+    world: World
+    max_steps: int | None
+    reporter: Reporter
+
+
+def run_pipeline(workdir: str | Path, request: PipelineRequest, world: World | None = None,
                  reporter: Reporter = SILENT) -> list[StepOutcome]:
     """Run (or continue) every stage of a pipeline file, then (on the main process) search its ensembles.
 
     Args:
         workdir: the registry's work directory.
-        path: the pipeline YAML.
-        overrides: config keys (``section.key`` allowed) put on top of every stage's config.
-        max_steps: stop the running stage after this many optimizer steps (resumable).
+        request: the pipeline YAML, the config overrides of every stage and the step limit of the running stage.
         world: the torchrun processes (default: joined from the environment).
         reporter: progress bars and notes (the main process's).
 
@@ -77,19 +102,19 @@ def run_pipeline(workdir: str | Path, path: str | Path, overrides: dict | None =
     Raises:
         UserError: for a bad pipeline file, a reference to nothing, or a stage or ensemble that changed.
     """
-    pipeline = load_pipeline(Path(path), overrides or {})  # checked before the registry is created
+    pipeline = load_pipeline(Path(request.path), request.overrides or {})  # checked before the registry is created
     registry = Registry(workdir)
     world = world or init_world(max(from_dict(stage.config).dist_timeout_minutes for stage in pipeline.stages))
     _check_run_references(registry, pipeline)
     state = PipelineState(registry.layout.pipeline_state(pipeline.name))
+    context = _PipelineContext(registry, pipeline, state, world, request.max_steps, reporter)
     summaries = []
     for stage in pipeline.stages:
-        summaries.append(_run_stage(registry, pipeline, stage, state, world, max_steps, reporter))
+        summaries.append(_run_stage(context, stage))
         if summaries[-1].status not in ("finished", "skipped"):
             return summaries
     if world.is_main:  # embedding and searching need no other process
-        summaries += [_run_ensemble(registry, pipeline, ensemble, state, reporter)
-                      for ensemble in pipeline.ensembles]
+        summaries += [_run_ensemble(context, ensemble) for ensemble in pipeline.ensembles]
     return summaries
 
 
@@ -102,9 +127,9 @@ def _check_run_references(registry: Registry, pipeline: Pipeline) -> None:
                                 f"this pipeline nor a registered run (see `dcase-t6 runs list`)")
 
 
-def _run_stage(registry: Registry, pipeline: Pipeline, stage: Stage, state: "PipelineState", world: World,
-               max_steps: int | None, reporter: Reporter) -> StepOutcome:
-    config = _stage_config(registry, pipeline, stage, state)
+def _run_stage(context: _PipelineContext, stage: Stage) -> StepOutcome:
+    registry, pipeline, state, world = context.registry, context.pipeline, context.state, context.world
+    config = _stage_config(context, stage)
     digest = config_digest(config)
     entry = state.stages.get(stage.key)
     run = registry.find(entry["run"]) if entry else None
@@ -118,24 +143,24 @@ def _run_stage(registry: Registry, pipeline: Pipeline, stage: Stage, state: "Pip
         state.record(stage.key, run_id, digest, save=world.is_main)
     else:
         run_id = run.id
-    outcome = continue_run(registry, run_id, world, max_steps, reporter)
+    outcome = continue_run(registry, run_id, world, context.max_steps, context.reporter)
     return StepOutcome(stage.key, outcome.run, outcome.status, training=outcome)
 
 
-def _stage_config(registry: Registry, pipeline: Pipeline, stage: Stage, state: "PipelineState") -> TrainConfig:
+def _stage_config(context: _PipelineContext, stage: Stage) -> TrainConfig:
     """The stage's config with its references as full run ids (referenced stages have run by now)."""
     def run_of(reference: str) -> str:
-        entry = state.stages.get(reference)
-        return entry["run"] if entry else registry.resolve(reference)
+        entry = context.state.stages.get(reference)
+        return entry["run"] if entry else context.registry.resolve(reference)
 
     references = {"init_from": run_of(stage.init_from) if stage.init_from else None,
                   "distill_from": [run_of(reference) for reference in stage.distill_from]}
-    return from_dict({**stage.config, **references}, source=f"{pipeline.path}: {stage.key}")
+    return from_dict({**stage.config, **references}, source=f"{context.pipeline.path}: {stage.key}")
 
 
-def _run_ensemble(registry: Registry, pipeline: Pipeline, ensemble: Ensemble, state: "PipelineState",
-                  reporter: Reporter) -> StepOutcome:
+def _run_ensemble(context: _PipelineContext, ensemble: Ensemble) -> StepOutcome:
     """Search (or skip, when searched before with the same definition) one ensemble; its summary."""
+    pipeline, state = context.pipeline, context.state
     runs = {key: state.stages[key]["run"] for key in ensemble.stages}
     digest = _digest({**ensemble.definition(), "runs": runs})
     entry = state.ensembles.get(ensemble.name)
@@ -144,14 +169,14 @@ def _run_ensemble(registry: Registry, pipeline: Pipeline, ensemble: Ensemble, st
             raise UserError(f"{pipeline.path}: ensemble {ensemble.name} (or the runs of its stages) changed since its "
                             f"weights were searched; delete {entry['weights']} to search it anew")
         return _ensemble_summary(ensemble, entry, "skipped")
-    folder = registry.layout.pipeline_folder(pipeline.name)
+    folder = context.registry.layout.pipeline_folder(pipeline.name)
     where = f"{pipeline.path}: ensemble {ensemble.name}"
-    validation = _split_systems(registry, ensemble, runs, ensemble.validation_split, reporter)
+    validation = _split_systems(context, ensemble, runs, ensemble.validation_split)
     truth = _ground_truth(ensemble, ensemble.validation_split, validation[0].matrix.files)
     if truth is None:
         raise UserError(f"{where}: {ensemble.dataset}/{ensemble.validation_split} has no captions or relevance file "
                         "to search the weights on; set validation_split to a split with captions")
-    found = search(validation, truth, ensemble.options, reporter)
+    found = search(validation, truth, ensemble.options, context.reporter)
     weights_path = folder / f"{ensemble.name}.weights.json"
     members = {key: {"run": runs[key], "validation": evaluate(system.matrix, truth).scores}
                for key, system in zip(ensemble.stages, validation)}
@@ -159,17 +184,19 @@ def _run_ensemble(registry: Registry, pipeline: Pipeline, ensemble: Ensemble, st
              "stage_weights": found.weights.weights, "validation": found.weights.validation.scores,
              "test": None, "test_matrix": None, "members": members}
     if ensemble.test_split:
-        entry.update(_apply_to_test(registry, ensemble, runs, found.weights, folder, members, reporter))
+        entry.update(_apply_to_test(context, ensemble, runs, found.weights, members))
     write_weights(found.weights, weights_path)
     state.record_ensemble(ensemble.name, entry)
     return _ensemble_summary(ensemble, entry, "finished")
 
 
-def _apply_to_test(registry: Registry, ensemble: Ensemble, runs: dict[str, str], weights: EnsembleWeights,
-                   folder: Path, members: dict[str, dict], reporter: Reporter) -> dict:
-    """Embed the test split, write the ensemble's matrix there and score it (and each stage) where it can."""
-    systems = _split_systems(registry, ensemble, runs, ensemble.test_split, reporter)
+def _apply_to_test(context: _PipelineContext, ensemble: Ensemble, runs: dict[str, str], weights: EnsembleWeights,
+                   members: dict[str, dict]) -> dict:
+    """Embed the test split, write the ensemble's matrix into the pipeline's folder and score it (and each stage)
+    where it can."""
+    systems = _split_systems(context, ensemble, runs, ensemble.test_split)
     combined = apply(weights, systems)
+    folder = context.registry.layout.pipeline_folder(context.pipeline.name)
     matrix_path = folder / f"{ensemble.name}.{ensemble.dataset}.{ensemble.test_split}.npz"
     write_matrix(combined, matrix_path)
     truth = _ground_truth(ensemble, ensemble.test_split, combined.files)
@@ -179,16 +206,16 @@ def _apply_to_test(registry: Registry, ensemble: Ensemble, runs: dict[str, str],
     return {"test_matrix": str(matrix_path), "test": evaluate(combined, truth).scores if truth else None}
 
 
-def _split_systems(registry: Registry, ensemble: Ensemble, runs: dict[str, str], split: str,
-                   reporter: Reporter) -> list[System]:
+def _split_systems(context: _PipelineContext, ensemble: Ensemble, runs: dict[str, str], split: str) -> list[System]:
     """Each stage's similarity matrix of ``split`` (embedded now unless registered for this checkpoint)."""
+    registry = context.registry
     tag = split_tag(ensemble.dataset, split)
     systems = []
     for key in ensemble.stages:
         path = _registered_similarity(registry, runs[key], tag, ensemble.checkpoint) or embed_run(
             registry.workdir, runs[key],
             SplitRequest(ensemble.data_root, ensemble.dataset, split, ensemble.checkpoint, ensemble.batch_size),
-            reporter=reporter).similarity
+            reporter=context.reporter).similarity
         systems.append(System(key, read_matrix(path), str(path)))
     return systems
 

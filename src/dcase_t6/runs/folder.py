@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json, write_json
 from dcase_t6.models import DualEncoder, ModelConfig
-from dcase_t6.models.checkpoint import load_weights
+from dcase_t6.models.checkpoint import WeightSource, load_weights
 from dcase_t6.models.text import quiet_transformers
 from dcase_t6.runs.config import TrainConfig, checked_value, model_from_dict
 from dcase_t6.runs.hub import download, looks_like_repo_id
@@ -238,8 +238,9 @@ def load_exported(source: str | Path, device: str | torch.device = "cpu", revisi
             reason = " ".join(str(err).split())[:200]
             raise UserError(f"{folder / TEXT_DIR / CONFIG_NAME}: cannot build the text transformer it describes "
                             f"({type(err).__name__}: {reason}); {_CHANGED}") from None
-    load_weights(model, read_weights(folder, config), source=f"exported model {folder}", path=folder / WEIGHTS_NAME,
-                 target=f"the model its {CONFIG_NAME} describes", fix=_REEXPORT)
+    load_weights(model, read_weights(folder, config), WeightSource(
+        f"exported model {folder}", folder / WEIGHTS_NAME, target=f"the model its {CONFIG_NAME} describes",
+        fix=_REEXPORT))
     model.eval().to(device)
     audio_seconds = checked_value("audio_seconds", config.get("audio_seconds", TrainConfig.audio_seconds),
                                   str(folder / CONFIG_NAME))

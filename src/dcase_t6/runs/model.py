@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from dcase_t6.models import DualEncoder
-from dcase_t6.models.checkpoint import load_weights
+from dcase_t6.models.checkpoint import WeightSource, load_weights
 from dcase_t6.models.text import quiet_transformers
 from dcase_t6.runs.config import TrainConfig, from_dict
 from dcase_t6.runs.records import RegisteredFile
@@ -49,10 +49,10 @@ def load_model(registry: Registry, run: str, tag: str = "best", device: str = "c
     config = _moved_text_model(from_dict(state["config"], source=str(record.path)), registry, record.run_id)
     with quiet_transformers():  # every weight is replaced by the checkpoint's (strictly) right after
         model = DualEncoder(config.model, audio_weights="random")
-    load_weights(model, state["model"], source=f"run {record.run_id} checkpoint {tag}", path=record.path,
-                 target="the model its config describes",
-                 fix=lambda: (f"it was written by another dcase-t6 version ({_code_version_of(registry, record)}): "
-                              "embed with that version or retrain"))
+    load_weights(model, state["model"], WeightSource(
+        f"run {record.run_id} checkpoint {tag}", record.path, target="the model its config describes",
+        fix=lambda: (f"it was written by another dcase-t6 version ({_code_version_of(registry, record)}): "
+                     "embed with that version or retrain")))
     return LoadedCheckpoint(model.to(device), record, config)
 
 

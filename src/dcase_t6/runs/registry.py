@@ -26,7 +26,7 @@ import shutil
 import socket
 import sqlite3
 import time
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
@@ -46,6 +46,29 @@ from dcase_t6.runs.records import (
     write_missing_records,
     write_run_record,
 )
+
+
+@dataclass(frozen=True)
+class ImportedRun:
+    """A run trained elsewhere, as its exported folder records it (``runs import``).
+
+    Args:
+        preferred_id: the id it had where it was trained; kept unless a run here already has it.
+        name: the run's name.
+        config: its training config.
+        data_fingerprint: the fingerprint of the data it was trained on (None: unknown).
+        seed: its seed.
+        code_version: the dcase-t6 version that trained it.
+        epochs: its epoch records (each with an ``epoch`` key, 0-based, and the metrics).
+    """
+
+    preferred_id: str
+    name: str
+    config: dict
+    data_fingerprint: str | None = None
+    seed: int | None = None
+    code_version: str | None = None
+    epochs: list[dict] = field(default_factory=list)
 
 
 class Registry(Database, RunLeases):
@@ -75,37 +98,31 @@ class Registry(Database, RunLeases):
             raise
         return run_id
 
-    def import_run(self, preferred_id: str, name: str, config: dict, data_fingerprint: str | None, seed: int | None,
-                   code_version: str | None, epochs: list[dict]) -> str:
+    def import_run(self, imported: ImportedRun) -> str:
         """Register a run trained elsewhere (``runs import``) with status ``imported`` and its per-epoch metrics.
 
         Args:
-            preferred_id: the id it had where it was trained; kept unless a run here already has it, then the
-                new id is ``<name>-<6 hex>``.
-            name: the run's name.
-            config: its training config.
-            data_fingerprint: the fingerprint of the data it was trained on (None: unknown).
-            seed: its seed.
-            code_version: the dcase-t6 version that trained it.
-            epochs: its epoch records (each with an ``epoch`` key, 0-based, and the metrics).
+            imported: the run as exported; it keeps its ``preferred_id`` unless a run here already has it, then
+                the new id is ``<name>-<6 hex>``.
 
         Returns:
             The run's id here.
         """
+        name = imported.name
         check_name(name, "run name")
-        check_name(preferred_id, "run id", limit=NAME_LIMIT + 7)  # NAME-<6 hex>
+        check_name(imported.preferred_id, "run id", limit=NAME_LIMIT + 7)  # NAME-<6 hex>
         with self._connect() as connection:
-            run_id = preferred_id
+            run_id = imported.preferred_id
             while connection.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
                 run_id = f"{name}-{secrets.token_hex(3)}"
             connection.execute(
                 "INSERT INTO runs (id, name, status, created, config, data_fingerprint, code_version, seed, directory)"
                 " VALUES (?, ?, 'imported', ?, ?, ?, ?, ?, ?)",
-                (run_id, name, now(), json.dumps(config, sort_keys=True), data_fingerprint, code_version, seed,
-                 str(self.layout.run(run_id))))
+                (run_id, name, now(), json.dumps(imported.config, sort_keys=True), imported.data_fingerprint,
+                 imported.code_version, imported.seed, str(self.layout.run(run_id))))
             connection.executemany("INSERT INTO epochs VALUES (?, ?, ?)", [
                 (run_id, int(epoch["epoch"]), json.dumps({k: v for k, v in epoch.items() if k != "epoch"}))
-                for epoch in epochs])
+                for epoch in imported.epochs])
             write_run_record(connection, self.layout, run_id)
         return run_id
 

@@ -50,7 +50,7 @@ from dcase_t6.common.fsops import staging_dir
 from dcase_t6.common.inputs import require_file
 from dcase_t6.models import DualEncoder
 from dcase_t6.models import weights as weight_files
-from dcase_t6.models.checkpoint import load_weights
+from dcase_t6.models.checkpoint import WeightSource, load_weights
 from dcase_t6.models.text import quiet_transformers
 from dcase_t6.models.weights import read_checkpoint
 from dcase_t6.runs.config import from_dict
@@ -279,9 +279,9 @@ def import_baseline(workdir: str | Path, source: str, text_model: str | None = N
         config.model.text_model = text_model
     with quiet_transformers():
         model = DualEncoder(config.model, audio_weights="random", text_pretrained=False)
-    load_weights(model, checkpoint.state, source=f"baseline checkpoint {path}", path=path,
-                 target=f"PaSST + {origin} with 1024-d projections",
-                 fix=f"pass --text-model with the text model it was trained with; {_FIX}")
+    load_weights(model, checkpoint.state, WeightSource(
+        f"baseline checkpoint {path}", path, target=f"PaSST + {origin} with 1024-d projections",
+        fix=f"pass --text-model with the text model it was trained with; {_FIX}"))
     model.eval()
     digest = sha256_of(path)
     config_dict = config.to_dict()

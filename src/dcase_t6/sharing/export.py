@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.fsops import replace_owned_dir, staging_dir
-from dcase_t6.common.outputs import MARKER, check_output_dir
+from dcase_t6.common.outputs import MARKER, FolderKind, OutputRequest, check_output_dir
 from dcase_t6.runs.folder import (
     CARD_NAME,
     FORMAT,
@@ -55,12 +55,11 @@ class ExportResult:
                 "files": [{"path": item.path, "bytes": item.bytes, "sha256": item.sha256} for item in self.files]}
 
 
-def export_run(workdir: str | Path, reference: str, out: str | Path, tag: str = "best", force: bool = False,
-               data_root: str | Path | None = None, push_to: str | None = None, private: bool = False) -> ExportResult:
-    """Export a run's checkpoint as a model folder, and optionally upload it to the hub.
+@dataclass(frozen=True)
+class ExportRequest:
+    """What to export and where (``dcase-t6 export``).
 
     Args:
-        workdir: the registry's folder.
         reference: the run (id or unique prefix).
         out: the folder to write; it must not exist unless ``force``.
         tag: the checkpoint, ``best`` or ``last``.
@@ -68,6 +67,23 @@ def export_run(workdir: str | Path, reference: str, out: str | Path, tag: str = 
         data_root: where the dev-test ground truth is, for the card's dev-test scores (default: the run's).
         push_to: a hub repo id (``owner/name``) to upload the folder to.
         private: create that repo private.
+    """
+
+    reference: str
+    out: str | Path
+    tag: str = "best"
+    force: bool = False
+    data_root: str | Path | None = None
+    push_to: str | None = None
+    private: bool = False
+
+
+def export_run(workdir: str | Path, request: ExportRequest) -> ExportResult:
+    """Export a run's checkpoint as a model folder, and optionally upload it to the hub.
+
+    Args:
+        workdir: the registry's folder.
+        request: the run and checkpoint, the folder to write, the data root of the card, the hub repo.
 
     Returns:
         The run, the folder and its files, the hub commit URL.
@@ -78,16 +94,18 @@ def export_run(workdir: str | Path, reference: str, out: str | Path, tag: str = 
             damaged, or the upload failed (the folder is complete then).
     """
 
-    out = Path(out).absolute()
-    check_output_dir(out, "--out", replaced=False, protected=[("work directory", workdir), ("data root", data_root)])
+    out, tag, data_root, push_to = Path(request.out).absolute(), request.tag, request.data_root, request.push_to
+    check_output_dir(OutputRequest(out, "--out", protected=[("work directory", workdir), ("data root", data_root)]),
+                     FolderKind(replaced=False))
     if push_to is not None and not looks_like_repo_id(push_to):
         raise UserError(f"--push-to-hub {push_to!r}: not a hub repo id; expected OWNER/NAME, e.g. my-team/passt-clotho")
     registry = Registry(workdir)
-    found = registry.run(reference)  # read only: the output is checked before the run is leased
-    check_output_dir(out, "--out", force=force, force_option="--force", what="a model folder",
-                     protected=[("work directory", workdir), ("data root", data_root),
-                                ("run folder", registry.layout.run(found.id)),
-                                ("data root", found.config.get("data_root"))])
+    found = registry.run(request.reference)  # read only: the output is checked before the run is leased
+    check_output_dir(OutputRequest(out, "--out", force=request.force, force_option="--force",
+                                   protected=[("work directory", workdir), ("data root", data_root),
+                                              ("run folder", registry.layout.run(found.id)),
+                                              ("data root", found.config.get("data_root"))]),
+                     FolderKind("a model folder"))
     with registry.using(found.id, "export") as run_id:
         run = registry.run(run_id)
         loaded = load_model(registry, run_id, tag)
@@ -124,7 +142,7 @@ def export_run(workdir: str | Path, reference: str, out: str | Path, tag: str = 
             replace_owned_dir(folder, out, f"export {run_id}")
     result = ExportResult(run_id, tag, epoch, out, list_files(out))
     if push_to is not None:
-        url = push_folder(out, push_to, private=private, message=f"dcase-t6 export of run {run_id} ({tag})")
+        url = push_folder(out, push_to, private=request.private, message=f"dcase-t6 export of run {run_id} ({tag})")
         result = ExportResult(run_id, tag, epoch, out, result.files, url)
     return result
 

@@ -26,7 +26,7 @@ from dcase_t6.common.outputs import NAME_LIMIT, check_name
 from dcase_t6.runs.config import MAX_SEED, from_dict
 from dcase_t6.runs.folder import TRAINING_NAME, WEIGHTS_NAME, load_exported, model_config, resolve_source
 from dcase_t6.runs.layout import MODEL_DIR, TEXT_DIR
-from dcase_t6.runs.registry import Registry
+from dcase_t6.runs.registry import ImportedRun, Registry
 from dcase_t6.sharing.history import IMPORT_KIND
 
 
@@ -95,8 +95,8 @@ def register_folder(workdir: str | Path, folder: Path, source: str, provenance: 
     name = check_name(str(run.get("name") or config.get("name") or "imported"), f"{folder / TRAINING_NAME}: run name")
     check_name(str(run.get("id") or name), f"{folder / TRAINING_NAME}: run id", limit=NAME_LIMIT + 7)
     registry = Registry(workdir)
-    run_id = registry.import_run(str(run.get("id") or name), name, config, run.get("data_fingerprint"),
-                                 run.get("seed"), run.get("code_version"), epochs)
+    run_id = registry.import_run(ImportedRun(str(run.get("id") or name), name, config, run.get("data_fingerprint"),
+                                             run.get("seed"), run.get("code_version"), epochs))
     directory = registry.layout.run(run_id)
     try:
         copy = directory / MODEL_DIR

@@ -26,6 +26,7 @@ from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.inputs import require_file
 from dcase_t6.common.jsonfile import read_json
+from dcase_t6.common.yamlfile import DepthLimitedLoader, Refused
 from dcase_t6.retrieval.metrics import METRIC_KEYS
 
 if TYPE_CHECKING:
@@ -43,31 +44,19 @@ _UMLAUTS = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue"})
 _LETTERS = str.maketrans({"ß": "ss", "ł": "l", "ø": "o", "æ": "ae", "œ": "oe", "đ": "d", "þ": "th", "ı": "i"})
 
 
-class _Refused(yaml.YAMLError):
-    """YAML that is well-formed but refused (alias, tag, duplicate key, nesting); the message is the fix."""
+class _StrictLoader(DepthLimitedLoader):
+    """The bounded YAML loader (``common.yamlfile``), stricter: nesting at most MAX_DEPTH, aliases refused (no
+    expansion bombs), unknown tags and duplicate keys refused (SafeLoader silently keeps the last value)."""
 
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses aliases (no expansion bombs), nesting deeper than MAX_DEPTH, unknown tags
-    and duplicate keys (which SafeLoader silently resolves to the last value)."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._depth = 0
+    max_depth = MAX_DEPTH
+    depth_remedy = "; start from `dcase-t6 package --init-meta`"
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise _Refused(f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} refused (aliases can "
-                           "expand without bound); write the value out in full")
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise _Refused(f"line {self.peek_event().start_mark.line + 1}: nested more than {MAX_DEPTH} levels "
-                               "deep; start from `dcase-t6 package --init-meta`")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+            raise Refused(f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} refused (aliases can "
+                          "expand without bound); write the value out in full")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -78,11 +67,11 @@ class _StrictLoader(yaml.SafeLoader):
         try:
             return super().construct_object(node, deep=deep)
         except (ValueError, OverflowError, KeyError, AttributeError, TypeError) as err:  # !!int abc, !!bool x
-            raise _Refused(f"line {node.start_mark.line + 1}: {_short_tag(node.tag)} value does not convert "
+            raise Refused(f"line {node.start_mark.line + 1}: {_short_tag(node.tag)} value does not convert "
                            f"({_one_line(err)}); write a plain value") from None
 
     def construct_undefined(self, node):
-        raise _Refused(f"line {node.start_mark.line + 1}: YAML tag {_short_tag(node.tag)} refused; remove the tag "
+        raise Refused(f"line {node.start_mark.line + 1}: YAML tag {_short_tag(node.tag)} refused; remove the tag "
                        "and write a plain value")
 
 
@@ -102,14 +91,14 @@ def _check_unique_keys(loader: _StrictLoader, node: yaml.MappingNode) -> None:
             continue
         if not isinstance(key_node, yaml.ScalarNode):
             what = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
-            raise _Refused(f"line {line}: a key that is a {what}; metadata keys are texts: write `name: value`")
+            raise Refused(f"line {line}: a key that is a {what}; metadata keys are texts: write `name: value`")
         key = loader.construct_object(key_node)
         if not isinstance(key, str):
-            raise _Refused(f"line {line}: key {_shown(key_node.value)} is read by YAML as {_kind(key)}, not a text; "
+            raise Refused(f"line {line}: key {_shown(key_node.value)} is read by YAML as {_kind(key)}, not a text; "
                            f"metadata keys are texts: quote it (\"{_clip(key_node.value)}\":) or remove it")
         first = seen.setdefault(key, key_node)
         if first is not key_node:
-            raise _Refused(f"line {line}: duplicate key {_shown(key_node.value)} (first on line "
+            raise Refused(f"line {line}: duplicate key {_shown(key_node.value)} (first on line "
                            f"{first.start_mark.line + 1}); keep one of them (YAML would silently keep the last)")
 
 
@@ -201,7 +190,7 @@ def decode_meta(raw: bytes, where: str) -> dict:
         raise UserError(f"{where}: not UTF-8 text ({err.reason}); save the YAML as UTF-8") from None
     try:
         meta = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader, stricter
-    except _Refused as err:
+    except Refused as err:
         raise UserError(f"{where}: {err}") from None
     except (yaml.YAMLError, ValueError) as err:  # ValueError: a tagged value that does not convert (!!int abc)
         raise UserError(f"{where}: not valid YAML ({_one_line(err)}); fix the syntax (indentation, quotes)") from None

@@ -29,7 +29,7 @@ from dcase_t6.submission.metadata import (
     read_meta,
     team_of,
 )
-from dcase_t6.submission.report import PDF_MAGIC, DraftOptions, check_pdf, write_draft
+from dcase_t6.submission.report import PDF_MAGIC, TechnicalReport, check_pdf, write_draft
 from dcase_t6.submission.zipsafety import (
     META_BYTES,
     OTHER_BYTES,
@@ -123,16 +123,14 @@ def member_name(label: str, kind: str) -> str:
     return f"{ROOT}/{label}/{label}.{kind}"
 
 
-def build_package(systems: list[SystemFiles], out: str | Path, report: str | Path,
-                  draft: DraftOptions | None = None, expected: Expected = Expected(),
-                  evalset: EvalSet | None = None) -> CheckResult:
+def build_package(systems: list[SystemFiles], out: str | Path, report: TechnicalReport,
+                  expected: Expected = Expected(), evalset: EvalSet | None = None) -> CheckResult:
     """Validate every input, then write the submission zip atomically (the writer of ``--out``).
 
     Args:
         systems: label, similarity matrix and metadata file of each system (1 to 4, one team).
         out: the ``.zip`` to write; left untouched when any check fails.
-        report: the technical report PDF to package; with ``draft``, where to write the draft report first.
-        draft: inputs of a draft report, or None to package an existing PDF.
+        report: the technical report PDF to package, or where to write a draft report first and its inputs.
         expected: required matrix shape, if any.
         evalset: the official evaluation set every matrix must match exactly (queries and files), if any.
 
@@ -148,12 +146,12 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: str | Pat
     _check_labels([system.label for system in systems])
     matrices = [_read_predictions(system, expected, evalset) for system in systems]
     metas = [read_meta(system.meta, system.label) for system in systems]
-    if draft is None:
-        check_pdf(report)
+    if report.draft is None:
+        check_pdf(report.path)
     else:
-        write_draft(report, [meta for _, meta in metas], draft)
+        write_draft(report.path, [meta for _, meta in metas], report.draft)
     with atomic_path(out) as tmp:
-        _write_zip(tmp, systems, matrices, [raw for raw, _ in metas], Path(report))
+        _write_zip(tmp, systems, matrices, [raw for raw, _ in metas], Path(report.path))
         result = check_package(tmp, expected, evalset)
         if not result.ok:
             raise UserError(f"{out}: the built zip fails its own check ({'; '.join(result.problems)}); "

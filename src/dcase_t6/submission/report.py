@@ -49,6 +49,39 @@ class DraftOptions:
     resources: tuple = ()  # submission.systems.Resource: the external resources the report must list
 
 
+@dataclass(frozen=True)
+class TechnicalReport:
+    """The technical report a package holds: ``path``, an existing PDF, or with ``draft`` (the draft's optional
+    inputs) where the draft report is written first."""
+
+    path: str | Path
+    draft: DraftOptions | None = None
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """What the draft report's HTML shows.
+
+    Args:
+        metas: validated metadata of each system.
+        weights: ensemble weights to list, or None.
+        figure: the PNG to show.
+        caption: the figure's caption.
+        curves: the PNG of the runs' training curves (``sharing.history.plot_curves``), or None.
+        runs: the runs those curves show (their best epochs are tabulated).
+        resources: the external resources to list (``submission.systems.Resource``: datasets, pretrained models,
+            LLMs with the purpose of their prompts).
+    """
+
+    metas: list[dict]
+    weights: EnsembleWeights | None
+    figure: Path
+    caption: str
+    curves: Path | None = None
+    runs: tuple[RunHistory, ...] = ()
+    resources: tuple = ()
+
+
 def check_pdf(path: str | Path) -> None:
     """Fail unless ``path`` is an existing file that starts with ``%PDF``."""
     path = Path(path)
@@ -76,7 +109,7 @@ def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = Draf
         figure = Path(scratch) / "figure.png"
         caption = _plot_recall(curve, figure) if curve is not None else _plot_results(metas, figure)
         curves = plot_curves(list(options.runs), Path(scratch) / "curves.png") if options.runs else None
-        html = render_html(metas, weights, figure, caption, curves, list(options.runs), list(options.resources))
+        html = render_html(ReportContent(metas, weights, figure, caption, curves, options.runs, options.resources))
         pdf = _pdf(metas, html)
         with atomic_path(out) as tmp:
             pdf.output(str(tmp))
@@ -100,19 +133,8 @@ def recall_curve(path: str | Path, max_k: int = MAX_K) -> np.ndarray:
     return np.mean(recalls, axis=0)
 
 
-def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path, caption: str,
-                curves: Path | None = None, runs: list[RunHistory] | None = None, resources: list | None = None) -> str:
-    """Fill the HTML report template.
-
-    Args:
-        metas: validated metadata of each system.
-        weights: ensemble weights to list, or None.
-        figure: the PNG to show.
-        caption: the figure's caption.
-        curves: the PNG of the runs' training curves (``sharing.history.plot_curves``), or None.
-        runs: the runs those curves show (their best epochs are tabulated).
-        resources: the external resources to list (``submission.systems.Resource``: datasets, pretrained models,
-            LLMs with the purpose of their prompts).
+def render_html(content: ReportContent) -> str:
+    """Fill the HTML report template with ``content``.
 
     Returns:
         The HTML.
@@ -120,6 +142,7 @@ def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     source = files("dcase_t6.submission.templates").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
     template = environment.from_string(source)
+    metas, weights = content.metas, content.weights
     authors = _authors(metas)
     members = weights.weights if weights else {}
     return template.render(
@@ -131,13 +154,13 @@ def render_html(metas: list[dict], weights: EnsembleWeights | None, figure: Path
         metrics=METRIC_KEYS,
         weights=[(name, f"{value:.4f}") for name, value in sorted(members.items(), key=lambda item: -item[1])],
         weights_note=weights_note(weights) if weights else "",
-        figure=str(figure),
+        figure=str(content.figure),
         figure_width=FIGURE_WIDTH,
-        caption=caption,
-        curves=str(curves) if curves else None,
-        curve_runs=[_run_row(history) for history in runs or []],
+        caption=content.caption,
+        curves=str(content.curves) if content.curves else None,
+        curve_runs=[_run_row(history) for history in content.runs],
         resources=[{"name": item.name, "kind": item.kind, "use": item.use, "source": item.source or "n/a"}
-                   for item in resources or []],
+                   for item in content.resources],
     )
 
 

@@ -31,13 +31,13 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.audit import test_overlaps
-from dcase_t6.data.cache_build import build_cache
+from dcase_t6.data.cache_build import CacheRequest, build_cache
 from dcase_t6.data.cached_splits import cached_split
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import load_split
 from dcase_t6.models import CLUSTER_HEADS, DualEncoder
 from dcase_t6.models import audio as audio_backbones
-from dcase_t6.models.checkpoint import load_weights
+from dcase_t6.models.checkpoint import WeightSource, load_weights
 from dcase_t6.runs.config import TrainConfig
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training.augmentation import PairAugmenter
@@ -96,8 +96,9 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
     # 1. audio cache
     rate = audio_backbones.sample_rate(config.model.backbone)
     if world.is_main:  # one process builds the cache, the others wait and read it
-        build_cache(Layout.at(config.data_root), rate, list(dict.fromkeys([*config.datasets, *validated(config)])),
-                    workers=max(1, loader_workers(config.workers, world)), reporter=reporter)
+        request = CacheRequest(rate, list(dict.fromkeys([*config.datasets, *validated(config)])),
+                               workers=max(1, loader_workers(config.workers, world)))
+        build_cache(Layout.at(config.data_root), request, reporter)
     world.barrier()
     store = AudioCache(config.data_root, rate, reporter)
     # 2. data (reads only), the clips the cache skipped left out
@@ -106,8 +107,7 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
         store, load_split(config.data_root, config.validation_source, config.validation_split), reporter)
     augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)
     # 3. teachers
-    teachers = (load_teachers(registry, config, pairs.captions, pairs.clip_ids, pairs.clip_names, world, reporter)
-                if config.distill_from else None)
+    teachers = load_teachers(registry, config, pairs, world, reporter) if config.distill_from else None
     # 4. cluster labels, and the config the model is built from
     labels = _cluster_labels(registry, run_id, config, pairs, world)
     classes = int(labels.max()) + 1 if labels is not None else 0
@@ -142,7 +142,7 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
         validator=None if validation is None else Validator(validation, store, max_samples, config.batch_size,
                                                             world.device),
         checkpointer=Checkpointer(registry, run_id, directory, config, world.is_main),
-        sinks=run_sinks(registry, run_id, directory, config.epochs, world.is_main, reporter),
+        sinks=run_sinks(registry, run_id, config.epochs, world.is_main, reporter),
         optimizer=optimizer, scaler=scaler, autocast_dtype=dtype, reporter=reporter)
 
 
@@ -156,7 +156,7 @@ def _cluster_labels(registry: Registry, run_id: str, config: TrainConfig, pairs:
     """Every pair's cluster label on the device, or None when clusters are off."""
     if not config.clusters.method:
         return None
-    labels = caption_labels(registry, run_id, config, pairs.captions, pairs.pair_clips(), world)
+    labels = caption_labels(registry, run_id, config, pairs, world)
     return torch.from_numpy(labels).to(world.device)
 
 
@@ -180,8 +180,8 @@ def initialise_from(model: DualEncoder, registry: Registry, run: str) -> None:
     """
     record = registry.file(run, "checkpoint", "best")
     state = torch.load(record.path, map_location="cpu", weights_only=True)["model"]
-    load_weights(model, state, source=f"init_from {record.run_id}", path=record.path, fresh=CLUSTER_HEADS,
-                 fix="use the same model.* settings as that run")
+    load_weights(model, state, WeightSource(f"init_from {record.run_id}", record.path,
+                                            fix="use the same model.* settings as that run"), fresh=CLUSTER_HEADS)
 
 
 def compiles(mode: str, device: torch.device) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from dcase_t6.common.atomic import atomic_path
 from dcase_t6.models import DualEncoder
-from dcase_t6.models.checkpoint import load_weights
+from dcase_t6.models.checkpoint import WeightSource, load_weights
 from dcase_t6.runs.config import TrainConfig
 from dcase_t6.runs.registry import Registry
 
@@ -87,8 +87,9 @@ class Checkpointer:
             The position the checkpoint was written at.
         """
         state = torch.load(path, map_location=device, weights_only=True)
-        load_weights(model, state["model"], source=f"run {self.run_id} checkpoint last", path=path,
-                     fix="it was written by another dcase-t6 version: resume with that version or start a new run")
+        load_weights(model, state["model"], WeightSource(
+            f"run {self.run_id} checkpoint last", path,
+            fix="it was written by another dcase-t6 version: resume with that version or start a new run"))
         optimizer.load_state_dict(state["optimizer"])
         load_scaler_state(scaler, state["scaler"])
         return Position(**state["position"])

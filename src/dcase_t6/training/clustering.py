@@ -33,10 +33,11 @@ import torch
 
 from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.errors import UserError
-from dcase_t6.models.text import TextEncoder, _minilm_path
+from dcase_t6.models.text import TextEncoder, TextSettings, _minilm_path
 from dcase_t6.runs.config import Clusters, TrainConfig
 from dcase_t6.runs.model import load_model
 from dcase_t6.runs.registry import Registry
+from dcase_t6.training.data import CaptionPairs
 from dcase_t6.training.distributed import World
 
 _REDUCED_DIMENSIONS = 5
@@ -50,16 +51,17 @@ def clusters_tag(config: TrainConfig) -> str:
     return f"{'+'.join(config.datasets)}/{'+'.join(config.train_split)}"
 
 
-def caption_labels(registry: Registry, run_id: str, config: TrainConfig, captions: list[str],
-                   pair_clips: list[str], world: World) -> np.ndarray:
+def caption_labels(registry: Registry, run_id: str, config: TrainConfig, pairs: CaptionPairs,
+                   world: World) -> np.ndarray:
     """The run's label of every training pair: read from the registry, or clustered now and registered."""
     tag = clusters_tag(config)
+    captions = pairs.captions
     if world.is_main and not _has_clusters(registry, run_id, tag):
         unique, inverse = np.unique(np.array(captions, dtype=object), return_inverse=True)
         vectors = caption_embeddings(registry, config, unique.tolist(), world.device)
         labels, info = cluster_vectors(vectors, config.clusters, config.seed, documents=unique.tolist())
         path = registry.layout.run(run_id) / "clusters.csv"
-        write_labels(path, pair_clips, captions, labels[inverse])
+        write_labels(path, pairs.pair_clips(), captions, labels[inverse])
         registry.add_file(run_id, "clusters", tag, path, {**info, "source": config.clusters.source,
                                                           "captions": len(captions)})
     world.barrier()
@@ -141,7 +143,7 @@ def _text_encoder(registry: Registry, config: TrainConfig, device: torch.device)
         model = load_model(registry, config.init_from if source == "init" else name, device=str(device)).model
         return model.eval().encode_text
     if kind == "model" and name:
-        return TextEncoder(name, config.model.text_max_length, dropout=None).to(device).eval()
+        return TextEncoder(TextSettings(name, config.model.text_max_length, dropout=None)).to(device).eval()
     raise UserError(f"config key 'clusters.source' is {source!r}; expected init, run:RUN, model:NAME, sentence:NAME, "
                     "e5 or e5:PATH")
 

@@ -199,12 +199,16 @@ class TrainingBatch:
 
 
 class BatchSource(torch.utils.data.Dataset):
-    """The batches of one epoch for this process: random crops of the clips, augmented as configured."""
+    """The batches of one epoch for this process: random crops of the clips, augmented as configured.
 
-    def __init__(self, pairs: CaptionPairs, batches: list[np.ndarray], store: AudioCache, augmenter: PairAugmenter,
-                 max_samples: int, seed: int, epoch: int, world: World):
-        self.pairs, self.batches, self.store, self.augmenter = pairs, batches, store, augmenter
-        self.max_samples, self.seed, self.epoch, self.world = max_samples, seed, epoch, world
+    ``data`` gives the pairs, the audio cache, the augmenter, the crop length, the seed and the processes;
+    ``batches`` are the epoch's global batches (``TrainingData.batches(epoch)``).
+    """
+
+    def __init__(self, data: TrainingData, epoch: int, batches: list[np.ndarray]):
+        self.pairs, self.store, self.augmenter = data.pairs, data.store, data.augmenter
+        self.max_samples, self.seed, self.world = data.max_samples, data.seed, data.world
+        self.epoch, self.batches = epoch, batches
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -269,8 +273,7 @@ class TrainingData:
         Returns:
             A dataset of ``TrainingBatch``, one item per batch.
         """
-        return BatchSource(self.pairs, batches, self.store, self.augmenter, self.max_samples, self.seed, epoch,
-                           self.world)
+        return BatchSource(self, epoch, batches)
 
     def loader(self, epoch: int, batches: list[np.ndarray], start: int) -> torch.utils.data.DataLoader:
         """A loader of the batches of ``epoch`` from batch ``start`` on (``workers`` loader processes).

@@ -28,7 +28,7 @@ from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.embedding.checkpoints import SplitRequest, embed_run, split_tag
 from dcase_t6.runs.config import TrainConfig
 from dcase_t6.runs.registry import Registry
-from dcase_t6.training.data import training_splits
+from dcase_t6.training.data import CaptionPairs, training_splits
 from dcase_t6.training.distributed import World
 
 
@@ -65,37 +65,33 @@ class TeacherSimilarity:
         return self.audio[self.clip_ids[pairs]], self.text[pairs]
 
 
-def load_teachers(registry: Registry, config: TrainConfig, captions: list[str], clip_ids: np.ndarray,
-                  clip_names: np.ndarray, world: World, reporter: Reporter = SILENT) -> TeacherSimilarity:
-    """The teachers of ``config.distill_from`` aligned to the training pairs (main process embeds missing ones),
+def load_teachers(registry: Registry, config: TrainConfig, pairs: CaptionPairs, world: World,
+                  reporter: Reporter = SILENT) -> TeacherSimilarity:
+    """The teachers of ``config.distill_from`` aligned to the training ``pairs`` (main process embeds missing ones),
     their tables on ``world.device``."""
     if world.is_main:
-        splits = training_splits(config)
         for teacher in config.distill_from:
-            for dataset in config.datasets:
-                for split in splits[dataset]:
-                    ensure_embeddings(registry, teacher, config, dataset, split, reporter)
+            ensure_embeddings(registry, teacher, config, reporter)
     world.barrier()
-    vectors = [teacher_vectors(registry, teacher, config, captions, clip_names) for teacher in config.distill_from]
+    vectors = [teacher_vectors(registry, teacher, config, pairs.captions, pairs.clip_names)
+               for teacher in config.distill_from]
     audio = torch.from_numpy(np.concatenate([a for a, _ in vectors], axis=1))
     text = torch.from_numpy(np.concatenate([t for _, t in vectors], axis=1))
-    return TeacherSimilarity(audio, text, torch.from_numpy(clip_ids), len(vectors)).to(world.device)
+    return TeacherSimilarity(audio, text, torch.from_numpy(pairs.clip_ids), len(vectors)).to(world.device)
 
 
-def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, dataset: str,
-                      split: str | None = None, reporter: Reporter = SILENT) -> None:
-    """Embed a training split of ``dataset`` (default: each one) with the teacher's best checkpoint unless already
-    registered."""
-    if split is None:
-        for name in training_splits(config)[dataset]:
-            ensure_embeddings(registry, teacher, config, dataset, name, reporter)
-        return
-    best = registry.file(teacher, "checkpoint", "best")
-    if _registered_embeddings(registry, teacher, split_tag(dataset, split), best.sha256):
-        return
-    # with the teacher's own input settings (audio_seconds), from its stored config
-    embed_run(registry.workdir, teacher, SplitRequest(config.data_root, dataset, split, batch_size=config.batch_size),
-              with_similarity=False, reporter=reporter)
+def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, reporter: Reporter = SILENT) -> None:
+    """Embed every training split of each of ``config.datasets`` with the teacher's best checkpoint, each unless
+    already registered."""
+    splits = training_splits(config)
+    for dataset in config.datasets:
+        for split in splits[dataset]:
+            best = registry.file(teacher, "checkpoint", "best")
+            if _registered_embeddings(registry, teacher, split_tag(dataset, split), best.sha256):
+                continue
+            # with the teacher's own input settings (audio_seconds), from its stored config
+            request = SplitRequest(config.data_root, dataset, split, batch_size=config.batch_size)
+            embed_run(registry.workdir, teacher, request, with_similarity=False, reporter=reporter)
 
 
 def _registered_embeddings(registry: Registry, teacher: str, tag: str, checkpoint_sha: str) -> Path | None:

@@ -210,15 +210,15 @@ def experiment_logger(log: str, registry: Registry, run_id: str, directory: Path
     return TensorBoardSink(directory / "tensorboard", info)
 
 
-def run_sinks(registry: Registry, run_id: str, directory: Path, epochs: int, is_main: bool,
+def run_sinks(registry: Registry, run_id: str, epochs: int, is_main: bool,
               reporter: Reporter = SILENT) -> list[EpochSink]:
     """A run's sinks, in the order they are written: console, registry, ``metrics.jsonl``, the experiment
-    logger of the run's registered config (``log``: TensorBoard by default).
+    logger of the run's registered config (``log``: TensorBoard by default). ``metrics.jsonl``, ``tensorboard/``
+    and ``wandb/`` go into the run's folder.
 
     Args:
         registry: the run's registry.
         run_id: the run.
-        directory: the run's folder (``metrics.jsonl``, ``tensorboard/`` and ``wandb/`` go there).
         epochs: the configured number of epochs (for the console line).
         is_main: whether this is the main process; the others get no sinks.
         reporter: where the console sink writes its line per epoch.
@@ -228,6 +228,7 @@ def run_sinks(registry: Registry, run_id: str, directory: Path, epochs: int, is_
     """
     if not is_main:
         return []
+    directory = registry.layout.run(run_id)
     sinks: list[EpochSink] = [ConsoleSink(epochs, reporter), RegistrySink(registry, run_id),
                               MetricsFileSink(registry, run_id, directory / "metrics.jsonl")]
     config = registry.run(run_id).config

@@ -9,7 +9,7 @@ import torch
 from dcase_t6.common.errors import UserError
 from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.split_index import Split
-from dcase_t6.embedding.encode import embed_audio, embed_text, similarity
+from dcase_t6.embedding.encode import Clips, EncodeSettings, embed_audio, embed_text, similarity
 from dcase_t6.models import DualEncoder
 from dcase_t6.retrieval.evaluation import evaluate
 from dcase_t6.retrieval.ground_truth import single_relevant
@@ -25,7 +25,7 @@ class Validator:
 
     def __init__(self, split: Split, store: AudioCache, max_samples: int, batch_size: int, device: torch.device):
         self.split, self.store, self.max_samples = split, store, max_samples
-        self.batch_size, self.device = batch_size, device
+        self.settings = EncodeSettings(batch_size, device)
 
     def __call__(self, model: DualEncoder) -> dict[str, float]:
         """The model's validation scores.
@@ -38,8 +38,8 @@ class Validator:
         """
         split = self.split
         paths = [Path(p) for p in split.paths]
-        audio = embed_audio(model, paths, self.store.clip, self.max_samples, self.batch_size, self.device)
-        text = embed_text(model, split.queries, self.batch_size, self.device)
+        audio = embed_audio(model, Clips(paths, self.store.clip, self.max_samples), self.settings)
+        text = embed_text(model, split.queries, self.settings)
         matrix = SimilarityMatrix(split.queries, split.files, similarity(text, audio))
         truth = single_relevant(split.queries, split.query_files, split.split)
         if truth is None:
