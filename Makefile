@@ -11,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -c constraints.txt -e '.[dev,demo]' > $(VENV)/install.log 2>&1 || (tail -40 $(VENV)/install.log; exit 1)
+	$(BIN)/pip install -c constraints.txt -e '.[dev,demo,search]' > $(VENV)/install.log 2>&1 || (tail -40 $(VENV)/install.log; exit 1)
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -118,3 +118,23 @@ def test_the_draft_report_draws_the_runs_training_curves(two_runs, tmp_path):
     plain = PdfReader(io.BytesIO(without.read_bytes()))
     assert images == sum(len(page.images) for page in plain.pages) + 1
     assert "Figure 2" not in " ".join(page.extract_text() for page in plain.pages)
+
+
+def test_audio_to_text_rows_come_from_the_validation_records_and_the_dev_test_matrix(two_runs):
+    workdir, (first, second) = two_runs["workdir"], two_runs["runs"]
+    compared = json.loads(invoke(workdir, "runs", "compare", first, second, "--json").output)
+    best = max(Registry(workdir).run(first).epochs, key=lambda epoch: epoch["mAP@10"])
+    keys = ("R@1", "R@10", "mAP@10", "mAP@16")
+    assert compared["runs"][0]["validation_audio_to_text"] == {key: best[f"a2t/{key}"] for key in keys}
+    assert all(0.0 <= best[f"a2t/{key}"] <= 1.0 for key in keys)
+    relevance = Layout.at(two_runs["data_root"]).relevance_file("synthetic")
+    evaluated = invoke(workdir, "evaluate", "-p", f"{first}:synthetic/{DEV_TEST}", "-r", relevance, "--json")
+    expected = json.loads(evaluated.output)["audio_to_text"]
+    assert compared["runs"][0]["dev_test"]["audio_to_text"] == {
+        key: expected[key] for key in ("R@1", "R@5", "R@10", "mAP@10", "mAP@16")}
+    table = invoke(workdir, "runs", "compare", first, second)
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in table.output.splitlines() if line.startswith("│")}
+    shown = lambda value: f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"  # noqa: E731
+    assert rows["validation a2t/mAP@16"][0] == shown(best["a2t/mAP@16"])
+    assert rows["dev-test a2t/mAP@16"] == [shown(expected["mAP@16"]), "-"]

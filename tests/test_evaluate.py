@@ -34,7 +34,8 @@ def two_query_case(tmp_path):
 
 def test_cli_json_has_exactly_the_documented_keys_and_hand_values(two_query_case):
     predictions, relevance = two_query_case
-    result = CliRunner().invoke(main, ["evaluate", "-p", str(predictions), "-r", str(relevance), "--json"])
+    result = CliRunner().invoke(main, ["evaluate", "-p", str(predictions), "-r", str(relevance), "--json",
+                                       "--direction", "t2a"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert list(payload) == ["R@1", "R@5", "R@10", "mAP@10", "mAP@16", "n_queries"]
@@ -45,7 +46,8 @@ def test_cli_json_has_exactly_the_documented_keys_and_hand_values(two_query_case
 def test_cli_per_query_file_and_confidence_intervals(two_query_case, tmp_path):
     predictions, relevance = two_query_case
     out = tmp_path / "per_query.csv"
-    args = ["evaluate", "-p", str(predictions), "-r", str(relevance), "--per-query", str(out), "--ci", "--json"]
+    args = ["evaluate", "-p", str(predictions), "-r", str(relevance), "--per-query", str(out), "--ci", "--json",
+            "--ci-method", "jackknife"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out, keep_default_na=False)

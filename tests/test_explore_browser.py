@@ -86,7 +86,7 @@ def demo_output(tmp_path_factory):
         _cli(workdir, "embed", run, "--data-root", root, "--dataset", "synthetic", "--split", "development-testing")
         table = root / f"per_query_{seed}.csv"
         evaluations.append(json.loads(_cli(workdir, "evaluate", "-p", f"{run}:{SPLIT}", "-r", relevance,
-                                           "--per-query", table, "--json")))
+                                           "--per-query", table, "--json", "--direction", "t2a")))
         per_query.append(pd.read_csv(table, keep_default_na=False))
         runs.append(run)
     return {"root": root, "workdir": workdir, "runs": runs, "relevance": relevance, "evaluations": evaluations,

@@ -14,7 +14,7 @@ LAYERS = [
     {"data", "models"},
     {"runs"},
     {"embedding", "ensemble", "explore", "captions"},
-    {"training", "sharing"},
+    {"training", "sharing", "search"},
     {"submission", "pipeline"},
     {"cli"},
 ]
@@ -24,6 +24,7 @@ LEVEL = {package: level for level, packages in enumerate(LAYERS) for package in 
 # slow to import, and only some commands or options need it.
 OPTIONAL_HEAVY = {
     "bertopic": "clusters.method bertopic only",
+    "faiss": "the search index's approximate (IVF) index only: faiss-cpu is the optional extra `search`",
     "hdbscan": "clusters.method hdbscan only",
     "umap": "BERTopic's dimension reduction only",
     "sklearn": "k-means / PCA of caption clusters only",

@@ -141,6 +141,10 @@ def test_dataset_weights_set_how_often_each_datasets_pairs_are_drawn(two_sets):
     assert ((counts[:, ~is_extra] <= 1).all() and np.abs(rate - 0.5).max() <= 0.25)
     # weights of 1 are the unweighted order itself
     assert pairs.weighted_groups({"synthetic": 1.0}) is None
+    # an epoch of many more draws than pairs is cut whole into batches: nothing dropped at its end
+    heavy = pairs.weighted_groups({"synthetic": 0.5, "extra": 10.0})
+    drawn = np.concatenate(epoch_batches(len(pairs.captions), 8, config.seed, 0, heavy))
+    assert len(drawn) == 30 + 160 and (np.bincount(drawn, minlength=76)[is_extra] == 10).all()
 
 
 def test_weighted_training_resumes_bit_for_bit(two_sets, tmp_path):

@@ -8,25 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from dcase_t6.cli import main
 from dcase_t6.common.outputs import MARKER
 from dcase_t6.embedding.checkpoints import SplitRequest, embed_run
 from dcase_t6.runs.config import build_config
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training import trainer as training
-from helpers.cli import cli_error
+from helpers.cli import cli, cli_error
 
 FOLDER_FILES = {"README.md", "config.json", "model.safetensors", "text/config.json", "text/model.safetensors",
                 "text/tokenizer.json", "text/tokenizer_config.json", "training.json"}
 DEV_TEST, VALIDATION = "development-testing", "development-validation"
-
-
-def cli(workdir: Path, *args) -> dict | str:
-    result = CliRunner().invoke(main, ["--workdir", str(workdir), *[str(arg) for arg in args]])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output) if "--json" in args else result.output
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def test_embed_registers_outputs_usable_as_run_references(finished_run, data_roo
     relevance = Layout.at(data_root).relevance_file("synthetic")
     reference = f"{summary.run}:synthetic/development-testing"
     result = CliRunner().invoke(main, ["--workdir", str(workdir), "evaluate", "-p", reference, "-r", str(relevance),
-                                       "--json"])
+                                       "--json", "--direction", "t2a"])
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.output)) == {"R@1", "R@5", "R@10", "mAP@10", "mAP@16", "n_queries"}
     missing = CliRunner().invoke(main, ["--workdir", str(workdir), "evaluate", "-p", f"{summary.run}:x/y",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -26,6 +27,14 @@ def run_dcase_process(workdir, *arguments: str, processes: int = 0) -> subproces
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*launcher, "--workdir", str(workdir), *arguments], capture_output=True, text=True,
                           timeout=900, env=environment)
+
+
+def cli(workdir: Path, *args) -> dict | str:
+    """``dcase-t6 --workdir WORKDIR ARGS...`` in process; it must succeed. Its parsed JSON with ``--json``, else
+    its output."""
+    result = CliRunner().invoke(main, ["--workdir", str(workdir), *[str(arg) for arg in args]])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output) if "--json" in args else result.output
 
 
 def cli_error(workdir: Path, *args) -> str:

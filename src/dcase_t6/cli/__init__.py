@@ -102,6 +102,7 @@ from dcase_t6.cli import (  # noqa: E402,F401  (registers the commands)
     package,
     prepare,
     runs,
+    search,
     share,
     train,
 )

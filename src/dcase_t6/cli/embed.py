@@ -26,11 +26,17 @@ from dcase_t6.common.errors import UserError
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which checkpoint of the run: best (by validation) or last (the latest state).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--chunk-batches", type=int, default=32, show_default=True,
+              help="Batches per resumable chunk: an interrupted embedding continues at the first unfinished chunk "
+                   "(kept in <dataset>.<split>.embeddings.partial beside the output).")
+@click.option("--dist-timeout-minutes", type=float, default=120.0, show_default=True,
+              help="Under torchrun: how long a process waits for the others (at most 10080; NCCL's own default "
+                   "is 10 minutes).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the submission CSV here.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.pass_obj
-def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_name, checkpoint, batch_size, csv_path,
-          as_json):
+def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_name, checkpoint, batch_size,
+          chunk_batches, dist_timeout_minutes, csv_path, as_json):
     """Embed a split with a trained run and register embeddings and the similarity matrix.
 
     Uses the run's best checkpoint (by its validation metric) unless --checkpoint last, and the input
@@ -43,17 +49,27 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
     of RUN, no registry is involved: <dataset>.<split>.embeddings.npz and .similarity.npz go to --out,
     with the input settings the model was exported with (`dcase-t6 runs import` registers it instead).
 
+    Under torchrun each process embeds its share of the clips and captions (one per GPU) and the
+    first writes the very files one process would. Killed or stopped, the same command again resumes at
+    the first unfinished chunk (--chunk-batches) of every process.
+
     \b
     Example:
       dcase-t6 embed small-3fa2c1 --data-root DATA --split development-testing --csv dev_test.csv
       dcase-t6 embed --model exported/small --data-root DATA --split development-testing --out emb/
       dcase-t6 embed --model my-team/passt-clotho --data-root DATA --dataset eval --split evaluation \\
           --out emb/ --csv eval.csv
+      torchrun --nproc_per_node 4 -m dcase_t6 embed small-3fa2c1 --data-root DATA --dataset wavcaps \\
+          --split train --batch-size 128
     """
     from dcase_t6.embedding.checkpoints import SplitRequest, check_batch_size, embed_exported, embed_run
+    from dcase_t6.embedding.sharded import check_chunk_batches
     from dcase_t6.retrieval.matrices import read_matrix, write_csv
+    from dcase_t6.runs.world import check_timeout, init_world
 
     check_batch_size(batch_size, "--batch-size")
+    check_chunk_batches(chunk_batches, "--chunk-batches")
+    check_timeout(dist_timeout_minutes, "--dist-timeout-minutes")
     if (run is None) == (model_source is None):
         raise UserError("embed: give either RUN (a registered run) or --model DIR|OWNER/NAME (an exported model)")
     _check_embed_outputs(obj["workdir"], model_source, out_dir, data_root, dataset, csv_path)
@@ -64,14 +80,17 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
             raise UserError("embed --model: --checkpoint does not apply (an exported folder holds one checkpoint)")
         if not out_dir:
             raise UserError("embed --model: give --out FOLDER for the embeddings and similarity files")
-        outcome = embed_exported(model_source, SplitRequest(data_root, dataset, split_name, batch_size=batch_size),
-                                 out_dir, revision, reporter=reporter)
+    elif out_dir or revision:
+        raise UserError("embed RUN: --out and --revision only apply with --model (a run's files are registered "
+                        "in its run folder)")
+    world = init_world(dist_timeout_minutes)  # joins torchrun's processes, or runs alone
+    request = SplitRequest(data_root, dataset, split_name, checkpoint, batch_size, chunk_batches, world)
+    if model_source is not None:
+        outcome = embed_exported(model_source, request, out_dir, revision, reporter=reporter)
     else:
-        if out_dir or revision:
-            raise UserError("embed RUN: --out and --revision only apply with --model (a run's files are registered "
-                            "in its run folder)")
-        outcome = embed_run(obj["workdir"], run, SplitRequest(data_root, dataset, split_name, checkpoint, batch_size),
-                            reporter=reporter)
+        outcome = embed_run(obj["workdir"], run, request, reporter=reporter)
+    if not world.is_main:
+        return
     summary = outcome.as_json()
     if csv_path:
         write_csv(read_matrix(outcome.similarity), csv_path)

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from dcase_t6.ensemble.systems import System
     from dcase_t6.ensemble.weights import EnsembleWeights
 
-_ENSEMBLE_MODE_ONLY = {"search": ("captions", "relevance", "allow_missing", "normalize", "step", "groups",
-                                  "strategy", "top"),
+_ENSEMBLE_MODE_ONLY = {"search": ("captions", "relevance", "allow_missing", "normalize", "temperatures", "step",
+                                  "groups", "strategy", "top"),
                        "apply": ("weights",)}
 
 
@@ -34,9 +34,17 @@ _ENSEMBLE_MODE_ONLY = {"search": ("captions", "relevance", "allow_missing", "nor
               help="[search] Multi-relevance CSV (query, audio_filenames).")
 @click.option("--allow-missing", is_flag=True,
               help="[search] Skip ground-truth queries absent from the matrices instead of failing.")
-@click.option("--normalize", type=click.Choice(["none", "zscore"]), default="none", show_default=True,
-              help="[search] Per-query normalisation before summing; zscore: each row -> (x - mean) / std. "
-              "--apply uses the one stored in the weights file.")
+@click.option("--normalize", "--normalise", "normalize",
+              type=click.Choice(["none", "zscore", "inverted-softmax", "dual-softmax"]), default="none",
+              show_default=True,
+              help="[search] Each system's normalisation before summing; zscore: each row -> (x - mean) / std; "
+              "inverted-softmax: each clip's column softmaxed over all queries (log); dual-softmax: row softmax x "
+              "column softmax (log); the two softmaxes use every query of the matrix (transductive) and a temperature "
+              "searched with the weights (one system alone is then allowed). --apply uses the one stored in the "
+              "weights file.")
+@click.option("--temperatures", metavar="T1,T2,...",
+              help="[search] Temperatures tried with inverted-softmax / dual-softmax (default: 17 log-spaced from "
+              "0.001 to 10, for cosine similarities).")
 @click.option("--step", type=float, default=0.05, show_default=True,
               help="[search] Spacing of the weight grid on the simplex (weights >= 0, sum 1); must divide 1.")
 @click.option("--group", "groups", multiple=True, metavar="GROUP=NAME1,NAME2",
@@ -52,8 +60,8 @@ _ENSEMBLE_MODE_ONLY = {"search": ("captions", "relevance", "allow_missing", "nor
               help="--search: the weights JSON to write; --apply: the ensemble matrix (.csv, or .npz by suffix).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables (no progress bar).")
 @click.pass_context
-def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missing, normalize, step, groups,
-             strategy, top, weights, out, as_json):
+def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missing, normalize, temperatures, step,
+             groups, strategy, top, weights, out, as_json):
     """Weighted sum of several systems' similarity matrices, weights grid-searched on validation mAP@16.
 
     --search scores every weight vector on the simplex grid (4 systems at --step 0.05: 1771 points)
@@ -62,7 +70,9 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
     All matrices must score the same queries and files (they are reordered to the first --system);
     a repeated caption's identical rows count as one row, different rows are matched occurrence by
     occurrence, as evaluate does. The -s order changes nothing (systems are summed in name order).
-    Ensemble = sum_i w_i N(S_i), N = identity or the per-query z-score (--normalize zscore).
+    Ensemble = sum_i w_i N(S_i), N = identity, the per-query z-score (--normalize zscore), or the inverted
+    or dual softmax at a temperature searched on validation with the weights (transductive: a query's
+    scores then depend on every query of the matrix; see docs/evaluation.md).
 
     \b
     Two-stage search (--group or --strategy): stage 1 finds the weights inside each group, stage 2
@@ -76,9 +86,12 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
           --normalize zscore --strategy system-first --out weights.json
       dcase-t6 ensemble --apply -w weights.json -s passt/s1=p1_test.csv -s passt/s2=p2_test.csv \\
           -s cnn/s1=c1_test.csv -s cnn/s2=c2_test.csv --out ensemble_test.csv
+      dcase-t6 ensemble --search -s passt=p1_val.csv -c clotho_captions_validation.csv \\
+          --normalize inverted-softmax --out passt_norm.json     # one system: its temperature
     """
     from dcase_t6.common.outputs import check_output_file
     from dcase_t6.ensemble.search import SearchOptions, apply, plan_search, search
+    from dcase_t6.ensemble.temperatures import parse_temperatures
     from dcase_t6.ensemble.weights import read_weights, write_weights
     from dcase_t6.retrieval.ground_truth import check_ground_truth_options, read_ground_truth
     from dcase_t6.retrieval.matrices import write_matrix
@@ -94,17 +107,18 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
         combined = apply(stored, read_systems(named_paths))
         write_matrix(combined, out)
         result = {"out": str(out), "weights": stored.weights, "normalize": stored.normalize,
+                  **({"temperature": stored.temperature} if stored.temperature is not None else {}),
                   "n_queries": combined.shape[0], "n_files": combined.shape[1]}
         if as_json:
             print_json(result)
             return
         console.print(f"wrote {out}: {result['n_queries']} queries x {result['n_files']} files, "
-                      f"normalize {result['normalize']}, weights {_weights_text(result['weights'])}",
+                      f"normalize {_normalize_text(stored)}, weights {_weights_text(result['weights'])}",
                       highlight=False, soft_wrap=True)
         return
     check_ground_truth_options("ensemble --search", relevance, captions)
     options = SearchOptions(normalize=normalize, step=step, groups=parse_group_options(groups), strategy=strategy,
-                            top=top, allow_missing=allow_missing)
+                            top=top, allow_missing=allow_missing, temperatures=parse_temperatures(temperatures))
     plan_search([name for name, _ in named_paths], options)  # refuse a bad search before reading any matrix
     truth = read_ground_truth("ensemble --search", relevance, captions)
     found = search(read_systems(named_paths), truth, options, SILENT if as_json else reporter)
@@ -171,6 +185,12 @@ def _ensemble_mode(ctx: click.Context, do_search: bool, do_apply: bool) -> str:
     return mode
 
 
+def _normalize_text(weights: EnsembleWeights) -> str:
+    """``zscore``, or ``inverted-softmax (T = 0.05)`` for a tempered normalisation."""
+    return weights.normalize if weights.temperature is None else \
+        f"{weights.normalize} (T = {weights.temperature:g}, transductive)"
+
+
 def _weights_text(weights: dict) -> str:
     return " ".join(f"{name}={weight:.4g}" for name, weight in weights.items())
 
@@ -178,7 +198,7 @@ def _weights_text(weights: dict) -> str:
 def _print_ensemble_search(weights: EnsembleWeights, out: str) -> None:
     validation, metric = weights.validation, weights.metric
     console.print(f"best weights: validation {metric} {validation.scores[metric]:.4f} "
-                  f"({validation.n_queries} queries, {validation.setting}, normalize {weights.normalize})",
+                  f"({validation.n_queries} queries, {validation.setting}, normalize {_normalize_text(weights)})",
                   highlight=False, soft_wrap=True)
     table = Table()
     table.add_column("system")
@@ -202,5 +222,9 @@ def _print_ensemble_search(weights: EnsembleWeights, out: str) -> None:
     for rank, candidate in enumerate(weights.candidates, start=1):
         candidates.add_row(str(rank), f"{candidate.score:.4f}", _weights_text(candidate.weights))
     console.print(candidates)
+    if weights.temperature_search:
+        console.print(f"{metric} of the best weights at each temperature: " + "  ".join(
+            f"{entry.temperature:g}: {entry.score:.4f}" for entry in weights.temperature_search),
+            highlight=False, soft_wrap=True)
     console.print(f"saved {out} ({weights.grid_points} grid points, {weights.strategy} search, "
                   f"{weights.seconds:.1f} s)", highlight=False, soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -10,12 +11,12 @@ from click.core import ParameterSource
 from rich.markup import escape
 
 from dcase_t6.cli import json_option, main, matrix_path, print_json, split_named
-from dcase_t6.cli.console import console, stderr_console
+from dcase_t6.cli.console import console, reporter, stderr_console
 from dcase_t6.common.errors import UserError
 
 
 @main.command()
-@click.option("--predictions", "-p", "matrices", multiple=True, required=True, metavar="[NAME=]MATRIX",
+@click.option("--predictions", "-p", "matrices", multiple=True, metavar="[NAME=]MATRIX",
               help="Similarity matrix (.csv, .npz or RUN:DATASET/SPLIT), optionally named (NAME=...; default: the run "
               "or the file's stem); give a second -p to compare two systems.")
 @click.option("--relevance", "-r", type=click.Path(dir_okay=False),
@@ -23,8 +24,8 @@ from dcase_t6.common.errors import UserError
 @click.option("--captions", "-c", type=click.Path(dir_okay=False),
               help="Clotho captions CSV: each caption is a query whose target is its own clip (also the clips' "
               "captions shown).")
-@click.option("--audio", "audio_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder holding the clips named in the matrix (only those are served).")
+@click.option("--audio", "audio_dir", type=click.Path(file_okay=False),
+              help="Folder holding the clips named in the matrix (only those are served); required with -p.")
 @click.option("--clip-captions", type=click.Path(dir_okay=False),
               help="Clotho captions CSV whose captions are shown beside each clip (with --relevance).")
 @click.option("--top", type=click.IntRange(min=1), default=16, show_default=True,
@@ -38,21 +39,26 @@ from dcase_t6.common.errors import UserError
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Port of the server; 0 picks a free one (printed).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the queries page in the default browser.")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False),
+              help="Also a search page over this index of your sounds (`dcase-t6 index build`): type a caption, "
+                   "listen to the files found. Alone (without -p), only the search page. Needs the server.")
 @json_option
 @click.pass_context
 def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, allow_missing, html_dir, host, port,
-            open_browser, as_json):
+            open_browser, index_dir, as_json):
     """Listen to what a system retrieves, query by query, in the browser; compare two systems.
 
     Pages: the queries (AP@16, R@K, ranks of the relevant clips; worst first; sortable, searchable), each
     query (its top clips with players, scores, relevant ones marked, where the missed ones ranked), each
     clip (its captions, the queries ranking it highest) and a summary (the numbers of `evaluate`, AP
     histogram, R@K curve). Serves on 127.0.0.1 until Ctrl-C, or writes a static site with --html.
+    With --index, a search page over your own sounds too (or alone, without -p).
 
     \b
     Example:
       dcase-t6 explore -p system.csv -r clotho-devtest-relevance-metadata_eval.csv \\
         --audio data/clotho/audio/evaluation --clip-captions data/clotho/clotho_captions_evaluation.csv
+      dcase-t6 explore --index sounds-index
       dcase-t6 explore -p old=RUN1:clotho/development-testing -p new=RUN2:clotho/development-testing \\
         -c data/clotho/clotho_captions_evaluation.csv --audio data/clotho/audio/evaluation --html explore-site
     """
@@ -66,6 +72,22 @@ def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, a
     from dcase_t6.retrieval.matrices import read_matrix
 
     started = time.perf_counter()
+    if index_dir and html_dir:
+        raise UserError("explore: --index needs the server (its search page asks it), which --html does not start; "
+                        "leave out --html to serve, or --index to write the site")
+    if not matrices:
+        given = [option for option, value in (("--relevance", relevance), ("--captions", captions),
+                                              ("--audio", audio_dir), ("--clip-captions", clip_captions),
+                                              ("--html", html_dir)) if value]
+        if not index_dir or given:
+            raise UserError("explore: give -p MATRIX (with --audio and --relevance or --captions) to explore a "
+                            f"system{', which ' + ', '.join(given) + ' belong to' if given else ''}; or --index INDEX "
+                            "alone to search your sounds")
+        with _search_box(index_dir, ctx.obj["workdir"], standalone=True) as box:
+            _serve(None, host, port, open_browser, as_json, time.perf_counter() - started, box)
+        return
+    if not audio_dir:
+        raise UserError("explore: --audio is required with -p: the folder that holds the clips named in the matrix")
     check_ground_truth_options("explore", relevance, captions)
     if html_dir:
         server_options = [f"--{name}" for name in ("host", "port", "open")
@@ -103,11 +125,15 @@ def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, a
         stderr_console.print(f"[yellow]warning:[/] {len(folder.missing)} of {len(exploration.clips)} clips have no "
                              f"file in {escape(str(audio))} (first {escape(repr(first))}{links}); their players are "
                              "left out", highlight=False, soft_wrap=True)
-    site = Site(exploration, folder)
     if html_dir:
-        _write(site, html_dir, as_json)
+        _write(Site(exploration, folder), html_dir, as_json)
         return
-    _serve(site, host, port, open_browser, as_json, time.perf_counter() - started)
+    if index_dir:
+        with _search_box(index_dir, ctx.obj["workdir"], standalone=False) as box:
+            _serve(Site(exploration, folder, searchable=True), host, port, open_browser, as_json,
+                   time.perf_counter() - started, box)
+        return
+    _serve(Site(exploration, folder), host, port, open_browser, as_json, time.perf_counter() - started)
 
 
 def _names(named: list[tuple[str | None, str]]) -> list[str]:
@@ -133,15 +159,44 @@ def _write(site, html_dir: str, as_json: bool) -> None:
                   highlight=False, soft_wrap=True)
 
 
-def _serve(site, host: str, port: int, open_browser: bool, as_json: bool, seconds: float) -> None:
+@contextlib.contextmanager
+def _search_box(index_dir: str, workdir: str, standalone: bool):
+    """The search page's back end over ``index_dir``, its model loaded for the block."""
+    from dcase_t6.explore.audio import scan_audio
+    from dcase_t6.explore.searchbox import FoundClip, SearchBox
+    from dcase_t6.search.query import Query, open_searcher
+
+    with open_searcher(index_dir, workdir, reporter) as searcher:
+        view = searcher.view
+        if not view.entries:
+            raise UserError(f"--index {index_dir}: holds no file (every one was left out); rebuild it with "
+                            "`dcase-t6 index build`")
+
+        def find(text: str, top: int) -> list[FoundClip]:
+            return [FoundClip(hit.row, hit.path, hit.score) for hit in searcher.search(Query(text, top=top)).hits]
+
+        audio = scan_audio(view.manifest.audio, [entry.path for entry in view.entries])
+        yield SearchBox(find, audio, f"{len(view.entries)} files · {view.manifest.model.describe()}", standalone)
+
+
+def _serve(site, host: str, port: int, open_browser: bool, as_json: bool, seconds: float, search=None) -> None:
     from dcase_t6.explore.server import bind
 
-    server = bind(site, host, port)
-    exploration = site.exploration
-    if as_json:
+    server = bind(site, host, port, search)
+    searching = {} if search is None else {"search": server.url + "search.html", "indexed": len(search.audio.paths)}
+    if site is None:
+        if as_json:
+            print_json({"url": server.url, **searching, "seconds": round(seconds, 3)})
+        else:
+            console.print(f"explore: search over {len(search.audio.paths)} files, ready in {seconds:.2f} s: "
+                          f"[bold]{server.url}[/] (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    elif as_json:
+        exploration = site.exploration
         print_json({"url": server.url, "queries": len(exploration.queries), "clips": len(exploration.clips),
-                    "systems": [system.name for system in exploration.systems], "seconds": round(seconds, 3)})
+                    "systems": [system.name for system in exploration.systems], **searching,
+                    "seconds": round(seconds, 3)})
     else:
+        exploration = site.exploration
         console.print(f"explore: {len(exploration.queries)} queries x {len(exploration.clips)} clips, "
                       f"{' vs '.join(escape(system.name) for system in exploration.systems)}, ready in "
                       f"{seconds:.2f} s: [bold]{server.url}[/] (Ctrl-C to stop)", highlight=False, soft_wrap=True)

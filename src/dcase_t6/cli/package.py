@@ -19,7 +19,7 @@ _PACKAGE_MODES = {
     "--check": {"check_zip", "expected_rows", "expected_files", "as_json", "eval_captions", "eval_audio", "data_root"},
     "--init-meta": {"init_meta", "labels", "out", "results", "runs", "weights"},
     "build": {"labels", "predictions", "metas", "report", "draft_report", "weights", "per_query", "runs", "out",
-              "expected_rows", "expected_files", "eval_captions", "eval_audio", "data_root"},
+              "expected_rows", "expected_files", "eval_captions", "eval_audio", "data_root", "normalize_from"},
 }
 
 
@@ -61,11 +61,17 @@ _PACKAGE_MODES = {
               "queries, each once, spelled exactly the same (the organisers match queries by exact string).")
 @click.option("--eval-audio", type=click.Path(file_okay=False), metavar="DIR",
               help="With --eval-captions: the evaluation audio folder; the file columns must be exactly its files.")
+@click.option("--normalize-from", "--normalise-from", "normalize_from", multiple=True, metavar="[LABEL=]FILE",
+              help="Write --label's matrix as the inverted/dual softmax of its scores that this weights file of one "
+              "system gives (`dcase-t6 ensemble --search --normalize inverted-softmax -s NAME=VAL`: method and "
+              "validation-searched temperature); repeat per label. Transductive: stated in the warnings and the draft "
+              "report.")
 @click.option("--data-root", type=click.Path(file_okay=False), metavar="DATA",
               help="Instead of --eval-captions: the data root where `dcase-t6 prepare eval` ran (its queries and "
               "clips). Building finds it by itself for -p RUN:eval/evaluation (the run's data_root).")
 def package(labels, predictions, metas, report, draft_report, weights, per_query, out, expected_rows,
-            expected_files, init_meta, results, runs, check_zip, as_json, eval_captions, eval_audio, data_root):
+            expected_files, init_meta, results, runs, check_zip, as_json, eval_captions, eval_audio, normalize_from,
+            data_root):
     """Build, check or prepare the submission zip: similarity CSV, metadata YAML and report per system.
 
     The zip holds task6/<label>/<label>.output.csv, <label>.meta.yaml and <label>.technical_report.pdf
@@ -81,6 +87,8 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
       dcase-t6 package -l Primus_CP-JKU_task6_1 -p a.csv -m a.yaml -l Primus_CP-JKU_task6_2 -p b.csv \\
           -m b.yaml --draft-report draft.pdf --per-query per_query.csv --runs passt-3fa2c1,passt-9b01d2 \
           --out submission.zip
+      dcase-t6 package -l Primus_CP-JKU_task6_1 -p system.csv -m meta.yaml --report report.pdf \\
+          --normalise-from system_norm.json --out submission.zip
       dcase-t6 package --check submission.zip --expected-rows 1000 --json
       dcase-t6 package --check submission.zip --eval-captions retrieval_captions.csv --eval-audio retrieval_audio/
       dcase-t6 package --check submission.zip --data-root data     # after `dcase-t6 prepare eval --root data`
@@ -94,7 +102,8 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
     _only_package_options(mode)
     _check_outputs(out, draft_report, [*(("--predictions", path) for path in predictions),
                                        *(("--meta", path) for path in metas), ("--report", report),
-                                       ("--weights", weights), ("--per-query", per_query), ("--results", results)])
+                                       ("--weights", weights), ("--per-query", per_query), ("--results", results),
+                                       *(("--normalize-from", value) for value in normalize_from)])
     if eval_audio and not eval_captions:
         raise UserError("package: --eval-audio goes with --eval-captions retrieval_captions.csv")
     if check_zip:
@@ -109,6 +118,7 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
         _say(f"wrote {_escape(out)}: fill in the empty fields{filled}, then package it")
     else:
         systems = systems_from_options(labels, tuple(matrix_path(p) for p in predictions), metas)
+        systems = _with_normalisations(systems, normalize_from) if normalize_from else systems
         if not out or (report is None) == (draft_report is None):
             raise UserError("package: give --out submission.zip and exactly one of --report PDF "
                             "or --draft-report PATH")
@@ -145,6 +155,27 @@ def systems_from_options(labels: Sequence[str], predictions: Sequence[str], meta
                         "--meta; give one of each per system, in the same order")
     return [SystemFiles(label, Path(prediction), Path(meta))
             for label, prediction, meta in zip(labels, predictions, metas)]
+
+
+def _with_normalisations(systems: list[SystemFiles], options: Sequence[str]) -> list[SystemFiles]:
+    """The systems with the normalisation of each ``[LABEL=]FILE`` option (a bare FILE when there is one label)."""
+    from dataclasses import replace
+
+    from dcase_t6.cli.normalise_options import resolve_normalisation
+
+    labels = [system.label for system in systems]
+    chosen = {}
+    for option in options:
+        label, separator, path = option.partition("=")
+        if not separator or label not in labels:
+            if len(labels) > 1:
+                raise UserError(f"--normalize-from {option!r}: name the system, LABEL=FILE, with one of the labels "
+                                f"{', '.join(labels)}")
+            label, path = labels[0], option
+        if label in chosen:
+            raise UserError(f"--normalize-from: system {label} is given twice; give one file per label")
+        chosen[label] = resolve_normalisation(None, None, path)
+    return [replace(system, normalisation=chosen.get(system.label)) for system in systems]
 
 
 def _check_outputs(out: str | None, draft_report: str | None, inputs: list[tuple[str, str | None]]) -> None:

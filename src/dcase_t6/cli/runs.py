@@ -85,7 +85,8 @@ def runs_show(obj, run, as_json):
 def runs_compare(obj, references, plot, data_root, as_json):
     """Compare runs in one table: status, epochs, best epoch, validation R@1/mAP@10/mAP@16 at the best
     epoch, dev-test R@1/mAP@10/mAP@16 (when the run embedded development-testing: scored against the
-    dataset's relevance file if prepared, else its captions), and every config key whose value differs.
+    dataset's relevance file if prepared, else its captions), each also audio to text (rows a2t/...), and
+    every config key whose value differs.
 
     \b
     Example:

@@ -8,6 +8,7 @@ target, those of a live process are left alone (see ``dcase_t6.common.atomic``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -17,6 +18,22 @@ from pathlib import Path
 from dcase_t6.common.atomic import owner_tag, remove_stale
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.outputs import MARKER, foreign_entries, mark_output
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: Path, name: str, busy: str) -> Iterator[None]:
+    """Hold the lock file ``folder/name`` for the block (created with the folder if missing): one writer at a time.
+
+    Raises:
+        UserError: another process holds it: "FOLDER: ``busy``" (who writes it, and what to do).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: {busy}") from None
+        yield
 
 
 @contextlib.contextmanager

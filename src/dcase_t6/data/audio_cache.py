@@ -28,16 +28,15 @@ not a snapshot of it) is noticed on read: one warning, and the span is read from
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.common.fsops import exclusive_lock
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.common.tables import read_table
 from dcase_t6.data.audio_io import AudioProblem
@@ -239,13 +238,7 @@ def valid_entries(directory: Path) -> pd.DataFrame:
     return entries
 
 
-@contextlib.contextmanager
-def locked(directory: Path) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_FILE, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{directory}: another `dcase-t6 prepare cache` is writing this cache; "
-                            "wait for it to finish") from None
-        yield
+def locked(directory: Path) -> contextlib.AbstractContextManager[None]:
+    """The cache folder's build lock (one `prepare cache` at a time)."""
+    return exclusive_lock(directory, LOCK_FILE, "another `dcase-t6 prepare cache` is writing this cache; wait for it "
+                          "to finish")

@@ -4,10 +4,15 @@ Input settings (``audio_seconds``) come from the config stored in the checkpoint
 validation used, so a model is embedded exactly as it was validated, also as a distillation teacher.
 ``embed_exported`` does the same with an exported model folder or hub repo id (``embed --model``), without
 any registry: the files go to a folder of your choice.
+
+Under torchrun (``SplitRequest.world``) each process embeds its shard of the clips and captions and the main
+process writes the outputs; every embedding resumes from the finished chunks of an interrupted one
+(``embedding.sharded``, ``embedding.partial``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +28,14 @@ from dcase_t6.data.cache_build import CacheRequest, build_cache
 from dcase_t6.data.cached_splits import cached_split
 from dcase_t6.data.layout import Layout
 from dcase_t6.data.split_index import Split, load_split
-from dcase_t6.embedding.encode import Clips, EncodeSettings, embed_audio, embed_text, similarity
+from dcase_t6.embedding.encode import Clips, EncodeSettings, similarity
+from dcase_t6.embedding.partial import partial_folder
+from dcase_t6.embedding.sharded import DEFAULT_CHUNK_BATCHES, ShardedJob, check_chunk_batches, embed_split, finish
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
 from dcase_t6.runs.folder import load_exported
 from dcase_t6.runs.model import load_model
 from dcase_t6.runs.registry import Registry
+from dcase_t6.runs.world import World, share_from_main
 
 MAX_BATCH = 65_536  # clips or captions per forward pass; 32 is the default, a large GPU takes a few hundred
 
@@ -44,13 +52,17 @@ def check_batch_size(value, where: str) -> int:
 @dataclass(frozen=True)
 class SplitRequest:
     """What to embed: a split of a prepared data root, with which checkpoint of a run (``best`` or ``last``;
-    an exported model has one) and how many clips or captions per forward pass."""
+    an exported model has one) and how many clips or captions per forward pass (``batch_size``); the batches per
+    resumable chunk (``chunk_batches``) and the processes that share the work (``world``, from ``init_world``
+    under torchrun; None: this process alone, on the GPU if there is one)."""
 
     data_root: str | Path
     dataset: str
     split: str
     checkpoint: str = "best"
     batch_size: int = 32
+    chunk_batches: int = DEFAULT_CHUNK_BATCHES
+    world: World | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,9 @@ def embed_run(workdir: str | Path, run: str, request: SplitRequest, with_similar
     Writes and registers the embeddings and (unless ``with_similarity`` is False, as for a training split's
     distillation targets) the similarity matrix. Clips the audio cache skipped are left out with their queries
     (one warning); the evaluation set, which needs every clip, fails instead. The run is held with an "embed"
-    lease meanwhile, so `runs rm` refuses it.
+    lease meanwhile, so `runs rm` refuses it. Under torchrun (``request.world``) every process calls it: each
+    embeds its shard, the main process writes and registers. An interrupted embedding resumes from its finished
+    chunks (``<dataset>.<split>.embeddings.partial`` beside the output, removed once the output is written).
 
     Args:
         workdir: the registry's work directory.
@@ -100,42 +114,49 @@ def embed_run(workdir: str | Path, run: str, request: SplitRequest, with_similar
         What was written.
     """
     check_batch_size(request.batch_size, "batch size")
+    check_chunk_batches(request.chunk_batches, "chunk size")
     registry = Registry(workdir)
-    with registry.using(run, "embed") as run_id:
+    main = request.world is None or request.world.is_main
+    with registry.using(run, "embed") if main else contextlib.nullcontext(registry.resolve(run)) as run_id:
         return _embed(registry, run_id, request, with_similarity, reporter)
 
 
 def _embed(registry: Registry, run: str, request: SplitRequest, with_similarity: bool,
            reporter: Reporter) -> EmbedOutcome:
     dataset, split = request.dataset, request.split
-    settings = EncodeSettings(request.batch_size, _device())
+    world = request.world or World(device=_device())
+    reporter = reporter.for_rank(world.is_main)
+    settings = EncodeSettings(request.batch_size, world.device)
     loaded = load_model(registry, run, request.checkpoint, str(settings.device))
     model, checkpoint = loaded.model, loaded.checkpoint
-    data, store = _cached_split(request.data_root, dataset, split, model.sample_rate, reporter)
+    data, store = _cached_split(request, model.sample_rate, reporter)
     directory = registry.layout.outputs(checkpoint.run_id)
-    # the clips this checkpoint already embedded for any split are reused, the others embedded once each
-    known = _known_audio(directory, checkpoint.sha256)
-    missing = [p for p in dict.fromkeys(str(p) for p in data.paths) if p not in known]
-    if missing:
-        clips = Clips([Path(p) for p in missing], store.clip, loaded.config.clip_samples(model.sample_rate))
-        known.update(zip(missing, embed_audio(model, clips, settings, reporter, f"{split}: audio")))
-    audio = np.stack([known[str(p)] for p in data.paths])
-    text = embed_text(model, data.queries, settings, reporter, f"{split}: captions")
-    embeddings_path = _save_npz(directory / f"{dataset}.{split}.embeddings.npz", checkpoint=checkpoint.sha256,
-                                files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
-                                audio=audio, queries=np.array(data.queries), text=text)
+    # the clips this checkpoint already embedded for any split are reused, the others embedded once each (the
+    # main process decides which: every process then shards the same list)
+    known = _known_audio(directory, checkpoint.sha256) if world.is_main else {}
+    missing = share_from_main([p for p in dict.fromkeys(str(p) for p in data.paths) if p not in known], world)
+    embeddings_path = directory / f"{dataset}.{split}.embeddings.npz"
+    job = ShardedJob(model, settings, world, partial_folder(embeddings_path), checkpoint.sha256,
+                     request.chunk_batches)
+    clips = Clips([Path(p) for p in missing], store.clip, loaded.config.clip_samples(model.sample_rate))
+    vectors = embed_split(job, clips, data.queries, reporter, split)
     outcome = EmbedOutcome(dataset, split, len(data.queries), len(data.files), loaded.config.audio_seconds,
                            embeddings_path, None, run=checkpoint.run_id, checkpoint=request.checkpoint,
                            checkpoint_epoch=checkpoint.info.get("epoch"))
-    info = {"dataset": dataset, "split": split, "checkpoint": request.checkpoint,
-            "checkpoint_epoch": outcome.checkpoint_epoch, "audio_seconds": outcome.audio_seconds,
-            "queries": outcome.queries, "files": outcome.files}
-    registry.add_file(checkpoint.run_id, "embeddings", split_tag(dataset, split), embeddings_path, info)
-    if not with_similarity:
-        return outcome
-    matrix_path = directory / f"{dataset}.{split}.similarity.npz"
-    write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
-    registry.add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
+    matrix_path = directory / f"{dataset}.{split}.similarity.npz" if with_similarity else None
+    if world.is_main:
+        known.update(zip(missing, vectors.audio))
+        audio, text = np.stack([known[str(p)] for p in data.paths]), vectors.text
+        _save_npz(embeddings_path, checkpoint=checkpoint.sha256, files=np.array(data.files),
+                  paths=np.array([str(p) for p in data.paths]), audio=audio, queries=np.array(data.queries), text=text)
+        info = {"dataset": dataset, "split": split, "checkpoint": request.checkpoint,
+                "checkpoint_epoch": outcome.checkpoint_epoch, "audio_seconds": outcome.audio_seconds,
+                "queries": outcome.queries, "files": outcome.files}
+        registry.add_file(checkpoint.run_id, "embeddings", split_tag(dataset, split), embeddings_path, info)
+        if matrix_path is not None:
+            write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
+            registry.add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
+    finish(job)  # the partial folder goes only now that the outputs are in place
     return dataclasses.replace(outcome, similarity=matrix_path)
 
 
@@ -156,26 +177,36 @@ def embed_exported(source: str | Path, request: SplitRequest, out: str | Path, r
         reporter: the bars and the warning about left-out clips.
 
     Returns:
-        What was written, with the model's folder.
+        What was written, with the model's folder (on every process under torchrun; the main one writes).
     """
     dataset, split = request.dataset, request.split
     check_batch_size(request.batch_size, "batch size")
-    settings = EncodeSettings(request.batch_size, _device())
-    loaded = load_exported(source, settings.device, revision)
+    check_chunk_batches(request.chunk_batches, "chunk size")
+    world = request.world or World(device=_device())
+    reporter = reporter.for_rank(world.is_main)
+    settings = EncodeSettings(request.batch_size, world.device)
+    # the main process fetches a hub model first: the others then load it from the local cache
+    loaded = load_exported(source, settings.device, revision) if world.is_main else None
+    world.barrier()
+    if loaded is None:
+        loaded = load_exported(source, settings.device, revision)
     model = loaded.model
-    data, store = _cached_split(request.data_root, dataset, split, model.sample_rate, reporter)
+    data, store = _cached_split(request, model.sample_rate, reporter)
     paths = list(dict.fromkeys(str(p) for p in data.paths))
-    vectors = embed_audio(model, Clips([Path(p) for p in paths], store.clip, loaded.max_samples), settings,
-                          reporter, f"{split}: audio")
-    by_path = dict(zip(paths, vectors))
-    audio = np.stack([by_path[str(p)] for p in data.paths])
-    text = embed_text(model, data.queries, settings, reporter, f"{split}: captions")
     out = Path(out)
-    embeddings_path = _save_npz(out / f"{dataset}.{split}.embeddings.npz", checkpoint=loaded.weights_sha256,
-                                files=np.array(data.files), paths=np.array([str(p) for p in data.paths]),
-                                audio=audio, queries=np.array(data.queries), text=text)
+    embeddings_path = out / f"{dataset}.{split}.embeddings.npz"
+    job = ShardedJob(model, settings, world, partial_folder(embeddings_path), loaded.weights_sha256,
+                     request.chunk_batches)
+    vectors = embed_split(job, Clips([Path(p) for p in paths], store.clip, loaded.max_samples), data.queries,
+                          reporter, split)
     matrix_path = out / f"{dataset}.{split}.similarity.npz"
-    write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
+    if world.is_main:
+        by_path = dict(zip(paths, vectors.audio))
+        audio, text = np.stack([by_path[str(p)] for p in data.paths]), vectors.text
+        _save_npz(embeddings_path, checkpoint=loaded.weights_sha256, files=np.array(data.files),
+                  paths=np.array([str(p) for p in data.paths]), audio=audio, queries=np.array(data.queries), text=text)
+        write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
+    finish(job)
     return EmbedOutcome(dataset, split, len(data.queries), len(data.files), loaded.config.get("audio_seconds"),
                         embeddings_path, matrix_path, model=str(loaded.folder))
 
@@ -184,12 +215,14 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _cached_split(data_root: str | Path, dataset: str, split: str, sample_rate: int,
-                  reporter: Reporter) -> tuple[Split, AudioCache]:
+def _cached_split(request: SplitRequest, sample_rate: int, reporter: Reporter) -> tuple[Split, AudioCache]:
     """The split without the clips the audio cache skipped (unreadable: left out with their queries), and the
-    cache at ``sample_rate`` (built or updated first)."""
-    data = load_split(data_root, dataset, split)
-    build_cache(Layout.at(data_root), CacheRequest(sample_rate, [dataset]), reporter)
+    cache at ``sample_rate`` (built or updated first, by the main process while the others wait)."""
+    data_root, world = request.data_root, request.world or World()
+    data = load_split(data_root, request.dataset, request.split)
+    if world.is_main:
+        build_cache(Layout.at(data_root), CacheRequest(sample_rate, [request.dataset]), reporter)
+    world.barrier()
     store = AudioCache(data_root, sample_rate, reporter)
     return cached_split(store, data, reporter), store
 

@@ -78,6 +78,8 @@ def grid_divisions(step: float) -> int:
 
 def simplex_grid(n_systems: int, divisions: int) -> np.ndarray:
     """All weight vectors ``k / divisions`` with non-negative integers ``k`` summing to ``divisions``."""
+    if n_systems == 1:
+        return np.ones((1, 1))
     slots = divisions + n_systems - 1
     bars = np.array(list(itertools.combinations(range(slots), n_systems - 1)), dtype=np.int64)
     bars = bars.reshape(-1, n_systems - 1)

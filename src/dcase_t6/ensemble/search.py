@@ -1,7 +1,9 @@
 """Ensemble API: grid-search weights on validation matrices (:func:`search`) and apply them (:func:`apply`).
 
 The ensemble of systems ``S_1 .. S_M`` is ``E = w_1 N(S_1) + ... + w_M N(S_M)`` (see ``systems``) with
-weights on a simplex grid (see ``grid``), searched flat or in two stages over groups (see ``groups``).
+weights on a simplex grid (see ``grid``), searched flat or in two stages over groups (see ``groups``). A
+tempered ``N`` (inverted or dual softmax) is searched at every temperature of a grid (see ``temperatures``);
+one system alone is then allowed (its weight is 1: the search finds its temperature).
 The functions take and return typed objects and touch no files: the command line reads the matrices,
 writes the weights file with ``weights.write_weights`` and the ensemble matrix with
 ``retrieval.matrices.write_matrix``.
@@ -18,13 +20,22 @@ import numpy as np
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.ensemble.grid import METRIC, METRIC_K, grid_divisions
-from dcase_t6.ensemble.groups import Group, SearchPlan, planned_grid_points, resolve_groups, two_stage_search
+from dcase_t6.ensemble.groups import (
+    Group,
+    SearchOutcome,
+    SearchPlan,
+    planned_grid_points,
+    resolve_groups,
+    two_stage_search,
+)
 from dcase_t6.ensemble.systems import NORMALIZATIONS, System, align_systems, stacked_scores, take, weighted_sum
-from dcase_t6.ensemble.weights import Candidate, EnsembleWeights, GroupWeights, Validation
+from dcase_t6.ensemble.temperatures import best_temperature, temperature_grid
+from dcase_t6.ensemble.weights import Candidate, EnsembleWeights, GroupWeights, TemperatureScore, Validation
 from dcase_t6.retrieval import metrics
 from dcase_t6.retrieval.evaluation import EvaluationResult, evaluate, mean_average_precision
 from dcase_t6.retrieval.ground_truth import Alignment, Relevance, align
 from dcase_t6.retrieval.matrices import SimilarityMatrix
+from dcase_t6.retrieval.normalisation import NORMALISERS
 
 MAX_GRID_POINTS = 250_000  # about 7 systems at step 0.05; minutes of search
 
@@ -34,7 +45,10 @@ class SearchOptions:
     """How to search.
 
     Args:
-        normalize: per-query normalisation before summing, ``none`` or ``zscore``.
+        normalize: each system's normalisation before summing: ``none``, ``zscore`` (per query),
+            ``inverted-softmax`` or ``dual-softmax`` (over all queries of the matrix, at a searched temperature).
+        temperatures: the temperatures tried with ``inverted-softmax`` / ``dual-softmax`` (empty: the default
+            grid of ``temperatures.DEFAULT_TEMPERATURES``).
         step: spacing of the weight grid; must divide 1.
         groups: group name -> member system names for a two-stage search (overrides ``strategy``);
             systems in no group form their own group.
@@ -49,6 +63,7 @@ class SearchOptions:
     strategy: str | None = None
     top: int = 5
     allow_missing: bool = False
+    temperatures: tuple[float, ...] = ()
 
     @property
     def strategy_name(self) -> str:
@@ -80,20 +95,25 @@ def plan_search(names: Sequence[str], options: SearchOptions) -> list[Group]:
         The search groups (one group for a flat search).
 
     Raises:
-        UserError: for a step that does not divide 1, fewer than 2 systems, bad groups or too many grid points.
+        UserError: for a step that does not divide 1, fewer than 2 systems (1 is enough with a tempered
+            normalisation), bad groups or temperatures, or too many grid points.
     """
     divisions = grid_divisions(options.step)
     if options.normalize not in NORMALIZATIONS:
         raise UserError(f"--normalize {options.normalize}: expected one of {', '.join(NORMALIZATIONS)}")
     if options.top < 1:
         raise UserError(f"--top {options.top}: keep at least 1 candidate")
-    if len(names) < 2:
+    temperatures = temperature_grid(options.normalize, options.temperatures)
+    if len(names) < (1 if options.normalize in NORMALISERS else 2):
         raise UserError("ensemble --search: give at least 2 --system NAME=PATH matrices to combine")
     groups = resolve_groups(names, options.groups, options.strategy)
     points = planned_grid_points(groups, divisions)
     if points > MAX_GRID_POINTS:
         raise UserError(f"the search would visit {points} weight points (more than {MAX_GRID_POINTS}); "
                         "use a larger --step or split the systems with --group / --strategy")
+    if points * len(temperatures) > MAX_GRID_POINTS:
+        raise UserError(f"the search would visit {points} weight points at each of {len(temperatures)} temperatures "
+                        f"(more than {MAX_GRID_POINTS} in all); use a larger --step or fewer --temperatures")
     return groups
 
 
@@ -125,16 +145,10 @@ def search(systems: Sequence[System], relevance: Relevance, options: SearchOptio
     canonical = sorted(systems, key=lambda system: system.name)  # the -s order changes nothing
     names = [system.name for system in canonical]
     groups = plan_search(names, options)
-    aligned = align_systems(canonical)
-    scores = stacked_scores(aligned, options.normalize)
-    first = aligned[0].matrix
-    alignment = align(first, relevance, allow_missing=options.allow_missing, scores=scores)
-    scored = take(scores, alignment.rows, axis=1)
-    plan = SearchPlan(groups, grid_divisions(options.step), options.top)
-    outcome = two_stage_search(scored, alignment.relevant, plan, reporter)
-
-    rescore = _Rescorer(first, scores, alignment, relevance, options.allow_missing)
-    evaluation = evaluate(rescore.applied(outcome.candidates[0]), relevance, allow_missing=options.allow_missing)
+    trials = _Trials(align_systems(canonical), relevance, options,
+                     SearchPlan(groups, grid_divisions(options.step), options.top))
+    chosen, tried = trials.best(reporter)
+    outcome, rescore, evaluation = chosen.outcome, chosen.rescore, chosen.evaluation
     best_score = evaluation.scores[METRIC]
     weights = EnsembleWeights(
         weights=_named(names, outcome.candidates[0], given), normalize=options.normalize, metric=METRIC,
@@ -147,9 +161,56 @@ def search(systems: Sequence[System], relevance: Relevance, options: SearchOptio
         candidates=[Candidate(_named(names, flat, given), best_score if rank == 0 else rescore.map_at_k(flat))
                     for rank, flat in enumerate(outcome.candidates)],
         systems={system.name: system.path for system in systems},
-        grid_points=outcome.grid_points,
-        seconds=round(time.perf_counter() - started, 3))
+        grid_points=outcome.grid_points * len(tried),
+        seconds=round(time.perf_counter() - started, 3),
+        temperature=chosen.temperature,
+        temperature_search=tried if chosen.temperature is not None else None)
     return SearchResult(weights=weights, evaluation=evaluation)
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """The weight search at one temperature (None: an untempered normalisation) and its exact evaluation."""
+
+    temperature: float | None
+    outcome: SearchOutcome
+    rescore: _Rescorer
+    evaluation: EvaluationResult
+
+
+class _Trials:
+    """The weight search at every temperature of the grid; only the best trial so far is kept in memory."""
+
+    def __init__(self, aligned: Sequence[System], relevance: Relevance, options: SearchOptions, plan: SearchPlan):
+        self.aligned, self.relevance, self.options, self.plan = aligned, relevance, options, plan
+
+    def best(self, reporter: Reporter) -> tuple[_Trial, list[TemperatureScore]]:
+        """The best trial (see ``temperatures.best_temperature``) and the score of every temperature tried."""
+        temperatures = temperature_grid(self.options.normalize, self.options.temperatures)
+        if temperatures == (None,):
+            trial = self.at(None, reporter)
+            return trial, [TemperatureScore(0.0, trial.evaluation.scores[METRIC])]
+        chosen, tried = None, []
+        with reporter.task(f"{self.options.normalize} temperatures", total=len(temperatures)) as task:
+            for temperature in temperatures:
+                trial = self.at(temperature, reporter)
+                tried.append(TemperatureScore(temperature or 0.0, trial.evaluation.scores[METRIC]))
+                if chosen is None or best_temperature([chosen.temperature, temperature], [
+                        chosen.evaluation.scores[METRIC], trial.evaluation.scores[METRIC]]) == 1:
+                    chosen = trial
+                task.advance(1)
+        return chosen, tried
+
+    def at(self, temperature: float | None, reporter: Reporter) -> _Trial:
+        """Search the weights of the systems normalised at ``temperature``; evaluate the best exactly."""
+        scores = stacked_scores(self.aligned, self.options.normalize, temperature)
+        first, allow_missing = self.aligned[0].matrix, self.options.allow_missing
+        alignment = align(first, self.relevance, allow_missing=allow_missing, scores=scores)
+        scored = take(scores, alignment.rows, axis=1)
+        outcome = two_stage_search(scored, alignment.relevant, self.plan, reporter)
+        rescore = _Rescorer(first, scores, alignment, self.relevance, allow_missing)
+        evaluation = evaluate(rescore.applied(outcome.candidates[0]), self.relevance, allow_missing=allow_missing)
+        return _Trial(temperature, outcome, rescore, evaluation)
 
 
 class _Rescorer:
@@ -207,7 +268,7 @@ def apply(weights: EnsembleWeights, systems: Sequence[System]) -> SimilarityMatr
                         "all-zero matrix; give at least one system a positive weight")
     names = sorted(weights.weights)  # summed in name order, as the search does: the same matrix whatever the order
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, naming its cause
-        scores = stacked_scores([by_name[name] for name in names], weights.normalize)
+        scores = stacked_scores([by_name[name] for name in names], weights.normalize, weights.temperature)
         combined = weighted_sum(scores, [weights.weights[name] for name in names])
     if not np.isfinite(combined).all():
         raise _overflow(weights, [by_name[name] for name in names], scores, combined)

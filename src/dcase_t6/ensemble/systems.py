@@ -1,8 +1,10 @@
 """Named similarity matrices ("systems"): alignment of their rows and columns, normalisation, weighted sum.
 
 The ensemble of systems ``S_1 .. S_M`` (queries x files, aligned by query text and file name) is
-``E = w_1 N(S_1) + ... + w_M N(S_M)`` where ``N`` is the identity (``none``) or the per-query z-score
-(``zscore``: each row becomes ``(x - mean) / std`` over its files; a constant row becomes all zeros).
+``E = w_1 N(S_1) + ... + w_M N(S_M)`` where ``N`` is the identity (``none``), the per-query z-score
+(``zscore``: each row becomes ``(x - mean) / std`` over its files; a constant row becomes all zeros), or, at
+one shared temperature, the inverted or dual softmax of ``retrieval.normalisation`` (``inverted-softmax``,
+``dual-softmax``: log-probabilities over all queries of the matrix, so transductive).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
 from dcase_t6.retrieval.matrices import SimilarityMatrix
+from dcase_t6.retrieval.normalisation import NORMALISERS, Normalisation, normalise
 
-NORMALIZATIONS = ("none", "zscore")
+NORMALIZATIONS = ("none", "zscore", *NORMALISERS)
 
 
 @dataclass(frozen=True)
@@ -188,15 +191,21 @@ def zscore_rows(scores: np.ndarray) -> np.ndarray:
     return centred / np.where(spread > 0, spread, 1.0)
 
 
-def stacked_scores(systems: Sequence[System], normalize: str) -> np.ndarray:
-    """(systems, queries, files) float64 scores of aligned systems, z-normalised per query when asked.
+def stacked_scores(systems: Sequence[System], normalize: str, temperature: float | None = None) -> np.ndarray:
+    """(systems, queries, files) float64 scores of aligned systems, each normalised as asked.
 
     Args:
         systems: aligned systems (see :func:`align_systems`).
-        normalize: ``none`` or ``zscore``.
+        normalize: one of ``NORMALIZATIONS``.
+        temperature: the temperature of ``inverted-softmax`` / ``dual-softmax`` (ignored by the others).
     """
     if normalize not in NORMALIZATIONS:
         raise UserError(f"normalize {normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
+    if normalize in NORMALISERS:
+        if temperature is None:
+            raise UserError(f"normalize {normalize}: give its temperature")
+        tempered = Normalisation(normalize, temperature)
+        return np.stack([normalise(system.matrix.scores, tempered, system.path or system.name) for system in systems])
     transform = zscore_rows if normalize == "zscore" else np.asarray
     return np.stack([transform(system.matrix.scores) for system in systems])
 

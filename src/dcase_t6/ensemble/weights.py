@@ -3,18 +3,22 @@
 Format (JSON, written atomically, 2-space indent, UTF-8, final newline)::
 
     {"format": "dcase-t6-ensemble-weights", "version": 1, "metric": "mAP@16",
-     "normalize": "none" | "zscore", "step": 0.05,
+     "normalize": "none" | "zscore" | "inverted-softmax" | "dual-softmax",
+     "temperature": 0.05,                                  # only with inverted-softmax / dual-softmax
+     "step": 0.05,
      "strategy": "flat" | "groups" | "system-first" | "model-first",
      "weights": {"NAME": weight, ...},                     # flat weights, used by --apply
      "validation": {"R@1": ..., "mAP@16": ..., "n_queries": ..., "setting": ..., "relevance": ...},
      "groups": [{"name": ..., "weight": ..., "members": {"NAME": inner weight}, "mAP@16": ...}],
      "candidates": [{"weights": {...}, "mAP@16": ...}, ...],   # best first, exact scores
+     "temperature_search": [{"temperature": ..., "mAP@16": ...}, ...],   # every temperature tried
      "systems": {"NAME": "validation matrix path"}, "grid_points": ..., "seconds": ...}
 
 Reading contract: only ``"weights"`` (system name -> finite number >= 0, not all 0) is required, so hand-written
 files work. ``"format"`` may be left out but, when given, must be ``dcase-t6-ensemble-weights``;
 ``"version"`` defaults to 1 (the only version), ``"normalize"`` to ``"none"`` and ``"metric"`` to
-``"mAP@16"``. The other keys record how a search found the weights; each is optional, but when
+``"mAP@16"``; ``"temperature"`` (a number > 0) is required with ``inverted-softmax`` / ``dual-softmax`` and
+refused with the others. The other keys record how a search found the weights; each is optional, but when
 present it must have the type above.
 """
 
@@ -28,6 +32,7 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json, write_json
 from dcase_t6.ensemble.grid import METRIC
 from dcase_t6.ensemble.systems import NORMALIZATIONS
+from dcase_t6.retrieval.normalisation import NORMALISERS, Normalisation
 
 WEIGHTS_FORMAT = "dcase-t6-ensemble-weights"
 VERSION = 1
@@ -70,15 +75,27 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class TemperatureScore:
+    """One temperature a search tried and the validation score of the best weights at it."""
+
+    temperature: float
+    score: float
+
+
+@dataclass(frozen=True)
 class EnsembleWeights:
     """Contents of a weights file: the flat weights, their normalisation and, optionally, how a search found them.
 
     Args:
         weights: system name -> weight, in the order the ensemble sums them.
-        normalize: per-query normalisation before summing, ``none`` or ``zscore``.
+        normalize: each system's normalisation before summing: ``none``, ``zscore``, ``inverted-softmax`` or
+            ``dual-softmax``.
         metric: the metric the search maximised (names the score of groups and candidates).
         step, strategy, validation, groups, candidates, systems, grid_points, seconds: the search
             record (None when not recorded, e.g. in a hand-written file).
+        temperature: the temperature of ``inverted-softmax`` / ``dual-softmax`` (None for the others).
+        temperature_search: every temperature the search tried with its best validation score (None: not
+            recorded).
         source: where the weights were read from; used in messages, not written.
     """
 
@@ -93,8 +110,17 @@ class EnsembleWeights:
     systems: dict[str, str] | None = None
     grid_points: int | None = None
     seconds: float | None = None
+    temperature: float | None = None
+    temperature_search: list[TemperatureScore] | None = None
     version: int = VERSION
     source: str = field(default="", compare=False)
+
+    @property
+    def normalisation(self) -> Normalisation | None:
+        """The tempered normalisation of every system (None for ``none`` / ``zscore``)."""
+        if self.normalize not in NORMALISERS or self.temperature is None:
+            return None
+        return Normalisation(self.normalize, self.temperature, self.source)
 
     def as_json(self) -> dict:
         """The weights file's JSON object (also printed by ``ensemble --search --json``); None fields are left out."""
@@ -108,10 +134,13 @@ class EnsembleWeights:
             for group in self.groups]
         candidates = None if self.candidates is None else [
             {"weights": candidate.weights, self.metric: candidate.score} for candidate in self.candidates]
+        tried = None if self.temperature_search is None else [
+            {"temperature": entry.temperature, self.metric: entry.score} for entry in self.temperature_search]
         entries = {"format": WEIGHTS_FORMAT, "version": self.version, "metric": self.metric,
-                   "normalize": self.normalize, "step": self.step, "strategy": self.strategy,
-                   "weights": self.weights, "validation": validation, "groups": groups, "candidates": candidates,
-                   "systems": self.systems, "grid_points": self.grid_points, "seconds": self.seconds}
+                   "normalize": self.normalize, "temperature": self.temperature, "step": self.step,
+                   "strategy": self.strategy, "weights": self.weights, "validation": validation, "groups": groups,
+                   "candidates": candidates, "temperature_search": tried, "systems": self.systems,
+                   "grid_points": self.grid_points, "seconds": self.seconds}
         return {key: value for key, value in entries.items() if value is not None}
 
 
@@ -162,7 +191,8 @@ def read_weights(path: str | Path) -> EnsembleWeights:
         step=reader.optional("step", float), strategy=reader.optional("strategy", str),
         validation=reader.validation(), groups=reader.groups(metric), candidates=reader.candidates(metric),
         systems=reader.names_to_paths(), grid_points=reader.optional("grid_points", int),
-        seconds=reader.optional("seconds", float), source=str(path))
+        seconds=reader.optional("seconds", float), temperature=reader.temperature(normalize),
+        temperature_search=reader.temperature_search(metric), source=str(path))
 
 
 class _Reader:
@@ -237,6 +267,29 @@ class _Reader:
                 raise self.fail("candidates", expected)
             candidates.append(Candidate(weights, float(candidate[metric])))
         return candidates
+
+    def temperature(self, normalize: str) -> float | None:
+        """The temperature: a number > 0 with a tempered normalisation, absent with the others."""
+        value = self.optional("temperature", float)
+        if normalize not in NORMALISERS:
+            if value is not None:
+                raise UserError(f"{self.path}: \"temperature\" applies only to \"normalize\" "
+                                f"{' or '.join(NORMALISERS)}, not {normalize!r}; drop it")
+            return None
+        if value is None or value <= 0:
+            raise UserError(f"{self.path}: \"normalize\" {normalize} needs \"temperature\": a number > 0; re-run "
+                            f"`dcase-t6 ensemble --search --normalize {normalize}`")
+        return value
+
+    def temperature_search(self, metric: str) -> list[TemperatureScore] | None:
+        value = self.document.get("temperature_search")
+        if value is None:
+            return None
+        entries = value if isinstance(value, list) else [None]
+        if not all(isinstance(entry, dict) and _is_number(entry.get("temperature")) and entry["temperature"] > 0
+                   and _is_number(entry.get(metric)) for entry in entries):
+            raise self.fail("temperature_search", f"a list of {{\"temperature\" > 0, \"{metric}\"}} objects")
+        return [TemperatureScore(float(entry["temperature"]), float(entry[metric])) for entry in entries]
 
     def names_to_paths(self) -> dict[str, str] | None:
         value = self.document.get("systems")

@@ -263,7 +263,7 @@ def explore(sources: Sequence[SystemSource], truth: Relevance, captions: dict[st
     systems, relevant, queries = [], None, None
     for source in sources:
         columns = _column_order(source, first)
-        result = evaluate(source.matrix, explored)
+        result = evaluate(source.matrix, explored, both_directions=True)
         alignment = align(source.matrix, explored)
         scores = source.matrix.scores[alignment.rows]
         if columns is not None:

@@ -21,6 +21,7 @@ from dcase_t6 import __version__
 from dcase_t6.explore.analysis import RECALL_CURVE_MAX_K, Exploration
 from dcase_t6.explore.audio import AudioFolder
 from dcase_t6.explore.charts import CHARTS, render_chart
+from dcase_t6.explore.summary import SummaryFigures, summary_figures
 from dcase_t6.retrieval.metrics import METRIC_KEYS
 
 TABLE_METRICS = ("AP@16", "R@1", "R@5", "R@10")
@@ -45,11 +46,13 @@ class Site:
     Args:
         exploration: the explored systems and queries.
         audio: where each clip's audio file is.
+        searchable: the server also answers a search page (``explore --index``): the pages link to it.
     """
 
-    def __init__(self, exploration: Exploration, audio: AudioFolder):
+    def __init__(self, exploration: Exploration, audio: AudioFolder, searchable: bool = False):
         self.exploration = exploration
         self.audio = audio
+        self.searchable = searchable
         self._environment = Environment(loader=PackageLoader("dcase_t6.explore", "templates"),
                                         autoescape=select_autoescape(), trim_blocks=True, lstrip_blocks=True)
         self._environment.filters["exact"] = _exact
@@ -93,7 +96,7 @@ class Site:
         exploration = self.exploration
         return {"root": root, "systems": exploration.systems, "n_queries": len(exploration.queries),
                 "n_clips": len(exploration.clips), "metric_keys": METRIC_KEYS, "query_keys": QUERY_KEYS,
-                "top": exploration.top,
+                "top": exploration.top, "searchable": self.searchable,
                 "clip_name": exploration.clips.__getitem__, "audio_url": self.audio.url,
                 "captions": lambda clip: exploration.captions.get(exploration.clips[clip], [])}
 
@@ -113,7 +116,12 @@ class Site:
         clip_groups = [(int(count), np.flatnonzero(counts == count).tolist()) for count in np.unique(counts)]
         return self._template("summary.html", "", groups=self.exploration.relevance_groups(), clip_groups=clip_groups,
                               max_k=min(RECALL_CURVE_MAX_K, len(self.exploration.clips)),
-                              n_skipped=self.exploration.n_skipped)
+                              n_skipped=self.exploration.n_skipped, figures=self._summary_figures)
+
+    @cached_property
+    def _summary_figures(self) -> SummaryFigures:
+        """Intervals, the paired comparison and audio-to-text scores (bootstrapped once, on first request)."""
+        return summary_figures(self.exploration)
 
     def _query_page(self, query: int) -> bytes:
         ranks = []

@@ -1,7 +1,8 @@
 """``explore``'s local web server: Werkzeug's threaded WSGI server answering the pages of a
 :class:`~dcase_t6.explore.pages.Site` and the clips' audio with HTTP Range (browsers seek with it).
 
-Only GET and HEAD of the site's own paths are answered; audio by clip index, from ``--audio`` only.
+Only GET and HEAD of the site's own paths are answered; audio by clip index, from ``--audio`` only. With a
+:class:`~dcase_t6.explore.searchbox.SearchBox` (``--index``) also the search page, its endpoint and the found files.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from werkzeug.wrappers import Request, Response
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.explore.pages import Site
+from dcase_t6.explore.searchbox import AUDIO_PREFIX, ENDPOINT, SearchBox
 
 AUDIO_MAX_AGE = 3600
 
@@ -26,11 +28,12 @@ class ExploreApp:
     """The WSGI application of one site.
 
     Args:
-        site: the pages and the audio folder to serve.
+        site: the pages and the audio folder to serve (None: only the search page).
+        search: the search page over an index, if any.
     """
 
-    def __init__(self, site: Site):
-        self.site = site
+    def __init__(self, site: Site | None, search: SearchBox | None = None):
+        self.site, self.search = site, search
 
     def __call__(self, environ, start_response):
         request = Request(environ)
@@ -45,6 +48,12 @@ class ExploreApp:
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
         path = request.path.lstrip("/")
+        if self.search is not None:
+            searched = self._search(path, request)
+            if searched is not None:
+                return searched
+        if self.site is None:
+            raise NotFound()
         if path.startswith("audio/"):
             file = self.site.audio.lookup(path[len("audio/"):])
             if file is None:
@@ -53,6 +62,25 @@ class ExploreApp:
         page = self.site.render(path)
         if page is None:
             raise NotFound()
+        response = Response(page.content, content_type=page.media_type)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    def _search(self, path: str, request: Request) -> Response | None:
+        """The search page, its endpoint's answer or a found file's audio; None for other paths."""
+        if path == ENDPOINT:
+            status, body = self.search.answer(request.args)
+            response = Response(body, status=status, content_type="application/json")
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        if path.startswith(AUDIO_PREFIX):
+            file = self.search.audio.lookup(path[len(AUDIO_PREFIX):])
+            if file is None:
+                raise NotFound()
+            return send_file(file, request.environ, conditional=True, max_age=AUDIO_MAX_AGE)
+        page = self.search.render(path)
+        if page is None:
+            return None
         response = Response(page.content, content_type=page.media_type)
         response.headers["Cache-Control"] = "no-cache"
         return response
@@ -96,14 +124,16 @@ class ExploreServer:
         self.server.server_close()
 
 
-def bind(site: Site, host: str = "127.0.0.1", port: int = 0) -> ExploreServer:
+def bind(site: Site | None, host: str = "127.0.0.1", port: int = 0, search: SearchBox | None = None
+         ) -> ExploreServer:
     """Bind the explorer's server on ``host``:``port`` (0: a free port) and start ranking every clip in the
     background, so clip pages are ready when asked for.
 
     Args:
-        site: what to serve.
+        site: what to serve (None: only the search page).
         host: the address to listen on (127.0.0.1 unless the user says otherwise).
         port: the TCP port, 0 for a free one.
+        search: the search page over an index (``--index``), if any.
 
     Returns:
         The bound :class:`ExploreServer`; nothing is answered before ``serve_forever`` or ``start``.
@@ -117,11 +147,12 @@ def bind(site: Site, host: str = "127.0.0.1", port: int = 0) -> ExploreServer:
         raise UserError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error}); use "
                         "--host 127.0.0.1 and a free --port") from None
     with listening:
-        server = make_server(host, port, ExploreApp(site), threaded=True, request_handler=_QuietHandler,
+        server = make_server(host, port, ExploreApp(site, search), threaded=True, request_handler=_QuietHandler,
                              fd=listening.fileno())
     bound_port = server.socket.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    exploration = site.exploration
-    threading.Thread(target=lambda: [exploration.positions(index) for index in range(len(exploration.systems))],
-                     name="explore-rank-clips", daemon=True).start()
+    if site is not None:
+        exploration = site.exploration
+        threading.Thread(target=lambda: [exploration.positions(index) for index in range(len(exploration.systems))],
+                         name="explore-rank-clips", daemon=True).start()
     return ExploreServer(server, f"http://{shown}:{bound_port}/")

@@ -8,8 +8,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dcase_t6.common.errors import UserError
 from dcase_t6.models import audio as audio_backbones
+from dcase_t6.models.audio import recompute
 from dcase_t6.models.text import TextEncoder, TextSettings
+
+# Config key model.projection: the heads from each encoder to the shared space (see ``projection_head``).
+PROJECTIONS = ("linear", "mlp")
 
 
 @dataclass
@@ -27,10 +32,26 @@ class ModelConfig:
     patchout_t: int = 15
     patchout_f: int = 2
     cluster_classes: int = 0
+    pooling: str = "default"  # audio tokens -> one vector: default (each backbone's own), mean, attention
+    projection: str = "linear"  # encoder -> shared space: linear (the baseline's) or mlp (WavCaps's two layers)
 
 
 # Name prefixes of the cluster heads' parameters (present when ``cluster_classes`` > 0).
 CLUSTER_HEADS = ("audio_cluster_head.", "text_cluster_head.")
+
+
+def projection_head(kind: str, input_dim: int, embed_dim: int) -> nn.Module:
+    """An encoder's head into the shared space (config key ``model.projection``).
+
+    ``linear``: ``Linear(d -> embed_dim)``, the DCASE 2025 baseline's (parameters ``weight`` and ``bias``, the names
+    of every earlier checkpoint). ``mlp``: WavCaps's projection, ``Linear(d -> embed_dim)``, ReLU,
+    ``Linear(embed_dim -> embed_dim)`` (parameters ``0.*`` and ``2.*``).
+    """
+    if kind == "linear":
+        return nn.Linear(input_dim, embed_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(input_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))
+    raise UserError(f"model.projection {kind!r} is not a projection head; choose one of {', '.join(PROJECTIONS)}")
 
 
 def cluster_head(input_dim: int, classes: int) -> nn.Sequential:
@@ -53,11 +74,11 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.audio = audio_backbones.build(config.backbone, weights=audio_weights, patchout_t=config.patchout_t,
-                                           patchout_f=config.patchout_f)
+                                           patchout_f=config.patchout_f, pooling=config.pooling)
         text = TextSettings(config.text_model, config.text_max_length, config.text_dropout, config.freeze_text)
         self.text = TextEncoder(text, pretrained=text_pretrained)
-        self.audio_projection = nn.Linear(self.audio.output_dim, config.embed_dim)
-        self.text_projection = nn.Linear(self.text.output_dim, config.embed_dim)
+        self.audio_projection = projection_head(config.projection, self.audio.output_dim, config.embed_dim)
+        self.text_projection = projection_head(config.projection, self.text.output_dim, config.embed_dim)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature)),
                                             requires_grad=config.trainable_temperature)
         if config.cluster_classes:
@@ -89,6 +110,13 @@ class DualEncoder(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
+
+    def checkpoint_gradients(self) -> list[str]:
+        """Gradient checkpointing (config key ``gradient_checkpointing``): the audio backbone's transformer blocks
+        (``models.audio.recompute``) and the text transformer's layers recompute their activations in the backward
+        pass. Returns the parts that now do (a CNN backbone and a frozen text encoder have nothing to checkpoint)."""
+        parts = ["the audio backbone's blocks"] if recompute.enable(self.audio) else []
+        return parts + (["the text transformer's layers"] if self.text.checkpoint_gradients() else [])
 
     def compile_encoders(self, **options) -> None:
         """``torch.compile`` the audio backbone's network (its ``compile_network``, else the whole backbone) and

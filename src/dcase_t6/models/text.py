@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.models.depth import EncoderLayers
 
 _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _CHARACTERS = string.ascii_lowercase + string.digits + " "
@@ -98,12 +99,41 @@ class TextEncoder(nn.Module):
         tokens = {key: value.to(self.model.device) for key, value in tokens.items()}
         return self.model(**tokens).last_hidden_state[:, 0]
 
+    def checkpoint_gradients(self) -> bool:
+        """Turn on the transformer's own gradient checkpointing (transformers': each layer under non-reentrant
+        ``torch.utils.checkpoint``, in training mode while gradients are recorded; the random state is replayed, so
+        dropout draws the same masks). Returns False for a frozen encoder, which computes no gradients.
+
+        Raises:
+            UserError: the model cannot be checkpointed by transformers.
+        """
+        if self.frozen:
+            return False
+        options = {"use_reentrant": False}
+        try:  # transformers 5 renamed it; gradient_checkpointing_enable is the name before (and a deprecated alias)
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+        except ValueError as err:
+            reason = str(err).strip().splitlines()[0]
+            raise UserError(f"text model '{self.name}' cannot use gradient checkpointing ({reason}); set "
+                            "gradient_checkpointing false") from None
+        return True
+
     def compile_network(self, **options) -> None:
         """``torch.compile`` the transformer in place: each layer of its stack of layers (regional compilation:
         one layer's code is compiled once and reused by all), or the whole model if it has no such stack. The
         tokenizer stays in Python; parameters and state-dict keys do not change."""
         for module in _layer_stack(self.model) or [self.model]:
             module.compile(**options)
+
+    def encoder_layers(self) -> EncoderLayers:
+        """The transformer's layers (``encoder.layer`` of BERT and RoBERTa, ``transformer.layer`` of DistilBERT);
+        below them its ``embeddings`` (token, position and type embeddings and their norm). A model without such
+        a stack has no blocks, and its parameters are all above them."""
+        layers = _layer_stack(self.model)
+        return EncoderLayers.of([getattr(self.model, "embeddings", None)] if layers else [], layers)
 
 
 def _layer_stack(model: nn.Module) -> list[nn.Module]:

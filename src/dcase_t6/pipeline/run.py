@@ -245,6 +245,9 @@ def _ensemble_summary(ensemble: Ensemble, entry: dict, status: str) -> StepOutco
 NOT_DIGESTED = {"log", "log_every",  # where the run's curves go: a rerun may log elsewhere
                 "compile",  # speed only: a rerun may compile or not
                 "workers",  # speed only: the batches are the same with any number of loader processes
+                "gradient_checkpointing",  # memory only: blocks recomputed in backward, the same gradients
+                # memory only: the same loss of the same global batch, encoded in chunks (training.grad_cache)
+                "grad_cache_chunk",
                 "dist_timeout_minutes"}  # how long processes wait for each other: no effect on the result
 
 

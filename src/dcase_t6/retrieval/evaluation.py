@@ -10,34 +10,43 @@ import pandas as pd
 
 from dcase_t6.common.atomic import atomic_open
 from dcase_t6.retrieval import metrics
+from dcase_t6.retrieval.directions import AudioToText, audio_to_text
 from dcase_t6.retrieval.ground_truth import Relevance, align
 from dcase_t6.retrieval.matrices import SimilarityMatrix
 
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Mean metrics over the scored queries, per-query values and optional confidence intervals."""
+    """Mean metrics over the scored queries, per-query values and optional confidence intervals; with
+    ``audio_to_text`` the other direction's scores (None when it was not asked for)."""
 
     scores: dict[str, float]
     n_queries: int
     n_skipped: int
     per_query: pd.DataFrame
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    audio_to_text: AudioToText | None = None
 
     def as_json(self, with_intervals: bool = False, with_skipped: bool = False) -> dict:
-        """The ``--json`` object: exactly ``R@1 R@5 R@10 mAP@10 mAP@16 n_queries`` plus requested extras."""
+        """The ``--json`` object: exactly ``R@1 R@5 R@10 mAP@10 mAP@16 n_queries`` plus requested extras (and
+        ``audio_to_text`` when that direction was scored)."""
         payload: dict = {**self.scores, "n_queries": self.n_queries}
         if with_intervals:
             payload["ci95"] = {key: list(bounds) for key, bounds in self.intervals.items()}
         if with_skipped:
             payload["n_skipped"] = self.n_skipped
+        if self.audio_to_text is not None:
+            payload["audio_to_text"] = self.audio_to_text.as_json(with_intervals)
         return payload
 
 
-def evaluate(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = False) -> EvaluationResult:
-    """Compute R@1/5/10 and mAP@10/16 of ``matrix`` on the queries of ``relevance``."""
+def evaluate(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool = False,
+             both_directions: bool = False) -> EvaluationResult:
+    """Compute R@1/5/10 and mAP@10/16 of ``matrix`` on the queries of ``relevance`` (text to audio); with
+    ``both_directions`` also audio to text (:mod:`dcase_t6.retrieval.directions`) into ``audio_to_text``."""
     alignment = align(matrix, relevance, allow_missing=allow_missing)
-    ranks = metrics.relevant_ranks(_scored_rows(matrix, alignment.rows), alignment.relevant)
+    scored = _scored_rows(matrix, alignment.rows)
+    ranks = metrics.relevant_ranks(scored, alignment.relevant)
     per_query = metrics.per_query_metrics(ranks)
     intervals = {key: metrics.jackknife_interval(values) for key, values in per_query.items()}
     return EvaluationResult(
@@ -46,6 +55,7 @@ def evaluate(matrix: SimilarityMatrix, relevance: Relevance, allow_missing: bool
         n_skipped=alignment.n_missing,
         per_query=_per_query_table(matrix, alignment.rows, ranks, per_query),
         intervals=intervals,
+        audio_to_text=audio_to_text(scored, alignment.relevant, matrix.files) if both_directions else None,
     )
 
 

@@ -3,8 +3,10 @@
 Besides the baseline keys, every stage-2/3 mechanism of the AISTAT 2025 recipe is a switch here
 (all off by default): ``init_from`` (start from another run's best weights), ``distill_from`` /
 ``distill_weight`` / ``distill_temperature`` (ensemble distillation), ``caption_augmentation``,
-``audio_mix`` and ``clusters`` (auxiliary cluster classification). The loss is
+``audio_mix`` and ``clusters`` (auxiliary cluster classification), as are the training choices of
+``finetune`` and ``negatives`` (hard-negative batches, HN-NCE). The loss is
 ``contrastive_weight`` * contrastive + ``distill_weight`` * distillation + ``clusters.weight`` * cluster.
+The sections' dataclasses are in ``runs.sections``; their ranges and cross-key rules are here.
 
 Every value, from YAML or ``--set KEY=VALUE`` (always a string there), is converted to its field's
 type and checked against the field's range before anything is registered or loaded; a bad value is
@@ -25,9 +27,11 @@ from typing import Any, Callable
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.outputs import check_name
 from dcase_t6.common.yamlfile import read_yaml
-from dcase_t6.models import ModelConfig
+from dcase_t6.models import PROJECTIONS, ModelConfig
 from dcase_t6.models import audio as audio_backbones
+from dcase_t6.models.audio.pooling import POOLINGS
 from dcase_t6.retrieval.metrics import METRIC_KEYS
+from dcase_t6.runs.sections import AudioMix, CaptionAugmentation, Clusters, FineTune, Negatives
 from dcase_t6.runs.values import convert, shown
 
 PRECISIONS = ("fp16", "bf16", "fp32")
@@ -40,38 +44,6 @@ COMPILE_MODES = ("auto", "on", "off")
 MONITORED = METRIC_KEYS
 
 DEFAULT_TIMEOUT_MINUTES = 120.0  # dist_timeout_minutes' default: how long a collective waits (NCCL's own is 10)
-
-
-@dataclass
-class CaptionAugmentation:
-    """Caption changes drawn per training pair (see ``dcase_t6.augmentation``)."""
-
-    deletion_p: float = 0.0
-    synonym_p: float = 0.0
-    synonyms_file: str | None = None
-    extra_captions_file: str | None = None
-    extra_captions_p: float = 0.0
-
-
-@dataclass
-class AudioMix:
-    """Mix a pair's clip with a partner clip and use their merged caption, with probability ``p``."""
-
-    p: float = 0.0
-    merged_captions_file: str | None = None
-
-
-@dataclass
-class Clusters:
-    """Auxiliary cluster classification (off while ``method`` is null: kmeans, hdbscan or bertopic) on caption
-    embeddings from ``source`` (init, run:RUN, model:NAME, sentence:NAME, e5[:PATH]); see
-    ``dcase_t6.training.clustering``."""
-
-    method: str | None = None
-    count: int = 32
-    min_cluster_size: int = 10
-    source: str = "init"
-    weight: float = 0.05
 
 
 @dataclass
@@ -101,6 +73,7 @@ class TrainConfig:
     decay_epochs: float = 15.0
     weight_decay: float = 0.0
     grad_accumulation: int = 1
+    grad_cache_chunk: int | None = None  # pairs per chunk per process (training.grad_cache); null: one piece
     grad_clip: float | None = None
     precision: str = "fp16"
     seed: int = 0
@@ -118,6 +91,8 @@ class TrainConfig:
     caption_augmentation: CaptionAugmentation = field(default_factory=CaptionAugmentation)
     audio_mix: AudioMix = field(default_factory=AudioMix)
     clusters: Clusters = field(default_factory=Clusters)
+    finetune: FineTune = field(default_factory=FineTune)
+    negatives: Negatives = field(default_factory=Negatives)
     log: str = "tensorboard"  # experiment logger besides the registry: tensorboard, wandb or none
     log_every: int = 50  # optimizer steps between per-step log points (loss terms, lr, data-loader wait)
     dist_timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES  # how long processes wait for each other (torchrun)
@@ -127,6 +102,7 @@ class TrainConfig:
     # torch.compile the encoders: auto, on or off (COMPILE_MODES); speed only. off until the GPU acceptance run
     # (benchmarks/gpu_check.py) has measured compiled training on a GPU; auto is the baseline's rule.
     compile: str = "off"
+    gradient_checkpointing: bool = False  # recompute encoder blocks in backward: less memory, same gradients
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,7 +123,7 @@ class TrainConfig:
 
 
 SECTIONS = {"model": ModelConfig, "caption_augmentation": CaptionAugmentation, "audio_mix": AudioMix,
-            "clusters": Clusters}
+            "clusters": Clusters, "finetune": FineTune, "negatives": Negatives}
 # Keys that older versions stored with their runs, and what they mean now.
 _RENAMED = {"mixed_precision": ("precision", lambda old: "fp16" if old in (True, "true", "True") else "fp32")}
 
@@ -231,6 +207,8 @@ MAX_EMBED_DIM = 8192
 MAX_TEXT_TOKENS = 512  # the position limit of roberta-large, BERT and MiniLM
 MAX_CLASSES = 100_000
 MAX_DATASET_WEIGHT = 1000
+MAX_NEIGHBOURS, MAX_HARDNESS = 1024, 100  # negatives.neighbours (k) and negatives.hardness (beta)
+MINING = ("none", "run", "self")  # negatives.mining
 
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "audio_seconds": _between(1, MAX_AUDIO_SECONDS, " (seconds of audio per clip)"),
@@ -241,7 +219,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _between(0, MAX_SEED), "workers": _between(0, MAX_WORKERS), "monitor": _one_of(*MONITORED),
     "checkpoint_every": _at_least(0), "max_steps": _at_least(1), "contrastive_weight": _at_least(0),
     "distill_weight": _at_least(0), "distill_temperature": _above(0), "log": _one_of(*LOGGERS),
-    "log_every": _at_least(1),
+    "log_every": _at_least(1), "grad_cache_chunk": _between(1, MAX_BATCH),
     "dist_timeout_minutes": ((lambda value: 0 < value <= 10080), "in (0, 10080] (minutes: at most a week)"),
     "compile": _one_of(*COMPILE_MODES),
     "dataset_weights": ((lambda weights: all(math.isfinite(w) and 0 <= w <= MAX_DATASET_WEIGHT
@@ -250,7 +228,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.embed_dim": _between(1, MAX_EMBED_DIM), "model.temperature": _above(0),
     "model.text_max_length": _between(1, MAX_TEXT_TOKENS, " (tokens)"),
     "model.text_dropout": _DROPOUT, "model.patchout_t": _between(0, 1000), "model.patchout_f": _between(0, 1000),
-    "model.cluster_classes": _between(0, MAX_CLASSES),
+    "model.cluster_classes": _between(0, MAX_CLASSES), "model.pooling": _one_of(*POOLINGS),
+    "model.projection": _one_of(*PROJECTIONS),
     "caption_augmentation.deletion_p": _PROBABILITY, "caption_augmentation.synonym_p": _PROBABILITY,
     "caption_augmentation.extra_captions_p": _PROBABILITY, "audio_mix.p": _PROBABILITY,
     "clusters.method": _one_of(None, "kmeans", "hdbscan", "bertopic"), "clusters.count": _between(2, MAX_CLASSES),
@@ -258,6 +237,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "clusters.source": (lambda value: value in ("init", "e5") or (value.partition(":")[0] in _CLUSTER_SOURCES
                                                                    and bool(value.partition(":")[2])),
                         "init, run:RUN, model:NAME, sentence:NAME, e5 or e5:PATH"),
+    **{f"finetune.{encoder}_frozen_blocks": ((lambda value: -1 <= value <= 1000), "-1 (the whole encoder) or 0 to "
+       "1000 blocks") for encoder in ("audio", "text")},
+    "finetune.layer_decay": ((lambda value: 0 < value <= 1), "in (0, 1] (1: no layer-wise decay)"),
+    "finetune.lr_audio": _above(0), "finetune.lr_text": _above(0), "finetune.lr_heads": _above(0),
+    "negatives.mining": _one_of(*MINING), "negatives.share": _PROBABILITY,
+    "negatives.neighbours": _between(1, MAX_NEIGHBOURS), "negatives.refresh_epochs": _between(1, MAX_EPOCHS),
+    "negatives.hardness": _between(0, MAX_HARDNESS),
 }
 
 
@@ -292,7 +278,11 @@ def check(config: TrainConfig, source: str = "config") -> None:
         raise UserError(f"{source}: every loss term has weight 0 (contrastive_weight {weights[0]:g}, distillation "
                         f"{weights[1]:g}, cluster {weights[2]:g}); set contrastive_weight > 0, or distill_from with "
                         "distill_weight > 0 (distillation alone: salsa's stage 2)")
-
+    negatives = config.negatives
+    if (negatives.mining == "run") != bool(negatives.source):
+        raise UserError(f"{source}: config key 'negatives.source' = {shown(negatives.source)} with negatives.mining "
+                        f"{negatives.mining}: mining run needs the run whose embeddings are mined, and only it reads "
+                        "one; set negatives.mining=run with negatives.source=RUN, or leave negatives.source unset")
     if config.model.backbone not in audio_backbones.available():
         raise UserError(f"{source}: config key 'model.backbone' = {config.model.backbone!r} must be one of "
                         f"{', '.join(audio_backbones.available())}")

@@ -57,6 +57,9 @@ def render_card(facts: CardFacts) -> str:
     return "\n".join(part.rstrip("\n") + "\n" for part in parts)
 
 
+_PROJECTIONS = {"linear": "linear projections", "mlp": "two-layer MLP projections (Linear, ReLU, Linear)"}
+
+
 def _architecture(facts: CardFacts, model: dict) -> str:
     seconds = facts.max_samples / facts.sample_rate
     segments = ("; clips over 10 s: the mean of up to three 10 s segments" if model["backbone"] in _SEGMENTED
@@ -66,10 +69,13 @@ def _architecture(facts: CardFacts, model: dict) -> str:
             ("text encoder", f"`{facts.text_model_origin}` (first-token state), captions lower-cased and stripped of "
                              f"punctuation, at most {model['text_max_length']} tokens"
                              + (" (frozen in training)" if model.get("freeze_text") else "")),
-            ("embedding", f"{model['embed_dim']}-d, linear projections of both encoders, L2-normalised"),
+            ("embedding", f"{model['embed_dim']}-d, {_PROJECTIONS[model.get('projection', 'linear')]} of both "
+                          "encoders, L2-normalised"),
             ("temperature", f"{model['temperature']:g}" + (" (trained)" if model.get("trainable_temperature")
                                                           else "")),
             ("parameters", f"{facts.parameters:,}")]
+    if model.get("pooling", "default") != "default":
+        rows.append(("audio pooling", f"{model['pooling']} over the backbone's tokens (model.pooling)"))
     if model.get("cluster_classes"):
         rows.append(("cluster heads", f"{model['cluster_classes']} classes (auxiliary task in training)"))
     return "## Architecture\n\n" + _table(("", ""), rows)

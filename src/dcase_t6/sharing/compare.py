@@ -1,8 +1,9 @@
 """``runs compare``: several runs side by side, in one table of the metrics and the config keys that differ.
 
 Rows: status, epochs trained, the best epoch (by the run's ``monitor``), validation R@1/mAP@10/mAP@16 at the
-best epoch, dev-test R@1/mAP@10/mAP@16 when the run embedded the dev-test split (see ``history``), then every
-config key (dotted, e.g. ``model.backbone``) whose value is not the same in all runs (the run name aside).
+best epoch, dev-test R@1/mAP@10/mAP@16 when the run embedded the dev-test split (see ``history``), each also audio
+to text (``a2t/R@1`` ...; ``-`` for a run trained or imported without them), then every config key (dotted, e.g.
+``model.backbone``) whose value is not the same in all runs (the run name aside).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcase_t6.common.errors import UserError
+from dcase_t6.retrieval.directions import A2T_PREFIX
 from dcase_t6.runs.config import nested_to_dotted
 from dcase_t6.runs.registry import Registry
 from dcase_t6.sharing.history import RunSummary, summarize_run
@@ -36,9 +38,15 @@ class Comparison:
                 ("best epoch", [_cell(s.history.best_epoch) for s in self.runs])]
         for key in VALIDATION_ROWS:
             rows.append((f"validation {key}", [_cell((s.history.best or {}).get(key)) for s in self.runs]))
+        for key in VALIDATION_ROWS:
+            rows.append((f"validation {A2T_PREFIX}{key}", [_cell((s.history.best or {}).get(A2T_PREFIX + key))
+                                                           for s in self.runs]))
         for key in DEV_TEST_ROWS:
             rows.append((f"dev-test {key}", [_cell(s.dev_test.scores.get(key) if s.dev_test else None)
                                              for s in self.runs]))
+        for key in DEV_TEST_ROWS:
+            rows.append((f"dev-test {A2T_PREFIX}{key}", [_cell(s.dev_test.audio_to_text.get(key) if s.dev_test
+                                                               else None) for s in self.runs]))
         for key, values in self.differing.items():
             rows.append((key, [_cell(value) for value in values]))
         return rows

@@ -5,12 +5,13 @@ default), the epoch whose weights the ``best`` checkpoint holds. Dev-test scores
 registered similarity matrix of ``<dataset>/development-testing`` (``embed``), scored against the dataset's
 multi-relevance file when it was prepared (``prepare relevance``; the organisers' dev-test ground truth), else
 against the split's own captions (each caption's clip relevant); a run imported from a model folder has the
-dev-test scores it was exported with.
+dev-test scores it was exported with. Both are text to audio; the audio-to-text scores come beside them (the
+validation records' ``a2t/`` keys, the dev-test matrix scored the other way).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -19,6 +20,7 @@ from dcase_t6.common.atomic import atomic_path
 from dcase_t6.common.errors import UserError
 from dcase_t6.data.layout import DEV_TEST, Layout
 from dcase_t6.data.relevance import split_ground_truth
+from dcase_t6.retrieval.directions import A2T_PREFIX
 from dcase_t6.retrieval.evaluation import evaluate
 from dcase_t6.retrieval.matrices import read_matrix
 from dcase_t6.runs.records import Run
@@ -32,22 +34,25 @@ IMPORT_KIND = "import"  # the registry kind of an imported model's weights file 
 @dataclass(frozen=True)
 class DevTest:
     """Dev-test scores of a run: metric -> value, the queries scored, the ground truth they were scored against and
-    the checkpoint (``best``/``last``) that embedded them."""
+    the checkpoint (``best``/``last``) that embedded them; ``audio_to_text``: the same metrics audio to text (empty
+    for scores imported without them)."""
 
     scores: dict[str, float]
     n_queries: int
     dataset: str
     ground_truth: str
     checkpoint: str | None
+    audio_to_text: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict:
         return {"scores": self.scores, "n_queries": self.n_queries, "dataset": self.dataset,
-                "ground_truth": self.ground_truth, "checkpoint": self.checkpoint}
+                "ground_truth": self.ground_truth, "checkpoint": self.checkpoint, "audio_to_text": self.audio_to_text}
 
     @classmethod
     def from_json(cls, values: dict) -> DevTest:
         return cls({key: float(value) for key, value in values["scores"].items()}, int(values["n_queries"]),
-                   str(values["dataset"]), str(values["ground_truth"]), values.get("checkpoint"))
+                   str(values["dataset"]), str(values["ground_truth"]), values.get("checkpoint"),
+                   {key: float(value) for key, value in (values.get("audio_to_text") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class RunSummary:
                 "epochs": len(history.epochs), "configured_epochs": history.configured_epochs,
                 "monitor": history.monitor, "best_epoch": history.best_epoch,
                 "validation": {key: best[key] for key in SCORE_KEYS if key in best} if best else {},
+                "validation_audio_to_text": {key: best[A2T_PREFIX + key] for key in SCORE_KEYS
+                                             if A2T_PREFIX + key in best} if best else {},
                 "dev_test": self.dev_test.as_json() if self.dev_test else None, "dev_test_note": self.dev_test_note}
 
 
@@ -156,9 +163,9 @@ def dev_test_scores(registry: Registry, run: Run, data_root: str | Path | None =
     dataset = validation if validation in matrices else sorted(matrices)[0]
     record = registry.file(run.id, "similarity", matrices[dataset].tag)
     relevance = ground_truth(data_root or run.config.get("data_root", "data"), dataset)
-    result = evaluate(read_matrix(record.path), relevance)
+    result = evaluate(read_matrix(record.path), relevance, both_directions=True)
     return DevTest({key: result.scores[key] for key in result.scores}, result.n_queries, dataset,
-                   str(relevance.source), record.info.get("checkpoint"))
+                   str(relevance.source), record.info.get("checkpoint"), dict(result.audio_to_text.scores))
 
 
 def ground_truth(data_root: str | Path, dataset: str):

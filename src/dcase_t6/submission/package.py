@@ -20,6 +20,7 @@ from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.inputs import MISSING, file_problem, fix_of
 from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, read_matrix, write_csv
+from dcase_t6.retrieval.normalisation import TRANSDUCTIVE_NOTE, Normalisation, normalise_matrix
 from dcase_t6.submission.evalcheck import EvalSet, eval_set_problems
 from dcase_t6.submission.metadata import (
     decode_meta,
@@ -51,11 +52,13 @@ KINDS = (CSV_KIND, META_KIND, REPORT_KIND)
 
 @dataclass(frozen=True)
 class SystemFiles:
-    """The inputs of one system: its label, similarity matrix and metadata file."""
+    """The inputs of one system: its label, similarity matrix and metadata file, and the normalisation (inverted
+    or dual softmax, ``retrieval.normalisation``) applied to the matrix before it is written (None: as it is)."""
 
     label: str
     predictions: Path
     meta: Path
+    normalisation: Normalisation | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: Technical
         evalset: the official evaluation set every matrix must match exactly (queries and files), if any.
 
     Returns:
-        The organiser-style check of the written zip (always ok), with the warnings naming the input files.
+        The organiser-style check of the written zip (always ok), with the warnings naming the input files (one
+        says that a system's scores were normalised, which is transductive).
 
     Raises:
         UserError: for any invalid input, naming the file and the fix.
@@ -146,10 +150,11 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: Technical
     _check_labels([system.label for system in systems])
     matrices = [_read_predictions(system, expected, evalset) for system in systems]
     metas = [read_meta(system.meta, system.label) for system in systems]
+    normalised = tuple((system.label, system.normalisation) for system in systems if system.normalisation)
     if report.draft is None:
         check_pdf(report.path)
     else:
-        write_draft(report.path, [meta for _, meta in metas], report.draft)
+        write_draft(report.path, [meta for _, meta in metas], replace(report.draft, normalisations=normalised))
     with atomic_path(out) as tmp:
         _write_zip(tmp, systems, matrices, [raw for raw, _ in metas], Path(report.path))
         result = check_package(tmp, expected, evalset)
@@ -158,6 +163,11 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: Technical
                             "please report this bug")
     warnings = [f"{system.meta}: {warning}" for system, (_, meta) in zip(systems, metas)
                 for warning in meta_warnings(meta, system.label)]
+    stated = ("the draft report states it; state it in the metadata too (system.description)" if report.draft
+              is not None else "state it in the technical report and in the metadata (system.description)")
+    warnings += [f"{system.predictions}: written as the {system.normalisation.describe()} of its scores"
+                 f"{' (' + system.normalisation.source + ')' if system.normalisation.source else ''}; "
+                 f"{TRANSDUCTIVE_NOTE}; {stated}" for system in systems if system.normalisation]
     return replace(result, warnings=warnings)
 
 
@@ -221,7 +231,7 @@ def _read_predictions(system: SystemFiles, expected: Expected, evalset: EvalSet 
         problems = eval_set_problems(matrix.queries, matrix.files, evalset, str(system.predictions))
         if problems:
             raise UserError(f"{' '.join(problems)} (checked against {evalset.source})")
-    return matrix
+    return normalise_matrix(matrix, system.normalisation, str(system.predictions))
 
 
 def _write_zip(path: Path, systems: list[SystemFiles], matrices: list[SimilarityMatrix],

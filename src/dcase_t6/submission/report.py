@@ -25,8 +25,10 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.inputs import require_file
 from dcase_t6.ensemble.weights import EnsembleWeights, read_weights
 from dcase_t6.retrieval.metrics import METRIC_KEYS
+from dcase_t6.retrieval.normalisation import TRANSDUCTIVE_NOTE, Normalisation
 from dcase_t6.sharing.history import RunHistory, plot_curves
 from dcase_t6.submission.metadata import team_of
+from dcase_t6.submission.report_intervals import ReportIntervals, per_query_intervals
 
 TEMPLATE_NAME = "report_template.html.j2"
 FONT_FAMILY = "DejaVu"
@@ -41,12 +43,14 @@ PDF_MAGIC = b"%PDF"
 class DraftOptions:
     """Optional inputs of the draft report: ensemble weights JSON, per-query evaluation CSV, and the training
     histories of the runs behind the systems (``RunHistory.of(registry.run(RUN))``), drawn as a figure of their
-    per-epoch train loss and validation mAP@10/mAP@16 with a table of each run's best epoch."""
+    per-epoch train loss and validation mAP@10/mAP@16 with a table of each run's best epoch; ``normalisations``
+    are the (label, normalisation) of the systems whose scores the package normalised (inverted / dual softmax)."""
 
     weights: Path | None = None
     per_query: Path | None = None
     runs: tuple[RunHistory, ...] = ()
     resources: tuple = ()  # submission.systems.Resource: the external resources the report must list
+    normalisations: tuple[tuple[str, Normalisation], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class ReportContent:
         runs: the runs those curves show (their best epochs are tabulated).
         resources: the external resources to list (``submission.systems.Resource``: datasets, pretrained models,
             LLMs with the purpose of their prompts).
+        normalisations: (label, normalisation) of each system whose scores were normalised before packaging.
     """
 
     metas: list[dict]
@@ -80,6 +85,8 @@ class ReportContent:
     curves: Path | None = None
     runs: tuple[RunHistory, ...] = ()
     resources: tuple = ()
+    normalisations: tuple[tuple[str, Normalisation], ...] = ()
+    intervals: ReportIntervals | None = None  # the 95% intervals of the per-query file, as `evaluate --ci`
 
 
 def check_pdf(path: str | Path) -> None:
@@ -109,7 +116,9 @@ def write_draft(out: str | Path, metas: list[dict], options: DraftOptions = Draf
         figure = Path(scratch) / "figure.png"
         caption = _plot_recall(curve, figure) if curve is not None else _plot_results(metas, figure)
         curves = plot_curves(list(options.runs), Path(scratch) / "curves.png") if options.runs else None
-        html = render_html(ReportContent(metas, weights, figure, caption, curves, options.runs, options.resources))
+        html = render_html(ReportContent(metas, weights, figure, caption, curves, options.runs, options.resources,
+                                         options.normalisations,
+                                         per_query_intervals(options.per_query) if curve is not None else None))
         pdf = _pdf(metas, html)
         with atomic_path(out) as tmp:
             pdf.output(str(tmp))
@@ -161,6 +170,10 @@ def render_html(content: ReportContent) -> str:
         curve_runs=[_run_row(history) for history in content.runs],
         resources=[{"name": item.name, "kind": item.kind, "use": item.use, "source": item.source or "n/a"}
                    for item in content.resources],
+        normalisations=[{"label": label, "method": normalisation.describe()}
+                        for label, normalisation in content.normalisations],
+        transductive=TRANSDUCTIVE_NOTE,
+        intervals=content.intervals,
     )
 
 
@@ -180,7 +193,9 @@ def weights_note(weights: EnsembleWeights) -> str:
     validation = weights.validation
     if validation is not None and weights.metric in validation.scores:
         parts.append(f"chosen on validation {weights.metric} = {validation.scores[weights.metric]:.4f}")
-    if validation is not None or weights.normalize != "none":
+    if weights.temperature is not None:
+        parts.append(f"normalize: {weights.normalize} at temperature {weights.temperature:g} ({TRANSDUCTIVE_NOTE})")
+    elif validation is not None or weights.normalize != "none":
         parts.append(f"normalize: {weights.normalize}")
     if weights.strategy is not None:
         parts.append(f"strategy: {weights.strategy}")

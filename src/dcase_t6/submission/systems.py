@@ -17,6 +17,7 @@ from dcase_t6.common.jsonfile import read_json
 from dcase_t6.common.tables import read_table
 from dcase_t6.data.layout import CLOTHO_PARTS, Layout
 from dcase_t6.models.audio import sample_rate
+from dcase_t6.retrieval.normalisation import TRANSDUCTIVE_NOTE
 from dcase_t6.runs.config import from_dict, split_names
 from dcase_t6.runs.records import Run
 from dcase_t6.runs.registry import Registry
@@ -199,6 +200,10 @@ def _learning_scheme(configs: list[dict]) -> str:
 
 def _loss(configs: list[dict]) -> str:
     parts = ["InfoNCE (symmetric, every caption of a clip positive)"]
+    hardness = _unique((config.get("negatives") or {}).get("hardness") for config in configs
+                       if (config.get("negatives") or {}).get("hardness"))
+    if hardness:  # config key negatives.hardness: HN-NCE
+        parts[0] += f", hard negatives weighted as in HN-NCE (beta {_numbers(hardness)})"
     weights = _unique(config.get("distill_weight", 1.0) for config in configs if config.get("distill_from"))
     if weights:
         parts.append(f"distillation: cross-entropy to the teachers' soft targets (weight {_numbers(weights)})")
@@ -225,10 +230,16 @@ def _learning_rate(runs: list[Run]) -> float | str:
 
 
 def _ensemble(runs: list[Run], weights) -> bool | str:
+    tempered = weights.normalisation if weights is not None else None
+    normalised = (f"; each similarity matrix is first replaced by its {tempered.describe()}, {TRANSDUCTIVE_NOTE}"
+                  if tempered else "")
+    if tempered and len(weights.weights) == 1:
+        return "No" + normalised
     if weights is not None:
         listed = ", ".join(f"{name} {value:.4g}" for name, value in weights.weights.items())
         how = f", chosen on validation {weights.metric}" if weights.validation is not None else ""
-        return f"Yes: weighted sum of the similarity matrices of {len(weights.weights)} systems ({listed}){how}"
+        return f"Yes: weighted sum of the similarity matrices of {len(weights.weights)} systems ({listed}){how}" + \
+            normalised
     if len(runs) > 1:
         return f"Yes: {len(runs)} systems ({', '.join(run.name for run in runs)})"
     return False

@@ -13,10 +13,14 @@ the model is built and which its checkpoints store. The order, and why:
 4. the cluster labels (the main process clusters and registers them on a run's first start), giving the
    model's cluster class count, and the derived config;
 5. ``torch.manual_seed(seed)``, then the model (random initialisation draws from the seeded generator),
-   loaded from ``init_from`` when set, moved to the device, its encoders compiled in place when config key
-   ``compile`` says so (``compiles``; before DDP wraps it, state-dict keys unchanged);
-6. the DDP wrapper, the optimizer, the autocast dtype and the gradient scaler;
-7. the batches, the objective (the loss terms), the validator, the checkpointer and the log sinks.
+   loaded from ``init_from`` when set, moved to the device, gradient checkpointing turned on in its encoders when
+   config key ``gradient_checkpointing`` says so, its encoders compiled in place when config key ``compile``
+   says so (``compiles``; before DDP wraps it, state-dict keys unchanged);
+6. the encoder blocks config section ``finetune`` freezes (before DDP wraps the model: it reduces only the
+   parameters that train), the DDP wrapper, the optimizer (its parameter groups and their learning rates:
+   ``training.finetuning``), the autocast dtype and the gradient scaler;
+7. the batches (with ``negatives.mining``: the hard-negative miner, ``training.miner``; mining a run finds its
+   neighbours here), the objective (the loss terms), the validator, the checkpointer and the log sinks.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from dcase_t6.data.split_index import load_split
 from dcase_t6.models import CLUSTER_HEADS, DualEncoder
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.checkpoint import WeightSource, load_weights
-from dcase_t6.runs.config import TrainConfig
+from dcase_t6.runs.config import FineTune, TrainConfig
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training.augmentation import PairAugmenter
 from dcase_t6.training.checkpointing import Checkpointer
@@ -46,6 +50,8 @@ from dcase_t6.training.clustering import caption_labels
 from dcase_t6.training.data import CaptionPairs, TrainingData, load_pairs, training_splits
 from dcase_t6.training.distillation import load_teachers
 from dcase_t6.training.distributed import World
+from dcase_t6.training.finetuning import build_optimizer, describe, freeze_layers
+from dcase_t6.training.miner import MiningInputs, ModelSource, build_miner
 from dcase_t6.training.objective import Objective, build_objective
 from dcase_t6.training.sinks import EpochSink, run_sinks
 from dcase_t6.training.validation import Validator
@@ -120,22 +126,30 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
     else:
         reporter.info(f"audio backbone {config.model.backbone}: {model.audio.weights_source}")
     model.to(world.device)
+    if config.gradient_checkpointing:  # before compile: the compiled blocks are what is checkpointed
+        parts = model.checkpoint_gradients()
+        reporter.info(f"gradient checkpointing: {' and '.join(parts) or 'no part of this model'} recompute their "
+                      "activations in the backward pass (less memory, slower steps, the same gradients)")
     if compiles(config.compile, world.device):
         model.compile_encoders()
         reporter.info(f"torch.compile (compile {config.compile}): the audio network and the text transformer, "
                       "layer by layer; the first steps compile them")
     max_samples = config.clip_samples(model.sample_rate)
     # 6. optimisation
+    freeze_layers(model, config.finetune)
     network = _wrap(model, world)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(model, config)
+    if config.finetune != FineTune():
+        reporter.info(describe(model, optimizer))
     dtype = autocast_dtype(config.precision, world.device, reporter)
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
     # 7. batches, objective, validation, checkpoints, sinks
+    directory = registry.layout.run(run_id)
+    miner = build_miner(MiningInputs(config, registry, directory, pairs, world, reporter),
+                        ModelSource(model, store, max_samples, config.batch_size))
     data = TrainingData(pairs, store, augmenter, max_samples, config.batch_size, config.seed,
                         loader_workers(config.workers, world), world,
-                        config.data_root, config.dataset_weights)
-    directory = registry.layout.run(run_id)
+                        config.data_root, config.dataset_weights, negatives=miner)
     return TrainingSetup(
         config=config, world=world, data=data, model=model, network=network,
         objective=build_objective(config, world, teachers, labels),

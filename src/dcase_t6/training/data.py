@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -160,10 +161,17 @@ def epoch_batches(n_pairs: int, batch_size: int, seed: int, epoch: int,
     Returns:
         One array of pair indices per batch.
     """
-    order = np.random.default_rng([seed, epoch]).permutation(n_pairs) if groups is None else (
-        _weighted_order(groups, np.random.default_rng([seed, epoch, 2])))
-    batches = [order[start:start + batch_size] for start in range(0, n_pairs, batch_size)]
+    order = epoch_order(n_pairs, seed, epoch, groups)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     return [batch for batch in batches if len(batch) >= 2]
+
+
+def epoch_order(n_pairs: int, seed: int, epoch: int,
+                groups: list[tuple[np.ndarray, float]] | None = None) -> np.ndarray:
+    """The seeded order of an epoch's pairs (``epoch_batches`` cuts it into batches; so does hard-negative mining,
+    ``negatives.mined_batches``): a permutation, or with ``groups`` each group's draws permuted together."""
+    return np.random.default_rng([seed, epoch]).permutation(n_pairs) if groups is None else (
+        _weighted_order(groups, np.random.default_rng([seed, epoch, 2])))
 
 
 def _weighted_order(groups: list[tuple[np.ndarray, float]], rng: np.random.Generator) -> np.ndarray:
@@ -173,6 +181,14 @@ def _weighted_order(groups: list[tuple[np.ndarray, float]], rng: np.random.Gener
         drawn += [np.tile(pairs, int(whole)),
                   rng.choice(pairs, size=int(np.floor(part * len(pairs) + 0.5)), replace=False)]
     return rng.permutation(np.concatenate(drawn).astype(np.int64))
+
+
+class HardNegativeBatches(Protocol):
+    """Cuts an epoch's order into batches with mined hard negatives (``training.miner.BatchMiner``)."""
+
+    def batches(self, epoch: int, order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """The global batches of ``epoch`` from its seeded ``order`` (every process must call it, in step)."""
+        ...
 
 
 @dataclass
@@ -247,9 +263,11 @@ class TrainingData:
     world: World
     data_root: str
     dataset_weights: dict[str, float] = field(default_factory=dict)
+    negatives: HardNegativeBatches | None = None  # config section negatives (mining); None: the order cut in batches
 
     def batches(self, epoch: int) -> list[np.ndarray]:
-        """The global batches of ``epoch`` (see ``epoch_batches``); a UserError when there is not one.
+        """The global batches of ``epoch`` (see ``epoch_batches``, with mining ``negatives``); a UserError when
+        there is not one.
 
         Args:
             epoch: the epoch (0-based).
@@ -257,8 +275,12 @@ class TrainingData:
         Returns:
             One array of pair indices per batch.
         """
-        batches = epoch_batches(len(self.pairs.captions), self.batch_size, self.seed, epoch,
-                                self.pairs.weighted_groups(self.dataset_weights))
+        groups = self.pairs.weighted_groups(self.dataset_weights)
+        if self.negatives is not None:
+            order = epoch_order(len(self.pairs.captions), self.seed, epoch, groups)
+            batches = self.negatives.batches(epoch, order, self.batch_size)
+        else:
+            batches = epoch_batches(len(self.pairs.captions), self.batch_size, self.seed, epoch, groups)
         if not batches:
             raise UserError(f"{self.data_root}: the training split has fewer than 2 caption pairs; prepare more data")
         return batches

@@ -29,7 +29,7 @@ from dcase_t6.embedding.checkpoints import SplitRequest, embed_run, split_tag
 from dcase_t6.runs.config import TrainConfig
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training.data import CaptionPairs, training_splits
-from dcase_t6.training.distributed import World
+from dcase_t6.training.distributed import World, share_from_main
 
 
 class TeacherSimilarity:
@@ -67,11 +67,10 @@ class TeacherSimilarity:
 
 def load_teachers(registry: Registry, config: TrainConfig, pairs: CaptionPairs, world: World,
                   reporter: Reporter = SILENT) -> TeacherSimilarity:
-    """The teachers of ``config.distill_from`` aligned to the training ``pairs`` (main process embeds missing ones),
-    their tables on ``world.device``."""
-    if world.is_main:
-        for teacher in config.distill_from:
-            ensure_embeddings(registry, teacher, config, reporter)
+    """The teachers of ``config.distill_from`` aligned to the training ``pairs`` (every process embeds its shard of
+    missing ones), their tables on ``world.device``."""
+    for teacher in config.distill_from:
+        ensure_embeddings(registry, teacher, config, reporter, world)
     world.barrier()
     vectors = [teacher_vectors(registry, teacher, config, pairs.captions, pairs.clip_names)
                for teacher in config.distill_from]
@@ -80,17 +79,24 @@ def load_teachers(registry: Registry, config: TrainConfig, pairs: CaptionPairs, 
     return TeacherSimilarity(audio, text, torch.from_numpy(pairs.clip_ids), len(vectors)).to(world.device)
 
 
-def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, reporter: Reporter = SILENT) -> None:
+def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, reporter: Reporter = SILENT,
+                      world: World | None = None) -> None:
     """Embed every training split of each of ``config.datasets`` with the teacher's best checkpoint, each unless
-    already registered."""
+    already registered. Under torchrun every process calls it (``world``): the main process decides what is
+    missing and each embeds its shard of it (``embed_run``)."""
+    world = world or World()
     splits = training_splits(config)
     for dataset in config.datasets:
         for split in splits[dataset]:
-            best = registry.file(teacher, "checkpoint", "best")
-            if _registered_embeddings(registry, teacher, split_tag(dataset, split), best.sha256):
+            registered = None
+            if world.is_main:
+                best = registry.file(teacher, "checkpoint", "best")
+                registered = _registered_embeddings(registry, teacher, split_tag(dataset, split), best.sha256)
+            if share_from_main(registered is not None, world):
                 continue
             # with the teacher's own input settings (audio_seconds), from its stored config
-            request = SplitRequest(config.data_root, dataset, split, batch_size=config.batch_size)
+            request = SplitRequest(config.data_root, dataset, split, batch_size=config.batch_size,
+                                   world=None if world.size == 1 else world)
             embed_run(registry.workdir, teacher, request, with_similarity=False, reporter=reporter)
 
 

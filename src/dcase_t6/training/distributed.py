@@ -1,103 +1,18 @@
-"""Data-parallel training under torchrun: process setup and gathering embeddings across processes."""
+"""Data-parallel training under torchrun: gathering embeddings across processes, gradient scaling and
+accumulation. The processes themselves (``World``, ``init_world``, ``share_from_main``) live in ``runs.world``,
+which ``embed`` shares; they are importable from here as before."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from dcase_t6.runs.config import DEFAULT_TIMEOUT_MINUTES
+from dcase_t6.runs.world import Share, World, init_world, launched_as_main, share_from_main
 
-
-@dataclass(frozen=True)
-class Share:
-    """The rows of a global batch one process encodes: ``rows`` (indices into the batch), of which the first
-    ``kept`` are its share. A process whose share is empty (a batch of fewer rows than processes) encodes one
-    stand-in row (``kept`` 0) whose outputs are left out of the gather: DDP needs every process to run forward
-    and backward, and the stand-in contributes zero gradients. The main process always has a share (shares
-    are longest first), so the batch-norm statistics it checkpoints and broadcasts never see a stand-in."""
-
-    rows: list[int]
-    kept: int
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among ``size`` training processes (size 1 without torchrun)."""
-
-    rank: int = 0
-    size: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def shard(self, items: list) -> list:
-        """This process's contiguous share of a global batch: shares differ in length by at most one (longer
-        ones first), so a share is empty only when the batch has fewer items than there are processes."""
-        share, longer = divmod(len(items), self.size)
-        start = self.rank * share + min(self.rank, longer)
-        return items[start:start + share + (self.rank < longer)]
-
-    def share(self, size: int) -> Share:
-        """The rows of a global batch of ``size`` rows that this process encodes (see ``Share``).
-
-        Args:
-            size: rows in the global batch (at least 1).
-
-        Returns:
-            This process's share, or one stand-in row when its share is empty.
-        """
-        rows = self.shard(list(range(size)))
-        return Share(rows, len(rows)) if rows else Share([self.rank % size], 0)
-
-    def any(self, flag: bool) -> bool:
-        """True on every process when ``flag`` is true on any (a collective: every process must call it)."""
-        if self.size == 1:
-            return flag
-        value = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
-
-
-
-
-def launched_as_main() -> bool:
-    """Whether this process is rank 0 of its torchrun job (or runs alone), known before the group is joined:
-    the one process that prints the command's result."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def init_world(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
-    """Join the process group that torchrun describes in the environment, or run alone.
-
-    Args:
-        timeout_minutes: how long a collective waits for the other processes before failing (NCCL's
-            default of 10 minutes is shorter than the main process alone may take to build the audio cache,
-            embed teachers, cluster captions or validate; config key ``dist_timeout_minutes``).
-
-    Returns:
-        This process's place among the processes.
-    """
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    if size == 1:
-        return World(device=device)
-    if use_cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
-    return World(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+__all__ = ["Share", "World", "accumulating", "gather", "init_world", "launched_as_main", "replicated",
+           "share_from_main"]
 
 
 def gather(local: torch.Tensor, world: World) -> torch.Tensor:
@@ -167,12 +82,3 @@ def accumulating(network: torch.nn.Module, world: World, last: bool) -> contextl
     if world.size == 1 or last or not isinstance(network, torch.nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return network.no_sync()
-
-
-def share_from_main(value, world: World):
-    """The main process's ``value`` (any picklable object), on every process."""
-    if world.size == 1:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]

@@ -28,12 +28,14 @@ from dcase_t6.runs.config import TrainConfig
 from dcase_t6.training.builder import TrainingSetup
 from dcase_t6.training.checkpointing import Position
 from dcase_t6.training.data import TrainingBatch
-from dcase_t6.training.distributed import accumulating
+from dcase_t6.training.finetuning import scheduled_learning_rate, set_learning_rate
+from dcase_t6.training.grad_cache import BatchPlan, StepParts, backward_batch
 from dcase_t6.training.sinks import close_sinks, write_step
 
 
 def learning_rate(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_epochs``, cosine down to ``min_lr`` over ``decay_epochs``.
+    """Linear warm-up to ``lr`` over ``warmup_epochs``, cosine down to ``min_lr`` over ``decay_epochs``. Each
+    parameter group trains at this rate times its ``lr_scale`` (``training.finetuning``; 1 by default).
 
     Args:
         step: optimizer steps done.
@@ -209,16 +211,13 @@ class TrainingLoop:
 
     def _train_batch(self, batch: TrainingBatch, steps_per_epoch: int,
                      n_batches: int) -> tuple[float, dict[str, float]]:
-        setup, config, position, device = self.setup, self.config, self.position, self.setup.world.device
+        setup, config, position = self.setup, self.config, self.position
         torch.manual_seed(step_seed(config.seed, position.epoch, position.batch, setup.world.rank))
         setup.network.train()
-        dtype = setup.autocast_dtype
-        with accumulating(setup.network, setup.world, last=self._at_step_boundary(n_batches, position.batch + 1)):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                outputs = setup.network(batch.waveforms.to(device, non_blocking=True),
-                                        batch.lengths.to(device, non_blocking=True), batch.captions)
-                losses = setup.objective(outputs, batch, setup.model.temperature)
-            setup.scaler.scale(setup.objective.backward_total(losses, config.grad_accumulation)).backward()
+        # one forward and backward, or with grad_cache_chunk two forwards per chunk (training.grad_cache)
+        parts = StepParts(setup.network, setup.model, setup.objective, setup.scaler, setup.autocast_dtype)
+        losses = backward_batch(parts, batch, BatchPlan(config.grad_cache_chunk, config.grad_accumulation,
+                                                        last=self._at_step_boundary(n_batches, position.batch + 1)))
         position.batch += 1
         if self._at_step_boundary(n_batches):
             self._optimizer_step(learning_rate(position.step, steps_per_epoch, config))
@@ -232,13 +231,12 @@ class TrainingLoop:
             return
         epoch = position.epoch + position.batch / max(1, n_batches)
         write_step(self.setup.sinks, position.step,
-                   self._step_log.record(self.setup.optimizer.param_groups[0]["lr"], epoch))
+                   self._step_log.record(scheduled_learning_rate(self.setup.optimizer), epoch))
         self._step_log = _StepLog()
 
     def _optimizer_step(self, lr: float) -> None:
         optimizer, scaler = self.setup.optimizer, self.setup.scaler
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(optimizer, lr)  # each parameter group: lr times its scale (training.finetuning)
         if self.config.grad_clip:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self.setup.model.parameters(), self.config.grad_clip)
@@ -264,7 +262,7 @@ class TrainingLoop:
         setup, position = self.setup, self.position
         validates = setup.validator is not None
         metrics = setup.validator(setup.model) if setup.world.is_main and validates else {}
-        record = stats.record(setup.optimizer.param_groups[0]["lr"], position.step, metrics)
+        record = stats.record(scheduled_learning_rate(setup.optimizer), position.step, metrics)
         # without validation every epoch is the best so far: best = last (config.selection)
         improved = setup.world.is_main and (not validates
                                             or metrics.get(self.config.monitor, -math.inf) > position.best)

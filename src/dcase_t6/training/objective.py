@@ -2,7 +2,8 @@
 
 Each term is an object computing one named value from the gathered batch outputs (``GatheredBatch``):
 
-* ``contrastive``: the baseline's multi-positive InfoNCE (weight ``contrastive_weight``);
+* ``contrastive``: the baseline's multi-positive InfoNCE (weight ``contrastive_weight``), HN-NCE with
+  ``negatives.hardness`` > 0 (see ``losses.hard_negative_infonce``);
 * ``distillation``: cross-entropy against the teachers' similarities (weight ``distill_weight``; only when
   ``distill_from`` names teachers, see ``dcase_t6.training.distillation``);
 * ``cluster``: CE(audio head) + CE(text head) on the run's cluster labels (weight ``clusters.weight``;
@@ -89,11 +90,18 @@ class Term(Protocol):
 
 
 class Contrastive:
-    """The baseline's multi-positive InfoNCE: captions of the same clip are all positives."""
+    """The baseline's multi-positive InfoNCE: captions of the same clip are all positives; with ``hardness`` > 0
+    (config key ``negatives.hardness``) its HN-NCE form, ``losses.hard_negative_infonce``."""
 
     name = "contrastive"
 
+    def __init__(self, hardness: float = 0.0):
+        self.hardness = hardness
+
     def __call__(self, batch: GatheredBatch) -> torch.Tensor:
+        if self.hardness:
+            return losses.hard_negative_infonce(batch.audio, batch.text, batch.clip_ids, batch.temperature,
+                                                self.hardness)
         return losses.multi_positive_infonce(batch.audio, batch.text, batch.clip_ids, batch.clip_ids,
                                              batch.temperature)
 
@@ -207,7 +215,7 @@ def build_objective(config: TrainConfig, world: World, teachers: TeacherSimilari
     """
     check_devices({"cluster labels": cluster_labels, **(teachers.tensors() if teachers is not None else {})},
                   world.device)
-    terms = [WeightedTerm(Contrastive(), config.contrastive_weight)]
+    terms = [WeightedTerm(Contrastive(config.negatives.hardness), config.contrastive_weight)]
     if teachers is not None:
         terms.append(WeightedTerm(Distillation(teachers, config.distill_temperature), config.distill_weight))
     if cluster_labels is not None:

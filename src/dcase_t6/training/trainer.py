@@ -63,7 +63,8 @@ class TrainOutcome:
 
 
 def register_run(registry: Registry, config: TrainConfig) -> str:
-    """Register a new run, its ``init_from``/``distill_from`` references resolved to full run ids.
+    """Register a new run, its ``init_from``/``distill_from``/``negatives.source`` references resolved to full run
+    ids.
 
     Args:
         registry: where to register it.
@@ -72,8 +73,11 @@ def register_run(registry: Registry, config: TrainConfig) -> str:
     Returns:
         The new run's id.
     """
+    source = config.negatives.source
     config = dataclasses.replace(config, init_from=registry.resolve(config.init_from) if config.init_from else None,
-                                 distill_from=[registry.resolve(teacher) for teacher in config.distill_from])
+                                 distill_from=[registry.resolve(teacher) for teacher in config.distill_from],
+                                 negatives=dataclasses.replace(config.negatives, source=source and
+                                                               registry.resolve(source)))
     return registry.create_run(config.name, config.to_dict(), data_fingerprint=None, seed=config.seed)
 
 

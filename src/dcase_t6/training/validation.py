@@ -11,6 +11,7 @@ from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.data.split_index import Split
 from dcase_t6.embedding.encode import Clips, EncodeSettings, embed_audio, embed_text, similarity
 from dcase_t6.models import DualEncoder
+from dcase_t6.retrieval.directions import prefixed
 from dcase_t6.retrieval.evaluation import evaluate
 from dcase_t6.retrieval.ground_truth import single_relevant
 from dcase_t6.retrieval.matrices import SimilarityMatrix
@@ -34,7 +35,8 @@ class Validator:
             model: the (unwrapped) model; it is left in eval mode.
 
         Returns:
-            R@1, R@5, R@10, mAP@10, ... by name.
+            R@1, R@5, R@10, mAP@10, ... by name (text to audio; ``monitor`` picks among these), and the same
+            audio to text as ``a2t/R@1`` ... ``a2t/mAP@16`` (logged, never monitored).
         """
         split = self.split
         paths = [Path(p) for p in split.paths]
@@ -45,4 +47,5 @@ class Validator:
         if truth is None:
             raise UserError(f"validation split {split.split}: no caption of a cached clip to validate with; "
                             "set validation_split to a split with captions, or null")
-        return evaluate(matrix, truth).scores
+        result = evaluate(matrix, truth, both_directions=True)
+        return {**result.scores, **prefixed(result.audio_to_text.scores)}

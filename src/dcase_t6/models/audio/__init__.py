@@ -5,11 +5,15 @@ A backbone is an ``nn.Module`` with attributes ``sample_rate`` (Hz of the wavefo
 whose ``forward(waveforms, lengths)`` maps a zero-padded (batch, samples) float tensor and the true
 lengths in samples to (batch, output_dim) clip embeddings. Every trainable parameter must reach that
 output (DDP requires it): drop classifier heads a checkpoint brings. ``build`` passes every backbone
-the model options it may use (``weights``, ``patchout_t``, ``patchout_f``); a backbone ignores the rest.
+the model options it may use (``weights``, ``patchout_t``, ``patchout_f``, ``pooling``: ``pooling.py``); a backbone
+ignores the rest. A module of a backbone that runs transformer blocks has a ``gradient_checkpointing`` attribute
+and runs them with ``recompute.run_blocks`` (config key ``gradient_checkpointing``).
 A backbone may define ``compile_network(**options)``: ``torch.compile`` its network in place with
 ``nn.Module.compile`` (transformer layers one by one, the front end left eager), so its parameters and
 state-dict keys stay those of the eager model; ``DualEncoder.compile_encoders`` calls it (config key
-``compile``), and compiles a backbone without it whole.
+``compile``), and compiles a backbone without it whole. ``encoder_layers()`` (an ``EncoderLayers`` of
+``models.depth``: its embedding-level parameters and its blocks from input to output) lets training freeze the
+lower blocks and decay learning rates by depth (config section ``finetune``); a backbone without it refuses both.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Kaldi fbank (128 bins, 25 ms window, 10 ms shift, waveform scaled by 2**15, norm
 frames, so 62 time x 8 frequency patches, flattened time-major), layer norm, projection 512 -> 768,
 convolutional positional embedding, then 12 post-norm transformer layers (deep norm, gated relative
 position bias with 320 buckets and maximum distance 800). The segment's 768-d embedding is the mean over
-its patch tokens (time x frequency) of the last layer's output.
+its patch tokens (time x frequency) of the last layer's output (``model.pooling`` ``default`` and ``mean``;
+``attention``: ``pooling.py``). Config key ``gradient_checkpointing`` checkpoints each layer (``recompute.py``).
 
 Padding: the reference maps a sample-level padding mask onto the token sequence proportionally, which does
 not follow frame and patch boundaries, so a clip's result changes with how much padding a batch adds.
@@ -22,7 +23,8 @@ its mask), and are left out of the mean, so a segment's embedding equals the mea
 ``extract_features`` output for the unpadded segment, whatever the padding.
 
 Not reproduced (training-time only): layer drop (``encoder_layerdrop``; DDP requires every parameter to
-reach the output) and ``layer_wise_gradient_decay_ratio``. Dropouts follow the checkpoint's cfg. A
+reach the output) and ``layer_wise_gradient_decay_ratio`` (layer-wise learning rates are config key
+``finetune.layer_decay`` for every backbone, see ``encoder_layers``). Dropouts follow the checkpoint's cfg. A
 fine-tuned checkpoint's AudioSet ``predictor`` is loaded with it and then removed: its output never
 reaches the loss, and DDP requires every trained parameter to.
 """
@@ -42,6 +44,9 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.models import weights as weight_files
 from dcase_t6.models.audio import register, segments
 from dcase_t6.models.audio.fbank import kaldi_fbank
+from dcase_t6.models.audio.pooling import TokenPool
+from dcase_t6.models.audio.recompute import run_blocks
+from dcase_t6.models.depth import EncoderLayers
 
 WEIGHTS_FILE = "BEATs_iter3_plus_AS2M.pt"
 # The last direct (signed Azure blob, valid until 2034-04-05) link the unilm README gave for this file; the
@@ -128,7 +133,7 @@ class BEATs(nn.Module):
     sample_rate = SAMPLE_RATE
     output_dim = 768
 
-    def __init__(self, weights: str | None = "download", **_ignored):
+    def __init__(self, weights: str | None = "download", pooling: str = "default", **_ignored):
         super().__init__()
         weights = weights or "download"
         if weights == "random":
@@ -148,6 +153,7 @@ class BEATs(nn.Module):
                                 f"({_first_problem(err)}); {_DOWNLOAD_HINT}") from None
         self.net.predictor = None  # the AudioSet classifier of a fine-tuned checkpoint never reaches the loss
         self.output_dim = config.encoder_embed_dim
+        self.pool = TokenPool(pooling, self.output_dim, "beats")  # default: the masked mean below (as `mean`)
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Clip embeddings.
@@ -167,8 +173,11 @@ class BEATs(nn.Module):
         patches = fbank.shape[1] // self.net.patch
         padding = token_padding_mask(true_lengths, patches, MEL_BINS // self.net.patch, self.net.patch)
         tokens = self.net.extract_features(fbank, padding)
-        valid = (~padding).unsqueeze(-1)
-        features = (tokens.float() * valid).sum(1) / valid.sum(1)
+        if self.pool.kind == "default":
+            valid = (~padding).unsqueeze(-1)
+            features = (tokens.float() * valid).sum(1) / valid.sum(1)
+        else:
+            features = self.pool(tokens, padding)
         return segments.mean_of_segments(features, owners, counts)
 
     def compile_network(self, **options) -> None:
@@ -176,6 +185,14 @@ class BEATs(nn.Module):
         layers alike); the fbank front end, patch embedding and positional convolution stay eager."""
         for layer in self.net.encoder.layers:
             layer.compile(**options)
+
+    def encoder_layers(self) -> EncoderLayers:
+        """The encoder layers; below them the patch embedding, its layer norm and projection, the positional
+        convolution and (post-norm) the encoder's input layer norm. The relative-position table, which every
+        layer shares, belongs to the first layer."""
+        net, encoder = self.net, self.net.encoder
+        return EncoderLayers.of([net.patch_embedding, net.layer_norm, net.post_extract_proj, encoder.pos_conv,
+                                 None if encoder.layer_norm_first else encoder.layer_norm], encoder.layers)
 
 
 def samples_for_patches(patches: int, patch: int = 16) -> int:
@@ -321,6 +338,8 @@ def _norm_per_position(weight: torch.Tensor) -> torch.Tensor:
 class Encoder(nn.Module):
     """Positional convolution, layer norm and the transformer layers (post-norm unless ``layer_norm_first``)."""
 
+    gradient_checkpointing = False  # recompute.enable sets it
+
     def __init__(self, config: BEATsConfig):
         super().__init__()
         dim = config.encoder_embed_dim
@@ -347,8 +366,7 @@ class Encoder(nn.Module):
         attention = self.layers[0].self_attn
         position_bias = attention.position_bias(x.shape[1]) if attention.relative_attention_bias is not None \
             else None
-        for layer in self.layers:
-            x = layer(x, padding_mask, position_bias)
+        x = run_blocks(self.layers, x, self.gradient_checkpointing, padding_mask, position_bias)
         return self.layer_norm(x) if self.layer_norm_first else x
 
 

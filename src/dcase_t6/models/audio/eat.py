@@ -12,7 +12,9 @@ The encoder (EAT, a data2vec 2.0 image encoder on the 1024 x 128 spectrogram): 1
 stride 16) in a 64 x 8 grid, plus a fixed 2-D sin-cos table (first half of the channels encodes the
 frequency patch, second half the time patch), a learned CLS token (without position) in front, LayerNorm,
 then 12 post-norm transformer blocks (768 wide, 12 heads, MLP 3072, GELU, LayerNorm eps 1e-6:
-``x = norm1(x + attention(x)); x = norm2(x + mlp(x))``). The 768-d output is the final block's CLS token.
+``x = norm1(x + attention(x)); x = norm2(x + mlp(x))``). The 768-d output is the final block's CLS token
+(``model.pooling`` ``default``; ``mean`` / ``attention`` pool the patch tokens instead, ``pooling.py``). Config key
+``gradient_checkpointing`` checkpoints each block (``recompute.py``).
 
 Weights: the Hugging Face port (a hub id or a folder with ``model.safetensors``), or the original fairseq
 pre-training checkpoint ``EAT-base_epoch30_pt.pt`` (read by torch's ``weights_only`` unpickler; fairseq's
@@ -36,6 +38,9 @@ from torch import nn
 from dcase_t6.common.errors import UserError
 from dcase_t6.models import weights as weight_files
 from dcase_t6.models.audio import fbank, register, segments
+from dcase_t6.models.audio.pooling import TokenPool, time_padding
+from dcase_t6.models.audio.recompute import run_blocks
+from dcase_t6.models.depth import EncoderLayers
 
 HUB_ID = "worstchan/EAT-base_epoch30_pretrain"
 FAIRSEQ_FILE = "EAT-base_epoch30_pt.pt"
@@ -84,8 +89,9 @@ class EAT(nn.Module):
 
     sample_rate = SAMPLE_RATE
     output_dim = DIM
+    gradient_checkpointing = False  # recompute.enable sets it
 
-    def __init__(self, weights: str | None = "download", **_ignored):
+    def __init__(self, weights: str | None = "download", pooling: str = "default", **_ignored):
         super().__init__()
         self.patch_embed = nn.Conv2d(1, DIM, kernel_size=PATCH, stride=PATCH)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, DIM))
@@ -96,6 +102,7 @@ class EAT(nn.Module):
         if weights == "random":  # otherwise every parameter is overwritten by a strict load
             self._initialise()
         self.weights_source = _load_weights(self, weights or "download")
+        self.pool = TokenPool(pooling, DIM, "eat")  # after the strict load: an attention query is not in the files
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Clip embeddings.
@@ -105,35 +112,44 @@ class EAT(nn.Module):
             lengths: (batch,) true lengths in samples.
 
         Returns:
-            (batch, 768) the mean over each clip's segments of the final block's CLS token.
+            (batch, 768) the mean over each clip's segments of the final block's CLS token (``model.pooling``
+            ``default``; ``mean`` and ``attention`` pool the patch tokens of the time patches that hold fbank
+            frames of the segment's true samples, see ``pooling.py``).
         """
         cut, owners, counts = segments.segment_clips(waveforms, lengths, SEGMENT_SAMPLES, SEGMENTS)
         true_lengths = segments.segment_lengths(lengths, SEGMENT_SAMPLES, SEGMENTS)
         with torch.no_grad(), torch.autocast(cut.device.type, enabled=False):  # the front end in fp32
             spectrograms = fbank_input(cut.float(), true_lengths)
-        return segments.mean_of_segments(self.encode(spectrograms), owners, counts)
+        frames = torch.clamp(fbank.frame_count(true_lengths.to(cut.device)), max=FRAMES)
+        valid = torch.clamp(torch.div(frames + PATCH - 1, PATCH, rounding_mode="floor"), min=1)
+        padding = time_padding(valid, torch.arange(TIME_PATCHES), FREQUENCY_PATCHES, time_major=True)
+        return segments.mean_of_segments(self.encode(spectrograms, padding), owners, counts)
 
-    def encode(self, spectrograms: torch.Tensor) -> torch.Tensor:
-        """The transformer on normalised spectrograms.
+    def encode(self, spectrograms: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """The transformer on normalised spectrograms, pooled.
 
         Args:
             spectrograms: (segments, 1, 1024, 128) as ``fbank_input`` makes them.
+            padding: (segments, 512) True for the patch tokens of padding (``mean`` / ``attention`` pooling only).
 
         Returns:
-            (segments, 768) the final block's CLS token of each.
+            (segments, 768) the final block's CLS token of each (``default``), or its pooled patch tokens.
         """
         patches = self.patch_embed(spectrograms).flatten(2).transpose(1, 2)  # row t * 8 + f of the 64 x 8 grid
         tokens = torch.cat([self.cls_token.expand(len(patches), -1, -1), patches + self.positions], dim=1)
-        tokens = self.input_norm(tokens)
-        for block in self.blocks:
-            tokens = block(tokens)
-        return tokens[:, 0]
+        tokens = run_blocks(self.blocks, self.input_norm(tokens), self.gradient_checkpointing)
+        return tokens[:, 0] if self.pool.kind == "default" else self.pool(tokens[:, 1:], padding)
 
     def compile_network(self, **options) -> None:
         """``torch.compile`` each transformer block in place (regional compilation: the block's code is compiled
         once and reused by every block); the fbank front end and patch embedding stay eager."""
         for block in self.blocks:
             block.compile(**options)
+
+    def encoder_layers(self) -> EncoderLayers:
+        """The 12 blocks; below them the patch embedding, the CLS token and the input norm (the sin-cos positions
+        are a fixed buffer)."""
+        return EncoderLayers.of([self.patch_embed, self.cls_token, self.input_norm], self.blocks)
 
     def _initialise(self) -> None:
         """Random start (used as is only with ``weights="random"``): the original's kinds of initialisation."""

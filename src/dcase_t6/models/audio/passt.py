@@ -9,6 +9,12 @@ transformer; its 768-d output is the mean of the CLS and distillation tokens. Tr
 of a segment (structured patchout; the baseline's 15 and 2 leave 6 x 47 = 282 of 496 patches);
 evaluation uses every patch. The AudioSet classifier heads of the checkpoint are loaded with it and
 then removed: their outputs never reach the loss, and DDP requires every trained parameter to.
+
+``model.pooling`` (``pooling.py``): ``default`` is the mean of the CLS and distillation tokens above; ``mean`` and
+``attention`` pool the patch tokens, without those of time columns that start after a segment's true end (PaSST
+itself attends to them, as the baseline does). The segments' vectors are averaged per clip after pooling. The
+transformer is run here as hear21passt's ``forward_features`` runs it (same operations, same random draws for
+patchout), so that the token sequence is available and its blocks can be checkpointed (``recompute.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from torch import nn
 from dcase_t6.common.errors import UserError
 from dcase_t6.models import weights as weight_files
 from dcase_t6.models.audio import register, segments
+from dcase_t6.models.audio.pooling import TokenPool, time_padding
+from dcase_t6.models.audio.recompute import run_blocks
+from dcase_t6.models.depth import EncoderLayers
 
 ARCH = "passt_s_p16_s16_128_ap468"
 WEIGHTS_URL = "https://github.com/kkoutini/PaSST/releases/download/v0.0.2-audioset/passt-s-f128-p16-s16-ap.468.pt"
@@ -31,6 +40,7 @@ SEGMENT_SAMPLES = 10 * SAMPLE_RATE
 SEGMENTS = 3
 INPUT_FRAMES = 1000  # mel frames of a 10 s segment (hop 320): the baseline's input_tdim
 FREQUENCY_PATCHES, TIME_PATCHES = 8, 62  # the 16 x 16 patch grid of a segment
+COLUMN_SAMPLES = 16 * 320  # samples per time column of patches (16 mel frames, hop 320)
 # hear21passt's own deprecation and size notices on every call; nothing a user can act on.
 for _notice in (r"Input image size", r"`torch.cuda.amp.autocast", r"stft with return_complex=False"):
     warnings.filterwarnings("ignore", message=_notice)
@@ -42,8 +52,10 @@ class PaSST(nn.Module):
 
     sample_rate = SAMPLE_RATE
     output_dim = 768
+    gradient_checkpointing = False  # recompute.enable sets it
 
-    def __init__(self, weights: str | None = "download", patchout_t: int = 15, patchout_f: int = 2, **_ignored):
+    def __init__(self, weights: str | None = "download", patchout_t: int = 15, patchout_f: int = 2,
+                 pooling: str = "default", **_ignored):
         super().__init__()
         if not (0 <= patchout_t < TIME_PATCHES and 0 <= patchout_f < FREQUENCY_PATCHES):
             raise UserError(f"PaSST structured patchout ({patchout_t}, {patchout_f}) must leave patches: "
@@ -59,20 +71,64 @@ class PaSST(nn.Module):
         hear21passt_passt.first_RUN = False
         self.weights_source = _load_weights(self.net, hear21passt_passt, weights or "download")
         self.net.head, self.net.head_dist = nn.Identity(), nn.Identity()
+        self.pool = TokenPool(pooling, self.output_dim, "passt")
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         cut, owners, counts = segment_clips(waveforms, lengths)
         with torch.no_grad(), torch.autocast(cut.device.type, enabled=False):  # the front end in fp32
             mel = self.mel(cut.float())
-        cls_token, distillation_token = self.net.forward_features(mel.unsqueeze(1))
-        features = (cls_token + distillation_token) / 2
+        tokens, columns, rows = self.tokens(mel.unsqueeze(1))
+        if self.pool.kind == "default":
+            features = (tokens[:, 0] + tokens[:, 1]) / 2
+        else:
+            true = segments.segment_lengths(lengths, SEGMENT_SAMPLES, SEGMENTS)
+            valid = torch.clamp(torch.div(true + COLUMN_SAMPLES - 1, COLUMN_SAMPLES, rounding_mode="floor"), min=1)
+            features = self.pool(tokens[:, 2:], time_padding(valid, columns, rows, time_major=False))
         return segments.mean_of_segments(features, owners, counts)
+
+    def tokens(self, spectrograms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """hear21passt's ``forward_features`` (structured patchout in training), keeping every token.
+
+        Args:
+            spectrograms: (segments, 1, 128, frames) mel spectrograms.
+
+        Returns:
+            The final norm's (segments, 2 + patches, 768) output (CLS, distillation, then the patch tokens
+            frequency row by row), the time-column index of each kept column, and the frequency rows kept.
+        """
+        net = self.net
+        x = net.patch_embed(spectrograms)  # (segments, 768, frequency rows, time columns)
+        batch, _, frequency, time = x.shape
+        time_position = net.time_new_pos_embed
+        if time != time_position.shape[-1]:
+            time_position = time_position[:, :, :, :time]
+        x = x + time_position
+        x = x + net.freq_new_pos_embed
+        columns = torch.arange(time)
+        if net.training and net.s_patchout_t:  # the same draws, in the same order, as forward_features
+            columns = torch.randperm(time)[:time - net.s_patchout_t].sort().values
+            x = x[:, :, :, columns]
+        if net.training and net.s_patchout_f:
+            x = x[:, :, torch.randperm(frequency)[:frequency - net.s_patchout_f].sort().values, :]
+        x = x.flatten(2).transpose(1, 2)  # hear21passt's unstructured patchout is 0 here (get_model's default)
+        cls_token = net.cls_token.expand(batch, -1, -1) + net.new_pos_embed[:, :1, :]
+        distillation_token = net.dist_token.expand(batch, -1, -1) + net.new_pos_embed[:, 1:, :]
+        x = net.pos_drop(torch.cat((cls_token, distillation_token, x), dim=1))
+        x = run_blocks(net.blocks, x, self.gradient_checkpointing)
+        return net.norm(x), columns, (x.shape[1] - 2) // len(columns)
 
     def compile_network(self, **options) -> None:
         """``torch.compile`` each of the 12 transformer blocks in place (regional compilation: the block's code
         is compiled once and reused by every block); the mel front end and the patchout stay eager."""
         for block in self.net.blocks:
             block.compile(**options)
+
+    def encoder_layers(self) -> EncoderLayers:
+        """The 12 blocks; below them the patch embedding, the CLS and distillation tokens and the three positional
+        tables (the mel front end has no parameters); the final norm is above them."""
+        net = self.net
+        return EncoderLayers.of([net.patch_embed, net.cls_token, net.dist_token, net.new_pos_embed,
+                                 net.freq_new_pos_embed, net.time_new_pos_embed], net.blocks)
 
 
 def segment_clips(waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,124 @@
+"""The processes of one command under torchrun: which one this is, its share of a list, and the few collectives
+every multi-process command needs (stop flags, barriers, a value from the main process).
+
+Training (``training.distributed``) and ``embed`` (``embedding.sharded``) both build on it; alone (no torchrun)
+every collective is a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from dcase_t6.common.errors import UserError
+from dcase_t6.runs.config import DEFAULT_TIMEOUT_MINUTES, RANGES
+
+
+@dataclass(frozen=True)
+class Share:
+    """The rows of a global batch one process encodes: ``rows`` (indices into the batch), of which the first
+    ``kept`` are its share. A process whose share is empty (a batch of fewer rows than processes) encodes one
+    stand-in row (``kept`` 0) whose outputs are left out of the gather: DDP needs every process to run forward
+    and backward, and the stand-in contributes zero gradients. The main process always has a share (shares
+    are longest first), so the batch-norm statistics it checkpoints and broadcasts never see a stand-in."""
+
+    rows: list[int]
+    kept: int
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among ``size`` processes (size 1 without torchrun): its ``rank`` and the ``device``
+    it computes on."""
+
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items):
+        """This process's contiguous share of ``items`` (a list or a range): shares differ in length by at most
+        one (longer ones first), so a share is empty only when there are fewer items than processes."""
+        share, longer = divmod(len(items), self.size)
+        start = self.rank * share + min(self.rank, longer)
+        return items[start:start + share + (self.rank < longer)]
+
+    def share(self, size: int) -> Share:
+        """The rows of a global batch of ``size`` rows that this process encodes (see ``Share``).
+
+        Args:
+            size: rows in the global batch (at least 1).
+
+        Returns:
+            This process's share, or one stand-in row when its share is empty.
+        """
+        rows = self.shard(list(range(size)))
+        return Share(rows, len(rows)) if rows else Share([self.rank % size], 0)
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on any (a collective: every process must call it)."""
+        if self.size == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of its torchrun job (or runs alone), known before the group is joined:
+    the one process that prints the command's result."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def check_timeout(value, where: str) -> float:
+    """``value`` when it is a number of minutes that ``dist_timeout_minutes`` accepts; a UserError naming
+    ``where`` otherwise (``embed --dist-timeout-minutes``)."""
+    accepts, expected = RANGES["dist_timeout_minutes"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not accepts(value):
+        raise UserError(f"{where} {value!r}: the timeout must be {expected}")
+    return float(value)
+
+
+def init_world(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
+    """Join the process group that torchrun describes in the environment, or run alone.
+
+    Args:
+        timeout_minutes: how long a collective waits for the other processes before failing (NCCL's
+            default of 10 minutes is shorter than the main process alone may take to build the audio cache,
+            embed teachers, cluster captions or validate; config key ``dist_timeout_minutes``).
+
+    Returns:
+        This process's place among the processes.
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if size == 1:
+        return World(device=device)
+    if use_cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+
+
+def share_from_main(value, world: World):
+    """The main process's ``value`` (any picklable object), on every process."""
+    if world.size == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
