@@ -292,7 +292,7 @@ def test_batches_are_pinned_for_a_gpu_only(tiny_data_root):
 
 def test_loader_workers_default_to_0_on_a_cpu_and_to_the_free_cores_on_a_gpu(monkeypatch):
     from dcase_t6.runs.config import build_config
-    from dcase_t6.training.builder import loader_workers
+    from dcase_t6.training.builder import cache_workers, loader_workers
 
     assert build_config(None, {}).workers is None
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
@@ -300,5 +300,13 @@ def test_loader_workers_default_to_0_on_a_cpu_and_to_the_free_cores_on_a_gpu(mon
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
     assert loader_workers(None, World(device=gpu)) == 8  # 16 cores, one process: 15, at most 8
     assert loader_workers(None, World(rank=1, size=4, device=gpu)) == 3  # 4 cores per process, one for itself
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 2 nodes of 2 processes: 8 cores per process on its node
+    assert loader_workers(None, World(rank=3, size=4, device=gpu)) == 7
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    # the cache build at training start: the node's cores less one (the other processes wait), at most 32
+    assert (cache_workers(None), cache_workers(3), cache_workers(0)) == (15, 3, 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
+    assert cache_workers(None) == 32
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
     assert loader_workers(None, World(rank=0, size=4, device=gpu)) == 1 and loader_workers(0, World(device=gpu)) == 0
+    assert cache_workers(None) == 1

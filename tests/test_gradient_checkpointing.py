@@ -177,15 +177,19 @@ def test_passt_gives_the_same_gradients_with_checkpointing_in_training_mode():
 
 
 @pytest.mark.slow  # torchrun, two processes training PaSST with a RoBERTa, then embedding: a few minutes
-def test_torchrun_trains_real_architectures_with_attention_pooling_mlp_heads_and_checkpointing(roberta_with_pooler,
-                                                                                               tmp_path):
+def test_torchrun_trains_real_architectures_with_attention_pooling_mlp_heads_checkpointing_in_chunks(
+        roberta_with_pooler, tmp_path):
+    """Every new path of the training choices at once under torchrun on PaSST + a hub-layout RoBERTa: attention
+    pooling, MLP heads, gradient checkpointing, and the gradient cache (chunks of 1 pair: rank 0 runs 2 chunks,
+    rank 1 one and a stand-in) with HN-NCE weighting over the global batch."""
     root, workdir = tmp_path / "data", tmp_path / "work"
     prepare_synthetic(Layout.at(root), SyntheticConfig(development=1, validation=1, evaluation=1, min_duration=3.0,
                                                        max_duration=4.0))
     trained = run_dcase_process(workdir, "train", "--data-root", str(root), "--datasets", "synthetic", "--backbone",
                                 "passt", "--audio-weights", "random", "--text-model", str(roberta_with_pooler),
                                 "--epochs", "1", "--batch-size", "3", "--set", "model.pooling=attention", "--set",
-                                "model.projection=mlp", "--set", "gradient_checkpointing=true", "--json", processes=2)
+                                "model.projection=mlp", "--set", "gradient_checkpointing=true", "--set",
+                                "grad_cache_chunk=1", "--set", "negatives.hardness=0.5", "--json", processes=2)
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads(trained.stdout)
     assert summary["status"] == "finished" and summary["step"] == 2  # 5 pairs: global batches of 3 and 2
@@ -194,6 +198,7 @@ def test_torchrun_trains_real_architectures_with_attention_pooling_mlp_heads_and
     loss = run.epochs[0]["train_loss"]
     assert loss == loss and 0 < loss < 100  # finite
     assert run.config["gradient_checkpointing"] is True and run.config["model"]["pooling"] == "attention"
+    assert run.config["grad_cache_chunk"] == 1 and run.config["negatives"]["hardness"] == 0.5
     loaded = load_model(registry, summary["run"])
     assert loaded.model.audio.pool.query.abs().max() > 0 and isinstance(loaded.model.text_projection, nn.Sequential)
     embedded = run_dcase_process(workdir, "embed", summary["run"], "--data-root", str(root), "--dataset", "synthetic",

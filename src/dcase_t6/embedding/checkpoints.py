@@ -34,6 +34,7 @@ from dcase_t6.embedding.sharded import DEFAULT_CHUNK_BATCHES, ShardedJob, check_
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
 from dcase_t6.runs.folder import load_exported
 from dcase_t6.runs.model import load_model
+from dcase_t6.runs.node_folders import folder_writer
 from dcase_t6.runs.registry import Registry
 from dcase_t6.runs.world import World, share_from_main
 
@@ -134,7 +135,9 @@ def _embed(registry: Registry, run: str, request: SplitRequest, with_similarity:
     # the clips this checkpoint already embedded for any split are reused, the others embedded once each (the
     # main process decides which: every process then shards the same list)
     known = _known_audio(directory, checkpoint.sha256) if world.is_main else {}
-    missing = share_from_main([p for p in dict.fromkeys(str(p) for p in data.paths) if p not in known], world)
+    # positions, not paths: on node-local data roots a path is each node's own
+    unique = list(dict.fromkeys(str(p) for p in data.paths))
+    missing = [unique[i] for i in share_from_main([i for i, p in enumerate(unique) if p not in known], world)]
     embeddings_path = directory / f"{dataset}.{split}.embeddings.npz"
     job = ShardedJob(model, settings, world, partial_folder(embeddings_path), checkpoint.sha256,
                      request.chunk_batches)
@@ -217,10 +220,11 @@ def _device() -> torch.device:
 
 def _cached_split(request: SplitRequest, sample_rate: int, reporter: Reporter) -> tuple[Split, AudioCache]:
     """The split without the clips the audio cache skipped (unreadable: left out with their queries), and the
-    cache at ``sample_rate`` (built or updated first, by the main process while the others wait)."""
+    cache at ``sample_rate`` (built or updated first, by the main process, or on node-local data roots by each
+    node's first process, while the others wait)."""
     data_root, world = request.data_root, request.world or World()
     data = load_split(data_root, request.dataset, request.split)
-    if world.is_main:
+    if folder_writer(world, data_root, reporter):  # one process per node sharing the data root (node_folders)
         build_cache(Layout.at(data_root), CacheRequest(sample_rate, [request.dataset]), reporter)
     world.barrier()
     store = AudioCache(data_root, sample_rate, reporter)

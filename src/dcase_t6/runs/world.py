@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -33,16 +33,27 @@ class Share:
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among ``size`` processes (size 1 without torchrun): its ``rank`` and the ``device``
-    it computes on."""
+    """This process's place among ``size`` processes (size 1 without torchrun): its ``rank``, the ``device``
+    it computes on, its ``local_rank`` among the processes of its node (torchrun's ``LOCAL_RANK``),
+    ``timeout_minutes`` (how long a collective waits, config key ``dist_timeout_minutes``) and ``waits``, the
+    gloo group of ``wait`` (None: the default group; NCCL's watchdog ends a process whose collective times out,
+    gloo raises)."""
 
     rank: int = 0
     size: int = 1
     device: torch.device = torch.device("cpu")
+    local_rank: int = 0
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
+    waits: object = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        """Whether this is the first process of its node (every node has one)."""
+        return self.local_rank == 0
 
     def shard(self, items):
         """This process's contiguous share of ``items`` (a list or a range): shares differ in length by at most
@@ -74,6 +85,33 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
+
+    def wait(self, step: str, advice: str = "") -> None:
+        """A barrier after a long step that rank 0 (or some process) takes alone; a timeout fails with one line.
+
+        Args:
+            step: what the processes wait for, completing "for another process to ...": "build the audio cache".
+            advice: another way out than a longer timeout, completing "raise dist_timeout_minutes or ...".
+
+        Raises:
+            UserError: the wait took longer than ``timeout_minutes``.
+        """
+        if self.size == 1:
+            return
+        try:
+            dist.barrier(group=self.waits)
+        except RuntimeError as err:  # torch.distributed.DistBackendError is one
+            if not timed_out(err):
+                raise
+            remedy = f"raise dist_timeout_minutes (config key){f' or {advice}' if advice else ''}"
+            raise UserError(f"training: the other processes waited more than {self.timeout_minutes:g} minutes for "
+                            f"another process to {step}; {remedy}") from err
+
+
+def timed_out(err: BaseException) -> bool:
+    """Whether ``err`` is a collective's timeout (gloo's "Timed out waiting ...", NCCL's "... Timeout ...")."""
+    text = str(err).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def launched_as_main() -> bool:
@@ -108,11 +146,14 @@ def init_world(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if size == 1:
-        return World(device=device)
+        return World(device=device, local_rank=local_rank)
     if use_cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
-    return World(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
+    waits = dist.new_group(backend="gloo", timeout=timeout) if use_cuda else None
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), device=device, local_rank=local_rank,
+                 timeout_minutes=timeout_minutes, waits=waits)
 
 
 def share_from_main(value, world: World):

@@ -4,8 +4,9 @@
 assembled (the number of cluster classes) goes into a derived config (``dataclasses.replace``) from which
 the model is built and which its checkpoints store. The order, and why:
 
-1. the audio cache at the backbone's sample rate (the main process builds it, the others wait): what it
-   holds decides which clips exist;
+1. the audio cache at the backbone's sample rate (the main process builds it, or on several nodes with
+   node-local data roots each node's first process builds its own: ``runs.node_folders``; the others wait):
+   what it holds decides which clips exist;
 2. the training pairs and the validation split without the clips the cache skipped (unreadable files: one
    warning line says how many pairs and queries are left out; the data fingerprint covers the pairs
    kept), and the caption/audio augmenter;
@@ -43,6 +44,7 @@ from dcase_t6.models import CLUSTER_HEADS, DualEncoder
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.checkpoint import WeightSource, load_weights
 from dcase_t6.runs.config import FineTune, TrainConfig
+from dcase_t6.runs.node_folders import folder_writer
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training.augmentation import PairAugmenter
 from dcase_t6.training.checkpointing import Checkpointer
@@ -101,11 +103,11 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
         _refuse_test_overlap(config)
     # 1. audio cache
     rate = audio_backbones.sample_rate(config.model.backbone)
-    if world.is_main:  # one process builds the cache, the others wait and read it
+    if folder_writer(world, config.data_root, reporter):  # one process per node sharing it builds, the others wait
         request = CacheRequest(rate, list(dict.fromkeys([*config.datasets, *validated(config)])),
-                               workers=max(1, loader_workers(config.workers, world)))
+                               workers=cache_workers(config.workers))
         build_cache(Layout.at(config.data_root), request, reporter)
-    world.barrier()
+    world.wait("build the audio cache", "build it first with `dcase-t6 prepare cache`")
     store = AudioCache(config.data_root, rate, reporter)
     # 2. data (reads only), the clips the cache skipped left out
     pairs = load_pairs(config, store, reporter)
@@ -154,7 +156,7 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
         config=config, world=world, data=data, model=model, network=network,
         objective=build_objective(config, world, teachers, labels),
         validator=None if validation is None else Validator(validation, store, max_samples, config.batch_size,
-                                                            world.device),
+                                                            world),
         checkpointer=Checkpointer(registry, run_id, directory, config, world.is_main),
         sinks=run_sinks(registry, run_id, config.epochs, world.is_main, reporter),
         optimizer=optimizer, scaler=scaler, autocast_dtype=dtype, reporter=reporter)
@@ -271,5 +273,19 @@ def loader_workers(configured: int | None, world: World) -> int:
         return configured
     if world.device.type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, min(8, cores // world.size - 1))
+    return max(1, min(8, _cores() // _processes_per_node(world) - 1))
+
+
+def cache_workers(configured: int | None) -> int:
+    """Decoding processes of the audio cache build at training start: the configured ``workers`` (at least 1);
+    else every core of the node less one, at most 32, since the node's other training processes only wait for it."""
+    return max(1, configured) if configured is not None else max(1, min(32, _cores() - 1))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+
+
+def _processes_per_node(world: World) -> int:
+    """Training processes on this machine: torchrun's LOCAL_WORLD_SIZE (several nodes), else all of them."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))

@@ -64,7 +64,7 @@ def caption_labels(registry: Registry, run_id: str, config: TrainConfig, pairs: 
         write_labels(path, pairs.pair_clips(), captions, labels[inverse])
         registry.add_file(run_id, "clusters", tag, path, {**info, "source": config.clusters.source,
                                                           "captions": len(captions)})
-    world.barrier()
+    world.wait("cluster the training captions")
     return read_labels(registry.file(run_id, "clusters", tag).path, captions)
 
 

@@ -14,6 +14,11 @@ and the embeddings are registered with the teacher's run.
 
 The mean over teachers of A_m T_m^T equals (A_1|...|A_M)(T_1|...|T_M)^T / M, so the teachers' vectors
 are kept side by side and one matrix product per batch gives C.
+
+The side-by-side tables are stored as float16, written once and memory-mapped read-only by every process of a
+node (``teacher_tables``); C is computed in float32 from the float16 vectors. Against float32 tables the soft
+targets softmax(C / tau) move by at most 1.7e-5 (random unit vectors, 3 teachers x 1024 dims, batch 64, tau 0.05,
+both directions; 3.1e-5 with captions near their clips) and the loss by at most 4.8e-6 (docs/training.md).
 """
 
 from __future__ import annotations
@@ -30,53 +35,75 @@ from dcase_t6.runs.config import TrainConfig
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training.data import CaptionPairs, training_splits
 from dcase_t6.training.distributed import World, share_from_main
+from dcase_t6.training.teacher_tables import shared_tables, tables_folder
 
 
 class TeacherSimilarity:
     """The teachers' mean similarity of any (clip, caption) pairs of the training set.
 
-    The tables live on one device (``to``, once, when training is assembled) and a batch's pair ids come on
-    that device: a lookup never copies between devices nor waits for one (no value is read on the host).
+    The tables stay on the host (in training: float16 memory maps shared by the node's processes, see
+    ``teacher_tables``); a lookup gathers only the batch's rows (and its mixed-in partners'), copies them to
+    ``device`` and computes in float32 there, so no process holds whole tables on its GPU. The batch's pair ids
+    are read on the host for that: one small device-to-host copy per step.
     """
 
-    def __init__(self, audio: torch.Tensor, text: torch.Tensor, clip_ids: torch.Tensor, teachers: int):
-        self.audio, self.text, self.clip_ids, self.teachers = audio, text, clip_ids, teachers
+    def __init__(self, audio: np.ndarray, text: np.ndarray, clip_ids: np.ndarray, teachers: int,
+                 device: torch.device = torch.device("cpu")):
+        self.audio, self.text, self.clip_ids, self.teachers = audio, text, np.asarray(clip_ids), teachers
+        self.device = device
+        self._probe = torch.empty(0, device=device)
 
     def to(self, device: torch.device) -> TeacherSimilarity:
-        """The same teachers with their tables on ``device``."""
-        return TeacherSimilarity(self.audio.to(device), self.text.to(device), self.clip_ids.to(device),
-                                 self.teachers)
+        """The same (host) tables, their rows copied to ``device`` at each lookup."""
+        return TeacherSimilarity(self.audio, self.text, self.clip_ids, self.teachers, device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The tables by name (for the objective's device check)."""
-        return {"teachers' audio": self.audio, "teachers' text": self.text, "teachers' clip ids": self.clip_ids}
+        """Where the looked-up rows go, by table name (for the objective's device check)."""
+        return {"teachers' audio": self._probe, "teachers' text": self._probe}
 
     def __call__(self, pairs: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
         """(batch, batch) mean teacher similarity; a mixed pair (partner >= 0) uses the mean of its own and
         its partner pair's teacher vectors."""
-        audio, text = self._vectors(pairs)
-        partner_audio, partner_text = self._vectors(partners.clamp(min=0))  # unmixed rows: not used
-        mixed = (partners >= 0).unsqueeze(1)
-        audio = torch.where(mixed, 0.5 * (audio + partner_audio), audio)
-        text = torch.where(mixed, 0.5 * (text + partner_text), text)
+        own, partner = pairs.cpu().numpy(), partners.cpu().numpy()
+        rows = np.concatenate([own, np.where(partner >= 0, partner, own)])  # unmixed rows: not used
+        audio = self._rows(self.audio, self.clip_ids[rows])
+        text = self._rows(self.text, rows)
+        size = len(own)
+        mixed = torch.from_numpy(partner >= 0).to(self.device).unsqueeze(1)
+        audio = torch.where(mixed, 0.5 * (audio[:size] + audio[size:]), audio[:size])
+        text = torch.where(mixed, 0.5 * (text[:size] + text[size:]), text[:size])
         return audio @ text.T / self.teachers
 
-    def _vectors(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.audio[self.clip_ids[pairs]], self.text[pairs]
+    def _rows(self, table: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """``table``'s ``rows`` on the device as float32 (exact from float16)."""
+        return torch.from_numpy(np.asarray(table[rows])).to(self.device).float()
 
 
 def load_teachers(registry: Registry, config: TrainConfig, pairs: CaptionPairs, world: World,
                   reporter: Reporter = SILENT) -> TeacherSimilarity:
     """The teachers of ``config.distill_from`` aligned to the training ``pairs`` (every process embeds its shard of
-    missing ones), their tables on ``world.device``."""
+    missing ones), as float16 tables written once per node and memory-mapped by every process
+    (``teacher_tables``); the looked-up rows go to ``world.device``."""
     for teacher in config.distill_from:
         ensure_embeddings(registry, teacher, config, reporter, world)
-    world.barrier()
-    vectors = [teacher_vectors(registry, teacher, config, pairs.captions, pairs.clip_names)
-               for teacher in config.distill_from]
-    audio = torch.from_numpy(np.concatenate([a for a, _ in vectors], axis=1))
-    text = torch.from_numpy(np.concatenate([t for _, t in vectors], axis=1))
-    return TeacherSimilarity(audio, text, torch.from_numpy(pairs.clip_ids), len(vectors)).to(world.device)
+    world.wait("write the teachers' embeddings", "embed them first with `dcase-t6 embed`")
+    folder = share_from_main(_tables_folder(registry, config, pairs) if world.is_main else None, world)
+
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        vectors = [teacher_vectors(registry, teacher, config, pairs.captions, pairs.clip_names)
+                   for teacher in config.distill_from]
+        return np.concatenate([a for a, _ in vectors], axis=1), np.concatenate([t for _, t in vectors], axis=1)
+
+    tables = shared_tables(folder, build, world)
+    return TeacherSimilarity(tables.audio, tables.text, pairs.clip_ids, len(config.distill_from), world.device)
+
+
+def _tables_folder(registry: Registry, config: TrainConfig, pairs: CaptionPairs) -> Path:
+    """The tables' folder, keyed by the teachers' registered embeddings (in order) and the pairs' order."""
+    splits = training_splits(config)
+    shas = [registry.file(teacher, "embeddings", split_tag(dataset, split), verify=False).sha256
+            for teacher in config.distill_from for dataset in config.datasets for split in splits[dataset]]
+    return tables_folder(registry.workdir, shas, pairs.captions, [str(name) for name in pairs.clip_names])
 
 
 def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, reporter: Reporter = SILENT,

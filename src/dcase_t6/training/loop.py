@@ -204,6 +204,7 @@ class TrainingLoop:
                 if self._at_step_boundary(len(batches)) and self._checkpoint_due():
                     position.epoch_sums = stats.sums()
                     self._save_last()
+                    self.setup.world.wait("save the last checkpoint")
                     if self._stopping():
                         return
                 waited = time.perf_counter()
@@ -261,7 +262,7 @@ class TrainingLoop:
     def _finish_epoch(self, stats: _EpochStats) -> None:
         setup, position = self.setup, self.position
         validates = setup.validator is not None
-        metrics = setup.validator(setup.model) if setup.world.is_main and validates else {}
+        metrics = setup.validator(setup.model) if validates else {}  # every process embeds its share
         record = stats.record(scheduled_learning_rate(setup.optimizer), position.step, metrics)
         # without validation every epoch is the best so far: best = last (config.selection)
         improved = setup.world.is_main and (not validates
@@ -274,4 +275,5 @@ class TrainingLoop:
         self._save_last()
         for sink in setup.sinks:
             sink.write(position.epoch - 1, record, improved)
-        self._agree_on_stop()  # also the epoch's barrier: the main process has validated and checkpointed
+        setup.world.wait("save the epoch's checkpoints")
+        self._agree_on_stop()  # every process has validated, the main one has checkpointed

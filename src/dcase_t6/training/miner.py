@@ -177,7 +177,7 @@ def run_vectors(inputs: MiningInputs) -> torch.Tensor:
     of the training split (embedded first when missing, each process its share), on ``world.device``."""
     config, world, source = inputs.config, inputs.world, inputs.config.negatives.source
     ensure_embeddings(inputs.registry, source, config, inputs.reporter, world)
-    world.barrier()
+    world.wait("write the negatives source's embeddings", "embed them first with `dcase-t6 embed`")
     audio, text = teacher_vectors(inputs.registry, source, config, inputs.pairs.captions, inputs.pairs.clip_names)
     device = world.device
     return pair_vectors(torch.from_numpy(audio).to(device), torch.from_numpy(text).to(device),

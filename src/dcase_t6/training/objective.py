@@ -14,8 +14,9 @@ total. A term whose weight is 0 is still computed, for the log, but without grad
 
 The objective runs in float32 with autocast disabled (the similarities and softmaxes of a global batch in
 fp16/bf16 would lose the precision the loss needs), and every tensor of a step is on the world's device by
-construction: the teachers' tables and cluster labels are moved there once, the batch ids when gathered. A
-tensor found elsewhere is a one-line error naming it (``check_devices``), not a device error deep in a term.
+construction: cluster labels are moved there once, the teachers' rows of a batch at each lookup (their tables
+stay on the host), the batch ids when gathered. A tensor found elsewhere is a one-line error naming it
+(``check_devices``), not a device error deep in a term.
 """
 
 from __future__ import annotations

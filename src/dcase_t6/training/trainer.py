@@ -205,7 +205,7 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
         registry.set_status(run_id, status)
     # No process returns before the main one has saved and registered the last checkpoint and the status: a caller
     # that resumes the run next in the same processes (a pipeline, a script) must find them on every process.
-    world.barrier()
+    world.wait("save the last checkpoint and record the run's end")
     if config.validation_split is None:
         return TrainOutcome(run_id, status, position.epoch, position.step, selection=config.selection)
     return TrainOutcome(run_id, status, position.epoch, position.step, monitor=config.monitor,

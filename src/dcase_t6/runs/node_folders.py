@@ -1,0 +1,69 @@
+"""Which process writes a folder that the nodes of a multi-node torchrun job may see as one (a shared file system)
+or each as its own copy (a node-local disk such as ``$TMPDIR``): the audio cache under ``--data-root``.
+
+Each node's first process (``LOCAL_RANK`` 0) writes a marker file holding a random token into the folder; the
+tokens are gathered and every node's first process looks for every node's marker. Nodes that see one another's
+markers share the folder, and of each such group the lowest-ranked first process writes it: global rank 0 alone
+on a shared file system, every node's first process on node-local disks. Markers are removed once every node has
+looked. A node whose first process cannot write a marker (a read-only folder) writes nothing, except that global
+rank 0 keeps doing what it always did (it checks the folder, and says what is missing). Alone, this process writes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import torch.distributed as dist
+
+from dcase_t6.common.reporting import SILENT, Reporter
+from dcase_t6.runs.world import World
+
+MARKER_PREFIX = ".dcase-t6-node-"
+
+
+def folder_writer(world: World, folder: str | os.PathLike, reporter: Reporter = SILENT) -> bool:
+    """Whether this process builds or updates ``folder`` for the nodes that see it (a collective: every process
+    must call it; the others wait at a barrier of their own afterwards).
+
+    Args:
+        world: the processes.
+        folder: the folder (it should exist; one that does not gets no marker, see the module docstring).
+        reporter: the main process says when the folder is not one folder shared by every node.
+
+    Returns:
+        True on the one process per group of nodes sharing ``folder`` that writes it.
+    """
+    if world.size == 1:
+        return True
+    folder = Path(folder)
+    token = _mark(folder) if world.is_local_main else None
+    holders = [None] * world.size
+    dist.all_gather_object(holders, (world.rank, token))
+    marked = [(rank, other) for rank, other in holders if other is not None]
+    writes = world.is_main and token is None
+    if token is not None:
+        seen = [rank for rank, other in marked if (folder / f"{MARKER_PREFIX}{other}").exists()]
+        writes = min(seen, default=world.rank) == world.rank
+        if world.is_main and len(seen) < len(marked):
+            reporter.info(f"{folder}: node-local (this node sees {len(seen)} of {len(marked)} nodes' markers): the "
+                          "first process of each node builds or checks its own audio cache there")
+    world.barrier()  # every node has looked before any marker goes
+    if token is not None:
+        (folder / f"{MARKER_PREFIX}{token}").unlink(missing_ok=True)
+    return writes
+
+
+def _mark(folder: Path) -> str | None:
+    """A fresh token written (and flushed to the file server) into a marker file in ``folder``; None when it
+    cannot be written."""
+    token = secrets.token_hex(16)
+    try:
+        with open(folder / f"{MARKER_PREFIX}{token}", "x", encoding="utf-8") as handle:
+            handle.write(token)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        return None
+    return token
