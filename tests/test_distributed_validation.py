@@ -1,7 +1,9 @@
 """gloo processes on CPU: validation split across the processes scores as one process does; a wait after a long
-step of rank 0 that outlasts the process group's timeout fails with one line naming the step and the key."""
+step of rank 0 that outlasts the process group's timeout fails with one line naming the step and the key;
+processes that read different data stop together with one line naming the ranks."""
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import torch.multiprocessing as mp
 from dcase_t6.common.errors import UserError
 from dcase_t6.data.split_index import Split
 from dcase_t6.models import DualEncoder, ModelConfig
+from dcase_t6.runs.node_folders import check_same_data
 from dcase_t6.runs.world import World, init_world
 from dcase_t6.training.validation import Validator, batch_shard
 from helpers.cli import free_port
@@ -93,3 +96,24 @@ def test_validation_of_two_processes_scores_as_one_process():
 def test_a_wait_past_the_timeout_fails_with_one_line_naming_the_step_and_the_key():
     message, waited = _spawn(_waiting)[1]
     assert message == WAITED and "\n" not in message and waited < 4
+
+
+def _checking(rank: int, port: int, results) -> None:
+    world = _join(rank, port, 2.0)
+    same = {"training pairs": "abc", "validation split": "def"}
+    check_same_data(world, same, "data")
+    other = same if rank == 0 else {**same, "validation split": "xyz"}
+    try:
+        check_same_data(world, other, "data")
+    except UserError as err:
+        results[rank] = str(err)
+    dist.destroy_process_group()
+
+
+def test_processes_that_read_other_data_stop_together_with_one_line():
+    results = _spawn(_checking)
+    host = socket.gethostname()
+    expected = (f"data: the processes did not read the same data: the validation split of rank(s) 1 ({host}) differ "
+                f"from rank 0's ({host}); give every node the same prepared data (copy one node's data root, audio "
+                "cache included, to the others) or one shared --data-root")
+    assert results == {0: expected, 1: expected}

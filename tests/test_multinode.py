@@ -7,6 +7,7 @@
   is shared: each node builds its own audio cache. Node 1 is then killed mid-run (SIGKILL to its launcher and
   its worker: the node is gone), the run is left resumable in the registry, and ``train --resume`` on two nodes
   finishes it with the weights of an uninterrupted two-node run. ``embed`` on two nodes rebuilds node 1's cache.
+  A node whose data root drifted (one caption differs) stops both nodes with one line (exit code 2).
 """
 
 import json
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -156,6 +158,18 @@ def test_two_nodes_with_node_local_data_train_resume_after_a_node_dies_and_embed
     assert embedded["queries"] > 0 and embedded["files"] > 0
     assert list(Layout.at(tmp_path / "node1" / "data").cache_dir(rate).iterdir())
     assert Registry(tmp_path / "work").file(run.id, "embeddings", "synthetic/development-testing").path.is_file()
+
+    index = tmp_path / "node1" / "data" / "index" / "synthetic.csv"  # node 1's copy drifts: one caption differs
+    table = pd.read_csv(index, keep_default_na=False)
+    table.loc[table.index[table["split"] == "development-training"][0], "caption"] += " twice"
+    table.to_csv(index, index=False)
+    drifted = launch_nodes(tmp_path, [*train, "--name", "drifted"])
+    for node, result in enumerate(drifted):  # each node's process says it in one line (torchrun then exits 1)
+        assert result.returncode == 1, (node, result.stderr[-3000:])
+        assert result.stderr.count("error: data: the processes did not read the same data: the training pairs of "
+                                   "rank(s) 1 (") == 1, (node, result.stderr[-3000:])
+    run = next(r for r in Registry(tmp_path / "work").runs() if r.name == "drifted")
+    assert run.status == "failed" and "did not read the same data" in Registry(tmp_path / "work").run(run.id).reason
 
 
 def test_the_slurm_example_parses_as_bash_and_names_what_the_docs_name():

@@ -32,7 +32,7 @@ from dcase_t6.data.audio_cache import (
 )
 from dcase_t6.data.audio_io import AudioProblem, StreamFacts, declared_frames, stream_mono
 from dcase_t6.data.layout import Layout
-from dcase_t6.data.parallel import die_with_parent, ordered_map
+from dcase_t6.data.parallel import die_with_parent, ordered_map, stat_all
 from dcase_t6.data.reports import CacheReport
 from dcase_t6.data.split_index import index_path, list_datasets
 from dcase_t6.data.storage import (
@@ -278,12 +278,12 @@ def _plan(layout: Layout, clips: dict[str, _Clip], entries: pd.DataFrame, rate: 
           chosen: dict[str, Storage]) -> tuple[list[Job], int]:
     """Jobs for the clips whose source size or modification time, or whose dataset's storage, differ."""
     cached = {row["path"]: row for row in entries.to_dict("records")}
+    paths = [layout.resolve(key) for key in clips]
     jobs, fresh = [], 0
-    for key, clip in clips.items():
-        path, row, storage = layout.resolve(key), cached.get(key), chosen[clip.dataset]
+    for (key, clip), path, facts in zip(clips.items(), paths, stat_all(paths)):
+        row, storage = cached.get(key), chosen[clip.dataset]
         same_storage = row is not None and (row["storage"], row["max_samples"]) == (storage.mode, storage.cap(rate))
-        stat = path.stat() if path.exists() else None
-        if same_storage and stat is not None and (row["size"], row["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+        if same_storage and facts is not None and (row["size"], row["mtime_ns"]) == facts:
             fresh += 1
         else:
             jobs.append(Job(key, path, rate, storage, row["crc32"] if same_storage else None))

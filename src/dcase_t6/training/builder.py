@@ -9,7 +9,8 @@ the model is built and which its checkpoints store. The order, and why:
    what it holds decides which clips exist;
 2. the training pairs and the validation split without the clips the cache skipped (unreadable files: one
    warning line says how many pairs and queries are left out; the data fingerprint covers the pairs
-   kept), and the caption/audio augmenter;
+   kept), the same on every process (nodes with their own data roots: ``runs.node_folders.check_same_data``),
+   and the caption/audio augmenter;
 3. the distillation teachers (the main process embeds any teacher missing training-split embeddings);
 4. the cluster labels (the main process clusters and registers them on a run's first start), giving the
    model's cluster class count, and the derived config;
@@ -39,17 +40,17 @@ from dcase_t6.data.audit import test_overlaps
 from dcase_t6.data.cache_build import CacheRequest, build_cache
 from dcase_t6.data.cached_splits import cached_split
 from dcase_t6.data.layout import Layout
-from dcase_t6.data.split_index import load_split
+from dcase_t6.data.split_index import Split, load_split
 from dcase_t6.models import CLUSTER_HEADS, DualEncoder
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.checkpoint import WeightSource, load_weights
 from dcase_t6.runs.config import FineTune, TrainConfig
-from dcase_t6.runs.node_folders import folder_writer
+from dcase_t6.runs.node_folders import check_same_data, folder_writer
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training.augmentation import PairAugmenter
 from dcase_t6.training.checkpointing import Checkpointer
 from dcase_t6.training.clustering import caption_labels
-from dcase_t6.training.data import CaptionPairs, TrainingData, load_pairs, training_splits
+from dcase_t6.training.data import CaptionPairs, TrainingData, load_pairs, sha256_of_text, training_splits
 from dcase_t6.training.distillation import load_teachers
 from dcase_t6.training.distributed import World
 from dcase_t6.training.finetuning import build_optimizer, describe, freeze_layers
@@ -113,6 +114,7 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
     pairs = load_pairs(config, store, reporter)
     validation = None if config.validation_split is None else cached_split(
         store, load_split(config.data_root, config.validation_source, config.validation_split), reporter)
+    check_same_data(world, _fingerprints(pairs, validation), config.data_root)  # node-local copies must agree
     augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)
     # 3. teachers
     teachers = load_teachers(registry, config, pairs, world, reporter) if config.distill_from else None
@@ -165,6 +167,16 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
 def validated(config: TrainConfig) -> list[str]:
     """The validation dataset, or none when the run has no validation split."""
     return [] if config.validation_split is None else [config.validation_source]
+
+
+def _fingerprints(pairs: CaptionPairs, validation: Split | None) -> dict[str, str]:
+    """What a process read, to compare between nodes: the training pairs (clip names and captions, in order) and
+    the validation split, without the data root's location (a node-local copy may lie elsewhere on each node)."""
+    facts = {"training pairs": sha256_of_text("\n".join(f"{clip}\t{caption}" for clip, caption in
+                                                         zip(pairs.pair_clips(), pairs.captions)))}
+    if validation is not None:
+        facts["validation split"] = sha256_of_text("\n".join([*validation.files, "", *validation.queries]))
+    return facts
 
 
 def _cluster_labels(registry: Registry, run_id: str, config: TrainConfig, pairs: CaptionPairs,
