@@ -72,11 +72,11 @@ def print_summary(summary: dict, as_json: bool) -> None:
         console.print(f"[bold]{key}[/]: {value}", highlight=False)
 
 
-def matrix_path(reference: str) -> str:
-    """A matrix file, or a registered run's output named RUN:DATASET/SPLIT, as a path."""
+def matrix_path(reference: str, kind: str = "similarity") -> str:
+    """A matrix file, or a registered run's output named RUN:DATASET/SPLIT (its file of ``kind``), as a path."""
     from dcase_t6.runs.registry import resolve_matrix
 
-    return resolve_matrix(reference, click.get_current_context().obj["workdir"])
+    return resolve_matrix(reference, click.get_current_context().obj["workdir"], kind)
 
 
 def split_named(option: str, flag: str, example: str | None = None) -> tuple[str | None, str]:

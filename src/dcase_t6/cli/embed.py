@@ -32,11 +32,15 @@ from dcase_t6.common.errors import UserError
 @click.option("--dist-timeout-minutes", type=float, default=120.0, show_default=True,
               help="Under torchrun: how long a process waits for the others (at most 10080; NCCL's own default "
                    "is 10 minutes).")
+@click.option("--bank", "bank_split", metavar="SPLIT|DATASET/SPLIT",
+              help="Also write QB-Norm's query bank of the split: the distinct captions of this split (e.g. "
+              "development-training) scored against the clips of --split, as <dataset>.<split>.bank.npz beside the "
+              "similarity file (for evaluate/ensemble/package --normalise querybank --bank FILE).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the submission CSV here.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @click.pass_obj
 def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_name, checkpoint, batch_size,
-          chunk_batches, dist_timeout_minutes, csv_path, as_json):
+          chunk_batches, dist_timeout_minutes, bank_split, csv_path, as_json):
     """Embed a split with a trained run and register embeddings and the similarity matrix.
 
     Uses the run's best checkpoint (by its validation metric) unless --checkpoint last, and the input
@@ -59,6 +63,9 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
       dcase-t6 embed --model exported/small --data-root DATA --split development-testing --out emb/
       dcase-t6 embed --model my-team/passt-clotho --data-root DATA --dataset eval --split evaluation \\
           --out emb/ --csv eval.csv
+      dcase-t6 embed small-3fa2c1 --data-root DATA --split development-testing --bank development-training
+      dcase-t6 embed small-3fa2c1 --data-root DATA --dataset eval --split evaluation \
+          --bank clotho/development-training
       torchrun --nproc_per_node 4 -m dcase_t6 embed small-3fa2c1 --data-root DATA --dataset wavcaps \\
           --split train --batch-size 128
     """
@@ -70,6 +77,10 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
     check_batch_size(batch_size, "--batch-size")
     check_chunk_batches(chunk_batches, "--chunk-batches")
     check_timeout(dist_timeout_minutes, "--dist-timeout-minutes")
+    if bank_split is not None:
+        from dcase_t6.embedding.bank import check_bank_split
+
+        check_bank_split(bank_split, dataset, split_name)
     if (run is None) == (model_source is None):
         raise UserError("embed: give either RUN (a registered run) or --model DIR|OWNER/NAME (an exported model)")
     _check_embed_outputs(obj["workdir"], model_source, out_dir, data_root, dataset, csv_path)
@@ -92,6 +103,12 @@ def embed(obj, run, model_source, revision, out_dir, data_root, dataset, split_n
     if not world.is_main:
         return
     summary = outcome.as_json()
+    if bank_split is not None:
+        from dcase_t6.embedding.bank import BankRequest, bank_exported, bank_run
+
+        bank_request = BankRequest(request, outcome, bank_split)
+        summary["bank"] = str(bank_exported(model_source, bank_request, revision, reporter) if model_source else
+                              bank_run(obj["workdir"], run, bank_request, reporter))
     if csv_path:
         write_csv(read_matrix(outcome.similarity), csv_path)
         summary["csv"] = csv_path

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from dcase_t6.ensemble.weights import EnsembleWeights
 
 _ENSEMBLE_MODE_ONLY = {"search": ("captions", "relevance", "allow_missing", "normalize", "temperatures", "step",
-                                  "groups", "strategy", "top"),
+                                  "groups", "strategy", "top", "bank_top_k"),
                        "apply": ("weights",)}
 
 
@@ -35,16 +35,23 @@ _ENSEMBLE_MODE_ONLY = {"search": ("captions", "relevance", "allow_missing", "nor
 @click.option("--allow-missing", is_flag=True,
               help="[search] Skip ground-truth queries absent from the matrices instead of failing.")
 @click.option("--normalize", "--normalise", "normalize",
-              type=click.Choice(["none", "zscore", "inverted-softmax", "dual-softmax"]), default="none",
+              type=click.Choice(["none", "zscore", "inverted-softmax", "dual-softmax", "querybank"]), default="none",
               show_default=True,
               help="[search] Each system's normalisation before summing; zscore: each row -> (x - mean) / std; "
               "inverted-softmax: each clip's column softmaxed over all queries (log); dual-softmax: row softmax x "
               "column softmax (log); the two softmaxes use every query of the matrix (transductive) and a temperature "
-              "searched with the weights (one system alone is then allowed). --apply uses the one stored in the "
-              "weights file.")
+              "searched with the weights (one system alone is then allowed); querybank (QB-Norm): the inverted softmax "
+              "over each system's --bank of training captions, for the queries whose best clip is a bank hub (not "
+              "transductive; temperature searched too). --apply uses the one stored in the weights file.")
 @click.option("--temperatures", metavar="T1,T2,...",
-              help="[search] Temperatures tried with inverted-softmax / dual-softmax (default: 17 log-spaced from "
-              "0.001 to 10, for cosine similarities).")
+              help="[search] Temperatures tried with inverted-softmax / dual-softmax / querybank (default: 17 "
+              "log-spaced from 0.001 to 10, for cosine similarities).")
+@click.option("--bank", "banks", multiple=True, metavar="NAME=FILE",
+              help="With querybank: each --system's query bank for the split of its matrix (validation with "
+              "--search, the applied split with --apply), written by `dcase-t6 embed RUN --split SPLIT --bank "
+              "development-training`; repeat per system.")
+@click.option("--bank-top-k", "bank_top_k", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="[search] With querybank: a clip is a hub when it is among the K best of at least one bank caption.")
 @click.option("--step", type=float, default=0.05, show_default=True,
               help="[search] Spacing of the weight grid on the simplex (weights >= 0, sum 1); must divide 1.")
 @click.option("--group", "groups", multiple=True, metavar="GROUP=NAME1,NAME2",
@@ -60,8 +67,8 @@ _ENSEMBLE_MODE_ONLY = {"search": ("captions", "relevance", "allow_missing", "nor
               help="--search: the weights JSON to write; --apply: the ensemble matrix (.csv, or .npz by suffix).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables (no progress bar).")
 @click.pass_context
-def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missing, normalize, temperatures, step,
-             groups, strategy, top, weights, out, as_json):
+def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missing, normalize, temperatures, banks,
+             bank_top_k, step, groups, strategy, top, weights, out, as_json):
     """Weighted sum of several systems' similarity matrices, weights grid-searched on validation mAP@16.
 
     --search scores every weight vector on the simplex grid (4 systems at --step 0.05: 1771 points)
@@ -88,6 +95,8 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
           -s cnn/s1=c1_test.csv -s cnn/s2=c2_test.csv --out ensemble_test.csv
       dcase-t6 ensemble --search -s passt=p1_val.csv -c clotho_captions_validation.csv \\
           --normalize inverted-softmax --out passt_norm.json     # one system: its temperature
+      dcase-t6 ensemble --search -s passt=p_val.npz --bank passt=clotho.development-validation.bank.npz \
+          -c clotho_captions_validation.csv --normalize querybank --out passt_qb.json
     """
     from dcase_t6.common.outputs import check_output_file
     from dcase_t6.ensemble.search import SearchOptions, apply, plan_search, search
@@ -98,16 +107,20 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
 
     mode = _ensemble_mode(ctx, do_search, do_apply)
     named_paths = parse_system_options(systems, matrix_path)
+    bank_paths = parse_bank_options(banks, [name for name, _ in named_paths])
     check_output_file(out, "--out", [*((f"--system {name}", path) for name, path in named_paths),
+                                     *((f"--bank {name}", path) for name, path in bank_paths.items()),
                                      ("--weights", weights), ("--captions", captions), ("--relevance", relevance)])
     if mode == "apply":
         if weights is None:
             raise UserError("ensemble --apply: give --weights weights.json (written by `dcase-t6 ensemble --search`)")
         stored = read_weights(weights)
-        combined = apply(stored, read_systems(named_paths))
+        _check_banks(stored.normalize, bank_paths)
+        combined = apply(stored, read_systems(named_paths, bank_paths))
         write_matrix(combined, out)
         result = {"out": str(out), "weights": stored.weights, "normalize": stored.normalize,
                   **({"temperature": stored.temperature} if stored.temperature is not None else {}),
+                  **({"top_k": stored.top_k} if stored.top_k is not None else {}),
                   "n_queries": combined.shape[0], "n_files": combined.shape[1]}
         if as_json:
             print_json(result)
@@ -118,10 +131,12 @@ def ensemble(ctx, do_search, do_apply, systems, captions, relevance, allow_missi
         return
     check_ground_truth_options("ensemble --search", relevance, captions)
     options = SearchOptions(normalize=normalize, step=step, groups=parse_group_options(groups), strategy=strategy,
-                            top=top, allow_missing=allow_missing, temperatures=parse_temperatures(temperatures))
+                            top=top, allow_missing=allow_missing, temperatures=parse_temperatures(temperatures),
+                            top_k=bank_top_k)
     plan_search([name for name, _ in named_paths], options)  # refuse a bad search before reading any matrix
+    _check_banks(normalize, bank_paths)
     truth = read_ground_truth("ensemble --search", relevance, captions)
-    found = search(read_systems(named_paths), truth, options, SILENT if as_json else reporter)
+    found = search(read_systems(named_paths, bank_paths), truth, options, SILENT if as_json else reporter)
     write_weights(found.weights, out)
     if as_json:
         print_json(found.weights.as_json())
@@ -146,12 +161,38 @@ def parse_system_options(options: Sequence[str], resolve=str) -> list[tuple[str,
     return [(name, resolve(reference)) for name, reference in parsed]
 
 
-def read_systems(named_paths: Sequence[tuple[str, str]]) -> list[System]:
-    """Read the matrix of every (name, path), unaligned (the library aligns them)."""
+def read_systems(named_paths: Sequence[tuple[str, str]], banks: dict[str, str] | None = None) -> list[System]:
+    """Read the matrix (and the query bank, if ``banks`` names one) of every (name, path), unaligned (the library
+    aligns them)."""
     from dcase_t6.ensemble.systems import System
     from dcase_t6.retrieval.matrices import read_matrix
+    from dcase_t6.retrieval.normalisation import read_bank
 
-    return [System(name, read_matrix(path), path) for name, path in named_paths]
+    banks = banks or {}
+    return [System(name, read_matrix(path), path, read_bank(banks[name]) if name in banks else None)
+            for name, path in named_paths]
+
+
+def parse_bank_options(options: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    """System name -> bank path of every ``--bank NAME=FILE`` option.
+
+    Raises:
+        UserError: for bad syntax, a name given twice, or a name that no --system has.
+    """
+    from dcase_t6.ensemble.systems import reject_duplicates
+
+    parsed = [split_named(option, "--bank", "passt=clotho.development-validation.bank.npz") for option in options]
+    reject_duplicates([name for name, _ in parsed], "--bank name")
+    unknown = next((name for name, _ in parsed if name not in names), None)
+    if unknown is not None:
+        raise UserError(f"--bank {unknown}=...: no --system is named {unknown!r}; use one of {', '.join(names)}")
+    return {name: matrix_path(reference, "bank") for name, reference in parsed}
+
+
+def _check_banks(normalize: str, banks: dict[str, str]) -> None:
+    """Banks go with querybank only (each system's bank is required there, which the library checks)."""
+    if banks and normalize != "querybank":
+        raise UserError(f"--bank: only --normalize querybank uses query banks, not {normalize}; drop --bank")
 
 
 def parse_group_options(options: Sequence[str]) -> dict[str, list[str]]:
@@ -187,8 +228,11 @@ def _ensemble_mode(ctx: click.Context, do_search: bool, do_apply: bool) -> str:
 
 def _normalize_text(weights: EnsembleWeights) -> str:
     """``zscore``, or ``inverted-softmax (T = 0.05)`` for a tempered normalisation."""
-    return weights.normalize if weights.temperature is None else \
-        f"{weights.normalize} (T = {weights.temperature:g}, transductive)"
+    if weights.temperature is None:
+        return weights.normalize
+    if weights.normalize == "querybank":
+        return f"querybank (T = {weights.temperature:g}, top-{weights.top_k or 1} hubs, not transductive)"
+    return f"{weights.normalize} (T = {weights.temperature:g}, transductive)"
 
 
 def _weights_text(weights: dict) -> str:

@@ -6,7 +6,7 @@ import click
 
 from dcase_t6.cli import main, matrix_path, print_json, split_named
 from dcase_t6.cli.console import console
-from dcase_t6.cli.normalise_options import normalise_options, resolve_normalisation
+from dcase_t6.cli.normalise_options import normalise_options, resolve_banks, resolve_normalisation
 
 
 @main.command()
@@ -35,7 +35,7 @@ from dcase_t6.cli.normalise_options import normalise_options, resolve_normalisat
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @normalise_options
 def evaluate(predictions, relevance, captions, allow_missing, per_query, with_ci, ci_method, resamples, seed,
-             direction, as_json, normalize, temperature, normalize_from):
+             direction, as_json, normalize, temperature, normalize_from, banks, bank_top_k):
     """Score a similarity matrix: R@1, R@5, R@10, mAP@10, mAP@16 as the organisers compute them, text to audio
     and (unless --direction t2a) audio to text.
 
@@ -50,6 +50,8 @@ def evaluate(predictions, relevance, captions, allow_missing, per_query, with_ci
       dcase-t6 evaluate -p base=a.csv -p new=b.csv -r metadata_eval.csv --ci
       dcase-t6 evaluate -p system.csv -r metadata_eval.csv --normalise inverted-softmax --temperature 0.05
       dcase-t6 evaluate -p system.csv -r metadata_eval.csv --normalise-from system_norm.json
+      dcase-t6 evaluate -p system.csv -r metadata_eval.csv --normalise querybank --temperature 0.05 \
+          --bank clotho.development-testing.bank.npz
     """
     from dcase_t6.cli.evaluate_render import print_assessment
     from dcase_t6.common.errors import UserError
@@ -58,12 +60,12 @@ def evaluate(predictions, relevance, captions, allow_missing, per_query, with_ci
     from dcase_t6.retrieval.evaluation import write_per_query
     from dcase_t6.retrieval.ground_truth import check_ground_truth_options, read_ground_truth
     from dcase_t6.retrieval.matrices import read_matrix
-    from dcase_t6.retrieval.normalisation import normalise_matrix
+    from dcase_t6.retrieval.normalisation import normalise_matrix, read_bank
     from dcase_t6.retrieval.significance import Resampling
 
     check_ground_truth_options("evaluate", relevance, captions)
     options = AssessOptions(direction, allow_missing, with_ci, Resampling(ci_method, resamples, seed))
-    normalisation = resolve_normalisation(normalize, temperature, normalize_from)
+    normalisation = resolve_normalisation(normalize, temperature, normalize_from, bank_top_k)
     if per_query and len(predictions) > 1:
         raise UserError(f"--per-query writes one system's per-query CSV; it was given {len(predictions)} "
                         "--predictions: evaluate one system at a time for it")
@@ -72,9 +74,12 @@ def evaluate(predictions, relevance, captions, allow_missing, per_query, with_ci
     if per_query:
         check_output_file(per_query, "--per-query", [("--predictions", paths[0]), ("--relevance", relevance),
                                                      ("--captions", captions)])
-    truth = read_ground_truth("evaluate", relevance, captions)
-    matrices = [normalise_matrix(read_matrix(path), normalisation, path) for path in paths]
     names = [name or value for (name, _), value in zip(named, predictions)]
+    bank_paths = resolve_banks(normalisation, banks, names)
+    truth = read_ground_truth("evaluate", relevance, captions)
+    matrices = [normalise_matrix(read_matrix(path), normalisation, path,
+                                 read_bank(matrix_path(bank, "bank")) if bank else None)
+                for path, bank in zip(paths, bank_paths)]
     assessment = assess(list(zip(names, matrices)), truth, options)
     if per_query:
         write_per_query(assessment.results[0], per_query)
@@ -83,7 +88,11 @@ def evaluate(predictions, relevance, captions, allow_missing, per_query, with_ci
         print_json({**assessment.as_json(), **normalised})
         return
     print_assessment(assessment)
-    if normalisation:
+    if normalisation and normalisation.transductive:
         console.print(f"scores normalised: {normalisation.describe()}, over all {matrices[0].shape[0]} queries of the "
                       "matrix (transductive)", highlight=False, soft_wrap=True)
+    elif normalisation:
+        listed = ", ".join(map(str, bank_paths))
+        console.print(f"scores normalised: {normalisation.describe()}, each query against its bank ({listed}; not "
+                      "transductive)", highlight=False, soft_wrap=True)
 

@@ -19,7 +19,8 @@ _PACKAGE_MODES = {
     "--check": {"check_zip", "expected_rows", "expected_files", "as_json", "eval_captions", "eval_audio", "data_root"},
     "--init-meta": {"init_meta", "labels", "out", "results", "runs", "weights"},
     "build": {"labels", "predictions", "metas", "report", "draft_report", "weights", "per_query", "runs", "out",
-              "expected_rows", "expected_files", "eval_captions", "eval_audio", "data_root", "normalize_from"},
+              "expected_rows", "expected_files", "eval_captions", "eval_audio", "data_root", "normalize_from",
+              "banks"},
 }
 
 
@@ -66,12 +67,16 @@ _PACKAGE_MODES = {
               "system gives (`dcase-t6 ensemble --search --normalize inverted-softmax -s NAME=VAL`: method and "
               "validation-searched temperature); repeat per label. Transductive: stated in the warnings and the draft "
               "report.")
+@click.option("--bank", "banks", multiple=True, metavar="[LABEL=]FILE",
+              help="With a --normalize-from file of querybank (QB-Norm): --label's query bank against the clips of "
+              "its matrix (the evaluation split: `dcase-t6 embed RUN --dataset eval --split evaluation --bank "
+              "development-training`); repeat per label.")
 @click.option("--data-root", type=click.Path(file_okay=False), metavar="DATA",
               help="Instead of --eval-captions: the data root where `dcase-t6 prepare eval` ran (its queries and "
               "clips). Building finds it by itself for -p RUN:eval/evaluation (the run's data_root).")
 def package(labels, predictions, metas, report, draft_report, weights, per_query, out, expected_rows,
             expected_files, init_meta, results, runs, check_zip, as_json, eval_captions, eval_audio, normalize_from,
-            data_root):
+            banks, data_root):
     """Build, check or prepare the submission zip: similarity CSV, metadata YAML and report per system.
 
     The zip holds task6/<label>/<label>.output.csv, <label>.meta.yaml and <label>.technical_report.pdf
@@ -89,6 +94,8 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
           --out submission.zip
       dcase-t6 package -l Primus_CP-JKU_task6_1 -p system.csv -m meta.yaml --report report.pdf \\
           --normalise-from system_norm.json --out submission.zip
+      dcase-t6 package -l Primus_CP-JKU_task6_1 -p eval.csv -m meta.yaml --report report.pdf \
+          --normalise-from system_qb.json --bank eval.evaluation.bank.npz --out submission.zip
       dcase-t6 package --check submission.zip --expected-rows 1000 --json
       dcase-t6 package --check submission.zip --eval-captions retrieval_captions.csv --eval-audio retrieval_audio/
       dcase-t6 package --check submission.zip --data-root data     # after `dcase-t6 prepare eval --root data`
@@ -103,7 +110,8 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
     _check_outputs(out, draft_report, [*(("--predictions", path) for path in predictions),
                                        *(("--meta", path) for path in metas), ("--report", report),
                                        ("--weights", weights), ("--per-query", per_query), ("--results", results),
-                                       *(("--normalize-from", value) for value in normalize_from)])
+                                       *(("--normalize-from", value) for value in normalize_from),
+                                       *(("--bank", value) for value in banks)])
     if eval_audio and not eval_captions:
         raise UserError("package: --eval-audio goes with --eval-captions retrieval_captions.csv")
     if check_zip:
@@ -118,7 +126,7 @@ def package(labels, predictions, metas, report, draft_report, weights, per_query
         _say(f"wrote {_escape(out)}: fill in the empty fields{filled}, then package it")
     else:
         systems = systems_from_options(labels, tuple(matrix_path(p) for p in predictions), metas)
-        systems = _with_normalisations(systems, normalize_from) if normalize_from else systems
+        systems = _with_normalisations(systems, normalize_from, banks) if normalize_from or banks else systems
         if not out or (report is None) == (draft_report is None):
             raise UserError("package: give --out submission.zip and exactly one of --report PDF "
                             "or --draft-report PATH")
@@ -157,11 +165,14 @@ def systems_from_options(labels: Sequence[str], predictions: Sequence[str], meta
             for label, prediction, meta in zip(labels, predictions, metas)]
 
 
-def _with_normalisations(systems: list[SystemFiles], options: Sequence[str]) -> list[SystemFiles]:
-    """The systems with the normalisation of each ``[LABEL=]FILE`` option (a bare FILE when there is one label)."""
+def _with_normalisations(systems: list[SystemFiles], options: Sequence[str], banks: Sequence[str]
+                         ) -> list[SystemFiles]:
+    """The systems with the normalisation of each ``[LABEL=]FILE`` option (a bare FILE when there is one label)
+    and, for QB-Norm, the bank of each ``--bank [LABEL=]FILE``."""
     from dataclasses import replace
 
-    from dcase_t6.cli.normalise_options import resolve_normalisation
+    from dcase_t6.cli.normalise_options import resolve_banks, resolve_normalisation
+    from dcase_t6.retrieval.normalisation import QUERYBANK
 
     labels = [system.label for system in systems]
     chosen = {}
@@ -175,7 +186,17 @@ def _with_normalisations(systems: list[SystemFiles], options: Sequence[str]) -> 
         if label in chosen:
             raise UserError(f"--normalize-from: system {label} is given twice; give one file per label")
         chosen[label] = resolve_normalisation(None, None, path)
-    return [replace(system, normalisation=chosen.get(system.label)) for system in systems]
+    banked = [label for label in labels if chosen.get(label) is not None and chosen[label].method == QUERYBANK]
+    if banks and not banked:
+        raise UserError("--bank goes with --normalize-from a weights file of querybank; drop it")
+    stray = next((option for option in banks if option.partition("=")[0] in set(labels) - set(banked)), None)
+    if stray is not None:
+        raise UserError(f"--bank {stray!r}: that system is not normalised with querybank; give banks only to "
+                        f"{', '.join(banked)}")
+    paths = dict(zip(banked, resolve_banks(chosen[banked[0]], banks, banked))) if banked else {}
+    return [replace(system, normalisation=chosen.get(system.label),
+                    bank=Path(matrix_path(paths[system.label], "bank")) if system.label in paths else None)
+            for system in systems]
 
 
 def _check_outputs(out: str | None, draft_report: str | None, inputs: list[tuple[str, str | None]]) -> None:

@@ -35,7 +35,7 @@ from dcase_t6.retrieval import metrics
 from dcase_t6.retrieval.evaluation import EvaluationResult, evaluate, mean_average_precision
 from dcase_t6.retrieval.ground_truth import Alignment, Relevance, align
 from dcase_t6.retrieval.matrices import SimilarityMatrix
-from dcase_t6.retrieval.normalisation import NORMALISERS
+from dcase_t6.retrieval.normalisation import MAX_TOP_K, NORMALISERS, QUERYBANK
 
 MAX_GRID_POINTS = 250_000  # about 7 systems at step 0.05; minutes of search
 
@@ -46,9 +46,11 @@ class SearchOptions:
 
     Args:
         normalize: each system's normalisation before summing: ``none``, ``zscore`` (per query),
-            ``inverted-softmax`` or ``dual-softmax`` (over all queries of the matrix, at a searched temperature).
-        temperatures: the temperatures tried with ``inverted-softmax`` / ``dual-softmax`` (empty: the default
-            grid of ``temperatures.DEFAULT_TEMPERATURES``).
+            ``inverted-softmax`` or ``dual-softmax`` (over all queries of the matrix, at a searched temperature),
+            or ``querybank`` (over each system's bank of training captions, at a searched temperature).
+        temperatures: the temperatures tried with ``inverted-softmax`` / ``dual-softmax`` / ``querybank``
+            (empty: the default grid of ``temperatures.DEFAULT_TEMPERATURES``).
+        top_k: ``querybank`` only: the activation set's k (a hub is among a bank caption's k best clips).
         step: spacing of the weight grid; must divide 1.
         groups: group name -> member system names for a two-stage search (overrides ``strategy``);
             systems in no group form their own group.
@@ -64,6 +66,7 @@ class SearchOptions:
     top: int = 5
     allow_missing: bool = False
     temperatures: tuple[float, ...] = ()
+    top_k: int = 1
 
     @property
     def strategy_name(self) -> str:
@@ -104,6 +107,10 @@ def plan_search(names: Sequence[str], options: SearchOptions) -> list[Group]:
     if options.top < 1:
         raise UserError(f"--top {options.top}: keep at least 1 candidate")
     temperatures = temperature_grid(options.normalize, options.temperatures)
+    if options.top_k != 1 and options.normalize != QUERYBANK:
+        raise UserError(f"--bank-top-k {options.top_k}: only --normalize querybank has an activation set; drop it")
+    if not isinstance(options.top_k, int) or not 1 <= options.top_k <= MAX_TOP_K:
+        raise UserError(f"--bank-top-k {options.top_k!r}: give a whole number from 1 to {MAX_TOP_K} (default 1)")
     if len(names) < (1 if options.normalize in NORMALISERS else 2):
         raise UserError("ensemble --search: give at least 2 --system NAME=PATH matrices to combine")
     groups = resolve_groups(names, options.groups, options.strategy)
@@ -164,7 +171,10 @@ def search(systems: Sequence[System], relevance: Relevance, options: SearchOptio
         grid_points=outcome.grid_points * len(tried),
         seconds=round(time.perf_counter() - started, 3),
         temperature=chosen.temperature,
-        temperature_search=tried if chosen.temperature is not None else None)
+        temperature_search=tried if chosen.temperature is not None else None,
+        top_k=options.top_k if options.normalize == QUERYBANK else None,
+        banks={system.name: system.bank.source for system in systems if system.bank is not None}
+        if options.normalize == QUERYBANK else None)
     return SearchResult(weights=weights, evaluation=evaluation)
 
 
@@ -203,7 +213,7 @@ class _Trials:
 
     def at(self, temperature: float | None, reporter: Reporter) -> _Trial:
         """Search the weights of the systems normalised at ``temperature``; evaluate the best exactly."""
-        scores = stacked_scores(self.aligned, self.options.normalize, temperature)
+        scores = stacked_scores(self.aligned, self.options.normalize, temperature, self.options.top_k)
         first, allow_missing = self.aligned[0].matrix, self.options.allow_missing
         alignment = align(first, self.relevance, allow_missing=allow_missing, scores=scores)
         scored = take(scores, alignment.rows, axis=1)
@@ -268,7 +278,8 @@ def apply(weights: EnsembleWeights, systems: Sequence[System]) -> SimilarityMatr
                         "all-zero matrix; give at least one system a positive weight")
     names = sorted(weights.weights)  # summed in name order, as the search does: the same matrix whatever the order
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, naming its cause
-        scores = stacked_scores([by_name[name] for name in names], weights.normalize, weights.temperature)
+        scores = stacked_scores([by_name[name] for name in names], weights.normalize, weights.temperature,
+                                weights.top_k or 1)
         combined = weighted_sum(scores, [weights.weights[name] for name in names])
     if not np.isfinite(combined).all():
         raise _overflow(weights, [by_name[name] for name in names], scores, combined)

@@ -4,7 +4,9 @@ The ensemble of systems ``S_1 .. S_M`` (queries x files, aligned by query text a
 ``E = w_1 N(S_1) + ... + w_M N(S_M)`` where ``N`` is the identity (``none``), the per-query z-score
 (``zscore``: each row becomes ``(x - mean) / std`` over its files; a constant row becomes all zeros), or, at
 one shared temperature, the inverted or dual softmax of ``retrieval.normalisation`` (``inverted-softmax``,
-``dual-softmax``: log-probabilities over all queries of the matrix, so transductive).
+``dual-softmax``: log-probabilities over all queries of the matrix, so transductive), or QB-Norm
+(``querybank``: the inverted softmax over each system's own bank of training captions, applied to the queries
+whose best clip is a hub of the bank; not transductive).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
 from dcase_t6.retrieval.matrices import SimilarityMatrix
-from dcase_t6.retrieval.normalisation import NORMALISERS, Normalisation, normalise
+from dcase_t6.retrieval.normalisation import NORMALISERS, QUERYBANK, Normalisation, QueryBank, align_bank, normalise
 
 NORMALIZATIONS = ("none", "zscore", *NORMALISERS)
 
@@ -31,11 +33,13 @@ class System:
         name: the system's name (``MODEL/SYSTEM`` names enable the grouping strategies).
         matrix: its scores, queries x audio files.
         path: where the matrix came from; names it in error messages and in the weights file.
+        bank: its QB-Norm query bank (``querybank`` only): bank captions x the same clips.
     """
 
     name: str
     matrix: SimilarityMatrix
     path: str = ""
+    bank: QueryBank | None = None
 
 
 def align_systems(systems: Sequence[System]) -> list[System]:
@@ -67,7 +71,9 @@ def align_systems(systems: Sequence[System]) -> list[System]:
     for system, system_rows in zip(systems, rows):
         columns = _positions(reference, system, reference.matrix.files, system.matrix.files, "audio file")
         scores = take(take(system.matrix.scores, system_rows, axis=0), columns, axis=1)
-        aligned.append(System(system.name, SimilarityMatrix(queries, reference.matrix.files, scores), system.path))
+        bank = None if system.bank is None else align_bank(system.bank, reference.matrix.files, _where(system))
+        aligned.append(System(system.name, SimilarityMatrix(queries, reference.matrix.files, scores), system.path,
+                              bank))
     return aligned
 
 
@@ -191,21 +197,33 @@ def zscore_rows(scores: np.ndarray) -> np.ndarray:
     return centred / np.where(spread > 0, spread, 1.0)
 
 
-def stacked_scores(systems: Sequence[System], normalize: str, temperature: float | None = None) -> np.ndarray:
+def stacked_scores(systems: Sequence[System], normalize: str, temperature: float | None = None, top_k: int = 1
+                   ) -> np.ndarray:
     """(systems, queries, files) float64 scores of aligned systems, each normalised as asked.
 
     Args:
-        systems: aligned systems (see :func:`align_systems`).
+        systems: aligned systems (see :func:`align_systems`); with ``querybank`` each with its bank.
         normalize: one of ``NORMALIZATIONS``.
-        temperature: the temperature of ``inverted-softmax`` / ``dual-softmax`` (ignored by the others).
+        temperature: the temperature of ``inverted-softmax`` / ``dual-softmax`` / ``querybank`` (ignored by the
+            others).
+        top_k: the activation set's ``k`` of ``querybank``.
+
+    Raises:
+        UserError: for an unknown normalisation, a missing temperature, or a ``querybank`` system without bank.
     """
     if normalize not in NORMALIZATIONS:
         raise UserError(f"normalize {normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
     if normalize in NORMALISERS:
         if temperature is None:
             raise UserError(f"normalize {normalize}: give its temperature")
-        tempered = Normalisation(normalize, temperature)
-        return np.stack([normalise(system.matrix.scores, tempered, system.path or system.name) for system in systems])
+        tempered = Normalisation(normalize, temperature, top_k=top_k if normalize == QUERYBANK else 1)
+        missing = next((system for system in systems if normalize == QUERYBANK and system.bank is None), None)
+        if missing is not None:
+            raise UserError(f"--normalize querybank: system {missing.name!r} has no query bank; give --bank "
+                            f"{missing.name}=BANK.npz (`dcase-t6 embed RUN --split SPLIT --bank development-training`)")
+        return np.stack([normalise(system.matrix.scores, tempered, _where(system),
+                                   None if system.bank is None else system.bank.matrix.scores)
+                         for system in systems])
     transform = zscore_rows if normalize == "zscore" else np.asarray
     return np.stack([transform(system.matrix.scores) for system in systems])
 

@@ -1,4 +1,4 @@
-"""Temperatures of the tempered normalisations (``inverted-softmax``, ``dual-softmax``; see
+"""Temperatures of the tempered normalisations (``inverted-softmax``, ``dual-softmax``, ``querybank``; see
 ``retrieval.normalisation``): the grid an ensemble search tries, which grid point wins, and the normalisation a
 weights file asks of one matrix (``evaluate`` / ``package --normalise-from``).
 
@@ -75,7 +75,7 @@ def matrix_normalisation(weights: EnsembleWeights) -> Normalisation:
 
     Args:
         weights: a weights file written by ``dcase-t6 ensemble --search --normalize inverted-softmax`` (or
-            ``dual-softmax``), e.g. of a single system.
+            ``dual-softmax``, ``querybank``: then with its ``top_k``), e.g. of a single system.
 
     Raises:
         UserError: for a file of several systems or one without a tempered normalisation.

@@ -3,8 +3,10 @@
 Format (JSON, written atomically, 2-space indent, UTF-8, final newline)::
 
     {"format": "dcase-t6-ensemble-weights", "version": 1, "metric": "mAP@16",
-     "normalize": "none" | "zscore" | "inverted-softmax" | "dual-softmax",
-     "temperature": 0.05,                                  # only with inverted-softmax / dual-softmax
+     "normalize": "none" | "zscore" | "inverted-softmax" | "dual-softmax" | "querybank",
+     "temperature": 0.05,                                  # only with inverted-softmax / dual-softmax / querybank
+     "top_k": 1,                                           # only with querybank: its activation set's k
+     "banks": {"NAME": "validation bank path"},            # only with querybank: the banks of the search
      "step": 0.05,
      "strategy": "flat" | "groups" | "system-first" | "model-first",
      "weights": {"NAME": weight, ...},                     # flat weights, used by --apply
@@ -17,8 +19,9 @@ Format (JSON, written atomically, 2-space indent, UTF-8, final newline)::
 Reading contract: only ``"weights"`` (system name -> finite number >= 0, not all 0) is required, so hand-written
 files work. ``"format"`` may be left out but, when given, must be ``dcase-t6-ensemble-weights``;
 ``"version"`` defaults to 1 (the only version), ``"normalize"`` to ``"none"`` and ``"metric"`` to
-``"mAP@16"``; ``"temperature"`` (a number > 0) is required with ``inverted-softmax`` / ``dual-softmax`` and
-refused with the others. The other keys record how a search found the weights; each is optional, but when
+``"mAP@16"``; ``"temperature"`` (a number > 0) is required with ``inverted-softmax`` / ``dual-softmax`` /
+``querybank`` and refused with the others; ``"top_k"`` (a whole number >= 1, default 1) goes with ``querybank``
+only. The other keys record how a search found the weights; each is optional, but when
 present it must have the type above.
 """
 
@@ -32,7 +35,7 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.jsonfile import read_json, write_json
 from dcase_t6.ensemble.grid import METRIC
 from dcase_t6.ensemble.systems import NORMALIZATIONS
-from dcase_t6.retrieval.normalisation import NORMALISERS, Normalisation
+from dcase_t6.retrieval.normalisation import MAX_TOP_K, NORMALISERS, QUERYBANK, Normalisation
 
 WEIGHTS_FORMAT = "dcase-t6-ensemble-weights"
 VERSION = 1
@@ -93,7 +96,10 @@ class EnsembleWeights:
         metric: the metric the search maximised (names the score of groups and candidates).
         step, strategy, validation, groups, candidates, systems, grid_points, seconds: the search
             record (None when not recorded, e.g. in a hand-written file).
-        temperature: the temperature of ``inverted-softmax`` / ``dual-softmax`` (None for the others).
+        temperature: the temperature of ``inverted-softmax`` / ``dual-softmax`` / ``querybank`` (None for the
+            others).
+        top_k: the activation set's ``k`` of ``querybank`` (None for the others).
+        banks: ``querybank``: system name -> the validation bank the search used (None: not recorded).
         temperature_search: every temperature the search tried with its best validation score (None: not
             recorded).
         source: where the weights were read from; used in messages, not written.
@@ -112,6 +118,8 @@ class EnsembleWeights:
     seconds: float | None = None
     temperature: float | None = None
     temperature_search: list[TemperatureScore] | None = None
+    top_k: int | None = None
+    banks: dict[str, str] | None = None
     version: int = VERSION
     source: str = field(default="", compare=False)
 
@@ -120,7 +128,7 @@ class EnsembleWeights:
         """The tempered normalisation of every system (None for ``none`` / ``zscore``)."""
         if self.normalize not in NORMALISERS or self.temperature is None:
             return None
-        return Normalisation(self.normalize, self.temperature, self.source)
+        return Normalisation(self.normalize, self.temperature, self.source, self.top_k or 1)
 
     def as_json(self) -> dict:
         """The weights file's JSON object (also printed by ``ensemble --search --json``); None fields are left out."""
@@ -137,7 +145,8 @@ class EnsembleWeights:
         tried = None if self.temperature_search is None else [
             {"temperature": entry.temperature, self.metric: entry.score} for entry in self.temperature_search]
         entries = {"format": WEIGHTS_FORMAT, "version": self.version, "metric": self.metric,
-                   "normalize": self.normalize, "temperature": self.temperature, "step": self.step,
+                   "normalize": self.normalize, "temperature": self.temperature, "top_k": self.top_k,
+                   "banks": self.banks, "step": self.step,
                    "strategy": self.strategy, "weights": self.weights, "validation": validation, "groups": groups,
                    "candidates": candidates, "temperature_search": tried, "systems": self.systems,
                    "grid_points": self.grid_points, "seconds": self.seconds}
@@ -192,7 +201,8 @@ def read_weights(path: str | Path) -> EnsembleWeights:
         validation=reader.validation(), groups=reader.groups(metric), candidates=reader.candidates(metric),
         systems=reader.names_to_paths(), grid_points=reader.optional("grid_points", int),
         seconds=reader.optional("seconds", float), temperature=reader.temperature(normalize),
-        temperature_search=reader.temperature_search(metric), source=str(path))
+        temperature_search=reader.temperature_search(metric), top_k=reader.top_k(normalize),
+        banks=reader.names_to_paths("banks"), source=str(path))
 
 
 class _Reader:
@@ -281,6 +291,20 @@ class _Reader:
                             f"`dcase-t6 ensemble --search --normalize {normalize}`")
         return value
 
+    def top_k(self, normalize: str) -> int | None:
+        """The activation set's k: a whole number from 1 with ``querybank`` (default 1), absent with the others."""
+        value = self.document.get("top_k")
+        if normalize != QUERYBANK:
+            if value is not None:
+                raise UserError(f"{self.path}: \"top_k\" applies only to \"normalize\" {QUERYBANK}, not "
+                                f"{normalize!r}; drop it")
+            return None
+        if value is None:
+            return 1
+        if not (_is_number(value) and float(value).is_integer() and 1 <= value <= MAX_TOP_K):
+            raise self.fail("top_k", f"a whole number from 1 to {MAX_TOP_K}")
+        return int(value)
+
     def temperature_search(self, metric: str) -> list[TemperatureScore] | None:
         value = self.document.get("temperature_search")
         if value is None:
@@ -291,12 +315,12 @@ class _Reader:
             raise self.fail("temperature_search", f"a list of {{\"temperature\" > 0, \"{metric}\"}} objects")
         return [TemperatureScore(float(entry["temperature"]), float(entry[metric])) for entry in entries]
 
-    def names_to_paths(self) -> dict[str, str] | None:
-        value = self.document.get("systems")
+    def names_to_paths(self, key: str = "systems") -> dict[str, str] | None:
+        value = self.document.get(key)
         if value is None:
             return None
         if not isinstance(value, dict) or not all(isinstance(path, str) for path in value.values()):
-            raise self.fail("systems", "an object of system name -> matrix path")
+            raise self.fail(key, "an object of system name -> matrix path")
         return dict(value)
 
 

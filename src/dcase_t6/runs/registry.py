@@ -271,16 +271,17 @@ def _like_prefix(reference: str) -> str:
     return escaped + "%"
 
 
-def resolve_matrix(reference: str, workdir: str | Path) -> str:
-    """A similarity-matrix argument as a path: ``RUN:DATASET/SPLIT`` is looked up in the registry,
-    anything else (an existing file, or a missing one that the reader will report) is returned as is."""
+def resolve_matrix(reference: str, workdir: str | Path, kind: str = "similarity") -> str:
+    """A similarity-matrix argument as a path: ``RUN:DATASET/SPLIT`` is looked up in the registry (its file of
+    ``kind``: ``similarity``, or ``bank`` for a QB-Norm bank), anything else (an existing file, or a missing one
+    that the reader will report) is returned as is."""
     run, separator, tag = reference.partition(":")
     if Path(reference).exists() or not separator:
         return reference
     if not WorkLayout.at(workdir).database.is_file():
         raise UserError(f"{reference}: no such file, and no run registry in {workdir} to look up RUN:DATASET/SPLIT; "
                         "pass --workdir or a matrix file (.csv/.npz)")
-    return str(Registry(workdir).file(run, "similarity", tag).path)
+    return str(Registry(workdir).file(run, kind, tag).path)
 
 
 def run_from_row(row: sqlite3.Row, epochs: list[dict] | None = None,

@@ -20,7 +20,7 @@ from dcase_t6.common.duplicates import first_duplicate
 from dcase_t6.common.errors import UserError
 from dcase_t6.common.inputs import MISSING, file_problem, fix_of
 from dcase_t6.retrieval.matrices import SimilarityMatrix, read_csv, read_matrix, write_csv
-from dcase_t6.retrieval.normalisation import TRANSDUCTIVE_NOTE, Normalisation, normalise_matrix
+from dcase_t6.retrieval.normalisation import Normalisation, normalise_matrix, read_bank
 from dcase_t6.submission.evalcheck import EvalSet, eval_set_problems
 from dcase_t6.submission.metadata import (
     decode_meta,
@@ -53,12 +53,14 @@ KINDS = (CSV_KIND, META_KIND, REPORT_KIND)
 @dataclass(frozen=True)
 class SystemFiles:
     """The inputs of one system: its label, similarity matrix and metadata file, and the normalisation (inverted
-    or dual softmax, ``retrieval.normalisation``) applied to the matrix before it is written (None: as it is)."""
+    or dual softmax, QB-Norm, ``retrieval.normalisation``) applied to the matrix before it is written (None: as it
+    is), with QB-Norm's query bank of the matrix's clips (``bank``)."""
 
     label: str
     predictions: Path
     meta: Path
     normalisation: Normalisation | None = None
+    bank: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def build_package(systems: list[SystemFiles], out: str | Path, report: Technical
               is not None else "state it in the technical report and in the metadata (system.description)")
     warnings += [f"{system.predictions}: written as the {system.normalisation.describe()} of its scores"
                  f"{' (' + system.normalisation.source + ')' if system.normalisation.source else ''}; "
-                 f"{TRANSDUCTIVE_NOTE}; {stated}" for system in systems if system.normalisation]
+                 f"{system.normalisation.note}; {stated}" for system in systems if system.normalisation]
     return replace(result, warnings=warnings)
 
 
@@ -231,7 +233,8 @@ def _read_predictions(system: SystemFiles, expected: Expected, evalset: EvalSet 
         problems = eval_set_problems(matrix.queries, matrix.files, evalset, str(system.predictions))
         if problems:
             raise UserError(f"{' '.join(problems)} (checked against {evalset.source})")
-    return normalise_matrix(matrix, system.normalisation, str(system.predictions))
+    bank = read_bank(system.bank) if system.bank is not None else None
+    return normalise_matrix(matrix, system.normalisation, str(system.predictions), bank)
 
 
 def _write_zip(path: Path, systems: list[SystemFiles], matrices: list[SimilarityMatrix],

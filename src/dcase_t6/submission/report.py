@@ -170,9 +170,8 @@ def render_html(content: ReportContent) -> str:
         curve_runs=[_run_row(history) for history in content.runs],
         resources=[{"name": item.name, "kind": item.kind, "use": item.use, "source": item.source or "n/a"}
                    for item in content.resources],
-        normalisations=[{"label": label, "method": normalisation.describe()}
+        normalisations=[{"label": label, "method": normalisation.describe(), "note": normalisation.note}
                         for label, normalisation in content.normalisations],
-        transductive=TRANSDUCTIVE_NOTE,
         intervals=content.intervals,
     )
 
@@ -194,7 +193,9 @@ def weights_note(weights: EnsembleWeights) -> str:
     if validation is not None and weights.metric in validation.scores:
         parts.append(f"chosen on validation {weights.metric} = {validation.scores[weights.metric]:.4f}")
     if weights.temperature is not None:
-        parts.append(f"normalize: {weights.normalize} at temperature {weights.temperature:g} ({TRANSDUCTIVE_NOTE})")
+        normalisation = weights.normalisation
+        note = normalisation.note if normalisation is not None else TRANSDUCTIVE_NOTE
+        parts.append(f"normalize: {weights.normalize} at temperature {weights.temperature:g} ({note})")
     elif validation is not None or weights.normalize != "none":
         parts.append(f"normalize: {weights.normalize}")
     if weights.strategy is not None:

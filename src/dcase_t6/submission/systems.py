@@ -17,7 +17,6 @@ from dcase_t6.common.jsonfile import read_json
 from dcase_t6.common.tables import read_table
 from dcase_t6.data.layout import CLOTHO_PARTS, Layout
 from dcase_t6.models.audio import sample_rate
-from dcase_t6.retrieval.normalisation import TRANSDUCTIVE_NOTE
 from dcase_t6.runs.config import from_dict, split_names
 from dcase_t6.runs.records import Run
 from dcase_t6.runs.registry import Registry
@@ -231,7 +230,7 @@ def _learning_rate(runs: list[Run]) -> float | str:
 
 def _ensemble(runs: list[Run], weights) -> bool | str:
     tempered = weights.normalisation if weights is not None else None
-    normalised = (f"; each similarity matrix is first replaced by its {tempered.describe()}, {TRANSDUCTIVE_NOTE}"
+    normalised = (f"; each similarity matrix is first replaced by its {tempered.describe()}, {tempered.note}"
                   if tempered else "")
     if tempered and len(weights.weights) == 1:
         return "No" + normalised
