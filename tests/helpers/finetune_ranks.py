@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from dcase_t6.runs.config import build_config
-from dcase_t6.runs.registry import Registry
+from dcase_t6.runs.lookup import lookup_for, writable
 from dcase_t6.training.builder import build_training
 from dcase_t6.training.distributed import init_world, share_from_main
 from dcase_t6.training.loop import TrainingLoop
@@ -38,8 +38,8 @@ class StepLosses:
 def main(workdir: str, out: str, overrides: dict) -> None:
     config = build_config(None, {**overrides, "log_every": 1})
     world = init_world(config.dist_timeout_minutes)
-    registry = Registry(workdir)
-    run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
+    registry = lookup_for(world, workdir)  # the registry on rank 0, the run records on the others
+    run_id = share_from_main(register_run(writable(registry), config) if world.is_main else None, world)
     setup = build_training(config, registry, run_id, world)
     steps = StepLosses()
     setup.sinks.append(steps)

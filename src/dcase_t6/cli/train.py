@@ -120,10 +120,7 @@ def train(obj, config_file, settings, resume_run, pipeline_file, as_json, no_val
     if pipeline_file:
         _train_pipeline(obj["workdir"], pipeline_file, config_file, resume_run, settings, options, as_json)
         return
-    if resume_run:
-        from dcase_t6.runs.registry import Registry
-
-        check_logger(Registry(obj["workdir"]).run(resume_run).config.get("log", "tensorboard"))
+    if resume_run:  # resume checks the run's logger (and opens the registry on the main process only)
         summary = training.resume(obj["workdir"], resume_run, max_steps=options["max_steps"], reporter=reporter)
     else:
         config = build_config(config_file, _train_overrides(options, settings))

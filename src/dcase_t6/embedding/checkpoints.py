@@ -33,9 +33,10 @@ from dcase_t6.embedding.partial import partial_folder
 from dcase_t6.embedding.sharded import DEFAULT_CHUNK_BATCHES, ShardedJob, check_chunk_batches, embed_split, finish
 from dcase_t6.retrieval.matrices import SimilarityMatrix, write_matrix
 from dcase_t6.runs.folder import load_exported
+from dcase_t6.runs.lookup import lookup_for, resolved_by_main, writable
 from dcase_t6.runs.model import load_model
 from dcase_t6.runs.node_folders import folder_writer
-from dcase_t6.runs.registry import Registry
+from dcase_t6.runs.record_reader import RunLookup
 from dcase_t6.runs.world import World, share_from_main
 
 MAX_BATCH = 65_536  # clips or captions per forward pass; 32 is the default, a large GPU takes a few hundred
@@ -101,7 +102,8 @@ def embed_run(workdir: str | Path, run: str, request: SplitRequest, with_similar
     distillation targets) the similarity matrix. Clips the audio cache skipped are left out with their queries
     (one warning); the evaluation set, which needs every clip, fails instead. The run is held with an "embed"
     lease meanwhile, so `runs rm` refuses it. Under torchrun (``request.world``) every process calls it: each
-    embeds its shard, the main process writes and registers. An interrupted embedding resumes from its finished
+    embeds its shard, the main process writes and registers (and alone opens the registry: the others resolve
+    nothing and read the run's record, ``runs.lookup``). An interrupted embedding resumes from its finished
     chunks (``<dataset>.<split>.embeddings.partial`` beside the output, removed once the output is written).
 
     Args:
@@ -116,13 +118,14 @@ def embed_run(workdir: str | Path, run: str, request: SplitRequest, with_similar
     """
     check_batch_size(request.batch_size, "batch size")
     check_chunk_batches(request.chunk_batches, "chunk size")
-    registry = Registry(workdir)
-    main = request.world is None or request.world.is_main
-    with registry.using(run, "embed") if main else contextlib.nullcontext(registry.resolve(run)) as run_id:
-        return _embed(registry, run_id, request, with_similarity, reporter)
+    world = request.world or World()
+    lookup = lookup_for(world, workdir)  # under torchrun only the main process opens the registry
+    run_id = resolved_by_main(lookup, run, world)  # the others read the run's record by its full id
+    with writable(lookup).using(run_id, "embed") if world.is_main else contextlib.nullcontext(run_id):
+        return _embed(lookup, run_id, request, with_similarity, reporter)
 
 
-def _embed(registry: Registry, run: str, request: SplitRequest, with_similarity: bool,
+def _embed(registry: RunLookup, run: str, request: SplitRequest, with_similarity: bool,
            reporter: Reporter) -> EmbedOutcome:
     dataset, split = request.dataset, request.split
     world = request.world or World(device=_device())
@@ -155,10 +158,10 @@ def _embed(registry: Registry, run: str, request: SplitRequest, with_similarity:
         info = {"dataset": dataset, "split": split, "checkpoint": request.checkpoint,
                 "checkpoint_epoch": outcome.checkpoint_epoch, "audio_seconds": outcome.audio_seconds,
                 "queries": outcome.queries, "files": outcome.files}
-        registry.add_file(checkpoint.run_id, "embeddings", split_tag(dataset, split), embeddings_path, info)
+        writable(registry).add_file(checkpoint.run_id, "embeddings", split_tag(dataset, split), embeddings_path, info)
         if matrix_path is not None:
             write_matrix(SimilarityMatrix(data.queries, data.files, similarity(text, audio)), matrix_path)
-            registry.add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
+            writable(registry).add_file(checkpoint.run_id, "similarity", split_tag(dataset, split), matrix_path, info)
     finish(job)  # the partial folder goes only now that the outputs are in place
     return dataclasses.replace(outcome, similarity=matrix_path)
 

@@ -1,6 +1,10 @@
 """Running a pipeline file (``pipeline.file``; its format and what running it again does are described there):
 each stage is a registered run trained in order, then (on the main process) each ensemble is embedded,
-searched on validation and scored on its test split. ``<workdir>/pipelines/<name>.json`` holds the state."""
+searched on validation and scored on its test split. ``<workdir>/pipelines/<name>.json`` holds the state.
+
+Under torchrun only the main process opens the registry: it checks the references, decides whether a stage is
+trained, continued or skipped and registers its run, and shares that with the others, which read run records
+(``runs.lookup``)."""
 
 from __future__ import annotations
 
@@ -27,8 +31,10 @@ from dcase_t6.runs.config import (
     from_dict,
     nested_to_dotted,
 )
-from dcase_t6.runs.registry import Registry
-from dcase_t6.training.distributed import World, init_world, share_from_main
+from dcase_t6.runs.lookup import lookup_for, writable
+from dcase_t6.runs.record_reader import RunLookup
+from dcase_t6.runs.world import main_decides
+from dcase_t6.training.distributed import World, init_world
 from dcase_t6.training.trainer import TrainOutcome, continue_run, register_run
 
 
@@ -73,10 +79,11 @@ class PipelineRequest:
 
 @dataclass(frozen=True)
 class _PipelineContext:
-    """What the steps of one pipeline run share: the registry, the pipeline, its state file, the processes, the
-    running stage's step limit (``max_steps``) and the reporter."""
+    """What the steps of one pipeline run share: the registry (the run records on a process other than the main
+    one), the pipeline, its state file, the processes, the running stage's step limit (``max_steps``) and the
+    reporter."""
 
-    registry: Registry
+    registry: RunLookup
     pipeline: Pipeline
     state: PipelineState
     world: World
@@ -103,9 +110,9 @@ def run_pipeline(workdir: str | Path, request: PipelineRequest, world: World | N
         UserError: for a bad pipeline file, a reference to nothing, or a stage or ensemble that changed.
     """
     pipeline = load_pipeline(Path(request.path), request.overrides or {})  # checked before the registry is created
-    registry = Registry(workdir)
+    registry = lookup_for(world, workdir)  # the main process opens the registry before the others wait for it
     world = world or init_world(max(from_dict(stage.config).dist_timeout_minutes for stage in pipeline.stages))
-    _check_run_references(registry, pipeline)
+    main_decides(world, lambda: _check_run_references(registry, pipeline))
     state = PipelineState(registry.layout.pipeline_state(pipeline.name))
     context = _PipelineContext(registry, pipeline, state, world, request.max_steps, reporter)
     summaries = []
@@ -118,7 +125,9 @@ def run_pipeline(workdir: str | Path, request: PipelineRequest, world: World | N
     return summaries
 
 
-def _check_run_references(registry: Registry, pipeline: Pipeline) -> None:
+def _check_run_references(registry: RunLookup, pipeline: Pipeline) -> None:
+    """A UserError for a stage reference that is neither a stage nor a registered run (the main process)."""
+    registry = writable(registry)
     keys = {stage.key for stage in pipeline.stages}
     for stage in pipeline.stages:
         for reference in stage.references:
@@ -127,24 +136,41 @@ def _check_run_references(registry: Registry, pipeline: Pipeline) -> None:
                                 f"this pipeline nor a registered run (see `dcase-t6 runs list`)")
 
 
+@dataclass(frozen=True)
+class _StageRun:
+    """What the main process decided for a stage: its ``run`` (registered just now when ``new``), whether it is
+    ``skipped`` (finished before) and the ``digest`` of its config."""
+
+    run: str
+    digest: str
+    new: bool = False
+    skipped: bool = False
+
+
 def _run_stage(context: _PipelineContext, stage: Stage) -> StepOutcome:
-    registry, pipeline, state, world = context.registry, context.pipeline, context.state, context.world
+    state, world = context.state, context.world
+    decided = main_decides(world, lambda: _stage_run(context, stage))
+    if decided.skipped:
+        return StepOutcome(stage.key, decided.run, "skipped")
+    if decided.new:
+        state.record(stage.key, decided.run, decided.digest, save=world.is_main)
+    outcome = continue_run(context.registry, decided.run, world, context.max_steps, context.reporter)
+    return StepOutcome(stage.key, outcome.run, outcome.status, training=outcome)
+
+
+def _stage_run(context: _PipelineContext, stage: Stage) -> _StageRun:
+    """The run of a stage, registered now if it has none (on the main process, which alone opens the registry)."""
+    registry, pipeline = writable(context.registry), context.pipeline
     config = _stage_config(context, stage)
     digest = config_digest(config)
-    entry = state.stages.get(stage.key)
+    entry = context.state.stages.get(stage.key)
     run = registry.find(entry["run"]) if entry else None
     if run is not None and entry["config"] != digest:
         raise UserError(f"{pipeline.path}: stage {stage.key} changed since its run {run.id} started; "
                         f"`dcase-t6 runs rm {run.id}` to train it anew with the new config")
-    if run is not None and run.status == "finished":
-        return StepOutcome(stage.key, run.id, "skipped")
     if run is None:
-        run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
-        state.record(stage.key, run_id, digest, save=world.is_main)
-    else:
-        run_id = run.id
-    outcome = continue_run(registry, run_id, world, context.max_steps, context.reporter)
-    return StepOutcome(stage.key, outcome.run, outcome.status, training=outcome)
+        return _StageRun(register_run(registry, config), digest, new=True)
+    return _StageRun(run.id, digest, skipped=run.status == "finished")
 
 
 def _stage_config(context: _PipelineContext, stage: Stage) -> TrainConfig:
@@ -220,7 +246,7 @@ def _split_systems(context: _PipelineContext, ensemble: Ensemble, runs: dict[str
     return systems
 
 
-def _registered_similarity(registry: Registry, run: str, tag: str, checkpoint: str) -> Path | None:
+def _registered_similarity(registry: RunLookup, run: str, tag: str, checkpoint: str) -> Path | None:
     """The run's intact similarity matrix of ``tag`` if its current ``checkpoint`` wrote it, else None."""
     if not registry.has_file(run, "similarity", tag):
         return None

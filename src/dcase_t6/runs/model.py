@@ -13,8 +13,8 @@ from dcase_t6.models import DualEncoder
 from dcase_t6.models.checkpoint import WeightSource, load_weights
 from dcase_t6.models.text import quiet_transformers
 from dcase_t6.runs.config import TrainConfig, from_dict
+from dcase_t6.runs.record_reader import RunLookup
 from dcase_t6.runs.records import RegisteredFile
-from dcase_t6.runs.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,15 @@ class LoadedCheckpoint:
     config: TrainConfig
 
 
-def load_model(registry: Registry, run: str, tag: str = "best", device: str = "cpu") -> LoadedCheckpoint:
+def load_model(registry: RunLookup, run: str, tag: str = "best", device: str = "cpu") -> LoadedCheckpoint:
     """Rebuild a run's model from a checkpoint whose hash the registry verifies (no weight download).
 
     The model is built from the config stored in the checkpoint (for a run with cluster heads: with its
     class count), so it is the model that was trained.
 
     Args:
-        registry: the registry of the run.
-        run: a run reference.
+        registry: the registry of the run (or, on a process other than the main one, its records).
+        run: a run reference (a full id with records).
         tag: the checkpoint, ``best`` or ``last``.
         device: where to put the model.
 
@@ -56,7 +56,7 @@ def load_model(registry: Registry, run: str, tag: str = "best", device: str = "c
     return LoadedCheckpoint(model.to(device), record, config)
 
 
-def _moved_text_model(config: TrainConfig, registry: Registry, run_id: str) -> TrainConfig:
+def _moved_text_model(config: TrainConfig, registry: RunLookup, run_id: str) -> TrainConfig:
     """An imported run's config with its text model found again after the work directory moved: the checkpoint
     names the copied ``runs/<run>/model/text`` by its absolute path (see ``sharing.importing``)."""
     stored = Path(config.model.text_model)
@@ -66,6 +66,6 @@ def _moved_text_model(config: TrainConfig, registry: Registry, run_id: str) -> T
     return dataclasses.replace(config, model=dataclasses.replace(config.model, text_model=str(here.absolute())))
 
 
-def _code_version_of(registry: Registry, record: RegisteredFile) -> str:
+def _code_version_of(registry: RunLookup, record: RegisteredFile) -> str:
     """The code version recorded for the run that wrote ``record``."""
     return registry.run(record.run_id).code_version

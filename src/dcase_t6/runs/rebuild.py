@@ -14,7 +14,8 @@ from pathlib import Path
 from dcase_t6.common.errors import UserError
 from dcase_t6.runs.database import SCHEMA, add_columns, registered_runs, run_folders
 from dcase_t6.runs.layout import DATABASE_NAME, RECORD_NAME, WorkLayout
-from dcase_t6.runs.records import RegisteredFile, now
+from dcase_t6.runs.record_reader import read_record
+from dcase_t6.runs.records import now
 from dcase_t6.runs.registry import Registry
 
 
@@ -115,34 +116,24 @@ def rebuild(workdir: str | Path, force: bool = False) -> RebuildOutcome:
 def _insert_record(connection: sqlite3.Connection, folder: Path, seen: set[str]) -> RecoveredRun:
     """Register the run recorded in ``folder/run.json`` (rows as they were, files re-hashed and their problems
     listed); a UserError saying why the folder cannot be registered."""
-    record_path = folder / RECORD_NAME
-    if not record_path.is_file():
-        raise UserError(f"no {RECORD_NAME} (the run was registered by a dcase-t6 that kept no run records); "
-                        "its checkpoints can still be used as files")
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        run_id = record["id"]
-        config = json.dumps(record["config"], sort_keys=True)
-        row = (run_id, record["name"], record["status"], record["created"], config, record.get("data_fingerprint"),
-               record.get("code_version"), record.get("seed"), str(folder),
-               record.get("reason"), record.get("host"), record.get("pid"), record.get("heartbeat"))
-        epochs = [(run_id, int(epoch["epoch"]), json.dumps(epoch["metrics"])) for epoch in record.get("epochs", [])]
-        files = [(item["kind"], item["tag"], item["path"], item["sha256"], item.get("info", {}), item.get("created"))
-                 for item in record.get("files", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
-        raise UserError(f"{record_path}: not a run record ({type(err).__name__}: {err}); restore it from a "
-                        "backup") from None
-    if run_id in seen:
-        raise UserError(f"{record_path}: run {run_id} is already recorded in another folder")
+    recorded = read_record(folder)
+    run = recorded.run
+    if run.id in seen:
+        raise UserError(f"{folder / RECORD_NAME}: run {run.id} is already recorded in another folder")
     connection.execute("INSERT INTO runs (id, name, status, created, config, data_fingerprint, code_version, seed, "
-                       "directory, reason, host, pid, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-    connection.executemany("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", epochs)
+                       "directory, reason, host, pid, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (run.id, run.name, run.status, run.created, json.dumps(run.config, sort_keys=True),
+                        run.data_fingerprint, run.code_version, run.seed, str(folder), run.reason, run.host, run.pid,
+                        run.heartbeat))
+    epochs = recorded.epoch_metrics
+    connection.executemany("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)",
+                           [(run.id, number, json.dumps(metrics)) for number, metrics in epochs])
     problems = []
-    for kind, tag, stored, sha256, info, created in files:
-        path = (folder / stored) if not Path(stored).is_absolute() else Path(stored)
-        problem = RegisteredFile(run_id, kind, tag, path.resolve(), sha256, info).problem()
+    for record, created in zip(run.files or [], recorded.file_times):
+        problem = record.problem()
         if problem is not None:
             problems.append(problem)
         connection.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (run_id, kind, tag, str(path.resolve()), sha256, json.dumps(info), created or now()))
-    return RecoveredRun(run_id, folder, len(epochs), len(files), problems)
+                           (run.id, record.kind, record.tag, str(record.path), record.sha256, json.dumps(record.info),
+                            created or now()))
+    return RecoveredRun(run.id, folder, len(epochs), len(run.files or []), problems)

@@ -10,13 +10,17 @@ from __future__ import annotations
 import datetime
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from dcase_t6.common.errors import UserError
 from dcase_t6.runs.config import DEFAULT_TIMEOUT_MINUTES, RANGES
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -163,3 +167,32 @@ def share_from_main(value, world: World):
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def main_decides(world: World, decide: Callable[[], T]) -> T:
+    """What ``decide()`` returns on the main process, on every process (only the main process calls it); when it
+    fails there, every process fails: with the same UserError, or a RuntimeError naming the main process's error.
+
+    Args:
+        world: the processes (a collective: every process must call it).
+        decide: what the main process does (resolve a run reference, register a run...); its result is pickled.
+
+    Returns:
+        The main process's result.
+    """
+    if world.size == 1:
+        return decide()
+    outcome = None
+    if world.is_main:
+        try:
+            outcome = (decide(), None, False)
+        except Exception as err:
+            share_from_main((None, str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}",
+                             isinstance(err, UserError)), world)
+            raise
+    value, problem, user_error = share_from_main(outcome, world)
+    if problem is None:
+        return value
+    if user_error:
+        raise UserError(problem)
+    raise RuntimeError(f"the main process failed ({problem}); see its output")

@@ -45,8 +45,9 @@ from dcase_t6.models import CLUSTER_HEADS, DualEncoder
 from dcase_t6.models import audio as audio_backbones
 from dcase_t6.models.checkpoint import WeightSource, load_weights
 from dcase_t6.runs.config import FineTune, TrainConfig
+from dcase_t6.runs.lookup import writable
 from dcase_t6.runs.node_folders import check_same_data, folder_writer
-from dcase_t6.runs.registry import Registry
+from dcase_t6.runs.record_reader import RunLookup
 from dcase_t6.training.augmentation import PairAugmenter
 from dcase_t6.training.checkpointing import Checkpointer
 from dcase_t6.training.clustering import caption_labels
@@ -84,13 +85,14 @@ class TrainingSetup:
     reporter: Reporter = SILENT  # this process's voice: the caller's on the main process, silent elsewhere
 
 
-def build_training(config: TrainConfig, registry: Registry, run_id: str, world: World,
+def build_training(config: TrainConfig, registry: RunLookup, run_id: str, world: World,
                    reporter: Reporter = SILENT) -> TrainingSetup:
     """Assemble a registered run for training, in the order the module docstring gives.
 
     Args:
         config: the run's registered config (with this invocation's ``max_steps``); it is not changed.
-        registry: the run's registry.
+        registry: the run's registry on the main process, its records on the others (``runs.lookup``); only the
+            main process writes (checkpoints, epochs, cluster labels).
         run_id: the run.
         world: the processes.
         reporter: progress and notes (only the main process speaks).
@@ -149,6 +151,7 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
     scaler = torch.amp.GradScaler(world.device.type, enabled=dtype == torch.float16)
     # 7. batches, objective, validation, checkpoints, sinks
     directory = registry.layout.run(run_id)
+    writer = writable(registry) if world.is_main else None  # the others write nothing
     miner = build_miner(MiningInputs(config, registry, directory, pairs, world, reporter),
                         ModelSource(model, store, max_samples, config.batch_size))
     data = TrainingData(pairs, store, augmenter, max_samples, config.batch_size, config.seed,
@@ -159,8 +162,8 @@ def build_training(config: TrainConfig, registry: Registry, run_id: str, world: 
         objective=build_objective(config, world, teachers, labels),
         validator=None if validation is None else Validator(validation, store, max_samples, config.batch_size,
                                                             world),
-        checkpointer=Checkpointer(registry, run_id, directory, config, world.is_main),
-        sinks=run_sinks(registry, run_id, config.epochs, world.is_main, reporter),
+        checkpointer=Checkpointer(writer, run_id, directory, config, world.is_main),
+        sinks=run_sinks(writer, run_id, config.epochs, world.is_main, reporter),
         optimizer=optimizer, scaler=scaler, autocast_dtype=dtype, reporter=reporter)
 
 
@@ -179,7 +182,7 @@ def _fingerprints(pairs: CaptionPairs, validation: Split | None) -> dict[str, st
     return facts
 
 
-def _cluster_labels(registry: Registry, run_id: str, config: TrainConfig, pairs: CaptionPairs,
+def _cluster_labels(registry: RunLookup, run_id: str, config: TrainConfig, pairs: CaptionPairs,
                     world: World) -> torch.Tensor | None:
     """Every pair's cluster label on the device, or None when clusters are off."""
     if not config.clusters.method:
@@ -195,13 +198,13 @@ def _wrap(model: DualEncoder, world: World) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def initialise_from(model: DualEncoder, registry: Registry, run: str) -> None:
+def initialise_from(model: DualEncoder, registry: RunLookup, run: str) -> None:
     """Load a run's best weights into ``model``; cluster heads (new, or of other clusters there) start fresh.
 
     Args:
         model: the model to initialise.
-        registry: the registry holding ``run``.
-        run: a run reference.
+        registry: the registry holding ``run`` (or its records).
+        run: a run reference (a full id on a process that reads records).
 
     Raises:
         UserError: the weights do not fit the model (see ``dcase_t6.models.checkpoint.load_weights``).

@@ -35,9 +35,10 @@ class Position:
 
 
 class Checkpointer:
-    """Writes and registers a run's checkpoints (main process only) and restores from ``last``."""
+    """Writes and registers a run's checkpoints (main process only: the others have no ``registry``, None) and
+    restores from ``last``."""
 
-    def __init__(self, registry: Registry, run_id: str, directory: Path, config: TrainConfig, is_main: bool):
+    def __init__(self, registry: Registry | None, run_id: str, directory: Path, config: TrainConfig, is_main: bool):
         self.registry, self.run_id, self.directory = registry, run_id, directory
         self.config, self.is_main = config, is_main
 
@@ -101,6 +102,8 @@ class Checkpointer:
         path = self.directory / f"{tag}.pt"
         with atomic_path(path) as tmp:
             save_state(state, tmp)
+        if self.registry is None:
+            raise RuntimeError("internal error: a checkpoint saved by a process other than the main one")
         self.registry.add_file(self.run_id, "checkpoint", tag, path, info)
 
 

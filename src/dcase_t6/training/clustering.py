@@ -35,8 +35,9 @@ from dcase_t6.common.atomic import atomic_open
 from dcase_t6.common.errors import UserError
 from dcase_t6.models.text import TextEncoder, TextSettings, _minilm_path
 from dcase_t6.runs.config import Clusters, TrainConfig
+from dcase_t6.runs.lookup import writable
 from dcase_t6.runs.model import load_model
-from dcase_t6.runs.registry import Registry
+from dcase_t6.runs.record_reader import RunLookup
 from dcase_t6.training.data import CaptionPairs
 from dcase_t6.training.distributed import World
 
@@ -51,9 +52,10 @@ def clusters_tag(config: TrainConfig) -> str:
     return f"{'+'.join(config.datasets)}/{'+'.join(config.train_split)}"
 
 
-def caption_labels(registry: Registry, run_id: str, config: TrainConfig, pairs: CaptionPairs,
+def caption_labels(registry: RunLookup, run_id: str, config: TrainConfig, pairs: CaptionPairs,
                    world: World) -> np.ndarray:
-    """The run's label of every training pair: read from the registry, or clustered now and registered."""
+    """The run's label of every training pair: read from the registry (the other processes: from the run's record,
+    once the main process has registered the labels), or clustered now and registered by the main process."""
     tag = clusters_tag(config)
     captions = pairs.captions
     if world.is_main and not _has_clusters(registry, run_id, tag):
@@ -62,17 +64,17 @@ def caption_labels(registry: Registry, run_id: str, config: TrainConfig, pairs: 
         labels, info = cluster_vectors(vectors, config.clusters, config.seed, documents=unique.tolist())
         path = registry.layout.run(run_id) / "clusters.csv"
         write_labels(path, pairs.pair_clips(), captions, labels[inverse])
-        registry.add_file(run_id, "clusters", tag, path, {**info, "source": config.clusters.source,
-                                                          "captions": len(captions)})
+        writable(registry).add_file(run_id, "clusters", tag, path, {**info, "source": config.clusters.source,
+                                                                    "captions": len(captions)})
     world.wait("cluster the training captions")
     return read_labels(registry.file(run_id, "clusters", tag).path, captions)
 
 
-def _has_clusters(registry: Registry, run_id: str, tag: str) -> bool:
+def _has_clusters(registry: RunLookup, run_id: str, tag: str) -> bool:
     return registry.has_file(run_id, "clusters", tag)
 
 
-def caption_embeddings(registry: Registry, config: TrainConfig, captions: list[str],
+def caption_embeddings(registry: RunLookup, config: TrainConfig, captions: list[str],
                        device: torch.device) -> np.ndarray:
     """Embeddings of ``captions`` from the configured source (see the module docstring)."""
     sentence = sentence_source(config.clusters.source)
@@ -133,7 +135,8 @@ def sentence_embeddings(name: str, prefix: str, captions: list[str], device: tor
                         show_progress_bar=False)
 
 
-def _text_encoder(registry: Registry, config: TrainConfig, device: torch.device) -> Callable[[list[str]], torch.Tensor]:
+def _text_encoder(registry: RunLookup, config: TrainConfig,
+                  device: torch.device) -> Callable[[list[str]], torch.Tensor]:
     source = config.clusters.source
     kind, _, name = source.partition(":")
     if source == "init" and not config.init_from:

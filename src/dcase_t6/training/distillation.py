@@ -32,7 +32,7 @@ from dcase_t6.common.errors import UserError
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.embedding.checkpoints import SplitRequest, embed_run, split_tag
 from dcase_t6.runs.config import TrainConfig
-from dcase_t6.runs.registry import Registry
+from dcase_t6.runs.record_reader import RunLookup
 from dcase_t6.training.data import CaptionPairs, training_splits
 from dcase_t6.training.distributed import World, share_from_main
 from dcase_t6.training.teacher_tables import shared_tables, tables_folder
@@ -79,7 +79,7 @@ class TeacherSimilarity:
         return torch.from_numpy(np.asarray(table[rows])).to(self.device).float()
 
 
-def load_teachers(registry: Registry, config: TrainConfig, pairs: CaptionPairs, world: World,
+def load_teachers(registry: RunLookup, config: TrainConfig, pairs: CaptionPairs, world: World,
                   reporter: Reporter = SILENT) -> TeacherSimilarity:
     """The teachers of ``config.distill_from`` aligned to the training ``pairs`` (every process embeds its shard of
     missing ones), as float16 tables written once per node and memory-mapped by every process
@@ -98,7 +98,7 @@ def load_teachers(registry: Registry, config: TrainConfig, pairs: CaptionPairs, 
     return TeacherSimilarity(tables.audio, tables.text, pairs.clip_ids, len(config.distill_from), world.device)
 
 
-def _tables_folder(registry: Registry, config: TrainConfig, pairs: CaptionPairs) -> Path:
+def _tables_folder(registry: RunLookup, config: TrainConfig, pairs: CaptionPairs) -> Path:
     """The tables' folder, keyed by the teachers' registered embeddings (in order) and the pairs' order."""
     splits = training_splits(config)
     shas = [registry.file(teacher, "embeddings", split_tag(dataset, split), verify=False).sha256
@@ -106,7 +106,7 @@ def _tables_folder(registry: Registry, config: TrainConfig, pairs: CaptionPairs)
     return tables_folder(registry.workdir, shas, pairs.captions, [str(name) for name in pairs.clip_names])
 
 
-def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, reporter: Reporter = SILENT,
+def ensure_embeddings(registry: RunLookup, teacher: str, config: TrainConfig, reporter: Reporter = SILENT,
                       world: World | None = None) -> None:
     """Embed every training split of each of ``config.datasets`` with the teacher's best checkpoint, each unless
     already registered. Under torchrun every process calls it (``world``): the main process decides what is
@@ -127,7 +127,7 @@ def ensure_embeddings(registry: Registry, teacher: str, config: TrainConfig, rep
             embed_run(registry.workdir, teacher, request, with_similarity=False, reporter=reporter)
 
 
-def _registered_embeddings(registry: Registry, teacher: str, tag: str, checkpoint_sha: str) -> Path | None:
+def _registered_embeddings(registry: RunLookup, teacher: str, tag: str, checkpoint_sha: str) -> Path | None:
     """The teacher's embeddings file for ``tag`` if it is intact and made with ``checkpoint_sha``."""
     if not registry.has_file(teacher, "embeddings", tag):
         return None
@@ -138,7 +138,7 @@ def _registered_embeddings(registry: Registry, teacher: str, tag: str, checkpoin
         return record.path if str(data["checkpoint"]) == checkpoint_sha else None
 
 
-def teacher_vectors(registry: Registry, teacher: str, config: TrainConfig, captions: list[str],
+def teacher_vectors(registry: RunLookup, teacher: str, config: TrainConfig, captions: list[str],
                     clip_names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One teacher's (clips, d) audio vectors in clip-id order and (pairs, d) caption vectors in pair order."""
     audio_by_clip: dict[str, np.ndarray] = {}

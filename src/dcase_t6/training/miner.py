@@ -31,7 +31,7 @@ from dcase_t6.data.audio_cache import AudioCache
 from dcase_t6.embedding.encode import Clips, EncodeSettings, embed_audio, embed_text
 from dcase_t6.models import DualEncoder
 from dcase_t6.runs.config import TrainConfig
-from dcase_t6.runs.registry import Registry
+from dcase_t6.runs.record_reader import RunLookup
 from dcase_t6.training.data import CaptionPairs
 from dcase_t6.training.distillation import ensure_embeddings, teacher_vectors
 from dcase_t6.training.distributed import World, gather, share_from_main
@@ -53,7 +53,7 @@ class MiningInputs:
     ``pairs``, the processes (``world``) and the main process's ``reporter``."""
 
     config: TrainConfig
-    registry: Registry
+    registry: RunLookup
     run_dir: Path
     pairs: CaptionPairs
     world: World

@@ -210,14 +210,14 @@ def experiment_logger(log: str, registry: Registry, run_id: str, directory: Path
     return TensorBoardSink(directory / "tensorboard", info)
 
 
-def run_sinks(registry: Registry, run_id: str, epochs: int, is_main: bool,
+def run_sinks(registry: Registry | None, run_id: str, epochs: int, is_main: bool,
               reporter: Reporter = SILENT) -> list[EpochSink]:
     """A run's sinks, in the order they are written: console, registry, ``metrics.jsonl``, the experiment
     logger of the run's registered config (``log``: TensorBoard by default). ``metrics.jsonl``, ``tensorboard/``
     and ``wandb/`` go into the run's folder.
 
     Args:
-        registry: the run's registry.
+        registry: the run's registry (None on the processes other than the main one, which read run records).
         run_id: the run.
         epochs: the configured number of epochs (for the console line).
         is_main: whether this is the main process; the others get no sinks.
@@ -226,7 +226,7 @@ def run_sinks(registry: Registry, run_id: str, epochs: int, is_main: bool,
     Returns:
         The sinks.
     """
-    if not is_main:
+    if not is_main or registry is None:
         return []
     directory = registry.layout.run(run_id)
     sinks: list[EpochSink] = [ConsoleSink(epochs, reporter), RegistrySink(registry, run_id),

@@ -30,11 +30,14 @@ import torch
 from dcase_t6.common.errors import UserError, file_system_error
 from dcase_t6.common.reporting import SILENT, Reporter
 from dcase_t6.runs.config import DEFAULT_TIMEOUT_MINUTES, TrainConfig, from_dict
+from dcase_t6.runs.lookup import lookup_for, writable
+from dcase_t6.runs.record_reader import RunLookup, RunRecords, recorded_id
 from dcase_t6.runs.registry import Registry
 from dcase_t6.training.builder import build_training
 from dcase_t6.training.checkpointing import Position
 from dcase_t6.training.distributed import World, init_world, share_from_main
 from dcase_t6.training.loop import TrainingLoop
+from dcase_t6.training.sinks import check_logger
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,9 @@ def train_new(workdir: str | Path, config: TrainConfig, world: World | None = No
         How the run ended (a :class:`TrainOutcome`).
     """
     world = world or init_world(config.dist_timeout_minutes)
-    registry = Registry(workdir)
-    run_id = share_from_main(register_run(registry, config) if world.is_main else None, world)
-    return continue_run(registry, run_id, world, max_steps=config.max_steps, reporter=reporter)
+    lookup = lookup_for(world, workdir)  # under torchrun only the main process opens the registry
+    run_id = share_from_main(register_run(writable(lookup), config) if world.is_main else None, world)
+    return continue_run(lookup, run_id, world, max_steps=config.max_steps, reporter=reporter)
 
 
 def resume(workdir: str | Path, reference: str, max_steps: int | None = None, world: World | None = None,
@@ -115,13 +118,15 @@ def resume(workdir: str | Path, reference: str, max_steps: int | None = None, wo
     Returns:
         How the run ended (a :class:`TrainOutcome`).
     """
-    registry = Registry(workdir)
-    run_id = registry.resolve(reference)
-    run = registry.run(run_id)
+    lookup = lookup_for(world, workdir)
+    # before the processes are joined (their timeout is the run's): the others find the run among the records
+    run = lookup.run(recorded_id(lookup.workdir, reference) if isinstance(lookup, RunRecords) else reference)
     if run.status == "imported":
-        raise UserError(f"run {run_id} was imported (`runs import`): it has weights but no training state to "
-                        f"continue; train on from it with `dcase-t6 train --init-from {run_id} ...`")
-    return continue_run(registry, run_id, world or init_world(timeout_minutes(run.config)), max_steps, reporter)
+        raise UserError(f"run {run.id} was imported (`runs import`): it has weights but no training state to "
+                        f"continue; train on from it with `dcase-t6 train --init-from {run.id} ...`")
+    check_logger(run.config.get("log", "tensorboard"))
+    world = world or init_world(timeout_minutes(run.config))
+    return continue_run(lookup, share_from_main(run.id, world), world, max_steps, reporter)
 
 
 def timeout_minutes(values: dict) -> float:
@@ -157,7 +162,7 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-def continue_run(registry: Registry, run_id: str, world: World, max_steps: int | None,
+def continue_run(lookup: RunLookup, run_id: str, world: World, max_steps: int | None,
                  reporter: Reporter = SILENT) -> TrainOutcome:
     """Train a registered run with its stored config: from its ``last`` checkpoint, or from the start without one.
 
@@ -166,7 +171,8 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
     The registered config is read, never changed: ``max_steps`` belongs to this invocation.
 
     Args:
-        registry: the run's registry.
+        lookup: the run's registry on the main process, its records on the others (``runs.lookup.lookup_for``);
+            only the main process writes.
         run_id: the run's full id.
         world: the processes.
         max_steps: stop after this many optimizer steps in all (None: train all epochs).
@@ -176,21 +182,22 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
         How the run ended (a :class:`TrainOutcome`: ``finished`` or ``stopped``, epoch, step, the best value of
         the monitored metric, or without a validation split the rule that chose the best checkpoint).
     """
-    heartbeat = registry.claim(run_id) if world.is_main else None
+    registry = writable(lookup) if world.is_main else None  # the others read run records and write nothing
+    heartbeat = registry.claim(run_id) if registry is not None else None
     try:
-        run = registry.run(run_id)
+        run = lookup.run(run_id)
         config = dataclasses.replace(from_dict(run.config, source=f"run {run_id}"), max_steps=max_steps)
         with deterministic_algorithms(config.deterministic):
-            setup = build_training(config, registry, run_id, world, reporter)
-            if world.is_main and run.data_fingerprint is None:
+            setup = build_training(config, lookup, run_id, world, reporter)
+            if registry is not None and run.data_fingerprint is None:
                 registry.set_fingerprint(run_id, setup.data.pairs.fingerprint)
             position = Position()
             if any(record.kind == "checkpoint" and record.tag == "last" for record in run.files):
-                position = setup.checkpointer.restore(registry.file(run_id, "checkpoint", "last").path, setup.model,
+                position = setup.checkpointer.restore(lookup.file(run_id, "checkpoint", "last").path, setup.model,
                                                       setup.optimizer, setup.scaler, world.device)
             position = TrainingLoop(setup, position).run()
     except BaseException as err:
-        if heartbeat is not None:
+        if registry is not None and heartbeat is not None:
             heartbeat.stop()
             status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             _record_end(registry, run_id, status, failure_reason(err))
@@ -200,7 +207,7 @@ def continue_run(registry: Registry, run_id: str, world: World, max_steps: int |
         raise
     finished = position.epoch >= config.epochs
     status = "finished" if finished else "stopped"
-    if heartbeat is not None:
+    if registry is not None and heartbeat is not None:
         heartbeat.stop()
         registry.set_status(run_id, status)
     # No process returns before the main one has saved and registered the last checkpoint and the status: a caller
