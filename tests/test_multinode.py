@@ -181,7 +181,7 @@ def test_the_slurm_example_parses_as_bash_and_names_what_the_docs_name():
     assert "examples/slurm-2nodes.sbatch" in docs and "**Several nodes.**" in docs
     for key in ("OMP_NUM_THREADS", "NCCL_SOCKET_IFNAME", "NCCL_DEBUG", "dist_timeout_minutes", "--workdir",
                 "--data-root", "$TMPDIR", "--nnodes", "--nproc_per_node", "--rdzv_backend c10d", "--rdzv_endpoint",
-                "train --resume RUN", "LOCAL_RANK"):
+                "train --resume RUN", "LOCAL_RANK", "--log-file"):
         assert key in docs, key
         assert key.replace(" RUN", "") in text or key == "LOCAL_RANK", key
     assert 'srun --ntasks-per-node=1 torchrun' in text and '--nnodes "$SLURM_NNODES"' in text

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from dcase_t6 import __version__
 from dcase_t6.cli.console import console, stderr_console
+from dcase_t6.cli.logfile import CommandLog
 from dcase_t6.common.errors import UserError, file_system_error
 
 __all__ = ["Group", "console", "main", "matrix_path", "print_json", "print_summary", "split_named", "stderr_console"]
@@ -20,22 +21,52 @@ __all__ = ["Group", "console", "main", "matrix_path", "print_json", "print_summa
 
 class Group(click.Group):
     """Click group that turns a UserError, or a file system's refusal (``file_system_error``), into one red line on
-    stderr and a non-zero exit code."""
+    stderr and a non-zero exit code. The top group also ends the ``--log-file`` log (``cli/logfile.py``)."""
+
+    def parse_args(self, ctx, args):
+        if ctx.parent is None:  # the command line as typed, for the log
+            ctx.meta[_ARGV] = list(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
+        if ctx.parent is not None:
+            return self._invoke(ctx)
+        try:
+            result = self._invoke(ctx)
+        except BaseException as err:
+            _close_log(ctx, err)
+            raise
+        _close_log(ctx, None)
+        return result
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as err:
-            _exit_with(err)
+            _exit_with(err, ctx)
         except (OSError, RuntimeError) as err:  # a full disk, a read-only file, a link loop...: one line too
             translated = file_system_error(err)
             if translated is None:
                 raise
-            _exit_with(translated)
+            _exit_with(translated, ctx)
 
 
-def _exit_with(err: UserError) -> None:
+_ARGV = "dcase_t6.argv"
+
+
+def _command_log(ctx) -> CommandLog | None:
+    return (ctx.find_root().obj or {}).get("log")
+
+
+def _close_log(ctx, error: BaseException | None) -> None:
+    if _command_log(ctx) is not None:
+        _command_log(ctx).close(error)
+
+
+def _exit_with(err: UserError, ctx) -> None:
     stderr_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    if _command_log(ctx) is not None:
+        _command_log(ctx).error(str(err))
     sys.exit(err.exit_code)
 
 
@@ -44,8 +75,12 @@ def _exit_with(err: UserError) -> None:
 @click.option("--workdir", envvar="DCASE_T6_WORKDIR", default="dcase-t6-work", show_default=True,
               type=click.Path(file_okay=False), help="Work directory holding the run registry, checkpoints and "
               "outputs (env DCASE_T6_WORKDIR).")
+@click.option("--log-file", envvar="DCASE_T6_LOG_FILE", type=click.Path(), metavar="FILE",
+              help="Also append the command line, its info and warning lines, each task's start and end and how it "
+              "ended, as timestamped lines, to this file (a new file, or a log this tool started; env "
+              "DCASE_T6_LOG_FILE).")
 @click.pass_context
-def main(ctx, workdir):
+def main(ctx, workdir, log_file):
     """dcase-t6: language-based audio retrieval for DCASE Task 6.
 
     \b
@@ -53,6 +88,8 @@ def main(ctx, workdir):
     Run `dcase-t6 COMMAND --help` for the options and an example of each command.
     """
     ctx.obj = {"workdir": workdir}
+    if log_file:
+        ctx.obj["log"] = CommandLog(log_file, ctx.meta.get(_ARGV, []))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")

@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from dcase_t6.cli import Group, console, json_option, main, print_json, stderr_console
+from dcase_t6.cli import Group, console, json_option, main, print_json
 from dcase_t6.cli.console import reporter
 from dcase_t6.common.errors import UserError
 
@@ -256,10 +256,9 @@ def _warn_budget(cost) -> None:
     from dcase_t6.captions.cost import BUDGET_USD
 
     low, high = BUDGET_USD
-    stderr_console.print(f"[yellow]warning:[/] estimated ${cost.total_usd:,.2f} in all is more than the task's "
-                         f"suggested LLM budget (about ${low:g}-{high:g} over the whole challenge, DCASE 2025 Task 6 "
-                         "rules, External Resources); use fewer --pairs or captions, a cheaper model, a local "
-                         "server, or local MarianMT models", highlight=False, soft_wrap=True)
+    reporter.warning(f"estimated ${cost.total_usd:,.2f} in all is more than the task's suggested LLM budget (about "
+                     f"${low:g}-{high:g} over the whole challenge, DCASE 2025 Task 6 rules, External Resources); use "
+                     "fewer --pairs or captions, a cheaper model, a local server, or local MarianMT models")
 
 
 def _print_estimate(report: AugmentReport, cost) -> None:

@@ -87,4 +87,28 @@ class RichReporter(Reporter):
         self.output.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
-reporter = RichReporter()
+class CommandReporter(Reporter):
+    """The reporter every command passes to the library: the rich one, or while ``--log-file`` is on, a
+    :class:`~dcase_t6.common.logreport.LoggingReporter` around it (``use``, in ``cli/logfile.py`` only)."""
+
+    def __init__(self, rich: Reporter):
+        self.rich = self.current = rich
+
+    def use(self, current: Reporter | None) -> None:
+        """Report through ``current`` from now on; None: through the rich reporter alone again."""
+        self.current = self.rich if current is None else current
+
+    def task(self, description: str, total: float | None, unit: str = ITEMS, completed: float = 0):
+        return self.current.task(description, total, unit, completed)
+
+    def info(self, text: str) -> None:
+        self.current.info(text)
+
+    def warning(self, text: str) -> None:
+        self.current.warning(text)
+
+    def for_rank(self, is_main: bool) -> Reporter:
+        return self.current.for_rank(is_main)
+
+
+reporter = CommandReporter(RichReporter())

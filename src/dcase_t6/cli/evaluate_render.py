@@ -8,7 +8,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from dcase_t6.cli.console import console, stderr_console
+from dcase_t6.cli.console import console, reporter
 from dcase_t6.retrieval.assessment import AUDIO_TO_TEXT, TEXT_TO_AUDIO, Assessment
 from dcase_t6.retrieval.significance import JACKKNIFE
 
@@ -29,8 +29,7 @@ def print_assessment(assessment: Assessment) -> None:
         _note(f"95% CI{which}: {_interval_words(assessment, paired=False)}")
     skipped = max(result.n_skipped for result in assessment.results)
     if skipped:
-        stderr_console.print(f"[yellow]warning:[/] skipped {skipped} ground-truth queries missing from "
-                             "the predictions")
+        reporter.warning(f"skipped {skipped} ground-truth queries missing from the predictions")
 
 
 def _print_single(assessment: Assessment) -> None:

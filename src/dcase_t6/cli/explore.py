@@ -11,7 +11,7 @@ from click.core import ParameterSource
 from rich.markup import escape
 
 from dcase_t6.cli import json_option, main, matrix_path, print_json, split_named
-from dcase_t6.cli.console import console, reporter, stderr_console
+from dcase_t6.cli.console import console, reporter
 from dcase_t6.common.errors import UserError
 
 
@@ -122,9 +122,8 @@ def explore(ctx, matrices, relevance, captions, audio_dir, clip_captions, top, a
         first = exploration.clips[folder.missing[0]]
         links = (f"; {len(folder.outside)} of them are links leading out of the folder, which explore does not "
                  "follow" if folder.outside else "")
-        stderr_console.print(f"[yellow]warning:[/] {len(folder.missing)} of {len(exploration.clips)} clips have no "
-                             f"file in {escape(str(audio))} (first {escape(repr(first))}{links}); their players are "
-                             "left out", highlight=False, soft_wrap=True)
+        reporter.warning(f"{len(folder.missing)} of {len(exploration.clips)} clips have no file in {audio} (first "
+                         f"{first!r}{links}); their players are left out")
     if html_dir:
         _write(Site(exploration, folder), html_dir, as_json)
         return
@@ -201,8 +200,7 @@ def _serve(site, host: str, port: int, open_browser: bool, as_json: bool, second
                       f"{' vs '.join(escape(system.name) for system in exploration.systems)}, ready in "
                       f"{seconds:.2f} s: [bold]{server.url}[/] (Ctrl-C to stop)", highlight=False, soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        stderr_console.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who reaches this address can "
-                             "open the pages and the clips", highlight=False, soft_wrap=True)
+        reporter.warning(f"listening on {host}: anyone who reaches this address can open the pages and the clips")
     if open_browser:
         click.launch(server.url)
     try:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Sequence
 import click
 from rich.markup import escape
 
-from dcase_t6.cli import console, main, matrix_path, print_json, stderr_console
+from dcase_t6.cli import console, main, matrix_path, print_json
+from dcase_t6.cli.console import reporter
 from dcase_t6.common.errors import UserError
 
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ def _say(markup: str) -> None:
 def _warn(warnings: list[str]) -> None:
     """One ``warning:`` line per warning, on stderr (they do not fail the command)."""
     for warning in warnings:
-        stderr_console.print(f"[yellow]warning:[/] {_escape(warning)}", highlight=False, soft_wrap=True)
+        reporter.warning(str(warning))
 
 
 def _escape(text: str) -> str:

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcase_t6.cli import print_json
-from dcase_t6.cli.console import console, stderr_console
+from dcase_t6.cli.console import console, reporter
 
 if TYPE_CHECKING:
     from dcase_t6.data.audit import AuditReport
@@ -99,5 +99,4 @@ def print_cache(report: CacheReport) -> None:
 def warn_skipped(skipped: list[dict], listing: str, what: str = "skipped {count} item(s)") -> None:
     if skipped:
         first = "; ".join(f"{item['path']}: {item['reason']}" for item in skipped[:3])
-        stderr_console.print(f"[yellow]warning:[/] {what.format(count=len(skipped))}, all listed in "
-                             f"{escape(listing)}; first: {escape(first)}", highlight=False, soft_wrap=True)
+        reporter.warning(f"{what.format(count=len(skipped))}, all listed in {listing}; first: {first}")
