@@ -65,15 +65,6 @@ def test_defaults_give_todays_single_group_at_lr_with_every_trained_parameter_in
     assert group["lr"] == 3.7e-4 and scheduled_learning_rate(optimizer) == 3.7e-4  # exactly the schedule's rate
 
 
-def expected_depths(layers) -> dict[int, int]:
-    count = len(layers.blocks)
-    depths = {id(p): count for p in layers.embeddings}
-    for index, block in enumerate(layers.blocks):
-        for p in block.parameters():
-            depths.setdefault(id(p), count - 1 - index)
-    return depths
-
-
 def test_layer_decay_and_separate_rates_for_audio_text_and_heads():
     """tiny-cnn's 4 blocks and the 2-layer random RoBERTa: block k below the top at its encoder's rate * 0.5**k,
     the text embeddings lowest (0.5**2); projections at lr_heads; 1-d parameters without weight decay."""
@@ -85,7 +76,7 @@ def test_layer_decay_and_separate_rates_for_audio_text_and_heads():
     assert len(found) == sum(1 for _ in model.parameters())  # everything trains (temperature included)
     for encoder, lr in ((model.audio, 4e-4), (model.text, 2e-4)):
         layers = encoder.encoder_layers()
-        depths = expected_depths(layers)
+        depths = layers.depths()  # checked on its own by the literal rates below
         assert len(layers.blocks) == (4 if encoder is model.audio else 2)
         for p in encoder.parameters():
             assert found[id(p)][0] == lr * 0.5 ** depths.get(id(p), 0)

@@ -60,15 +60,22 @@ def _assert_same(checkpointed: dict, plain: dict) -> None:
         assert torch.allclose(checkpointed[name], gradient, atol=TOLERANCE, rtol=0), name
 
 
-def test_checkpointed_blocks_with_dropout_give_the_same_gradients_and_keep_fewer_tensors():
+def _dropout_blocks(count: int):
+    """``count`` MLP blocks with dropout (seeded, training mode) and ``loss_of(checkpointed)``: the loss of running a
+    fixed batch of tokens through them by ``recompute.run_blocks``, checkpointed or not."""
     torch.manual_seed(0)
     blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Dropout(0.3), nn.Linear(64, 16))
-                           for _ in range(4)).train()
+                           for _ in range(count)).train()
     tokens = torch.randn(3, 5, 16)
 
     def loss_of(checkpointed: bool):
         return lambda module: recompute.run_blocks(module, tokens, checkpointed).square().mean()
 
+    return blocks, loss_of
+
+
+def test_checkpointed_blocks_with_dropout_give_the_same_gradients_and_keep_fewer_tensors():
+    blocks, loss_of = _dropout_blocks(4)
     plain, kept_plain = _gradients(blocks, loss_of(False))
     checkpointed, kept = _gradients(blocks, loss_of(True))
     assert all(torch.equal(checkpointed[name], gradient) for name, gradient in plain.items())
@@ -141,14 +148,7 @@ def test_checkpointing_works_with_compiled_blocks(tiny_training, tmp_path):
     plain, checkpointed, _, batch = _setups(tiny_training, tmp_path)
     checkpointed.model.compile_encoders(backend="aot_eager")
     _same_step(plain, checkpointed, batch)
-    torch.manual_seed(0)
-    blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Dropout(0.3), nn.Linear(64, 16))
-                           for _ in range(3)).train()
-    tokens = torch.randn(3, 5, 16)
-
-    def loss_of(checkpointed: bool):
-        return lambda module: recompute.run_blocks(module, tokens, checkpointed).square().mean()
-
+    blocks, loss_of = _dropout_blocks(3)
     expected, _ = _gradients(blocks, loss_of(False))
     for block in blocks:
         block.compile(backend="aot_eager")

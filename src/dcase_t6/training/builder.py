@@ -116,7 +116,8 @@ def build_training(config: TrainConfig, registry: RunLookup, run_id: str, world:
     pairs = load_pairs(config, store, reporter)
     validation = None if config.validation_split is None else cached_split(
         store, load_split(config.data_root, config.validation_source, config.validation_split), reporter)
-    check_same_data(world, _fingerprints(pairs, validation), config.data_root)  # node-local copies must agree
+    if world.size > 1:  # node-local copies must agree (hashing every caption is for several processes only)
+        check_same_data(world, _fingerprints(pairs, validation), config.data_root)
     augmenter = PairAugmenter(config, pairs.captions, pairs.clip_ids, pairs.clip_names)
     # 3. teachers
     teachers = load_teachers(registry, config, pairs, world, reporter) if config.distill_from else None
